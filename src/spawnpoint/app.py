@@ -1,0 +1,52 @@
+"""The application factory."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from spawnpoint.config import Settings
+from spawnpoint.db import Database
+from spawnpoint.health.endpoints import router as health_router
+from spawnpoint.kit.errors import install_problem_handlers
+from spawnpoint.plans.endpoints import router as plans_router
+from spawnpoint.projects.endpoints import router as projects_router
+from spawnpoint.templates.endpoints import router as templates_router
+from spawnpoint.tenants.endpoints import router as tenants_router
+from spawnpoint.users.endpoints import router as users_router
+
+ROUTERS = (
+    health_router,
+    plans_router,
+    tenants_router,
+    users_router,
+    projects_router,
+    templates_router,
+)
+
+
+def create_app(settings: Settings | None = None, *, database: Database | None = None) -> FastAPI:
+    """Build the API. Refuses settings that are unsafe for the configured environment."""
+    settings = settings or Settings()
+    settings.check_safe()
+    database = database or Database(settings.sqlalchemy_url, pool_size=settings.database_pool_size)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        await database.dispose()
+
+    app = FastAPI(
+        title="spawnpoint",
+        version="0.1.0",
+        summary="Multi-tenant control plane for workspaces spawned from versioned templates.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.database = database
+    install_problem_handlers(app)
+    for router in ROUTERS:
+        app.include_router(router)
+    return app

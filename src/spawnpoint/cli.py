@@ -1,0 +1,122 @@
+"""The `spawnpoint` command: serve, migrate, token."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sys
+from datetime import timedelta
+from typing import Annotated
+
+import typer
+from sqlalchemy import select
+
+from spawnpoint.config import Settings, UnsafeSettingsError
+from spawnpoint.db import Database
+from spawnpoint.models import User
+from spawnpoint.security import mint_token
+
+app = typer.Typer(help="spawnpoint: a multi-tenant control plane for workspaces.", no_args_is_help=True)
+token_app = typer.Typer(help="Mint access tokens for local use.", no_args_is_help=True)
+app.add_typer(token_app, name="token")
+
+DURATION = re.compile(r"^(\d+)([smhd]?)$")
+UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def load_settings() -> Settings:
+    """Read the settings; exit with one clear line when they are unsafe here."""
+    try:
+        settings = Settings()
+        settings.check_safe()
+    except UnsafeSettingsError as exc:
+        typer.echo(f"spawnpoint: refusing to start: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    return settings
+
+
+def parse_duration(value: str) -> timedelta:
+    match = DURATION.match(value.strip())
+    if not match:
+        raise typer.BadParameter("use a number with an optional unit: 90s, 30m, 12h, 7d")
+    return timedelta(seconds=int(match[1]) * UNIT_SECONDS[match[2]])
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Interface; default HOST.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port; default PORT.")] = None,
+    migrate: Annotated[
+        bool | None,
+        typer.Option(help="Apply migrations first (default: yes on SQLite, no on PostgreSQL)."),
+    ] = None,
+) -> None:
+    """Serve the API with uvicorn (uvloop, httptools)."""
+    import uvicorn
+
+    from spawnpoint.app import create_app
+    from spawnpoint.migrations import upgrade
+
+    settings = load_settings()
+    if migrate if migrate is not None else settings.sqlalchemy_url.startswith("sqlite"):
+        upgrade(settings)
+    uvicorn.run(
+        create_app(settings),
+        host=host or settings.host,
+        port=port if port is not None else settings.port,
+        loop="uvloop",
+        http="httptools",
+        log_level=settings.log_level,
+        proxy_headers=True,
+    )
+
+
+@app.command()
+def migrate(
+    revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
+    down: Annotated[bool, typer.Option("--down", help="Downgrade to REVISION instead.")] = False,
+) -> None:
+    """Upgrade the database to the newest schema (or another revision)."""
+    from spawnpoint.migrations import downgrade, upgrade
+
+    settings = load_settings()
+    if down:
+        downgrade(settings, revision)
+    else:
+        upgrade(settings, revision)
+    typer.echo(f"database at {'base' if down and revision == 'base' else revision}")
+
+
+async def _user_by_email(settings: Settings, email: str) -> User | None:
+    database = Database(settings.sqlalchemy_url, pool_size=1)
+    try:
+        async for session in database.transaction(write=False):
+            found: User | None = (
+                await session.execute(select(User).where(User.email == email.lower()))
+            ).scalar_one_or_none()
+            return found
+        return None
+    finally:
+        await database.dispose()
+
+
+@token_app.command("create")
+def token_create(
+    user: Annotated[str, typer.Option("--user", help="Email of the user the token is for.")],
+    ttl: Annotated[str, typer.Option(help="Lifetime: 90s, 30m, 12h, 7d.")] = "12h",
+) -> None:
+    """Print a signed JWT for a user."""
+    settings = load_settings()
+    lifetime = parse_duration(ttl)
+    found = asyncio.run(_user_by_email(settings, user))
+    if found is None:
+        typer.echo(f"spawnpoint: no user with email {user!r}", err=True)
+        raise typer.Exit(1)
+    if not settings.signing_secret:
+        typer.echo("spawnpoint: JWT_SECRET is not set", err=True)
+        raise typer.Exit(1)
+    typer.echo(mint_token(settings, user_id=found.id, tenant_id=found.tenant_id, ttl=lifetime))
+
+
+def main() -> None:
+    sys.exit(app())

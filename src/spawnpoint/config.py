@@ -1,0 +1,151 @@
+"""Settings read from the environment and `.env`.
+
+Variable names and defaults follow the Spawn Service seed's configuration table exactly;
+DESIGN.md adds ENVIRONMENT, DATA_DIR, PROVISIONER and POLICY_ENGINE.
+"""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MIN_SECRET_BYTES = 32
+DEV_SECRET_FILE = ".jwt-secret"
+
+
+class UnsafeSettingsError(RuntimeError):
+    """Raised when the settings must not be used in the configured environment."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+    )
+
+    environment: Literal["development", "production"] = Field(
+        "development",
+        description="`production` refuses the dev bypass token and weak JWT secrets at start-up.",
+    )
+    data_dir: Path = Field(
+        Path("./data"), description="Directory for the embedded database, workspaces, artifacts."
+    )
+    database_url: str | None = Field(
+        None,
+        description="SQLAlchemy URL. Unset: SQLite at DATA_DIR/spawnpoint.db. "
+        "Production: postgresql+psycopg://spawn_service:spawn_service@localhost:5432/spawn_service",
+    )
+    database_pool_size: int = Field(10, ge=1, description="Connections kept per process (PostgreSQL).")
+    host: str = Field("127.0.0.1", description="Interface `spawnpoint serve` binds to.")
+    port: int = Field(8000, ge=0, le=65535, description="Port `spawnpoint serve` listens on.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Log level of the server and workers."
+    )
+
+    orchestrator_url: str = Field(
+        "http://orchestrator:8080", description="Base URL of the orchestrator service."
+    )
+    orchestrator_scenarios_path: str = Field(
+        "/api/scenarios", description="Orchestrator endpoint for new scenarios."
+    )
+    console_base_url: str = Field(
+        "https://mvp.local/console", description="Base URL used to build scenario access links."
+    )
+    opa_url: str = Field("http://opa:8181", description="Base URL for the OPA sidecar.")
+    opa_policy_path: str = Field(
+        "/v1/data/spawn/allow", description="Policy path used for spawn authorization."
+    )
+    policy_engine: Literal["embedded", "opa"] = Field(
+        "embedded", description="`embedded` evaluates Rego in process; `opa` asks OPA_URL."
+    )
+    provisioner: str = Field(
+        "local", description="Default provisioner driver for templates that name none."
+    )
+
+    jwt_secret: str | None = Field(
+        None, description="Symmetric signing secret for JWT validation (at least 32 bytes)."
+    )
+    jwt_algorithm: Literal["HS256", "HS384", "HS512"] = Field(
+        "HS256", description="The only JWT signing algorithm accepted."
+    )
+    jwt_audience: str | None = Field(None, description="Expected JWT audience (optional).")
+    jwt_issuer: str | None = Field(None, description="Expected JWT issuer (optional).")
+    dev_bypass_token: str = Field(
+        "DEV-LOCAL-TOKEN",
+        description="Development shortcut token: acts as the demo tenant's admin and operator. "
+        "Honoured only when ENVIRONMENT=development.",
+    )
+
+    demo_tenant_id: uuid.UUID = Field(
+        uuid.UUID("00000000-0000-0000-0000-000000000001"),
+        description="UUID for the seeded demo tenant.",
+    )
+    demo_plan_id: uuid.UUID = Field(
+        uuid.UUID("00000000-0000-0000-0000-000000000010"),
+        description="UUID for the seeded demo plan.",
+    )
+    demo_template_id: uuid.UUID = Field(
+        uuid.UUID("00000000-0000-0000-0000-000000000100"),
+        description="UUID for the seeded demo template.",
+    )
+
+    @property
+    def is_development(self) -> bool:
+        return self.environment == "development"
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        """The database URL with the async driver each backend needs."""
+        url = self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'spawnpoint.db'}"
+        for plain, async_prefix in (
+            ("postgresql://", "postgresql+psycopg://"),
+            ("postgres://", "postgresql+psycopg://"),
+            ("sqlite://", "sqlite+aiosqlite://"),
+        ):
+            if url.startswith(plain):
+                return async_prefix + url.removeprefix(plain)
+        return url
+
+    @property
+    def dev_bypass_active(self) -> bool:
+        return self.is_development and bool(self.dev_bypass_token)
+
+    def unsafe_reasons(self) -> list[str]:
+        """Name every setting that must not be used in this environment."""
+        if self.environment != "production":
+            return []
+        reasons = []
+        if "dev_bypass_token" in self.model_fields_set and self.dev_bypass_token:
+            reasons.append(
+                "DEV_BYPASS_TOKEN is set; the dev bypass must be disabled (empty) in production"
+            )
+        if not self.jwt_secret:
+            reasons.append("JWT_SECRET is missing; production needs a secret of at least 32 bytes")
+        elif len(self.jwt_secret.encode()) < MIN_SECRET_BYTES:
+            reasons.append("JWT_SECRET is shorter than 32 bytes")
+        return reasons
+
+    def check_safe(self) -> None:
+        reasons = self.unsafe_reasons()
+        if reasons:
+            raise UnsafeSettingsError("; ".join(reasons))
+
+    @cached_property
+    def signing_secret(self) -> str | None:
+        """The JWT secret; in development one is generated once under DATA_DIR if unset."""
+        if self.jwt_secret or not self.is_development:
+            return self.jwt_secret
+        path = self.data_dir / DEV_SECRET_FILE
+        try:
+            return path.read_text().strip()
+        except FileNotFoundError:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            secret = secrets.token_urlsafe(48)
+            path.touch(mode=0o600)
+            path.write_text(secret)
+            return secret

@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from spawnpoint.deps import DB
+from spawnpoint.kit.errors import problem_document, problem_response
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/health", summary="Service health indicator")
+async def health() -> dict[str, str]:
+    """Report that the service is up."""
+    return {"status": "ok"}
+
+
+@router.get("/live", summary="Liveness probe")
+async def live() -> dict[str, str]:
+    """Answer 200 while the process runs."""
+    return {"status": "alive"}
+
+
+@router.get(
+    "/ready",
+    summary="Readiness probe",
+    responses={503: {"description": "The database is unreachable."}},
+)
+async def ready(database: DB) -> Any:
+    """Answer 200 when the database answers, 503 when it does not."""
+    try:
+        await database.ping()
+    except Exception as exc:  # any driver error means "not ready"
+        doc = problem_document(
+            503, f"The database is unreachable: {type(exc).__name__}.", slug="not-ready"
+        )
+        doc["checks"] = {"database": "unreachable"}
+        return problem_response(doc)
+    return JSONResponse({"status": "ready", "checks": {"database": "ok"}})

@@ -1,0 +1,137 @@
+"""RFC 9457 problem details: the one shape every error response takes."""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+PROBLEM_JSON = "application/problem+json"
+log = logging.getLogger("spawnpoint.errors")
+
+
+class ProblemError(Exception):
+    """An error the API reports to its caller as a problem document."""
+
+    status: int = 500
+    slug: str | None = None
+
+    def __init__(self, detail: str, *, headers: dict[str, str] | None = None, **extra: Any):
+        super().__init__(detail)
+        self.detail = detail
+        self.headers = headers
+        self.extra = extra
+
+    def document(self) -> dict[str, Any]:
+        return problem_document(self.status, self.detail, slug=self.slug, **self.extra)
+
+
+class Unauthorized(ProblemError):
+    status = 401
+    slug = "unauthorized"
+
+    def __init__(self, detail: str = "Missing or invalid credentials.") -> None:
+        super().__init__(detail, headers={"WWW-Authenticate": "Bearer"})
+
+
+class Forbidden(ProblemError):
+    status = 403
+    slug = "forbidden"
+
+
+class NotFound(ProblemError):
+    status = 404
+    slug = "not-found"
+
+
+class Conflict(ProblemError):
+    status = 409
+    slug = "conflict"
+
+
+class Unprocessable(ProblemError):
+    status = 422
+    slug = "validation-error"
+
+
+class ServiceUnavailable(ProblemError):
+    status = 503
+    slug = "unavailable"
+
+
+def problem_document(
+    status: int, detail: str | None = None, *, slug: str | None = None, **extra: Any
+) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "type": f"urn:spawnpoint:problem:{slug}" if slug else "about:blank",
+        "title": HTTPStatus(status).phrase,
+        "status": status,
+    }
+    if detail:
+        doc["detail"] = detail
+    doc.update(extra)
+    return doc
+
+
+def problem_response(
+    doc: dict[str, Any], headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(doc, status_code=doc["status"], headers=headers, media_type=PROBLEM_JSON)
+
+
+def _pointer(loc: tuple[Any, ...]) -> str:
+    # ("body", "spec", "cpu") -> "#/spec/cpu"; query and path parameters keep their source.
+    parts = [str(p) for p in loc]
+    if parts and parts[0] == "body":
+        parts = parts[1:]
+    return "#/" + "/".join(parts)
+
+
+async def _on_problem(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ProblemError)
+    return problem_response(exc.document(), exc.headers)
+
+
+async def _on_validation(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = [
+        {"pointer": _pointer(tuple(err["loc"])), "detail": err["msg"], "type": err["type"]}
+        for err in exc.errors()
+    ]
+    doc = problem_document(
+        422, "The request is invalid; see errors.", slug="validation-error", errors=errors
+    )
+    return problem_response(doc)
+
+
+async def _on_http(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    detail = exc.detail if isinstance(exc.detail, str) else None
+    if detail == HTTPStatus(exc.status_code).phrase:
+        detail = None
+    return problem_response(problem_document(exc.status_code, detail), exc.headers)
+
+
+async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return problem_response(problem_document(500, "An unexpected error occurred."))
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ProblemError, _on_problem)
+    app.add_exception_handler(RequestValidationError, _on_validation)
+    app.add_exception_handler(StarletteHTTPException, _on_http)
+    app.add_exception_handler(Exception, _on_unexpected)
+
+
+def field_error(pointer: str, detail: str) -> Unprocessable:
+    """A 422 about one field of the request body, shaped like validation errors."""
+    return Unprocessable(
+        "The request is invalid; see errors.",
+        errors=[{"pointer": pointer, "detail": detail, "type": "value_error"}],
+    )

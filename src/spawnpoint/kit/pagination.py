@@ -1,0 +1,76 @@
+"""Keyset pagination over time-ordered UUID primary keys."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import uuid
+from collections.abc import Callable
+from typing import Annotated, Any, Generic, TypeVar
+
+from fastapi import Depends, Query
+from pydantic import BaseModel
+from sqlalchemy import Select
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import InstrumentedAttribute
+
+from spawnpoint.kit.errors import Unprocessable
+
+T = TypeVar("T")
+K = TypeVar("K")
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 200
+
+
+class Page(BaseModel, Generic[T]):
+    items: list[T]
+    next_cursor: str | None
+
+
+class PageParams(BaseModel):
+    limit: int
+    cursor: str | None
+
+
+def encode_cursor(key: object) -> str:
+    return base64.urlsafe_b64encode(str(key).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, key_type: Callable[[str], K]) -> K:
+    try:
+        return key_type(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode())
+    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
+        raise Unprocessable("The cursor is not one this API returned.") from exc
+
+
+def page_params(
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Items per page.")] = DEFAULT_LIMIT,
+    cursor: Annotated[
+        str | None, Query(max_length=100, description="`next_cursor` of the previous page.")
+    ] = None,
+) -> PageParams:
+    return PageParams(limit=limit, cursor=cursor)
+
+
+Pagination = Annotated[PageParams, Depends(page_params)]
+
+
+async def fetch_page(
+    session: AsyncSession,
+    statement: Select[Any],
+    *,
+    key: InstrumentedAttribute[Any],
+    params: PageParams,
+    key_type: Callable[[str], Any] = uuid.UUID,
+) -> tuple[list[Any], str | None]:
+    """Run `statement` for one page ordered by `key`; return rows and the next cursor.
+
+    The first entity of each row must carry `key`; the cursor is that key of the last row.
+    """
+    if params.cursor is not None:
+        statement = statement.where(key > decode_cursor(params.cursor, key_type))
+    rows = list((await session.execute(statement.order_by(key).limit(params.limit + 1))).all())
+    if len(rows) <= params.limit:
+        return rows, None
+    rows = rows[: params.limit]
+    return rows, encode_cursor(getattr(rows[-1][0], key.key))

@@ -1,0 +1,36 @@
+"""Base classes for request and response bodies."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
+
+Money = Annotated[
+    Decimal,
+    Field(ge=0, max_digits=14, decimal_places=2),
+    PlainSerializer(float, return_type=float, when_used="json"),
+]
+Name = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^\S(.*\S)?$")]
+
+
+class InputSchema(BaseModel):
+    """A request body: unknown fields are an error, never silently dropped."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+
+
+class UpdateSchema(InputSchema):
+    """A PUT body: every field optional; only the fields sent are applied.
+
+    Fields default to None without validation, so an explicit `null` for a field that
+    cannot be null is still refused.
+    """
+
+    def changes(self) -> dict[str, object]:
+        return self.model_dump(exclude_unset=True)
+
+
+class ReadSchema(BaseModel):
+    model_config = ConfigDict(from_attributes=True)

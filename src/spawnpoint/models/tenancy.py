@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+import uuid
+from decimal import Decimal
+from enum import StrEnum
+
+from sqlalchemy import CheckConstraint, ForeignKey, Index, Numeric, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from spawnpoint.db import Base, IdMixin, TimestampMixin
+
+
+class Role(StrEnum):
+    """Per-tenant roles in increasing power; `operator` is platform-wide."""
+
+    viewer = "viewer"
+    member = "member"
+    publisher = "publisher"
+    admin = "admin"
+    operator = "operator"
+
+    @property
+    def rank(self) -> int:
+        return list(Role).index(self)
+
+
+class TenantStatus(StrEnum):
+    active = "active"
+    suspended = "suspended"
+
+
+class UserStatus(StrEnum):
+    active = "active"
+    disabled = "disabled"
+
+
+class Plan(IdMixin, TimestampMixin, Base):
+    __tablename__ = "plans"
+
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    max_workspaces: Mapped[int]
+    max_cpu: Mapped[Decimal] = mapped_column(Numeric(10, 2))
+    max_memory_mb: Mapped[int]
+    max_storage_gb: Mapped[int]
+    max_concurrent_jobs: Mapped[int]
+    max_jobs_per_day: Mapped[int]
+    monthly_budget: Mapped[Decimal] = mapped_column(Numeric(14, 2))
+
+
+class Tenant(IdMixin, TimestampMixin, Base):
+    __tablename__ = "tenants"
+    __table_args__ = (
+        CheckConstraint("status IN ('active', 'suspended')", name="status"),
+    )
+
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    slug: Mapped[str] = mapped_column(String(63), unique=True)
+    plan_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("plans.id", ondelete="RESTRICT"), index=True
+    )
+    status: Mapped[str] = mapped_column(String(16), default=TenantStatus.active)
+
+
+class User(IdMixin, TimestampMixin, Base):
+    __tablename__ = "users"
+    __table_args__ = (
+        CheckConstraint(
+            "role IN ('viewer', 'member', 'publisher', 'admin', 'operator')", name="role"
+        ),
+        CheckConstraint("status IN ('active', 'disabled')", name="status"),
+        Index("ix_users_tenant_id_id", "tenant_id", "id"),
+    )
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    email: Mapped[str] = mapped_column(String(254), unique=True)
+    display_name: Mapped[str] = mapped_column(String(200), default="")
+    role: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16), default=UserStatus.active)
+
+
+class Project(IdMixin, TimestampMixin, Base):
+    __tablename__ = "projects"
+    __table_args__ = (
+        Index("uq_projects_tenant_id_name", "tenant_id", "name", unique=True),
+        Index("ix_projects_tenant_id_id", "tenant_id", "id"),
+    )
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(100))
+    description: Mapped[str] = mapped_column(Text, default="")

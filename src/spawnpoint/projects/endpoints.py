@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, status
+
+from spawnpoint.deps import RequireAdmin, RequireViewer, Scope, Session
+from spawnpoint.kit.pagination import Page, Pagination
+from spawnpoint.projects.repository import ProjectRepository
+from spawnpoint.projects.schemas import ProjectCreate, ProjectRead, ProjectUpdate
+from spawnpoint.projects.service import ProjectService
+from spawnpoint.tenants.repository import TenantRepository
+
+router = APIRouter(prefix="/api/projects", tags=["projects"])
+
+
+def get_project_service(session: Session, scope: Scope) -> ProjectService:
+    return ProjectService(ProjectRepository(session, scope), TenantRepository(session, scope))
+
+
+Projects = Annotated[ProjectService, Depends(get_project_service)]
+
+
+@router.get("", summary="List projects")
+async def list_projects(
+    _: RequireViewer,
+    projects: Projects,
+    page: Pagination,
+    tenant_id: Annotated[uuid.UUID | None, Query(description="Only this tenant's projects.")] = None,
+) -> Page[ProjectRead]:
+    """List the projects of the caller's tenant (operators: of every tenant)."""
+    items, cursor = await projects.list_page(params=page, tenant_id=tenant_id)
+    return Page(items=[ProjectRead.model_validate(p) for p in items], next_cursor=cursor)
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, summary="Create project")
+async def create_project(
+    actor: RequireAdmin, projects: Projects, project_in: ProjectCreate
+) -> ProjectRead:
+    """Create a project in the caller's tenant."""
+    return ProjectRead.model_validate(await projects.create(actor=actor, project_in=project_in))
+
+
+@router.get("/{project_id}", summary="Retrieve project")
+async def read_project(_: RequireViewer, projects: Projects, project_id: uuid.UUID) -> ProjectRead:
+    """Retrieve one project."""
+    return ProjectRead.model_validate(await projects.get(project_id=project_id))
+
+
+@router.put("/{project_id}", summary="Update project")
+async def update_project(
+    _: RequireAdmin, projects: Projects, project_id: uuid.UUID, project_in: ProjectUpdate
+) -> ProjectRead:
+    """Update a project's fields; fields left out keep their values."""
+    return ProjectRead.model_validate(
+        await projects.update(project_id=project_id, project_in=project_in)
+    )
+
+
+@router.delete("/{project_id}", status_code=status.HTTP_204_NO_CONTENT, summary="Delete project")
+async def delete_project(_: RequireAdmin, projects: Projects, project_id: uuid.UUID) -> None:
+    """Delete a project."""
+    await projects.delete(project_id=project_id)

@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+import uuid
+
+from spawnpoint.kit.pagination import PageParams
+from spawnpoint.models import Project
+from spawnpoint.projects.repository import ProjectRepository
+from spawnpoint.projects.schemas import ProjectCreate, ProjectUpdate
+from spawnpoint.security import Principal
+from spawnpoint.tenants.repository import TenantRepository
+from spawnpoint.tenants.service import resolve_owner_tenant
+
+
+class ProjectService:
+    def __init__(self, repository: ProjectRepository, tenants: TenantRepository) -> None:
+        self.repository = repository
+        self.tenants = tenants
+
+    async def list_page(
+        self, *, params: PageParams, tenant_id: uuid.UUID | None
+    ) -> tuple[list[Project], str | None]:
+        statement = self.repository.readable()
+        if tenant_id is not None:
+            statement = statement.where(Project.tenant_id == tenant_id)
+        return await self.repository.page(params, statement)
+
+    async def get(self, *, project_id: uuid.UUID) -> Project:
+        return await self.repository.get(project_id)
+
+    async def create(self, *, actor: Principal, project_in: ProjectCreate) -> Project:
+        tenant_id = await resolve_owner_tenant(self.tenants, actor, project_in.tenant_id)
+        project = Project(**project_in.model_dump(exclude={"tenant_id"}), tenant_id=tenant_id)
+        return await self.repository.add(project)
+
+    async def update(self, *, project_id: uuid.UUID, project_in: ProjectUpdate) -> Project:
+        project = await self.repository.get(project_id)
+        for field, value in project_in.changes().items():
+            setattr(project, field, value)
+        await self.repository.flush()
+        return project
+
+    async def delete(self, *, project_id: uuid.UUID) -> None:
+        await self.repository.delete(await self.repository.get(project_id))

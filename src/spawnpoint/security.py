@@ -1,0 +1,129 @@
+"""Who is calling: bearer JWTs, the development bypass token, and the principal."""
+
+from __future__ import annotations
+
+import hmac
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import jwt
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from spawnpoint.config import Settings
+from spawnpoint.kit.clock import utcnow
+from spawnpoint.kit.errors import Forbidden, Unauthorized
+from spawnpoint.models import Role, Tenant, TenantStatus, User, UserStatus
+
+DEMO_ADMIN_ID = uuid.UUID("00000000-0000-0000-0000-000000001000")
+DEMO_ADMIN_EMAIL = "admin@demo.local"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """The authenticated caller. The role always comes from the database."""
+
+    user_id: uuid.UUID
+    tenant_id: uuid.UUID
+    role: Role
+    operator: bool = False
+
+    def has(self, role: Role) -> bool:
+        return self.operator or self.role.rank >= role.rank
+
+
+def dev_principal(settings: Settings) -> Principal:
+    # The demo tenant's admin, with platform-operator rights, so one token reaches everything.
+    return Principal(
+        user_id=DEMO_ADMIN_ID, tenant_id=settings.demo_tenant_id, role=Role.admin, operator=True
+    )
+
+
+def mint_token(
+    settings: Settings,
+    *,
+    user_id: uuid.UUID,
+    tenant_id: uuid.UUID | None = None,
+    ttl: timedelta = timedelta(hours=1),
+) -> str:
+    secret = settings.signing_secret
+    if not secret:
+        raise ValueError("JWT_SECRET is not set")
+    now = utcnow()
+    claims: dict[str, Any] = {"sub": str(user_id), "iat": now, "nbf": now, "exp": now + ttl}
+    if tenant_id is not None:
+        claims["tenant_id"] = str(tenant_id)
+    if settings.jwt_audience:
+        claims["aud"] = settings.jwt_audience
+    if settings.jwt_issuer:
+        claims["iss"] = settings.jwt_issuer
+    return jwt.encode(claims, secret, algorithm=settings.jwt_algorithm)
+
+
+def decode_token(settings: Settings, token: str) -> dict[str, Any]:
+    secret = settings.signing_secret
+    if not secret:
+        raise Unauthorized("Bearer tokens are not accepted: JWT_SECRET is not configured.")
+    required = ["exp", "sub"]
+    if settings.jwt_audience:
+        required.append("aud")
+    if settings.jwt_issuer:
+        required.append("iss")
+    try:
+        claims: dict[str, Any] = jwt.decode(
+            token,
+            secret,
+            algorithms=[settings.jwt_algorithm],
+            audience=settings.jwt_audience,
+            issuer=settings.jwt_issuer,
+            options={"require": required},
+        )
+    except jwt.PyJWTError as exc:
+        raise Unauthorized(f"Invalid token: {exc}.") from exc
+    return claims
+
+
+def _uuid_claim(claims: dict[str, Any], name: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(str(claims[name]))
+    except ValueError as exc:
+        raise Unauthorized(f"Invalid token: claim {name!r} is not a UUID.") from exc
+
+
+async def authenticate(
+    settings: Settings, session: AsyncSession, authorization: str | None
+) -> Principal:
+    """Turn an Authorization header into a principal, or raise 401/403."""
+    scheme, _, token = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized()
+    token = token.strip()
+    if settings.dev_bypass_active and hmac.compare_digest(
+        token.encode(), settings.dev_bypass_token.encode()
+    ):
+        return dev_principal(settings)
+
+    claims = decode_token(settings, token)
+    user_id = _uuid_claim(claims, "sub")
+    row = (
+        await session.execute(
+            select(User.tenant_id, User.role, User.status, Tenant.status)
+            .join(Tenant, Tenant.id == User.tenant_id)
+            .where(User.id == user_id)
+        )
+    ).one_or_none()
+    if row is None:
+        raise Unauthorized("Invalid token: unknown user.")
+    tenant_id, role, user_status, tenant_status = row
+    if user_status != UserStatus.active:
+        raise Unauthorized("Invalid token: the user is not active.")
+    if "tenant_id" in claims and _uuid_claim(claims, "tenant_id") != tenant_id:
+        raise Unauthorized("Invalid token: tenant_id does not match the user's tenant.")
+    principal = Principal(
+        user_id=user_id, tenant_id=tenant_id, role=Role(role), operator=role == Role.operator
+    )
+    if tenant_status != TenantStatus.active and not principal.operator:
+        raise Forbidden("The tenant is suspended.")
+    return principal

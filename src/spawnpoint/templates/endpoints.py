@@ -1,0 +1,148 @@
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, status
+
+from spawnpoint.deps import AppSettings, RequirePublisher, RequireViewer, Scope, Session
+from spawnpoint.kit.pagination import Page, Pagination
+from spawnpoint.models import Template, TemplateVersion
+from spawnpoint.templates.repository import TemplateRepository
+from spawnpoint.templates.schemas import (
+    TemplateCreate,
+    TemplateRead,
+    TemplateUpdate,
+    TemplateVersionCreate,
+    TemplateVersionRead,
+)
+from spawnpoint.templates.service import TemplateService
+from spawnpoint.tenants.repository import TenantRepository
+
+router = APIRouter(prefix="/api/templates", tags=["templates"])
+
+
+def get_template_service(session: Session, scope: Scope, settings: AppSettings) -> TemplateService:
+    return TemplateService(
+        TemplateRepository(session, scope), TenantRepository(session, scope), settings.provisioner
+    )
+
+
+Templates = Annotated[TemplateService, Depends(get_template_service)]
+VersionNumber = Annotated[int, Path(ge=1, le=2**31 - 1)]
+
+
+def template_read(template: Template, version: TemplateVersion) -> TemplateRead:
+    return TemplateRead.model_validate(
+        {
+            "id": template.id,
+            "tenant_id": template.tenant_id,
+            "name": template.name,
+            "description": template.description,
+            "provisioner": template.provisioner,
+            "current_version": template.current_version,
+            "spec": version.spec,
+            "created_at": template.created_at,
+            "updated_at": template.updated_at,
+        }
+    )
+
+
+def version_read(version: TemplateVersion) -> TemplateVersionRead:
+    return TemplateVersionRead.model_validate(
+        {
+            "template_id": version.template_id,
+            "version": version.version,
+            "provisioner": version.provisioner,
+            "spec": version.spec,
+            "created_by": version.created_by,
+            "created_at": version.created_at,
+            "updated_at": version.created_at,
+        }
+    )
+
+
+@router.get("", summary="List scenario templates")
+async def list_templates(
+    _: RequireViewer, templates: Templates, page: Pagination
+) -> Page[TemplateRead]:
+    """List the tenant's templates and the platform templates."""
+    rows, cursor = await templates.list_page(params=page)
+    return Page(items=[template_read(t, v) for t, v in rows], next_cursor=cursor)
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, summary="Create scenario template")
+async def create_template(
+    actor: RequirePublisher, templates: Templates, template_in: TemplateCreate
+) -> TemplateRead:
+    """Create a template and its first version."""
+    platform = "tenant_id" in template_in.model_fields_set and template_in.tenant_id is None
+    template, version = await templates.create(
+        actor=actor, template_in=template_in, platform=platform
+    )
+    return template_read(template, version)
+
+
+@router.get("/{template_id}", summary="Retrieve scenario template")
+async def read_template(
+    _: RequireViewer, templates: Templates, template_id: uuid.UUID
+) -> TemplateRead:
+    """Retrieve one template with its current spec."""
+    return template_read(*await templates.get(template_id=template_id))
+
+
+@router.put("/{template_id}", summary="Update scenario template")
+async def update_template(
+    actor: RequirePublisher,
+    templates: Templates,
+    template_id: uuid.UUID,
+    template_in: TemplateUpdate,
+) -> TemplateRead:
+    """Update a template; a changed spec becomes a new version."""
+    row = await templates.update(actor=actor, template_id=template_id, template_in=template_in)
+    return template_read(*row)
+
+
+@router.delete(
+    "/{template_id}", status_code=status.HTTP_204_NO_CONTENT, summary="Delete scenario template"
+)
+async def delete_template(
+    actor: RequirePublisher, templates: Templates, template_id: uuid.UUID
+) -> None:
+    """Delete a template and all its versions."""
+    await templates.delete(actor=actor, template_id=template_id)
+
+
+@router.get("/{template_id}/versions", summary="List template versions")
+async def list_template_versions(
+    _: RequireViewer, templates: Templates, template_id: uuid.UUID, page: Pagination
+) -> Page[TemplateVersionRead]:
+    """List a template's versions, oldest first."""
+    items, cursor = await templates.list_versions(template_id=template_id, params=page)
+    return Page(items=[version_read(v) for v in items], next_cursor=cursor)
+
+
+@router.post(
+    "/{template_id}/versions",
+    status_code=status.HTTP_201_CREATED,
+    summary="Create template version",
+)
+async def create_template_version(
+    actor: RequirePublisher,
+    templates: Templates,
+    template_id: uuid.UUID,
+    version_in: TemplateVersionCreate,
+) -> TemplateVersionRead:
+    """Publish a new immutable version and make it current."""
+    version = await templates.create_version(
+        actor=actor, template_id=template_id, version_in=version_in
+    )
+    return version_read(version)
+
+
+@router.get("/{template_id}/versions/{version}", summary="Retrieve template version")
+async def read_template_version(
+    _: RequireViewer, templates: Templates, template_id: uuid.UUID, version: VersionNumber
+) -> TemplateVersionRead:
+    """Retrieve one immutable version of a template."""
+    return version_read(await templates.get_version(template_id=template_id, version=version))

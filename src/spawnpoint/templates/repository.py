@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy import Select, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from spawnpoint.kit.errors import NotFound
+from spawnpoint.kit.pagination import PageParams, fetch_page
+from spawnpoint.kit.repository import Repository
+from spawnpoint.models import Template, TemplateVersion
+from spawnpoint.scope import TenantScope
+
+
+class TemplateRepository(Repository[Template]):
+    model = Template
+    noun = "template"
+
+    def __init__(self, session: AsyncSession, scope: TenantScope) -> None:
+        super().__init__(session)
+        self.scope = scope
+
+    def readable(self) -> Select[tuple[Template]]:
+        statement = select(Template)
+        if not self.scope.all_tenants:
+            statement = statement.where(
+                or_(Template.tenant_id == self.scope.tenant_id, Template.tenant_id.is_(None))
+            )
+        return statement
+
+    def _with_current(self) -> Select[tuple[Template, TemplateVersion]]:
+        return self.readable().add_columns(TemplateVersion).join(
+            TemplateVersion,
+            (TemplateVersion.template_id == Template.id)
+            & (TemplateVersion.version == Template.current_version),
+        )
+
+    async def page_with_current(
+        self, params: PageParams
+    ) -> tuple[list[tuple[Template, TemplateVersion]], str | None]:
+        rows, cursor = await fetch_page(
+            self.session, self._with_current(), key=Template.id, params=params
+        )
+        return [(row[0], row[1]) for row in rows], cursor
+
+    async def get_with_current(
+        self, template_id: uuid.UUID, *, for_update: bool = False
+    ) -> tuple[Template, TemplateVersion]:
+        statement = self._with_current().where(Template.id == template_id)
+        if for_update:
+            statement = statement.with_for_update(of=Template)
+        row = (await self.session.execute(statement)).one_or_none()
+        if row is None:
+            raise NotFound("Template not found.")
+        return row[0], row[1]
+
+    async def page_versions(
+        self, template_id: uuid.UUID, params: PageParams
+    ) -> tuple[list[TemplateVersion], str | None]:
+        statement = select(TemplateVersion).where(TemplateVersion.template_id == template_id)
+        rows, cursor = await fetch_page(
+            self.session, statement, key=TemplateVersion.version, params=params, key_type=int
+        )
+        return [row[0] for row in rows], cursor
+
+    async def get_version(self, template_id: uuid.UUID, version: int) -> TemplateVersion:
+        found = await self.session.get(TemplateVersion, (template_id, version))
+        if found is None:
+            raise NotFound("Template version not found.")
+        return found

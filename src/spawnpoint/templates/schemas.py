@@ -1,0 +1,99 @@
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import Field, field_validator
+
+from spawnpoint.kit.schemas import InputSchema, Name, ReadSchema, UpdateSchema
+
+ProvisionerName = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[a-z][a-z0-9-]*$")]
+EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=128)]
+
+
+class TemplateSpec(InputSchema):
+    """What a workspace of this template runs and what it may consume."""
+
+    command: str | None = Field(
+        None,
+        max_length=4096,
+        description="Command for the local provisioner; placeholders {port} and {workspace_dir}.",
+    )
+    image: str | None = Field(None, max_length=512, description="Container image.")
+    cpu: float = Field(1, gt=0, le=1024, description="vCPUs.")
+    memory_mb: int = Field(512, ge=16, le=4_194_304)
+    storage_gb: int = Field(1, ge=0, le=65_536)
+    ports: list[Annotated[int, Field(ge=1, le=65535)]] = Field(default_factory=list, max_length=32)
+    env: dict[EnvName, Annotated[str, Field(max_length=8192)]] = Field(
+        default_factory=dict, max_length=256
+    )
+    idle_timeout_minutes: int | None = Field(
+        None, ge=1, description="Stop a workspace this long after its last activity."
+    )
+    max_lifetime_days: int | None = Field(
+        None, ge=1, description="Delete a workspace this long after it was created."
+    )
+    hourly_cost: float = Field(0, ge=0, description="Cost per running hour, in the plan's currency.")
+    restricted: bool = Field(False, description="Only tenant admins may spawn it.")
+
+    @field_validator("ports")
+    @classmethod
+    def _unique_ports(cls, ports: list[int]) -> list[int]:
+        if len(set(ports)) != len(ports):
+            raise ValueError("ports must be unique")
+        return ports
+
+
+class TemplateCreate(InputSchema):
+    name: Name
+    description: str = Field("", max_length=2000)
+    provisioner: ProvisionerName | None = Field(
+        None, description="Driver that runs the template. Default: the PROVISIONER setting."
+    )
+    spec: TemplateSpec = Field(default_factory=TemplateSpec)
+    tenant_id: uuid.UUID | None = Field(
+        None,
+        description="Owner tenant. Left out: yours. `null` (operators only): a platform "
+        "template every tenant can read.",
+    )
+
+
+class TemplateUpdate(UpdateSchema):
+    name: Name = Field(default=None)
+    description: str = Field(default=None, max_length=2000)
+    provisioner: ProvisionerName = Field(default=None)
+    spec: dict[str, Any] = Field(
+        default=None,
+        description="TemplateSpec fields to change; the rest keep their values. "
+        "A changed spec or provisioner becomes a new version.",
+    )
+
+
+class TemplateVersionCreate(InputSchema):
+    spec: TemplateSpec
+    provisioner: ProvisionerName | None = Field(
+        None, description="Driver for this version. Default: the template's current one."
+    )
+
+
+class TemplateRead(ReadSchema):
+    id: uuid.UUID
+    tenant_id: uuid.UUID | None
+    name: str
+    description: str
+    provisioner: str
+    current_version: int
+    spec: TemplateSpec
+    created_at: datetime
+    updated_at: datetime
+
+
+class TemplateVersionRead(ReadSchema):
+    template_id: uuid.UUID
+    version: int
+    provisioner: str
+    spec: TemplateSpec
+    created_by: uuid.UUID | None
+    created_at: datetime
+    updated_at: datetime

@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, status
+
+from spawnpoint.deps import RequireAdmin, Scope, Session
+from spawnpoint.kit.pagination import Page, Pagination
+from spawnpoint.tenants.repository import TenantRepository
+from spawnpoint.users.repository import UserRepository
+from spawnpoint.users.schemas import UserCreate, UserRead, UserUpdate
+from spawnpoint.users.service import UserService
+
+router = APIRouter(prefix="/api/users", tags=["users"])
+
+
+def get_user_service(session: Session, scope: Scope) -> UserService:
+    return UserService(UserRepository(session, scope), TenantRepository(session, scope))
+
+
+Users = Annotated[UserService, Depends(get_user_service)]
+
+
+@router.get("", summary="List users")
+async def list_users(
+    _: RequireAdmin,
+    users: Users,
+    page: Pagination,
+    tenant_id: Annotated[uuid.UUID | None, Query(description="Only this tenant's users.")] = None,
+) -> Page[UserRead]:
+    """List the users of the caller's tenant (operators: of every tenant)."""
+    items, cursor = await users.list_page(params=page, tenant_id=tenant_id)
+    return Page(items=[UserRead.model_validate(u) for u in items], next_cursor=cursor)
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, summary="Create user")
+async def create_user(actor: RequireAdmin, users: Users, user_in: UserCreate) -> UserRead:
+    """Create a user in the caller's tenant."""
+    return UserRead.model_validate(await users.create(actor=actor, user_in=user_in))
+
+
+@router.get("/{user_id}", summary="Retrieve user")
+async def read_user(_: RequireAdmin, users: Users, user_id: uuid.UUID) -> UserRead:
+    """Retrieve one user."""
+    return UserRead.model_validate(await users.get(user_id=user_id))
+
+
+@router.put("/{user_id}", summary="Update user")
+async def update_user(
+    actor: RequireAdmin, users: Users, user_id: uuid.UUID, user_in: UserUpdate
+) -> UserRead:
+    """Update a user's fields; fields left out keep their values."""
+    return UserRead.model_validate(
+        await users.update(actor=actor, user_id=user_id, user_in=user_in)
+    )
+
+
+@router.delete("/{user_id}", status_code=status.HTTP_204_NO_CONTENT, summary="Delete user")
+async def delete_user(actor: RequireAdmin, users: Users, user_id: uuid.UUID) -> None:
+    """Delete a user."""
+    await users.delete(actor=actor, user_id=user_id)

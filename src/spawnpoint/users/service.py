@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+import uuid
+
+from spawnpoint.kit.errors import Conflict, Forbidden
+from spawnpoint.kit.pagination import PageParams
+from spawnpoint.models import Role, User
+from spawnpoint.security import Principal
+from spawnpoint.tenants.repository import TenantRepository
+from spawnpoint.tenants.service import resolve_owner_tenant
+from spawnpoint.users.repository import UserRepository
+from spawnpoint.users.schemas import UserCreate, UserUpdate
+
+
+class UserService:
+    def __init__(self, repository: UserRepository, tenants: TenantRepository) -> None:
+        self.repository = repository
+        self.tenants = tenants
+
+    async def list_page(
+        self, *, params: PageParams, tenant_id: uuid.UUID | None
+    ) -> tuple[list[User], str | None]:
+        statement = self.repository.readable()
+        if tenant_id is not None:
+            statement = statement.where(User.tenant_id == tenant_id)
+        return await self.repository.page(params, statement)
+
+    async def get(self, *, user_id: uuid.UUID) -> User:
+        return await self.repository.get(user_id)
+
+    @staticmethod
+    def _check_role(actor: Principal, role: Role) -> None:
+        if role == Role.operator and not actor.operator:
+            raise Forbidden("Only operators can grant the operator role.")
+
+    async def create(self, *, actor: Principal, user_in: UserCreate) -> User:
+        tenant_id = await resolve_owner_tenant(self.tenants, actor, user_in.tenant_id)
+        self._check_role(actor, user_in.role)
+        user = User(**user_in.model_dump(exclude={"tenant_id"}), tenant_id=tenant_id)
+        return await self.repository.add(user)
+
+    async def _editable(self, actor: Principal, user_id: uuid.UUID) -> User:
+        user = await self.repository.get(user_id)
+        if user.role == Role.operator and not actor.operator:
+            raise Forbidden("Only operators can change an operator's account.")
+        return user
+
+    async def update(self, *, actor: Principal, user_id: uuid.UUID, user_in: UserUpdate) -> User:
+        user = await self._editable(actor, user_id)
+        changes = user_in.changes()
+        if "tenant_id" in changes:
+            await resolve_owner_tenant(self.tenants, actor, user_in.tenant_id)
+        if "role" in changes:
+            self._check_role(actor, user_in.role)
+            if user.id == actor.user_id and Role(user_in.role).rank > Role(user.role).rank:
+                raise Forbidden("Nobody can raise their own role.")
+        for field, value in changes.items():
+            setattr(user, field, value)
+        await self.repository.flush()
+        return user
+
+    async def delete(self, *, actor: Principal, user_id: uuid.UUID) -> None:
+        user = await self._editable(actor, user_id)
+        if user.id == actor.user_id:
+            raise Conflict("You cannot delete your own account.")
+        await self.repository.delete(user)
