@@ -1,0 +1,170 @@
+"""Test harness: every test that takes `backend` runs on SQLite and on PostgreSQL.
+
+Each backend gets its own database for the session, built by the real migrations and dropped
+at the end. Tests stay independent by creating their own tenants (see `world`).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+from sqlalchemy.engine import make_url
+
+from spawnpoint.app import create_app
+from spawnpoint.config import Settings
+from spawnpoint.db import Database
+from spawnpoint.migrations import upgrade
+from spawnpoint.models import Plan, Role, Tenant, User
+from spawnpoint.security import mint_token
+
+PG_URL = os.environ.get(
+    "SPAWNPOINT_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+JWT_SECRET = "test-secret-" + "x" * 40
+BACKENDS = ["sqlite", "postgres"]
+
+
+def pg_conninfo(url: str) -> str:
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def postgres_or_skip() -> None:
+    try:
+        psycopg.connect(pg_conninfo(PG_URL), connect_timeout=3).close()
+    except psycopg.OperationalError as exc:
+        message = f"PostgreSQL is not reachable at {PG_URL}: {exc}"
+        if IN_CI:
+            pytest.fail(f"{message} (CI=true: PostgreSQL tests are mandatory)", pytrace=False)
+        pytest.skip(f"{message}; set SPAWNPOINT_TEST_PG_URL or start PostgreSQL")
+
+
+class PostgresDatabase:
+    """A throwaway database on the test server, created and dropped by the harness."""
+
+    def __init__(self, prefix: str = "spawnpoint_test") -> None:
+        self.name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+        self.url = make_url(PG_URL).set(database=self.name).render_as_string(hide_password=False)
+
+    def __enter__(self) -> PostgresDatabase:
+        with psycopg.connect(pg_conninfo(PG_URL), autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{self.name}"')
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        with psycopg.connect(pg_conninfo(PG_URL), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+
+
+def make_settings(database_url: str, data_dir: Path, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "database_url": database_url,
+        "data_dir": data_dir,
+        "jwt_secret": JWT_SECRET,
+        "environment": "development",
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def backend_settings(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Settings]:
+    data_dir = tmp_path_factory.mktemp(request.param)
+    if request.param == "sqlite":
+        settings = make_settings(f"sqlite+aiosqlite:///{data_dir / 'test.db'}", data_dir)
+        upgrade(settings)
+        yield settings
+        return
+    postgres_or_skip()
+    with PostgresDatabase() as pg:
+        settings = make_settings(pg.url, data_dir)
+        upgrade(settings)
+        yield settings
+
+
+@pytest.fixture(scope="session")
+async def database(backend_settings: Settings) -> AsyncIterator[Database]:
+    db = Database(backend_settings.sqlalchemy_url, pool_size=20)
+    yield db
+    await db.dispose()
+
+
+@pytest.fixture(scope="session")
+def backend(backend_settings: Settings) -> str:
+    return "sqlite" if backend_settings.sqlalchemy_url.startswith("sqlite") else "postgres"
+
+
+@pytest.fixture(scope="session")
+async def client(backend_settings: Settings, database: Database) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(backend_settings, database=database)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://spawnpoint.test") as c:
+        yield c
+
+
+@dataclass
+class Org:
+    """A tenant with one user per role, each with a ready bearer header."""
+
+    tenant_id: uuid.UUID
+    plan_id: uuid.UUID
+    users: dict[Role, uuid.UUID] = field(default_factory=dict)
+    headers: dict[Role, dict[str, str]] = field(default_factory=dict)
+
+
+@dataclass
+class World:
+    settings: Settings
+    database: Database
+
+    async def org(self, *, roles: tuple[Role, ...] = tuple(Role), **plan: object) -> Org:
+        """Create a plan, a tenant on it and a user for each of `roles`."""
+        suffix = uuid.uuid4().hex[:10]
+        async for session in self.database.transaction(write=True):
+            plan_row = Plan(
+                name=f"plan-{suffix}",
+                max_workspaces=plan.get("max_workspaces", 5),
+                max_cpu=plan.get("max_cpu", 8),
+                max_memory_mb=plan.get("max_memory_mb", 16384),
+                max_storage_gb=plan.get("max_storage_gb", 100),
+                max_concurrent_jobs=plan.get("max_concurrent_jobs", 5),
+                max_jobs_per_day=plan.get("max_jobs_per_day", 500),
+                monthly_budget=plan.get("monthly_budget", 0),
+            )
+            session.add(plan_row)
+            await session.flush()
+            tenant = Tenant(name=f"tenant-{suffix}", slug=f"t-{suffix}", plan_id=plan_row.id)
+            session.add(tenant)
+            await session.flush()
+            org = Org(tenant_id=tenant.id, plan_id=plan_row.id)
+            for role in roles:
+                user = User(
+                    tenant_id=tenant.id, email=f"{role.value}-{suffix}@example.test", role=role
+                )
+                session.add(user)
+                await session.flush()
+                org.users[role] = user.id
+                org.headers[role] = self.bearer(user.id)
+        return org
+
+    def bearer(self, user_id: uuid.UUID, **claims: object) -> dict[str, str]:
+        token = mint_token(self.settings, user_id=user_id)
+        return {"Authorization": f"Bearer {token}"}
+
+    @property
+    def dev(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.settings.dev_bypass_token}"}
+
+
+@pytest.fixture
+def world(backend_settings: Settings, database: Database) -> World:
+    return World(settings=backend_settings, database=database)
