@@ -104,7 +104,9 @@ def backend(backend_settings: Settings) -> str:
 
 
 @pytest.fixture(scope="session")
-async def client(backend_settings: Settings, database: Database) -> AsyncIterator[httpx.AsyncClient]:
+async def client(
+    backend_settings: Settings, database: Database
+) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(backend_settings, database=database)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://spawnpoint.test") as c:
@@ -129,7 +131,7 @@ class World:
     async def org(self, *, roles: tuple[Role, ...] = tuple(Role), **plan: object) -> Org:
         """Create a plan, a tenant on it and a user for each of `roles`."""
         suffix = uuid.uuid4().hex[:10]
-        async for session in self.database.transaction(write=True):
+        async with self.database.transaction(write=True) as session:
             plan_row = Plan(
                 name=f"plan-{suffix}",
                 max_workspaces=plan.get("max_workspaces", 5),

@@ -16,7 +16,9 @@ from spawnpoint.db import Database
 from spawnpoint.models import User
 from spawnpoint.security import mint_token
 
-app = typer.Typer(help="spawnpoint: a multi-tenant control plane for workspaces.", no_args_is_help=True)
+app = typer.Typer(
+    help="spawnpoint: a multi-tenant control plane for workspaces.", no_args_is_help=True
+)
 token_app = typer.Typer(help="Mint access tokens for local use.", no_args_is_help=True)
 app.add_typer(token_app, name="token")
 
@@ -90,12 +92,11 @@ def migrate(
 async def _user_by_email(settings: Settings, email: str) -> User | None:
     database = Database(settings.sqlalchemy_url, pool_size=1)
     try:
-        async for session in database.transaction(write=False):
+        async with database.transaction(write=False) as session:
             found: User | None = (
                 await session.execute(select(User).where(User.email == email.lower()))
             ).scalar_one_or_none()
             return found
-        return None
     finally:
         await database.dispose()
 

@@ -16,7 +16,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MIN_SECRET_BYTES = 32
-DEV_SECRET_FILE = ".jwt-secret"
+DEV_SECRET_FILE = ".jwt-secret"  # noqa: S105  (a file name, not a secret)
 
 
 class UnsafeSettingsError(RuntimeError):
@@ -40,7 +40,9 @@ class Settings(BaseSettings):
         description="SQLAlchemy URL. Unset: SQLite at DATA_DIR/spawnpoint.db. "
         "Production: postgresql+psycopg://spawn_service:spawn_service@localhost:5432/spawn_service",
     )
-    database_pool_size: int = Field(10, ge=1, description="Connections kept per process (PostgreSQL).")
+    database_pool_size: int = Field(
+        10, ge=1, description="Connections kept per process (PostgreSQL)."
+    )
     host: str = Field("127.0.0.1", description="Interface `spawnpoint serve` binds to.")
     port: int = Field(8000, ge=0, le=65535, description="Port `spawnpoint serve` listens on.")
     log_level: Literal["debug", "info", "warning", "error"] = Field(

@@ -33,7 +33,7 @@ def get_database(request: Request) -> Database:
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
     """One transaction per request, committed before the response is sent."""
     database: Database = request.app.state.database
-    async for session in database.transaction(write=request.method not in READ_METHODS):
+    async with database.transaction(write=request.method not in READ_METHODS) as session:
         yield session
 
 

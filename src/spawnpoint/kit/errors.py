@@ -78,9 +78,7 @@ def problem_document(
     return doc
 
 
-def problem_response(
-    doc: dict[str, Any], headers: dict[str, str] | None = None
-) -> JSONResponse:
+def problem_response(doc: dict[str, Any], headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse(doc, status_code=doc["status"], headers=headers, media_type=PROBLEM_JSON)
 
 
@@ -111,10 +109,10 @@ async def _on_validation(_: Request, exc: Exception) -> JSONResponse:
 
 async def _on_http(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    detail = exc.detail if isinstance(exc.detail, str) else None
+    detail: str | None = exc.detail if isinstance(exc.detail, str) else None
     if detail == HTTPStatus(exc.status_code).phrase:
         detail = None
-    return problem_response(problem_document(exc.status_code, detail), exc.headers)
+    return problem_response(problem_document(exc.status_code, detail), dict(exc.headers or {}))
 
 
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -57,7 +57,7 @@ Pagination = Annotated[PageParams, Depends(page_params)]
 
 async def fetch_page(
     session: AsyncSession,
-    statement: Select[Any],
+    statement: Select[*tuple[Any, ...]],
     *,
     key: InstrumentedAttribute[Any],
     params: PageParams,

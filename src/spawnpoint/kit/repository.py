@@ -25,13 +25,12 @@ class Repository(Generic[M]):
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
 
-    def readable(self) -> Select[tuple[M]]:
+    def readable(self) -> Select[M]:
         return select(self.model)
 
     async def find(self, object_id: uuid.UUID) -> M | None:
         statement = self.readable().where(self.model.id == object_id)
-        result: M | None = (await self.session.execute(statement)).scalar_one_or_none()
-        return result
+        return (await self.session.execute(statement)).scalar_one_or_none()
 
     async def get(self, object_id: uuid.UUID) -> M:
         found = await self.find(object_id)
@@ -40,7 +39,7 @@ class Repository(Generic[M]):
         return found
 
     async def page(
-        self, params: PageParams, statement: Select[tuple[M]] | None = None
+        self, params: PageParams, statement: Select[M] | None = None
     ) -> tuple[list[M], str | None]:
         rows, cursor = await fetch_page(
             self.session,
@@ -61,8 +60,7 @@ class Repository(Generic[M]):
             await self.session.flush()
         except IntegrityError as exc:
             raise Conflict(
-                f"A {self.noun} with these unique fields already exists, "
-                "or it is still referenced."
+                f"A {self.noun} with these unique fields already exists, or it is still referenced."
             ) from exc
 
     async def delete(self, obj: M) -> None:

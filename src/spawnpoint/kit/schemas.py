@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Annotated
+from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationInfo,
+    field_validator,
+)
 
 Money = Annotated[
     Decimal,
@@ -24,11 +31,19 @@ class InputSchema(BaseModel):
 class UpdateSchema(InputSchema):
     """A PUT body: every field optional; only the fields sent are applied.
 
-    Fields default to None without validation, so an explicit `null` for a field that
-    cannot be null is still refused.
+    Left out means "keep"; an explicit `null` is refused unless the field is in `nullable`.
     """
 
-    def changes(self) -> dict[str, object]:
+    nullable: ClassVar[frozenset[str]] = frozenset()
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _refuse_null(cls, value: object, info: ValidationInfo) -> object:
+        if value is None and info.field_name not in cls.nullable:
+            raise ValueError("may not be null")
+        return value
+
+    def changes(self) -> dict[str, Any]:
         return self.model_dump(exclude_unset=True)
 
 

@@ -50,9 +50,7 @@ class Plan(IdMixin, TimestampMixin, Base):
 
 class Tenant(IdMixin, TimestampMixin, Base):
     __tablename__ = "tenants"
-    __table_args__ = (
-        CheckConstraint("status IN ('active', 'suspended')", name="status"),
-    )
+    __table_args__ = (CheckConstraint("status IN ('active', 'suspended')", name="status"),)
 
     name: Mapped[str] = mapped_column(String(100), unique=True)
     slug: Mapped[str] = mapped_column(String(63), unique=True)

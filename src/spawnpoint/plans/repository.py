@@ -18,7 +18,7 @@ class PlanRepository(Repository[Plan]):
         super().__init__(session)
         self.scope = scope
 
-    def readable(self) -> Select[tuple[Plan]]:
+    def readable(self) -> Select[Plan]:
         statement = select(Plan)
         if not self.scope.all_tenants:
             own_plan = select(Tenant.plan_id).where(Tenant.id == self.scope.tenant_id)

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from decimal import Decimal
 
 from pydantic import Field
 
@@ -17,19 +18,21 @@ class PlanCreate(InputSchema):
     max_storage_gb: int = Field(100, ge=0)
     max_concurrent_jobs: int = Field(5, ge=0)
     max_jobs_per_day: int = Field(500, ge=0)
-    monthly_budget: Money = Field(default=0, description="Spend per month; 0 means no budget.")
+    monthly_budget: Money = Field(
+        default=Decimal(0), description="Spend per month; 0 means no budget."
+    )
 
 
 class PlanUpdate(UpdateSchema):
-    name: Name = Field(default=None)
-    description: str = Field(default=None, max_length=2000)
-    max_workspaces: int = Field(default=None, ge=0)
-    max_cpu: float = Field(default=None, ge=0)
-    max_memory_mb: int = Field(default=None, ge=0)
-    max_storage_gb: int = Field(default=None, ge=0)
-    max_concurrent_jobs: int = Field(default=None, ge=0)
-    max_jobs_per_day: int = Field(default=None, ge=0)
-    monthly_budget: Money = Field(default=None)
+    name: Name | None = Field(default=None)
+    description: str | None = Field(default=None, max_length=2000)
+    max_workspaces: int | None = Field(default=None, ge=0)
+    max_cpu: float | None = Field(default=None, ge=0)
+    max_memory_mb: int | None = Field(default=None, ge=0)
+    max_storage_gb: int | None = Field(default=None, ge=0)
+    max_concurrent_jobs: int | None = Field(default=None, ge=0)
+    max_jobs_per_day: int | None = Field(default=None, ge=0)
+    monthly_budget: Money | None = Field(default=None)
 
 
 class PlanRead(ReadSchema):

@@ -27,7 +27,9 @@ async def list_projects(
     _: RequireViewer,
     projects: Projects,
     page: Pagination,
-    tenant_id: Annotated[uuid.UUID | None, Query(description="Only this tenant's projects.")] = None,
+    tenant_id: Annotated[
+        uuid.UUID | None, Query(description="Only this tenant's projects.")
+    ] = None,
 ) -> Page[ProjectRead]:
     """List the projects of the caller's tenant (operators: of every tenant)."""
     items, cursor = await projects.list_page(params=page, tenant_id=tenant_id)

@@ -16,7 +16,7 @@ class ProjectRepository(Repository[Project]):
         super().__init__(session)
         self.scope = scope
 
-    def readable(self) -> Select[tuple[Project]]:
+    def readable(self) -> Select[Project]:
         statement = select(Project)
         if not self.scope.all_tenants:
             statement = statement.where(Project.tenant_id == self.scope.tenant_id)

@@ -17,8 +17,8 @@ class ProjectCreate(InputSchema):
 
 
 class ProjectUpdate(UpdateSchema):
-    name: Name = Field(default=None)
-    description: str = Field(default=None, max_length=2000)
+    name: Name | None = Field(default=None)
+    description: str | None = Field(default=None, max_length=2000)
 
 
 class ProjectRead(ReadSchema):

@@ -20,7 +20,7 @@ class TemplateRepository(Repository[Template]):
         super().__init__(session)
         self.scope = scope
 
-    def readable(self) -> Select[tuple[Template]]:
+    def readable(self) -> Select[Template]:
         statement = select(Template)
         if not self.scope.all_tenants:
             statement = statement.where(
@@ -28,11 +28,15 @@ class TemplateRepository(Repository[Template]):
             )
         return statement
 
-    def _with_current(self) -> Select[tuple[Template, TemplateVersion]]:
-        return self.readable().add_columns(TemplateVersion).join(
-            TemplateVersion,
-            (TemplateVersion.template_id == Template.id)
-            & (TemplateVersion.version == Template.current_version),
+    def _with_current(self) -> Select[Template, TemplateVersion]:
+        return (
+            self.readable()
+            .add_columns(TemplateVersion)
+            .join(
+                TemplateVersion,
+                (TemplateVersion.template_id == Template.id)
+                & (TemplateVersion.version == Template.current_version),
+            )
         )
 
     async def page_with_current(

@@ -34,7 +34,9 @@ class TemplateSpec(InputSchema):
     max_lifetime_days: int | None = Field(
         None, ge=1, description="Delete a workspace this long after it was created."
     )
-    hourly_cost: float = Field(0, ge=0, description="Cost per running hour, in the plan's currency.")
+    hourly_cost: float = Field(
+        0, ge=0, description="Cost per running hour, in the plan's currency."
+    )
     restricted: bool = Field(False, description="Only tenant admins may spawn it.")
 
     @field_validator("ports")
@@ -60,10 +62,10 @@ class TemplateCreate(InputSchema):
 
 
 class TemplateUpdate(UpdateSchema):
-    name: Name = Field(default=None)
-    description: str = Field(default=None, max_length=2000)
-    provisioner: ProvisionerName = Field(default=None)
-    spec: dict[str, Any] = Field(
+    name: Name | None = Field(default=None)
+    description: str | None = Field(default=None, max_length=2000)
+    provisioner: ProvisionerName | None = Field(default=None)
+    spec: dict[str, Any] | None = Field(
         default=None,
         description="TemplateSpec fields to change; the rest keep their values. "
         "A changed spec or provisioner becomes a new version.",

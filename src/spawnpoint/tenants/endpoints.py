@@ -30,7 +30,9 @@ async def list_tenants(_: RequireAdmin, tenants: Tenants, page: Pagination) -> P
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, summary="Create tenant")
-async def create_tenant(_: RequireOperator, tenants: Tenants, tenant_in: TenantCreate) -> TenantRead:
+async def create_tenant(
+    _: RequireOperator, tenants: Tenants, tenant_in: TenantCreate
+) -> TenantRead:
     """Create a tenant on a plan."""
     return TenantRead.model_validate(await tenants.create(tenant_in=tenant_in))
 
@@ -60,4 +62,6 @@ async def assign_plan(
     _: RequireOperator, tenants: Tenants, tenant_id: uuid.UUID, plan_id: uuid.UUID
 ) -> TenantRead:
     """Move a tenant onto another plan."""
-    return TenantRead.model_validate(await tenants.assign_plan(tenant_id=tenant_id, plan_id=plan_id))
+    return TenantRead.model_validate(
+        await tenants.assign_plan(tenant_id=tenant_id, plan_id=plan_id)
+    )

@@ -16,7 +16,7 @@ class TenantRepository(Repository[Tenant]):
         super().__init__(session)
         self.scope = scope
 
-    def readable(self) -> Select[tuple[Tenant]]:
+    def readable(self) -> Select[Tenant]:
         statement = select(Tenant)
         if not self.scope.all_tenants:
             statement = statement.where(Tenant.id == self.scope.tenant_id)

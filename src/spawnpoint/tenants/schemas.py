@@ -9,7 +9,9 @@ from pydantic import Field
 from spawnpoint.kit.schemas import InputSchema, Name, ReadSchema, UpdateSchema
 from spawnpoint.models import TenantStatus
 
-Slug = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")]
+Slug = Annotated[
+    str, Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
+]
 
 
 class TenantCreate(InputSchema):
@@ -20,10 +22,10 @@ class TenantCreate(InputSchema):
 
 
 class TenantUpdate(UpdateSchema):
-    name: Name = Field(default=None)
-    slug: Slug = Field(default=None)
-    plan_id: uuid.UUID = Field(default=None)
-    status: TenantStatus = Field(default=None)
+    name: Name | None = Field(default=None)
+    slug: Slug | None = Field(default=None)
+    plan_id: uuid.UUID | None = Field(default=None)
+    status: TenantStatus | None = Field(default=None)
 
 
 class TenantRead(ReadSchema):

@@ -55,7 +55,7 @@ class TenantService:
         tenant = await self.repository.get(tenant_id)
         changes = tenant_in.changes()
         if "plan_id" in changes:
-            await self._check_plan(tenant_in.plan_id)
+            await self._check_plan(changes["plan_id"])
         for field, value in changes.items():
             setattr(tenant, field, value)
         await self.repository.flush()

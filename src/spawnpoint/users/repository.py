@@ -16,7 +16,7 @@ class UserRepository(Repository[User]):
         super().__init__(session)
         self.scope = scope
 
-    def readable(self) -> Select[tuple[User]]:
+    def readable(self) -> Select[User]:
         statement = select(User)
         if not self.scope.all_tenants:
             statement = statement.where(User.tenant_id == self.scope.tenant_id)

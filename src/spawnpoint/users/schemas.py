@@ -27,11 +27,11 @@ class UserCreate(InputSchema):
 
 
 class UserUpdate(UpdateSchema):
-    email: Email = Field(default=None)
-    display_name: str = Field(default=None, max_length=200)
-    role: Role = Field(default=None)
-    status: UserStatus = Field(default=None)
-    tenant_id: uuid.UUID = Field(default=None, description="Operators only.")
+    email: Email | None = Field(default=None)
+    display_name: str | None = Field(default=None, max_length=200)
+    role: Role | None = Field(default=None)
+    status: UserStatus | None = Field(default=None)
+    tenant_id: uuid.UUID | None = Field(default=None, description="Operators only.")
 
 
 class UserRead(ReadSchema):

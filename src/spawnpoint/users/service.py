@@ -49,10 +49,11 @@ class UserService:
         user = await self._editable(actor, user_id)
         changes = user_in.changes()
         if "tenant_id" in changes:
-            await resolve_owner_tenant(self.tenants, actor, user_in.tenant_id)
+            await resolve_owner_tenant(self.tenants, actor, changes["tenant_id"])
         if "role" in changes:
-            self._check_role(actor, user_in.role)
-            if user.id == actor.user_id and Role(user_in.role).rank > Role(user.role).rank:
+            role = Role(changes["role"])
+            self._check_role(actor, role)
+            if user.id == actor.user_id and role.rank > Role(user.role).rank:
                 raise Forbidden("Nobody can raise their own role.")
         for field, value in changes.items():
             setattr(user, field, value)

@@ -21,7 +21,7 @@ branch_labels = None
 depends_on = None
 
 DEMO_ADMIN_ID = uuid.UUID("00000000-0000-0000-0000-000000001000")
-DEMO_TEMPLATE_SPEC = {
+DEMO_TEMPLATE_SPEC: dict[str, object] = {
     "command": "python3 -m http.server {port} --bind 127.0.0.1 --directory {workspace_dir}",
     "image": None,
     "cpu": 1.0,
@@ -92,7 +92,10 @@ def upgrade() -> None:
         ),
         sa.CheckConstraint("status IN ('active', 'disabled')", name=op.f("ck_users_status")),
         sa.ForeignKeyConstraint(
-            ["tenant_id"], ["tenants.id"], name=op.f("fk_users_tenant_id_tenants"), ondelete="CASCADE"
+            ["tenant_id"],
+            ["tenants.id"],
+            name=op.f("fk_users_tenant_id_tenants"),
+            ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_users")),
         sa.UniqueConstraint("email", name=op.f("uq_users_email")),
@@ -106,7 +109,10 @@ def upgrade() -> None:
         sa.Column("description", sa.Text(), nullable=False),
         *_timestamps(),
         sa.ForeignKeyConstraint(
-            ["tenant_id"], ["tenants.id"], name=op.f("fk_projects_tenant_id_tenants"), ondelete="CASCADE"
+            ["tenant_id"],
+            ["tenants.id"],
+            name=op.f("fk_projects_tenant_id_tenants"),
+            ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_projects")),
     )
@@ -122,7 +128,10 @@ def upgrade() -> None:
         sa.Column("current_version", sa.Integer(), nullable=False),
         *_timestamps(),
         sa.ForeignKeyConstraint(
-            ["tenant_id"], ["tenants.id"], name=op.f("fk_templates_tenant_id_tenants"), ondelete="CASCADE"
+            ["tenant_id"],
+            ["tenants.id"],
+            name=op.f("fk_templates_tenant_id_tenants"),
+            ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_templates")),
     )
@@ -145,10 +154,16 @@ def upgrade() -> None:
         sa.Column("created_by", sa.Uuid(), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
-            ["created_by"], ["users.id"], name=op.f("fk_template_versions_created_by_users"), ondelete="SET NULL"
+            ["created_by"],
+            ["users.id"],
+            name=op.f("fk_template_versions_created_by_users"),
+            ondelete="SET NULL",
         ),
         sa.ForeignKeyConstraint(
-            ["template_id"], ["templates.id"], name=op.f("fk_template_versions_template_id_templates"), ondelete="CASCADE"
+            ["template_id"],
+            ["templates.id"],
+            name=op.f("fk_template_versions_template_id_templates"),
+            ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("template_id", "version", name=op.f("pk_template_versions")),
     )

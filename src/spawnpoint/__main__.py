@@ -1,0 +1,3 @@
+from spawnpoint.cli import main
+
+main()

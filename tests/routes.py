@@ -1,0 +1,112 @@
+"""The route table the access matrices are generated from.
+
+Every API route must have a rule here; a route without one fails the suite.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI
+
+from conftest import Org, World
+from factories import make_plan, make_project, make_template, make_user, unique
+from spawnpoint.models import Role
+
+PUBLIC = None  # no credentials needed
+
+
+@dataclass(frozen=True)
+class Rule:
+    role: Role | None  # least role allowed; None = public
+    success: int
+    body: Callable[[Org], dict[str, Any]] | None = None
+
+
+def _plan_body(_: Org) -> dict[str, Any]:
+    return {"name": unique("plan")}
+
+
+RULES: dict[tuple[str, str], Rule] = {
+    ("GET", "/health"): Rule(PUBLIC, 200),
+    ("GET", "/live"): Rule(PUBLIC, 200),
+    ("GET", "/ready"): Rule(PUBLIC, 200),
+    ("GET", "/api/plans"): Rule(Role.admin, 200),
+    ("POST", "/api/plans"): Rule(Role.operator, 201, _plan_body),
+    ("GET", "/api/plans/{plan_id}"): Rule(Role.admin, 200),
+    ("PUT", "/api/plans/{plan_id}"): Rule(Role.operator, 200, lambda _: {"description": "x"}),
+    ("DELETE", "/api/plans/{plan_id}"): Rule(Role.operator, 204),
+    ("GET", "/api/tenants"): Rule(Role.admin, 200),
+    ("POST", "/api/tenants"): Rule(
+        Role.operator, 201, lambda org: {"name": unique("tenant"), "plan_id": str(org.plan_id)}
+    ),
+    ("GET", "/api/tenants/{tenant_id}"): Rule(Role.admin, 200),
+    ("PUT", "/api/tenants/{tenant_id}"): Rule(Role.operator, 200, lambda _: {"status": "active"}),
+    ("DELETE", "/api/tenants/{tenant_id}"): Rule(Role.operator, 204),
+    ("POST", "/api/tenants/{tenant_id}/plans/{plan_id}"): Rule(Role.operator, 200),
+    ("GET", "/api/users"): Rule(Role.admin, 200),
+    ("POST", "/api/users"): Rule(
+        Role.admin, 201, lambda _: {"email": f"{unique('new')}@example.test"}
+    ),
+    ("GET", "/api/users/{user_id}"): Rule(Role.admin, 200),
+    ("PUT", "/api/users/{user_id}"): Rule(Role.admin, 200, lambda _: {"display_name": "x"}),
+    ("DELETE", "/api/users/{user_id}"): Rule(Role.admin, 204),
+    ("GET", "/api/projects"): Rule(Role.viewer, 200),
+    ("POST", "/api/projects"): Rule(Role.admin, 201, lambda _: {"name": unique("project")}),
+    ("GET", "/api/projects/{project_id}"): Rule(Role.viewer, 200),
+    ("PUT", "/api/projects/{project_id}"): Rule(Role.admin, 200, lambda _: {"description": "x"}),
+    ("DELETE", "/api/projects/{project_id}"): Rule(Role.admin, 204),
+    ("GET", "/api/templates"): Rule(Role.viewer, 200),
+    ("POST", "/api/templates"): Rule(
+        Role.publisher,
+        201,
+        lambda _: {"name": unique("template"), "provisioner": "dry-run", "spec": {"cpu": 1}},
+    ),
+    ("GET", "/api/templates/{template_id}"): Rule(Role.viewer, 200),
+    ("PUT", "/api/templates/{template_id}"): Rule(
+        Role.publisher, 200, lambda _: {"description": "x", "spec": {"cpu": 2}}
+    ),
+    ("DELETE", "/api/templates/{template_id}"): Rule(Role.publisher, 204),
+    ("GET", "/api/templates/{template_id}/versions"): Rule(Role.viewer, 200),
+    ("POST", "/api/templates/{template_id}/versions"): Rule(
+        Role.publisher, 201, lambda _: {"spec": {"cpu": 3}}
+    ),
+    ("GET", "/api/templates/{template_id}/versions/{version}"): Rule(Role.viewer, 200),
+}
+
+
+def api_routes(app: FastAPI) -> list[tuple[str, str]]:
+    """Every operation the app serves, read from its OpenAPI document."""
+    return sorted(
+        (method.upper(), path) for path, ops in app.openapi()["paths"].items() for method in ops
+    )
+
+
+async def own_params(world: World, org: Org, method: str, path: str) -> dict[str, str]:
+    """Fresh objects in `org` for every id in `path`, so only the role decides the outcome."""
+    values: dict[str, str] = {}
+    makers: dict[str, Callable[[], Awaitable[uuid.UUID]]] = {
+        # A plan no tenant uses, so deleting or assigning it can succeed.
+        "plan_id": (
+            (lambda: make_plan(world.database))
+            if method in {"DELETE", "POST"}
+            else (lambda: _const(org.plan_id))
+        ),
+        "tenant_id": lambda: _const(org.tenant_id),
+        "user_id": lambda: make_user(world.database, org.tenant_id),
+        "project_id": lambda: make_project(world.database, org.tenant_id),
+        "template_id": lambda: make_template(world.database, org.tenant_id),
+    }
+    for name, make in makers.items():
+        if "{" + name + "}" in path:
+            values[name] = str(await make())
+    if "{version}" in path:
+        values["version"] = "1"
+    return values
+
+
+async def _const(value: uuid.UUID) -> uuid.UUID:
+    return value
