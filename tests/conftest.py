@@ -21,7 +21,7 @@ from spawnpoint.app import create_app
 from spawnpoint.config import Settings
 from spawnpoint.db import Database
 from spawnpoint.migrations import upgrade
-from spawnpoint.models import Plan, Role, Tenant, User
+from spawnpoint.models import Plan, Role, Template, TemplateVersion, Tenant, User
 from spawnpoint.security import mint_token
 
 PG_URL = os.environ.get(
@@ -29,6 +29,19 @@ PG_URL = os.environ.get(
 )
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 JWT_SECRET = "test-secret-" + "x" * 40
+DRY_RUN_SPEC: dict[str, object] = {
+    "command": None,
+    "image": "example/scenario:1",
+    "cpu": 1.0,
+    "memory_mb": 512,
+    "storage_gb": 1,
+    "ports": [],
+    "env": {},
+    "idle_timeout_minutes": None,
+    "max_lifetime_days": None,
+    "hourly_cost": 0.0,
+    "restricted": False,
+}
 BACKENDS = ["sqlite", "postgres"]
 
 
@@ -119,6 +132,7 @@ class Org:
 
     tenant_id: uuid.UUID
     plan_id: uuid.UUID
+    template_id: uuid.UUID = uuid.UUID(int=0)
     users: dict[Role, uuid.UUID] = field(default_factory=dict)
     headers: dict[Role, dict[str, str]] = field(default_factory=dict)
 
@@ -147,7 +161,15 @@ class World:
             tenant = Tenant(name=f"tenant-{suffix}", slug=f"t-{suffix}", plan_id=plan_row.id)
             session.add(tenant)
             await session.flush()
-            org = Org(tenant_id=tenant.id, plan_id=plan_row.id)
+            template = Template(tenant_id=tenant.id, name=f"dry-{suffix}", provisioner="dry-run")
+            session.add(template)
+            await session.flush()
+            session.add(
+                TemplateVersion(
+                    template_id=template.id, version=1, provisioner="dry-run", spec=DRY_RUN_SPEC
+                )
+            )
+            org = Org(tenant_id=tenant.id, plan_id=plan_row.id, template_id=template.id)
             for role in roles:
                 user = User(
                     tenant_id=tenant.id, email=f"{role.value}-{suffix}@example.test", role=role

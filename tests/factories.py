@@ -4,22 +4,18 @@ from __future__ import annotations
 
 import uuid
 
+from conftest import DRY_RUN_SPEC
 from spawnpoint.db import Database
-from spawnpoint.models import Plan, Project, Role, Template, TemplateVersion, User
-
-DRY_RUN_SPEC = {
-    "command": None,
-    "image": "example/scenario:1",
-    "cpu": 1.0,
-    "memory_mb": 512,
-    "storage_gb": 1,
-    "ports": [],
-    "env": {},
-    "idle_timeout_minutes": None,
-    "max_lifetime_days": None,
-    "hourly_cost": 0.0,
-    "restricted": False,
-}
+from spawnpoint.models import (
+    Plan,
+    Project,
+    Role,
+    Template,
+    TemplateVersion,
+    User,
+    Workspace,
+    WorkspaceState,
+)
 
 
 def unique(prefix: str) -> str:
@@ -83,3 +79,33 @@ async def make_template(
             )
         )
         return template.id
+
+
+async def make_workspace(
+    database: Database,
+    tenant_id: uuid.UUID,
+    template_id: uuid.UUID,
+    *,
+    owner_id: uuid.UUID | None = None,
+    state: WorkspaceState = WorkspaceState.running,
+    external_ref: str | None = None,
+) -> uuid.UUID:
+    async with database.transaction(write=True) as session:
+        workspace = Workspace(
+            tenant_id=tenant_id,
+            owner_id=owner_id,
+            template_id=template_id,
+            template_version=1,
+            provisioner="dry-run",
+            name=unique("ws"),
+            state=state,
+            external_ref=external_ref,
+            parameters={},
+            cpu=1.0,
+            memory_mb=512,
+            storage_gb=1,
+            driver_state={},
+        )
+        session.add(workspace)
+        await session.flush()
+        return workspace.id

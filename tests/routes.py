@@ -13,7 +13,14 @@ from typing import Any
 from fastapi import FastAPI
 
 from conftest import Org, World
-from factories import make_plan, make_project, make_template, make_user, unique
+from factories import (
+    make_plan,
+    make_project,
+    make_template,
+    make_user,
+    make_workspace,
+    unique,
+)
 from spawnpoint.models import Role
 
 PUBLIC = None  # no credentials needed
@@ -75,6 +82,18 @@ RULES: dict[tuple[str, str], Rule] = {
         Role.publisher, 201, lambda _: {"spec": {"cpu": 3}}
     ),
     ("GET", "/api/templates/{template_id}/versions/{version}"): Rule(Role.viewer, 200),
+    ("POST", "/api/spawn"): Rule(
+        Role.member, 202, lambda org: {"template_id": str(org.template_id)}
+    ),
+    ("GET", "/api/workspaces"): Rule(Role.viewer, 200),
+    ("GET", "/api/workspaces/{workspace_id}"): Rule(Role.viewer, 200),
+    ("POST", "/api/workspaces/{workspace_id}/start"): Rule(Role.member, 202),
+    ("POST", "/api/workspaces/{workspace_id}/stop"): Rule(Role.member, 202),
+    ("DELETE", "/api/workspaces/{workspace_id}"): Rule(Role.member, 202),
+    ("POST", "/api/workspaces/{workspace_id}/activity"): Rule(Role.member, 204),
+    ("GET", "/api/workspaces/{workspace_id}/events"): Rule(Role.viewer, 200),
+    ("GET", "/api/v1/workspaces/{permit_id}/status"): Rule(Role.viewer, 200),
+    ("GET", "/api/v1/workspaces/{permit_id}/connection"): Rule(Role.viewer, 200),
 }
 
 
@@ -85,9 +104,21 @@ def api_routes(app: FastAPI) -> list[tuple[str, str]]:
     )
 
 
-async def own_params(world: World, org: Org, method: str, path: str) -> dict[str, str]:
-    """Fresh objects in `org` for every id in `path`, so only the role decides the outcome."""
+async def own_params(
+    world: World, org: Org, method: str, path: str, caller: Role | None = None
+) -> dict[str, str]:
+    """Fresh objects in `org` for every id in `path`, so only the role decides the outcome.
+
+    Workspaces belong to the caller, since members act on their own workspaces only.
+    """
     values: dict[str, str] = {}
+    owner = org.users.get(caller) if caller else None
+    if "{permit_id}" in path:
+        permit = unique("permit")
+        await make_workspace(
+            world.database, org.tenant_id, org.template_id, owner_id=owner, external_ref=permit
+        )
+        values["permit_id"] = permit
     makers: dict[str, Callable[[], Awaitable[uuid.UUID]]] = {
         # A plan no tenant uses, so deleting or assigning it can succeed.
         "plan_id": (
@@ -99,6 +130,9 @@ async def own_params(world: World, org: Org, method: str, path: str) -> dict[str
         "user_id": lambda: make_user(world.database, org.tenant_id),
         "project_id": lambda: make_project(world.database, org.tenant_id),
         "template_id": lambda: make_template(world.database, org.tenant_id),
+        "workspace_id": lambda: make_workspace(
+            world.database, org.tenant_id, org.template_id, owner_id=owner
+        ),
     }
     for name, make in makers.items():
         if "{" + name + "}" in path:

@@ -11,11 +11,14 @@ from spawnpoint.config import Settings
 from spawnpoint.db import Database
 from spawnpoint.health.endpoints import router as health_router
 from spawnpoint.kit.errors import install_problem_handlers
+from spawnpoint.policy.engine import PolicyEngine, build_policy_engine
+from spawnpoint.provisioners import ProvisionerRegistry
 from spawnpoint.plans.endpoints import router as plans_router
 from spawnpoint.projects.endpoints import router as projects_router
 from spawnpoint.templates.endpoints import router as templates_router
 from spawnpoint.tenants.endpoints import router as tenants_router
 from spawnpoint.users.endpoints import router as users_router
+from spawnpoint.workspaces.endpoints import router as workspaces_router
 
 ROUTERS = (
     health_router,
@@ -24,18 +27,27 @@ ROUTERS = (
     users_router,
     projects_router,
     templates_router,
+    workspaces_router,
 )
 
 
-def create_app(settings: Settings | None = None, *, database: Database | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None,
+    *,
+    database: Database | None = None,
+    policy: PolicyEngine | None = None,
+    provisioners: ProvisionerRegistry | None = None,
+) -> FastAPI:
     """Build the API. Refuses settings that are unsafe for the configured environment."""
     settings = settings or Settings()
     settings.check_safe()
     database = database or Database(settings.sqlalchemy_url, pool_size=settings.database_pool_size)
+    policy = policy or build_policy_engine(settings)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
+        await policy.aclose()
         await database.dispose()
 
     app = FastAPI(
@@ -46,6 +58,8 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     )
     app.state.settings = settings
     app.state.database = database
+    app.state.policy = policy
+    app.state.provisioners = provisioners or ProvisionerRegistry.from_entry_points()
     install_problem_handlers(app)
     for router in ROUTERS:
         app.include_router(router)

@@ -119,5 +119,63 @@ def token_create(
     typer.echo(mint_token(settings, user_id=found.id, tenant_id=found.tenant_id, ttl=lifetime))
 
 
+@app.command()
+def worker(
+    concurrency: Annotated[int, typer.Option(min=1, help="Jobs run at once.")] = 8,
+    lease_seconds: Annotated[
+        float, typer.Option(min=1, help="Job lease; heartbeats renew it every third.")
+    ] = 30.0,
+    poll_interval: Annotated[
+        float, typer.Option(min=0.01, help="Longest wait between claims without a wake-up.")
+    ] = 1.0,
+    grace_seconds: Annotated[
+        float, typer.Option(min=0, help="On SIGTERM, how long running jobs may finish.")
+    ] = 30.0,
+    rescue_interval: Annotated[
+        float, typer.Option(min=0.1, help="How often the leader rescues expired leases.")
+    ] = 5.0,
+    scheduler: Annotated[bool, typer.Option(help="Take part in scheduler leader election.")] = True,
+    handlers: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--handlers",
+            help="Extra handler registrations as module:function (called with the registry); "
+            "plug-ins normally use the spawnpoint.jobs entry-point group.",
+        ),
+    ] = None,
+) -> None:
+    """Run background jobs and the scheduler until SIGTERM or SIGINT."""
+    import logging
+
+    from spawnpoint.jobs.registry import default_registry
+    from spawnpoint.jobs.worker import serve_worker
+
+    settings = load_settings()
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    registry = default_registry(settings)
+    for reference in handlers or []:
+        registry.load_reference(reference)
+    try:
+        import uvloop
+    except ImportError:
+        runner = asyncio.run
+    else:
+        runner = uvloop.run
+    runner(
+        serve_worker(
+            settings,
+            registry,
+            concurrency=concurrency,
+            lease_seconds=lease_seconds,
+            poll_interval=poll_interval,
+            grace_seconds=grace_seconds,
+            scheduler=scheduler,
+            rescue_interval=rescue_interval,
+        )
+    )
+
+
 def main() -> None:
     sys.exit(app())

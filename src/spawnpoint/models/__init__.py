@@ -1,9 +1,21 @@
 """ORM tables, one module per aggregate; importing this package registers them all."""
 
+from spawnpoint.models.jobs import Job, JobLog, JobState, LeaderLeaseRow
 from spawnpoint.models.templates import Template, TemplateVersion
 from spawnpoint.models.tenancy import Plan, Project, Role, Tenant, TenantStatus, User, UserStatus
+from spawnpoint.models.workspaces import (
+    IdempotencyRecord,
+    Workspace,
+    WorkspaceEvent,
+    WorkspaceState,
+)
 
 __all__ = [
+    "IdempotencyRecord",
+    "Job",
+    "JobLog",
+    "JobState",
+    "LeaderLeaseRow",
     "Plan",
     "Project",
     "Role",
@@ -13,4 +25,7 @@ __all__ = [
     "TenantStatus",
     "User",
     "UserStatus",
+    "Workspace",
+    "WorkspaceEvent",
+    "WorkspaceState",
 ]

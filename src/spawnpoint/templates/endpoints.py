@@ -3,7 +3,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, status
+from fastapi import APIRouter, Depends, Path, Request, status
 
 from spawnpoint.deps import AppSettings, RequirePublisher, RequireViewer, Scope, Session
 from spawnpoint.kit.pagination import Page, Pagination
@@ -22,9 +22,14 @@ from spawnpoint.tenants.repository import TenantRepository
 router = APIRouter(prefix="/api/templates", tags=["templates"])
 
 
-def get_template_service(session: Session, scope: Scope, settings: AppSettings) -> TemplateService:
+def get_template_service(
+    session: Session, scope: Scope, settings: AppSettings, request: Request
+) -> TemplateService:
     return TemplateService(
-        TemplateRepository(session, scope), TenantRepository(session, scope), settings.provisioner
+        TemplateRepository(session, scope),
+        TenantRepository(session, scope),
+        provisioners=request.app.state.provisioners,
+        default_provisioner=settings.provisioner,
     )
 
 

@@ -8,7 +8,7 @@ from pydantic import ValidationError
 from spawnpoint.kit.errors import Forbidden, Unprocessable, field_error
 from spawnpoint.kit.pagination import PageParams
 from spawnpoint.models import Template, TemplateVersion
-from spawnpoint.provisioners import BUILTIN_PROVISIONERS, HOST_COMMAND_PROVISIONERS
+from spawnpoint.provisioners import ProvisionerRegistry
 from spawnpoint.security import Principal
 from spawnpoint.templates.repository import TemplateRepository
 from spawnpoint.templates.schemas import (
@@ -23,20 +23,26 @@ from spawnpoint.tenants.service import resolve_owner_tenant
 TemplateRow = tuple[Template, TemplateVersion]
 
 
-def check_runnable(provisioner: str, spec: TemplateSpec) -> None:
-    if provisioner not in BUILTIN_PROVISIONERS:
-        known = ", ".join(BUILTIN_PROVISIONERS)
+def check_runnable(registry: ProvisionerRegistry, provisioner: str, spec: TemplateSpec) -> None:
+    if provisioner not in registry:
+        known = ", ".join(registry.names())
         raise field_error("#/provisioner", f"Unknown provisioner; use one of: {known}.")
-    if provisioner in HOST_COMMAND_PROVISIONERS and not spec.command:
+    if registry.get(provisioner).runs_host_commands and not spec.command:
         raise field_error("#/spec/command", f"The {provisioner} provisioner needs a command.")
 
 
-def check_may_write(actor: Principal, *, tenant_id: uuid.UUID | None, provisioner: str) -> None:
+def check_may_write(
+    registry: ProvisionerRegistry,
+    actor: Principal,
+    *,
+    tenant_id: uuid.UUID | None,
+    provisioner: str,
+) -> None:
     if actor.operator:
         return
     if tenant_id is None:
         raise Forbidden("Platform templates can be created and changed by operators only.")
-    if provisioner in HOST_COMMAND_PROVISIONERS:
+    if provisioner in registry and registry.get(provisioner).runs_host_commands:
         raise Forbidden(
             f"The {provisioner} provisioner runs commands on the host; "
             "only operators may create or change its templates."
@@ -60,10 +66,16 @@ def merge_spec(current: dict[str, Any], changes: dict[str, Any]) -> TemplateSpec
 
 class TemplateService:
     def __init__(
-        self, repository: TemplateRepository, tenants: TenantRepository, default_provisioner: str
+        self,
+        repository: TemplateRepository,
+        tenants: TenantRepository,
+        *,
+        provisioners: ProvisionerRegistry,
+        default_provisioner: str,
     ) -> None:
         self.repository = repository
         self.tenants = tenants
+        self.provisioners = provisioners
         self.default_provisioner = default_provisioner
 
     async def list_page(self, *, params: PageParams) -> tuple[list[TemplateRow], str | None]:
@@ -81,8 +93,8 @@ class TemplateService:
             else await resolve_owner_tenant(self.tenants, actor, template_in.tenant_id)
         )
         provisioner = template_in.provisioner or self.default_provisioner
-        check_may_write(actor, tenant_id=tenant_id, provisioner=provisioner)
-        check_runnable(provisioner, template_in.spec)
+        check_may_write(self.provisioners, actor, tenant_id=tenant_id, provisioner=provisioner)
+        check_runnable(self.provisioners, provisioner, template_in.spec)
         template = await self.repository.add(
             Template(
                 tenant_id=tenant_id,
@@ -97,7 +109,9 @@ class TemplateService:
 
     async def _writable(self, actor: Principal, template_id: uuid.UUID) -> TemplateRow:
         template, version = await self.repository.get_with_current(template_id, for_update=True)
-        check_may_write(actor, tenant_id=template.tenant_id, provisioner=template.provisioner)
+        check_may_write(
+            self.provisioners, actor, tenant_id=template.tenant_id, provisioner=template.provisioner
+        )
         return template, version
 
     async def _add_version(
@@ -117,8 +131,10 @@ class TemplateService:
     async def _new_version(
         self, actor: Principal, template: Template, provisioner: str, spec: TemplateSpec
     ) -> TemplateVersion:
-        check_may_write(actor, tenant_id=template.tenant_id, provisioner=provisioner)
-        check_runnable(provisioner, spec)
+        check_may_write(
+            self.provisioners, actor, tenant_id=template.tenant_id, provisioner=provisioner
+        )
+        check_runnable(self.provisioners, provisioner, spec)
         template.provisioner = provisioner
         template.current_version += 1
         return await self._add_version(actor, template, provisioner, spec)

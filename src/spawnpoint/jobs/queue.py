@@ -1,0 +1,671 @@
+"""The durable job queue: rows in `jobs`, claimed under expiring, fenced leases.
+
+A job is written in the caller's transaction (`enqueue`), so it exists exactly when the
+state change it carries out was committed. Workers `claim` due jobs: the claim bumps the
+job's fencing token, and every later write about that attempt (`heartbeat`, `complete`,
+`fail`, `mark_cancelled`, `release`) names the token and the `running` state in its WHERE
+clause. Once a lease expires and `rescue_expired` (or a new claim) bumps the token, the old
+holder's writes match no row: a stale worker can never overwrite the newer attempt.
+
+Times come from the caller (`now`, default the wall clock) rather than the database, so
+tests can drive expiry; leases are long compared with the clock skew of NTP-synced hosts.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import secrets
+import socket
+import uuid
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, cast
+
+from sqlalchemy import (
+    ColumnElement,
+    Row,
+    Table,
+    bindparam,
+    case,
+    event,
+    func,
+    insert,
+    literal,
+    literal_column,
+    select,
+    update,
+)
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session, SessionTransaction
+
+from spawnpoint.jobs.errors import StaleLease
+from spawnpoint.kit.clock import utcnow
+from spawnpoint.models.jobs import Job, JobLog, JobState
+
+log = logging.getLogger("spawnpoint.jobs")
+
+CHANNEL = "spawnpoint_jobs"
+"""PostgreSQL LISTEN/NOTIFY channel that wakes workers when jobs are committed."""
+
+_ANNOUNCED = "spawnpoint.jobs.announced"
+_jitter = random.SystemRandom()
+
+
+def new_owner_id() -> str:
+    """A lease owner id unique to this process run: host, pid and a random suffix."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Exponential backoff with full jitter: a delay drawn from [0, min(cap, base * 2^(n-1)))."""
+
+    base_seconds: float = 1.0
+    cap_seconds: float = 300.0
+
+    def delay(self, attempt: int) -> timedelta:
+        """The wait before retrying after failed attempt number `attempt` (1-based)."""
+        ceiling = min(self.cap_seconds, self.base_seconds * 2.0 ** min(attempt - 1, 60))
+        return timedelta(seconds=_jitter.uniform(0, ceiling))
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    """A snapshot of one job as a claim returned it; `fencing_token` names this attempt."""
+
+    id: uuid.UUID
+    type: str
+    payload: dict[str, Any]
+    tenant_id: uuid.UUID | None
+    project_id: uuid.UUID | None
+    actor_id: uuid.UUID | None
+    attempt: int
+    max_attempts: int
+    fencing_token: int
+    lease_expires_at: datetime
+    cancel_requested: bool
+
+
+@dataclass(frozen=True)
+class Completion:
+    """A successful attempt to record: the job, the attempt's fencing token and the result."""
+
+    job_id: uuid.UUID
+    fencing_token: int
+    result: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class LogLine:
+    job_id: uuid.UUID
+    at: datetime
+    line: str
+
+
+# Core tables for the executemany statements, which the ORM's bulk modes cannot fence.
+_jobs = cast(Table, Job.__table__)
+_job_logs = cast(Table, JobLog.__table__)
+
+_CLAIMED_COLUMNS = (
+    Job.id,
+    Job.type,
+    Job.payload,
+    Job.tenant_id,
+    Job.project_id,
+    Job.actor_id,
+    Job.attempts,
+    Job.max_attempts,
+    Job.fencing_token,
+    Job.lease_expires_at,
+    Job.cancel_requested,
+)
+
+
+def _state_is(state: JobState) -> ColumnElement[bool]:
+    # A literal, not a bound parameter: only then can the planners match the partial indexes
+    # `ix_jobs_claim` and `ix_jobs_lease_expires_at` (see spawnpoint.models.jobs).
+    return Job.state == literal_column(f"'{state.value}'")
+
+
+def _dialect(session: AsyncSession) -> str:
+    return session.get_bind().dialect.name
+
+
+class LocalWakeups:
+    """Callbacks run after any local commit that enqueued jobs.
+
+    In-process workers (`spawnpoint serve` on SQLite, where there is no NOTIFY) register
+    here so a job enqueued by the API starts at once instead of at the next poll.
+    """
+
+    def __init__(self) -> None:
+        self._callbacks: set[Callable[[], None]] = set()
+
+    def add(self, callback: Callable[[], None]) -> None:
+        self._callbacks.add(callback)
+
+    def discard(self, callback: Callable[[], None]) -> None:
+        self._callbacks.discard(callback)
+
+    def fire(self) -> None:
+        for callback in list(self._callbacks):
+            try:
+                callback()
+            except Exception:
+                log.exception("local job wake-up callback failed")
+
+
+local_wakeups = LocalWakeups()
+
+
+@event.listens_for(Session, "after_commit")
+def _after_commit(session: Session) -> None:
+    if session.info.pop(_ANNOUNCED, None) is not None:
+        local_wakeups.fire()
+
+
+@event.listens_for(Session, "after_rollback")
+def _after_rollback(session: Session) -> None:
+    session.info.pop(_ANNOUNCED, None)
+
+
+async def _announce(session: AsyncSession) -> None:
+    """Arrange for workers to be woken when the caller's transaction commits.
+
+    NOTIFY is transactional on PostgreSQL: it is delivered on commit and dropped on rollback.
+    One per transaction is enough, except inside a savepoint, which may still roll back.
+    """
+    nested = session.in_nested_transaction()
+    root: SessionTransaction | None = session.sync_session.get_transaction()
+    if not nested and root is not None and session.info.get(_ANNOUNCED) is root:
+        return
+    if _dialect(session) == "postgresql":
+        await session.execute(select(func.pg_notify(CHANNEL, "")))
+    if not nested:
+        session.info[_ANNOUNCED] = root
+
+
+async def find_by_idempotency_key(
+    session: AsyncSession, *, tenant_id: uuid.UUID | None, idempotency_key: str
+) -> Job | None:
+    """The job enqueued earlier for this tenant (or the platform) under `idempotency_key`."""
+    owner = Job.tenant_id.is_(None) if tenant_id is None else Job.tenant_id == tenant_id
+    statement = select(Job).where(owner, Job.idempotency_key == idempotency_key)
+    found: Job | None = (await session.execute(statement)).scalar_one_or_none()
+    return found
+
+
+async def enqueue(
+    session: AsyncSession,
+    *,
+    job_type: str,
+    payload: dict[str, Any],
+    tenant_id: uuid.UUID | None,
+    actor_id: uuid.UUID | None = None,
+    project_id: uuid.UUID | None = None,
+    max_attempts: int = 5,
+    idempotency_key: str | None = None,
+    run_after: datetime | None = None,
+) -> Job:
+    """Add a queued job in the caller's transaction; never commits.
+
+    On PostgreSQL a `pg_notify` on `CHANNEL` is issued in the same transaction, so workers
+    are woken exactly when (and only if) the job becomes visible.
+
+    Args:
+        session: The caller's session; the job commits or rolls back with its transaction.
+        job_type: A type some worker's registry handles (workers claim only known types).
+        payload: JSON-serialisable arguments for the handler.
+        tenant_id: The owning tenant, or None for platform jobs.
+        actor_id: Who asked for the work (user, agent or None for the system).
+        project_id: The project the work belongs to, if any.
+        max_attempts: Attempts before the job fails for good (at least 1).
+        idempotency_key: With the same tenant, a second enqueue returns the first job
+            (whatever its payload) instead of adding another.
+        run_after: Do not start before this time; default now.
+
+    Returns:
+        The new job, flushed (its id is set), or the earlier job with the same key.
+
+    Raises:
+        ValueError: `max_attempts` is below 1.
+    """
+    if max_attempts < 1:
+        raise ValueError("max_attempts must be at least 1")
+    if idempotency_key is not None:
+        existing = await find_by_idempotency_key(
+            session, tenant_id=tenant_id, idempotency_key=idempotency_key
+        )
+        if existing is not None:
+            return existing
+    job = Job(
+        type=job_type,
+        payload=payload,
+        tenant_id=tenant_id,
+        actor_id=actor_id,
+        project_id=project_id,
+        max_attempts=max_attempts,
+        idempotency_key=idempotency_key,
+        run_after=run_after or utcnow(),
+    )
+    if idempotency_key is None:
+        session.add(job)
+        await session.flush()
+    else:
+        # A concurrent transaction may insert the same key first; the savepoint keeps the
+        # caller's transaction usable so the winner's job can be returned instead.
+        try:
+            async with session.begin_nested():
+                session.add(job)
+        except IntegrityError:
+            existing = await find_by_idempotency_key(
+                session, tenant_id=tenant_id, idempotency_key=idempotency_key
+            )
+            if existing is None:
+                raise
+            return existing
+    await _announce(session)
+    return job
+
+
+def _claimed(row: Row[Any]) -> ClaimedJob:
+    return ClaimedJob(
+        id=row.id,
+        type=row.type,
+        payload=row.payload,
+        tenant_id=row.tenant_id,
+        project_id=row.project_id,
+        actor_id=row.actor_id,
+        attempt=row.attempts,
+        max_attempts=row.max_attempts,
+        fencing_token=row.fencing_token,
+        lease_expires_at=row.lease_expires_at,
+        cancel_requested=row.cancel_requested,
+    )
+
+
+async def claim(
+    session: AsyncSession,
+    *,
+    owner: str,
+    limit: int,
+    lease: timedelta,
+    job_types: Collection[str] | None = None,
+    now: datetime | None = None,
+) -> list[ClaimedJob]:
+    """Take up to `limit` due queued jobs, oldest `run_after` first, and lease them to `owner`.
+
+    One UPDATE ... RETURNING fed by a materialised CTE that picks the candidates. On
+    PostgreSQL the CTE locks them with FOR UPDATE SKIP LOCKED, so concurrent claimers split
+    the queue without waiting on each other; it must be a CTE, evaluated once, because a
+    `WHERE id IN (subquery)` may be re-run by the planner, each run locking further rows and
+    overshooting `limit`. SQLite has no row locks; call this inside a write (BEGIN
+    IMMEDIATE) transaction, which serialises claimers instead.
+
+    Each claimed job gets state running, `attempts + 1`, `fencing_token + 1`,
+    `lease_expires_at = now + lease` and `started_at = now` (the start of this attempt).
+
+    Args:
+        owner: The worker's unique id; heartbeats must name it.
+        limit: The most jobs to claim (the worker's free slots).
+        lease: How long the lease lasts without a heartbeat.
+        job_types: Claim only these types (the ones this worker can run); None for any.
+            Jobs of other types stay queued for a worker that knows them.
+        now: The current time; default the wall clock.
+
+    Returns:
+        The claimed jobs, possibly none.
+    """
+    if limit < 1 or (job_types is not None and not job_types):
+        return []
+    now = now or utcnow()
+    due = (
+        select(Job.id)
+        .where(_state_is(JobState.queued), Job.run_after <= now)
+        .order_by(Job.run_after, Job.id)
+        .limit(limit)
+    )
+    if job_types is not None:
+        due = due.where(Job.type.in_(sorted(job_types)))
+    if _dialect(session) == "postgresql":
+        due = due.with_for_update(skip_locked=True)
+    candidates = due.cte("due").prefix_with("MATERIALIZED")
+    statement = (
+        update(Job)
+        .where(Job.id == candidates.c.id, _state_is(JobState.queued))
+        .values(
+            state=JobState.running,
+            lease_owner=owner,
+            lease_expires_at=now + lease,
+            attempts=Job.attempts + 1,
+            fencing_token=Job.fencing_token + 1,
+            started_at=now,
+            updated_at=now,
+        )
+        .returning(*_CLAIMED_COLUMNS)
+        .execution_options(synchronize_session=False)
+    )
+    rows = (await session.execute(statement)).all()
+    return sorted((_claimed(row) for row in rows), key=lambda job: job.id)
+
+
+async def heartbeat_many(
+    session: AsyncSession,
+    *,
+    owner: str,
+    leases: Collection[tuple[uuid.UUID, int]],
+    lease: timedelta,
+    now: datetime | None = None,
+) -> dict[tuple[uuid.UUID, int], bool]:
+    """Extend every lease in `leases` (job id, fencing token) that `owner` still holds.
+
+    Returns:
+        For each lease still held: whether cancellation was requested. A lease missing from
+        the result was lost (rescued, re-claimed or settled): stop working on that attempt.
+    """
+    if not leases:
+        return {}
+    now = now or utcnow()
+    statement = (
+        update(Job)
+        .where(
+            Job.id.in_(sorted({job_id for job_id, _ in leases})),
+            Job.lease_owner == owner,
+            _state_is(JobState.running),
+        )
+        .values(lease_expires_at=now + lease, updated_at=now)
+        .returning(Job.id, Job.fencing_token, Job.cancel_requested)
+        .execution_options(synchronize_session=False)
+    )
+    rows = (await session.execute(statement)).all()
+    wanted = set(leases)
+    # A row holding a newer token than asked for is a later claim of the same job; only
+    # exact (id, token) matches are still held.
+    return {
+        (row.id, row.fencing_token): row.cancel_requested
+        for row in rows
+        if (row.id, row.fencing_token) in wanted
+    }
+
+
+async def heartbeat(
+    session: AsyncSession,
+    *,
+    job_id: uuid.UUID,
+    owner: str,
+    fencing_token: int,
+    lease: timedelta,
+    now: datetime | None = None,
+) -> bool:
+    """Extend one lease if (job, owner, fencing token) still match.
+
+    Returns:
+        True while the lease is held; False when it was lost and the caller must stop.
+    """
+    held = await heartbeat_many(
+        session, owner=owner, leases=[(job_id, fencing_token)], lease=lease, now=now
+    )
+    return (job_id, fencing_token) in held
+
+
+def _settled(now: datetime) -> dict[str, Any]:
+    return {"lease_owner": None, "lease_expires_at": None, "updated_at": now}
+
+
+def _fenced(job_id: uuid.UUID, fencing_token: int) -> tuple[ColumnElement[bool], ...]:
+    return (Job.id == job_id, Job.fencing_token == fencing_token, _state_is(JobState.running))
+
+
+async def complete_many(
+    session: AsyncSession, *, completions: Sequence[Completion], now: datetime | None = None
+) -> list[Completion]:
+    """Mark attempts succeeded in one batched statement, each fenced by its token.
+
+    Returns:
+        The completions that were rejected because their lease is no longer held.
+    """
+    if not completions:
+        return []
+    now = now or utcnow()
+    statement = (
+        update(_jobs)
+        .where(
+            _jobs.c.id == bindparam("b_id"),
+            _jobs.c.fencing_token == bindparam("b_token"),
+            _state_is(JobState.running),
+        )
+        .values(
+            state=JobState.succeeded,
+            result=bindparam("b_result"),
+            error=None,
+            finished_at=now,
+            **_settled(now),
+        )
+    )
+    params = [
+        {"b_id": c.job_id, "b_token": c.fencing_token, "b_result": c.result} for c in completions
+    ]
+    matched = (await session.execute(statement, params)).rowcount  # type: ignore[attr-defined]
+    if matched == len(completions):
+        return []
+    if len(completions) == 1:
+        return list(completions)
+    # Rare: find which ones lost their lease. A row now carrying our token and `succeeded`
+    # was written by this statement; anything else belongs to a newer attempt.
+    rows = await session.execute(
+        select(Job.id, Job.fencing_token, Job.state).where(
+            Job.id.in_([c.job_id for c in completions])
+        )
+    )
+    done = {(row.id, row.fencing_token) for row in rows if row.state == JobState.succeeded.value}
+    return [c for c in completions if (c.job_id, c.fencing_token) not in done]
+
+
+async def complete(
+    session: AsyncSession,
+    *,
+    job_id: uuid.UUID,
+    fencing_token: int,
+    result: dict[str, Any] | None = None,
+    now: datetime | None = None,
+) -> None:
+    """Mark the attempt holding `fencing_token` succeeded, keeping `result`.
+
+    Raises:
+        StaleLease: The lease was lost; nothing was written.
+    """
+    completion = Completion(job_id=job_id, fencing_token=fencing_token, result=result)
+    if await complete_many(session, completions=[completion], now=now):
+        raise StaleLease(job_id, fencing_token)
+
+
+async def fail(
+    session: AsyncSession,
+    *,
+    job_id: uuid.UUID,
+    fencing_token: int,
+    error: str,
+    permanent: bool = False,
+    backoff: Backoff | None = None,
+    now: datetime | None = None,
+) -> JobState:
+    """Record a failed attempt: retry later, or fail for good once attempts are used up.
+
+    With attempts left (and not `permanent`), the job goes back to queued with
+    `run_after = now + backoff.delay(attempts)`. A job whose cancellation was requested is
+    cancelled instead of retried. The error is kept on the row either way.
+
+    Returns:
+        The job's new state: queued, failed or cancelled.
+
+    Raises:
+        StaleLease: The lease was lost; nothing was written.
+    """
+    now = now or utcnow()
+    found = (
+        await session.execute(
+            select(Job.attempts, Job.max_attempts, Job.cancel_requested).where(
+                *_fenced(job_id, fencing_token)
+            )
+        )
+    ).one_or_none()
+    if found is None:
+        raise StaleLease(job_id, fencing_token)
+    values: dict[str, Any] = {"error": error, **_settled(now)}
+    if found.cancel_requested:
+        state = JobState.cancelled
+    elif permanent or found.attempts >= found.max_attempts:
+        state = JobState.failed
+    else:
+        state = JobState.queued
+        values["run_after"] = now + (backoff or Backoff()).delay(found.attempts)
+    if state is not JobState.queued:
+        values["finished_at"] = now
+    await _write_fenced(session, job_id, fencing_token, state=state, **values)
+    return state
+
+
+async def mark_cancelled(
+    session: AsyncSession,
+    *,
+    job_id: uuid.UUID,
+    fencing_token: int,
+    reason: str | None = None,
+    now: datetime | None = None,
+) -> None:
+    """Record that the running attempt stopped because cancellation was requested.
+
+    Raises:
+        StaleLease: The lease was lost; nothing was written.
+    """
+    now = now or utcnow()
+    await _write_fenced(
+        session,
+        job_id,
+        fencing_token,
+        state=JobState.cancelled,
+        error=reason,
+        finished_at=now,
+        **_settled(now),
+    )
+
+
+async def release(
+    session: AsyncSession,
+    *,
+    job_id: uuid.UUID,
+    fencing_token: int,
+    now: datetime | None = None,
+) -> None:
+    """Give a running job back to the queue without counting the attempt (worker stopping).
+
+    Raises:
+        StaleLease: The lease was lost; nothing was written.
+    """
+    now = now or utcnow()
+    await _write_fenced(
+        session,
+        job_id,
+        fencing_token,
+        state=JobState.queued,
+        attempts=Job.attempts - 1,
+        run_after=now,
+        **_settled(now),
+    )
+
+
+async def _write_fenced(
+    session: AsyncSession, job_id: uuid.UUID, fencing_token: int, **values: Any
+) -> None:
+    statement = (
+        update(Job)
+        .where(*_fenced(job_id, fencing_token))
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    if (await session.execute(statement)).rowcount != 1:  # type: ignore[attr-defined]
+        raise StaleLease(job_id, fencing_token)
+
+
+async def request_cancel(
+    session: AsyncSession, *, job_id: uuid.UUID, now: datetime | None = None
+) -> JobState | None:
+    """Ask for a job to be cancelled; a queued job is cancelled at once.
+
+    A running job keeps running until its handler notices `ctx.cancel_requested` (refreshed
+    on each heartbeat) and raises `JobCancelled`; if it fails instead, it is not retried.
+    The caller checks the job belongs to its tenant first.
+
+    Returns:
+        The job's state afterwards (cancelled or running), or None when the job does not
+        exist or had already finished.
+    """
+    now = now or utcnow()
+    queued = _state_is(JobState.queued)
+    statement = (
+        update(Job)
+        .where(Job.id == job_id, Job.state.in_([JobState.queued, JobState.running]))
+        .values(
+            cancel_requested=True,
+            state=case((queued, literal(JobState.cancelled.value)), else_=Job.state),
+            finished_at=case((queued, now), else_=Job.finished_at),
+            updated_at=now,
+        )
+        .returning(Job.state)
+        .execution_options(synchronize_session=False)
+    )
+    state = (await session.execute(statement)).scalar_one_or_none()
+    return None if state is None else JobState(state)
+
+
+async def rescue_expired(session: AsyncSession, *, now: datetime | None = None) -> int:
+    """Take back running jobs whose lease expired (their worker died or stalled).
+
+    Each goes back to queued, or to failed when its attempts are used up (cancelled when
+    cancellation was requested). The fencing token is bumped, so the old holder can no
+    longer heartbeat, complete or fail that attempt.
+
+    Returns:
+        How many jobs were rescued.
+    """
+    now = now or utcnow()
+    retry = Job.attempts < Job.max_attempts
+    state = case(
+        (Job.cancel_requested, literal(JobState.cancelled.value)),
+        (retry, literal(JobState.queued.value)),
+        else_=literal(JobState.failed.value),
+    )
+    statement = (
+        update(Job)
+        .where(_state_is(JobState.running), Job.lease_expires_at < now)
+        .values(
+            state=state,
+            fencing_token=Job.fencing_token + 1,
+            run_after=now,
+            error=literal("lease expired: worker ")
+            + func.coalesce(Job.lease_owner, "?")
+            + " stopped heartbeating",
+            finished_at=case((Job.cancel_requested, now), (retry, None), else_=now),
+            **_settled(now),
+        )
+        .execution_options(synchronize_session=False)
+    )
+    rescued: int = (await session.execute(statement)).rowcount  # type: ignore[attr-defined]
+    if rescued:
+        log.warning("rescued %d job(s) whose lease expired", rescued)
+        await _announce(session)  # they are due now; do not leave them to the next poll
+    return rescued
+
+
+async def append_logs(session: AsyncSession, *, lines: Sequence[LogLine]) -> None:
+    """Insert handler log lines in one batched statement."""
+    if not lines:
+        return
+    await session.execute(
+        insert(_job_logs),
+        [{"job_id": line.job_id, "at": line.at, "line": line.line} for line in lines],
+    )

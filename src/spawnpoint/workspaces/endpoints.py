@@ -1,0 +1,245 @@
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Query, Request, status
+from fastapi.responses import JSONResponse
+
+from spawnpoint.deps import (
+    AppSettings,
+    RequireMember,
+    RequireViewer,
+    Scope,
+    Session,
+)
+from spawnpoint.kit.idempotency import IdempotencyKeys, StoredResponse, request_fingerprint
+from spawnpoint.kit.pagination import Page, Pagination
+from spawnpoint.models import Job, Workspace, WorkspaceState
+from spawnpoint.policy.engine import PolicyEngine
+from spawnpoint.templates.repository import TemplateRepository
+from spawnpoint.workspaces.repository import WorkspaceRepository
+from spawnpoint.workspaces.schemas import (
+    PermitConnection,
+    PermitStatus,
+    SpawnAccepted,
+    SpawnCheck,
+    SpawnRequest,
+    WorkspaceActionAccepted,
+    WorkspaceEventRead,
+    WorkspaceRead,
+)
+from spawnpoint.workspaces.service import WorkspaceService
+
+router = APIRouter(tags=["workspaces"])
+REPLAYED = "Idempotent-Replayed"
+
+
+def get_policy(request: Request) -> PolicyEngine:
+    engine: PolicyEngine = request.app.state.policy
+    return engine
+
+
+def get_workspace_service(
+    session: Session, scope: Scope, policy: Annotated[PolicyEngine, Depends(get_policy)]
+) -> WorkspaceService:
+    return WorkspaceService(
+        WorkspaceRepository(session, scope), TemplateRepository(session, scope), policy=policy
+    )
+
+
+Workspaces = Annotated[WorkspaceService, Depends(get_workspace_service)]
+
+
+def get_workspace_repository(session: Session, scope: Scope) -> WorkspaceRepository:
+    return WorkspaceRepository(session, scope)
+
+
+WorkspaceRows = Annotated[WorkspaceRepository, Depends(get_workspace_repository)]
+
+
+class Console:
+    def __init__(self, settings: AppSettings) -> None:
+        self.base = settings.console_base_url.rstrip("/")
+
+    def url(self, workspace_id: uuid.UUID) -> str:
+        return f"{self.base}/workspaces/{workspace_id}"
+
+    def read(self, workspace: Workspace) -> WorkspaceRead:
+        fields = {
+            name: getattr(workspace, name)
+            for name in WorkspaceRead.model_fields
+            if name != "console_url"
+        }
+        fields["console_url"] = self.url(workspace.id)
+        return WorkspaceRead.model_validate(fields)
+
+
+ConsoleLinks = Annotated[Console, Depends()]
+
+
+def accepted(console: Console, workspace: Workspace, job: Job | None) -> WorkspaceActionAccepted:
+    return WorkspaceActionAccepted(
+        workspace=console.read(workspace), job_id=job.id if job else None
+    )
+
+
+@router.post(
+    "/api/spawn",
+    status_code=status.HTTP_202_ACCEPTED,
+    summary="Spawn scenario with OPA enforcement",
+    response_model=SpawnAccepted | SpawnCheck,
+    responses={
+        200: {"model": SpawnCheck, "description": "dry_run=true: what a spawn would decide."},
+        403: {"description": "The policy denied the spawn; `reasons` lists why."},
+        429: {"description": "A plan quota would be exceeded; names the limit and usage."},
+        503: {"description": "The policy engine could not answer; nothing was created."},
+    },
+)
+async def spawn(
+    actor: RequireMember,
+    workspaces: Workspaces,
+    console: ConsoleLinks,
+    spawn_in: SpawnRequest,
+    request: Request,
+    dry_run: Annotated[bool, Query(description="Run every check, create nothing.")] = False,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=255)] = None,
+) -> Any:
+    """Check quotas and policy, then create a pending workspace and its provisioning job."""
+    if dry_run:
+        check = await workspaces.check(actor=actor, spawn_in=spawn_in)
+        return JSONResponse(check.model_dump(mode="json"), status_code=status.HTTP_200_OK)
+    keys = fingerprint = None
+    if idempotency_key is not None:
+        keys = IdempotencyKeys(workspaces.session, tenant_id=actor.tenant_id, key=idempotency_key)
+        fingerprint = request_fingerprint(
+            "POST", request.url.path, "", spawn_in.model_dump(mode="json")
+        )
+        stored = await keys.claim(fingerprint)
+        if stored is not None:
+            return JSONResponse(stored.body, status_code=stored.status, headers={REPLAYED: "true"})
+    workspace, job = await workspaces.spawn(actor=actor, spawn_in=spawn_in)
+    body = SpawnAccepted(
+        workspace=console.read(workspace), job_id=job.id, console_url=console.url(workspace.id)
+    ).model_dump(mode="json")
+    if keys is not None and fingerprint is not None:
+        keys.store(fingerprint, StoredResponse(status=status.HTTP_202_ACCEPTED, body=body))
+    return JSONResponse(body, status_code=status.HTTP_202_ACCEPTED)
+
+
+@router.get("/api/workspaces", summary="List workspaces")
+async def list_workspaces(
+    _: RequireViewer,
+    rows: WorkspaceRows,
+    console: ConsoleLinks,
+    page: Pagination,
+    state: Annotated[WorkspaceState | None, Query()] = None,
+    owner: Annotated[uuid.UUID | None, Query(description="Owner's user id.")] = None,
+    template: Annotated[uuid.UUID | None, Query(description="Template id.")] = None,
+    project: Annotated[uuid.UUID | None, Query(description="Project id.")] = None,
+) -> Page[WorkspaceRead]:
+    """List the tenant's workspaces, newest last, filtered by state, owner, template, project."""
+    statement = rows.readable()
+    for column, value in (
+        (Workspace.state, state),
+        (Workspace.owner_id, owner),
+        (Workspace.template_id, template),
+        (Workspace.project_id, project),
+    ):
+        if value is not None:
+            statement = statement.where(column == value)
+    items, cursor = await rows.page(page, statement)
+    return Page(items=[console.read(w) for w in items], next_cursor=cursor)
+
+
+@router.get("/api/workspaces/{workspace_id}", summary="Retrieve workspace")
+async def read_workspace(
+    _: RequireViewer, rows: WorkspaceRows, console: ConsoleLinks, workspace_id: uuid.UUID
+) -> WorkspaceRead:
+    """Retrieve one workspace with its state and connection."""
+    return console.read(await rows.get(workspace_id))
+
+
+@router.post(
+    "/api/workspaces/{workspace_id}/start",
+    status_code=status.HTTP_202_ACCEPTED,
+    summary="Start workspace",
+)
+async def start_workspace(
+    actor: RequireMember, workspaces: Workspaces, console: ConsoleLinks, workspace_id: uuid.UUID
+) -> WorkspaceActionAccepted:
+    """Start a stopped workspace (within the plan's quotas)."""
+    return accepted(console, *await workspaces.start(actor=actor, workspace_id=workspace_id))
+
+
+@router.post(
+    "/api/workspaces/{workspace_id}/stop",
+    status_code=status.HTTP_202_ACCEPTED,
+    summary="Stop workspace",
+)
+async def stop_workspace(
+    actor: RequireMember, workspaces: Workspaces, console: ConsoleLinks, workspace_id: uuid.UUID
+) -> WorkspaceActionAccepted:
+    """Stop a running workspace; stopping a stopped one is harmless."""
+    return accepted(console, *await workspaces.stop(actor=actor, workspace_id=workspace_id))
+
+
+@router.delete(
+    "/api/workspaces/{workspace_id}",
+    status_code=status.HTTP_202_ACCEPTED,
+    summary="Delete workspace",
+)
+async def delete_workspace(
+    actor: RequireMember, workspaces: Workspaces, console: ConsoleLinks, workspace_id: uuid.UUID
+) -> WorkspaceActionAccepted:
+    """Tear a workspace down and remove it."""
+    return accepted(console, *await workspaces.delete(actor=actor, workspace_id=workspace_id))
+
+
+@router.post(
+    "/api/workspaces/{workspace_id}/activity",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Record workspace activity",
+)
+async def record_activity(
+    actor: RequireMember, workspaces: Workspaces, workspace_id: uuid.UUID
+) -> None:
+    """Record that the workspace is in use, postponing its idle auto-stop."""
+    await workspaces.touch(actor=actor, workspace_id=workspace_id)
+
+
+@router.get("/api/workspaces/{workspace_id}/events", summary="List workspace events")
+async def list_workspace_events(
+    _: RequireViewer, rows: WorkspaceRows, workspace_id: uuid.UUID, page: Pagination
+) -> Page[WorkspaceEventRead]:
+    """List every lifecycle transition of a workspace: from, to, actor, reason, time."""
+    await rows.get(workspace_id)
+    items, cursor = await rows.page_events(workspace_id, page)
+    return Page(items=[WorkspaceEventRead.model_validate(e) for e in items], next_cursor=cursor)
+
+
+@router.get("/api/v1/workspaces/{permit_id}/status", summary="Workspace status by permit")
+async def permit_status(_: RequireViewer, rows: WorkspaceRows, permit_id: str) -> PermitStatus:
+    """Runtime status of the workspace spawned for a permit (its `external_ref`)."""
+    workspace = await rows.by_external_ref(permit_id)
+    return PermitStatus(
+        permit_id=permit_id,
+        workspace_id=workspace.id,
+        status=WorkspaceState(workspace.state),
+        error=workspace.error,
+        updated_at=workspace.updated_at,
+    )
+
+
+@router.get("/api/v1/workspaces/{permit_id}/connection", summary="Workspace connection by permit")
+async def permit_connection(
+    _: RequireViewer, rows: WorkspaceRows, permit_id: str
+) -> PermitConnection:
+    """Connection details of the workspace spawned for a permit (its `external_ref`)."""
+    workspace = await rows.by_external_ref(permit_id)
+    return PermitConnection(
+        permit_id=permit_id,
+        workspace_id=workspace.id,
+        status=WorkspaceState(workspace.state),
+        connection=workspace.connection,
+    )

@@ -1,0 +1,225 @@
+"""Job handlers that carry workspace transitions out through provisioner drivers.
+
+Each handler runs a driver call outside any transaction, then records the outcome in one
+write transaction that first checks the job's lease is still held (fencing), so a worker
+whose lease expired cannot overwrite the work of the worker that took the job over.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from spawnpoint.config import Settings
+from spawnpoint.db import Database
+from spawnpoint.jobs.context import JobContext
+from spawnpoint.jobs.errors import PermanentJobError, StaleLease
+from spawnpoint.jobs.registry import HandlerRegistry
+from spawnpoint.kit.clock import utcnow
+from spawnpoint.models import Job, JobState, TemplateVersion, Workspace, WorkspaceState
+from spawnpoint.provisioners import (
+    AnyProvisioner,
+    ProvisionContext,
+    ProvisionerError,
+    ProvisionerRegistry,
+    ProvisionResult,
+    WorkspaceRef,
+)
+from spawnpoint.workspaces.lifecycle import SYSTEM, can_move, move
+
+S = WorkspaceState
+DriverCall = Callable[[AnyProvisioner, ProvisionContext], Awaitable[ProvisionResult | None]]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One job type: the state it works in, the driver call, the state it ends in."""
+
+    job_type: str
+    working: S
+    done: S
+    call: DriverCall
+    enter_from: frozenset[S] = frozenset()
+
+
+async def _provision(driver: AnyProvisioner, ctx: ProvisionContext) -> ProvisionResult:
+    return await driver.provision(ctx)
+
+
+async def _start(driver: AnyProvisioner, ctx: ProvisionContext) -> ProvisionResult:
+    return await driver.start(ctx)
+
+
+async def _stop(driver: AnyProvisioner, ctx: ProvisionContext) -> ProvisionResult:
+    return await driver.stop(ctx)
+
+
+async def _destroy(driver: AnyProvisioner, ctx: ProvisionContext) -> None:
+    await driver.destroy(ctx)
+
+
+STEPS = (
+    Step("workspace.provision", S.provisioning, S.running, _provision, frozenset({S.pending})),
+    Step("workspace.start", S.starting, S.running, _start),
+    Step("workspace.stop", S.stopping, S.stopped, _stop),
+    Step("workspace.destroy", S.deleting, S.deleted, _destroy),
+)
+
+
+async def _check_lease(session: AsyncSession, ctx: JobContext) -> None:
+    held = await session.scalar(
+        select(Job.id)
+        .where(
+            Job.id == ctx.job_id,
+            Job.fencing_token == ctx.fencing_token,
+            Job.state == JobState.running,
+        )
+        .with_for_update()
+    )
+    if held is None:
+        raise StaleLease(ctx.job_id, ctx.fencing_token)
+
+
+class WorkspaceHandlers:
+    """The `workspace.*` job handlers, bound to a set of provisioner drivers."""
+
+    def __init__(self, provisioners: ProvisionerRegistry) -> None:
+        self.provisioners = provisioners
+        self._drivers: dict[str, AnyProvisioner] = {}
+
+    def register(self, registry: HandlerRegistry) -> None:
+        for step in STEPS:
+            registry.register(step.job_type, self._handler(step))
+
+    def driver(self, name: str, settings: Settings) -> AnyProvisioner:
+        # One driver per name per worker process: drivers may hold connection pools.
+        if name not in self._drivers:
+            self._drivers[name] = self.provisioners.create(name, settings)
+        return self._drivers[name]
+
+    async def aclose(self) -> None:
+        for driver in self._drivers.values():
+            await driver.aclose()
+        self._drivers.clear()
+
+    def _handler(self, step: Step) -> Callable[[JobContext], Awaitable[dict[str, Any] | None]]:
+        async def handle(ctx: JobContext) -> dict[str, Any] | None:
+            return await self.run(step, ctx)
+
+        handle.__name__ = step.job_type.replace(".", "_")
+        return handle
+
+    async def run(self, step: Step, ctx: JobContext) -> dict[str, Any] | None:
+        database: Database = ctx.database
+        workspace_id = uuid.UUID(ctx.payload["workspace_id"])
+        async with database.transaction(write=True) as session:
+            await _check_lease(session, ctx)
+            workspace = await session.get(Workspace, workspace_id, with_for_update=True)
+            if workspace is None:
+                return {"skipped": "workspace no longer exists"}
+            if workspace.state in step.enter_from:
+                move(
+                    session,
+                    workspace,
+                    step.working,
+                    actor=SYSTEM,
+                    reason=f"{step.job_type} started",
+                )
+            elif workspace.state != step.working:
+                # Another action overtook this job (a delete during provisioning, say).
+                return {"skipped": f"workspace is {workspace.state}"}
+            version = await session.get(
+                TemplateVersion, (workspace.template_id, workspace.template_version)
+            )
+            context = ProvisionContext(
+                workspace=WorkspaceRef(
+                    id=workspace.id,
+                    tenant_id=workspace.tenant_id,
+                    name=workspace.name,
+                    template_id=workspace.template_id,
+                    template_version=workspace.template_version,
+                ),
+                spec=version.spec if version else {},
+                state=dict(workspace.driver_state),
+                idempotency_key=str(ctx.job_id),
+                log=_log_sink(ctx),
+                settings=ctx.settings,
+            )
+            provisioner = workspace.provisioner
+
+        try:
+            result = await step.call(self.driver(provisioner, ctx.settings), context)
+        except ProvisionerError as exc:
+            final = not exc.retryable or ctx.attempt >= ctx.max_attempts
+            await self._record_failure(ctx, workspace_id, step, exc.message, exc.state, final)
+            if not exc.retryable:
+                raise PermanentJobError(exc.message) from exc
+            raise
+        except Exception as exc:
+            final = ctx.attempt >= ctx.max_attempts
+            await self._record_failure(ctx, workspace_id, step, str(exc) or repr(exc), None, final)
+            raise
+
+        async with database.transaction(write=True) as session:
+            await _check_lease(session, ctx)
+            workspace = await session.get(Workspace, workspace_id, with_for_update=True)
+            if workspace is None:
+                return {"skipped": "workspace no longer exists"}
+            if step.done == S.deleted:
+                workspace.driver_state = {}
+                workspace.connection = None
+            elif result is not None:
+                workspace.driver_state = result.state
+                workspace.connection = result.connection
+            if workspace.state == step.working and can_move(workspace.state, step.done):
+                move(session, workspace, step.done, actor=SYSTEM, reason=f"{step.job_type} done")
+                workspace.error = None
+                if step.done == S.running:
+                    now = utcnow()
+                    workspace.started_at = now
+                    workspace.last_activity_at = now
+            return {"state": workspace.state}
+
+    async def _record_failure(
+        self,
+        ctx: JobContext,
+        workspace_id: uuid.UUID,
+        step: Step,
+        message: str,
+        state: dict[str, Any] | None,
+        final: bool,
+    ) -> None:
+        ctx.log(f"{step.job_type} attempt {ctx.attempt} failed: {message}")
+        async with ctx.database.transaction(write=True) as session:
+            await _check_lease(session, ctx)
+            workspace = await session.get(Workspace, workspace_id, with_for_update=True)
+            if workspace is None:
+                return
+            workspace.error = message
+            if state is not None:
+                workspace.driver_state = state
+            if final and workspace.state == step.working:
+                move(
+                    session,
+                    workspace,
+                    S.failed,
+                    actor=SYSTEM,
+                    reason=f"{step.job_type} failed after {ctx.attempt} attempts: {message}",
+                )
+
+
+def _log_sink(ctx: JobContext) -> Callable[[str], Awaitable[None]]:
+    async def sink(line: str) -> None:
+        ctx.log(line)
+
+    return sink
+
+
+def register(registry: HandlerRegistry) -> None:
+    """The `spawnpoint.jobs` entry point: workspace handlers over the installed drivers."""
+    WorkspaceHandlers(ProvisionerRegistry.from_entry_points()).register(registry)

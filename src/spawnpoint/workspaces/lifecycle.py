@@ -1,0 +1,88 @@
+"""The workspace lifecycle: one transition table, one function that moves a workspace."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from spawnpoint.kit.clock import utcnow
+from spawnpoint.kit.errors import Conflict
+from spawnpoint.models import Workspace, WorkspaceEvent
+from spawnpoint.models import WorkspaceState as S
+
+TRANSITIONS: dict[S, frozenset[S]] = {
+    S.pending: frozenset({S.provisioning, S.deleting, S.failed}),
+    S.provisioning: frozenset({S.running, S.deleting, S.failed}),
+    S.running: frozenset({S.stopping, S.deleting, S.failed}),
+    S.stopping: frozenset({S.stopped, S.deleting, S.failed}),
+    S.stopped: frozenset({S.starting, S.deleting}),
+    S.starting: frozenset({S.running, S.deleting, S.failed}),
+    S.failed: frozenset({S.starting, S.deleting}),
+    S.deleting: frozenset({S.deleted, S.failed}),
+    S.deleted: frozenset(),
+}
+
+# States whose workspaces hold compute, and so count against cpu, memory and workspace quotas.
+ACTIVE_STATES = frozenset({S.pending, S.provisioning, S.starting, S.running, S.stopping})
+# States that still hold storage.
+EXISTING_STATES = frozenset(S) - {S.deleted}
+
+SYSTEM = "system"
+
+
+def can_move(current: str, target: S) -> bool:
+    return target in TRANSITIONS[S(current)]
+
+
+def move(
+    session: AsyncSession,
+    workspace: Workspace,
+    target: S,
+    *,
+    actor: str,
+    actor_id: uuid.UUID | None = None,
+    reason: str = "",
+    now: datetime | None = None,
+) -> WorkspaceEvent:
+    """Move `workspace` to `target` and record the event, or raise 409.
+
+    Args:
+        actor: "user" for a person, "system" for the scheduler and workers.
+    Raises:
+        Conflict: the transition is not in the table.
+    """
+    if not can_move(workspace.state, target):
+        raise Conflict(f"A {workspace.state} workspace cannot become {target.value}.")
+    event = WorkspaceEvent(
+        workspace_id=workspace.id,
+        tenant_id=workspace.tenant_id,
+        from_state=workspace.state,
+        to_state=target,
+        actor=actor,
+        actor_id=actor_id,
+        reason=reason,
+        at=now or utcnow(),
+    )
+    workspace.state = target
+    session.add(event)
+    return event
+
+
+def record_creation(
+    session: AsyncSession, workspace: Workspace, *, actor_id: uuid.UUID, now: datetime
+) -> WorkspaceEvent:
+    """The first event of a workspace: it came into being as `pending`."""
+    event = WorkspaceEvent(
+        workspace_id=workspace.id,
+        tenant_id=workspace.tenant_id,
+        from_state=None,
+        to_state=S.pending,
+        actor="user",
+        actor_id=actor_id,
+        reason="spawned",
+        at=now,
+    )
+    session.add(event)
+    return event

@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy import Select, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from spawnpoint.kit.errors import NotFound
+from spawnpoint.kit.pagination import PageParams, fetch_page
+from spawnpoint.kit.repository import Repository
+from spawnpoint.models import Workspace, WorkspaceEvent
+from spawnpoint.scope import TenantScope
+from spawnpoint.workspaces.lifecycle import ACTIVE_STATES, EXISTING_STATES
+from spawnpoint.workspaces.schemas import Usage
+
+
+class WorkspaceRepository(Repository[Workspace]):
+    model = Workspace
+    noun = "workspace"
+
+    def __init__(self, session: AsyncSession, scope: TenantScope) -> None:
+        super().__init__(session)
+        self.scope = scope
+
+    def readable(self) -> Select[Workspace]:
+        statement = select(Workspace)
+        if not self.scope.all_tenants:
+            statement = statement.where(Workspace.tenant_id == self.scope.tenant_id)
+        return statement
+
+    async def get_for_update(self, workspace_id: uuid.UUID) -> Workspace:
+        statement = self.readable().where(Workspace.id == workspace_id).with_for_update()
+        found = (await self.session.execute(statement)).scalar_one_or_none()
+        if found is None:
+            raise NotFound("Workspace not found.")
+        return found
+
+    async def by_external_ref(self, external_ref: str) -> Workspace:
+        statement = self.readable().where(Workspace.external_ref == external_ref)
+        if self.scope.all_tenants:
+            statement = statement.where(Workspace.tenant_id == self.scope.tenant_id)
+        found = (await self.session.execute(statement)).scalar_one_or_none()
+        if found is None:
+            raise NotFound("Workspace not found.")
+        return found
+
+    async def usage(self, tenant_id: uuid.UUID) -> Usage:
+        active = Workspace.state.in_([s.value for s in ACTIVE_STATES])
+        statement = select(
+            func.count().filter(active),
+            func.coalesce(func.sum(Workspace.cpu).filter(active), 0),
+            func.coalesce(func.sum(Workspace.memory_mb).filter(active), 0),
+            func.coalesce(func.sum(Workspace.storage_gb), 0),
+        ).where(
+            Workspace.tenant_id == tenant_id,
+            Workspace.state.in_([s.value for s in EXISTING_STATES]),
+        )
+        count, cpu, memory, storage = (await self.session.execute(statement)).one()
+        return Usage(
+            workspaces=int(count), cpu=float(cpu), memory_mb=int(memory), storage_gb=int(storage)
+        )
+
+    async def page_events(
+        self, workspace_id: uuid.UUID, params: PageParams
+    ) -> tuple[list[WorkspaceEvent], str | None]:
+        statement = select(WorkspaceEvent).where(WorkspaceEvent.workspace_id == workspace_id)
+        rows, cursor = await fetch_page(
+            self.session, statement, key=WorkspaceEvent.id, params=params
+        )
+        return [row[0] for row in rows], cursor

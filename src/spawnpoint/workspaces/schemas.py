@@ -1,0 +1,100 @@
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from pydantic import Field
+
+from spawnpoint.kit.schemas import InputSchema, Name, ReadSchema
+from spawnpoint.models import WorkspaceState
+
+
+class SpawnRequest(InputSchema):
+    template_id: uuid.UUID
+    version: int | None = Field(None, ge=1, description="Template version; default: current.")
+    name: Name | None = Field(
+        None, description="Workspace name; default: derived from the template."
+    )
+    project_id: uuid.UUID | None = None
+    external_ref: str | None = Field(
+        None,
+        min_length=1,
+        max_length=200,
+        description="Caller's reference, e.g. the provisioning seed's permit id; unique per tenant.",
+    )
+    parameters: dict[str, Any] = Field(default_factory=dict)
+
+
+class WorkspaceRead(ReadSchema):
+    id: uuid.UUID
+    tenant_id: uuid.UUID
+    project_id: uuid.UUID | None
+    owner_id: uuid.UUID | None
+    template_id: uuid.UUID
+    template_version: int
+    provisioner: str
+    name: str
+    state: WorkspaceState
+    external_ref: str | None
+    parameters: dict[str, Any]
+    connection: dict[str, Any] | None
+    console_url: str
+    error: str | None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    last_activity_at: datetime | None
+    expires_at: datetime | None
+
+
+class SpawnAccepted(ReadSchema):
+    workspace: WorkspaceRead
+    job_id: uuid.UUID
+    console_url: str
+
+
+class Usage(ReadSchema):
+    workspaces: int
+    cpu: float
+    memory_mb: int
+    storage_gb: int
+
+
+class SpawnCheck(ReadSchema):
+    allowed: bool
+    reasons: list[str]
+    usage: Usage
+
+
+class WorkspaceEventRead(ReadSchema):
+    id: uuid.UUID
+    workspace_id: uuid.UUID
+    from_state: WorkspaceState | None
+    to_state: WorkspaceState
+    actor: str
+    actor_id: uuid.UUID | None
+    reason: str
+    at: datetime
+
+
+class WorkspaceActionAccepted(ReadSchema):
+    workspace: WorkspaceRead
+    job_id: uuid.UUID | None = Field(
+        description="The job carrying the action out; null when nothing was left to do."
+    )
+
+
+class PermitStatus(ReadSchema):
+    permit_id: str
+    workspace_id: uuid.UUID
+    status: WorkspaceState
+    error: str | None
+    updated_at: datetime
+
+
+class PermitConnection(ReadSchema):
+    permit_id: str
+    workspace_id: uuid.UUID
+    status: WorkspaceState
+    connection: dict[str, Any] | None

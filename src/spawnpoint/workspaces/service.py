@@ -1,0 +1,326 @@
+"""Spawning and the user-driven lifecycle actions.
+
+Every action writes the state change, its event and the job that carries it out in the
+caller's transaction; the request commits them together.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import select
+
+from spawnpoint.jobs.queue import enqueue
+from spawnpoint.kit.clock import utcnow
+from spawnpoint.kit.errors import Forbidden, NotFound, ProblemError, ServiceUnavailable, field_error
+from spawnpoint.models import (
+    Job,
+    Plan,
+    Project,
+    Role,
+    Template,
+    TemplateVersion,
+    Tenant,
+    Workspace,
+    WorkspaceState,
+)
+from spawnpoint.policy.engine import Decision, PolicyEngine, PolicyUnavailable
+from spawnpoint.policy.input import (
+    PolicyBudget,
+    PolicyPlan,
+    PolicyRequest,
+    PolicyTemplate,
+    PolicyTenant,
+    PolicyUsage,
+    PolicyUser,
+    SpawnPolicyInput,
+)
+from spawnpoint.security import Principal
+from spawnpoint.templates.repository import TemplateRepository
+from spawnpoint.templates.schemas import TemplateSpec
+from spawnpoint.workspaces.lifecycle import move, record_creation
+from spawnpoint.workspaces.repository import WorkspaceRepository
+from spawnpoint.workspaces.schemas import SpawnCheck, SpawnRequest, Usage
+
+S = WorkspaceState
+USER = "user"
+
+
+class QuotaExceeded(ProblemError):
+    status = 429
+    slug = "quota-exceeded"
+
+
+@dataclass(frozen=True)
+class QuotaViolation:
+    limit: str
+    allowed: float
+    used: float
+    requested: float
+
+    def reason(self, plan_name: str) -> str:
+        return (
+            f"plan {plan_name!r} allows {self.allowed:g} for {self.limit}; "
+            f"the tenant uses {self.used:g} and this workspace needs {self.requested:g}"
+        )
+
+
+def quota_violations(plan: Plan, usage: Usage, spec: TemplateSpec) -> list[QuotaViolation]:
+    """Which plan limits one more workspace of `spec` would break."""
+    checks = [
+        ("max_workspaces", plan.max_workspaces, usage.workspaces, 1),
+        ("max_cpu", float(plan.max_cpu), usage.cpu, spec.cpu),
+        ("max_memory_mb", plan.max_memory_mb, usage.memory_mb, spec.memory_mb),
+        ("max_storage_gb", plan.max_storage_gb, usage.storage_gb, spec.storage_gb),
+    ]
+    return [
+        QuotaViolation(limit=name, allowed=float(allowed), used=float(used), requested=float(need))
+        for name, allowed, used, need in checks
+        if used + need > allowed
+    ]
+
+
+def raise_for_quota(plan: Plan, usage: Usage, violations: list[QuotaViolation]) -> None:
+    """Answer 429 naming the first broken limit, the usage and the plan."""
+    if not violations:
+        return
+    first = violations[0]
+    raise QuotaExceeded(
+        f"Quota exceeded: {first.reason(plan.name)}.",
+        limit=first.limit,
+        limits=[v.limit for v in violations],
+        usage=usage.model_dump(),
+        plan=PolicyPlan.model_validate(plan).model_dump(mode="json"),
+    )
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    tenant: Tenant
+    plan: Plan
+    template: Template
+    version: TemplateVersion
+    spec: TemplateSpec
+    usage: Usage
+    violations: list[QuotaViolation]
+    decision: Decision
+
+
+class WorkspaceService:
+    def __init__(
+        self,
+        repository: WorkspaceRepository,
+        templates: TemplateRepository,
+        *,
+        policy: PolicyEngine,
+        max_job_attempts: int = 5,
+    ) -> None:
+        self.repository = repository
+        self.session = repository.session
+        self.templates = templates
+        self.policy = policy
+        self.max_job_attempts = max_job_attempts
+
+    async def _lock_tenant(self, tenant_id: uuid.UUID) -> tuple[Tenant, Plan]:
+        # FOR UPDATE serialises spawns per tenant on PostgreSQL; on SQLite the write
+        # transaction already began IMMEDIATE, which serialises every writer.
+        statement = (
+            select(Tenant, Plan)
+            .join(Plan, Plan.id == Tenant.plan_id)
+            .where(Tenant.id == tenant_id)
+            .with_for_update(of=Tenant)
+        )
+        row = (await self.session.execute(statement)).one()
+        return row[0], row[1]
+
+    async def _version(
+        self, template_id: uuid.UUID, version: int | None
+    ) -> tuple[Template, TemplateVersion]:
+        try:
+            template, current = await self.templates.get_with_current(template_id)
+        except NotFound as exc:
+            raise field_error("#/template_id", "No template has this id.") from exc
+        if version is None or version == current.version:
+            return template, current
+        try:
+            return template, await self.templates.get_version(template_id, version)
+        except NotFound as exc:
+            raise field_error("#/version", "The template has no such version.") from exc
+
+    async def _evaluate(
+        self, *, actor: Principal, spawn_in: SpawnRequest, dry_run: bool
+    ) -> Evaluation:
+        tenant, plan = await self._lock_tenant(actor.tenant_id)
+        template, version = await self._version(spawn_in.template_id, spawn_in.version)
+        if spawn_in.project_id is not None:
+            project = await self.session.get(Project, spawn_in.project_id)
+            if project is None or project.tenant_id != tenant.id:
+                raise field_error("#/project_id", "No project of your tenant has this id.")
+        spec = TemplateSpec.model_validate(version.spec)
+        usage = await self.repository.usage(tenant.id)
+        policy_input = SpawnPolicyInput(
+            tenant=PolicyTenant(
+                id=tenant.id,
+                name=tenant.name,
+                slug=tenant.slug,
+                status=tenant.status,
+                plan=PolicyPlan.model_validate(plan),
+            ),
+            user=PolicyUser(id=actor.user_id, role=actor.role.value, operator=actor.operator),
+            template=PolicyTemplate(
+                id=template.id,
+                name=template.name,
+                version=version.version,
+                provisioner=version.provisioner,
+                tenant_id=template.tenant_id,
+                spec=spec,
+            ),
+            request=PolicyRequest(
+                name=spawn_in.name,
+                project_id=spawn_in.project_id,
+                external_ref=spawn_in.external_ref,
+                parameters=spawn_in.parameters,
+                dry_run=dry_run,
+            ),
+            usage=PolicyUsage.model_validate(usage),
+            # Cost records arrive with the budgets capability; until then nothing is spent.
+            budget=PolicyBudget(
+                monthly_budget=float(plan.monthly_budget), spent_this_month=0.0, status="ok"
+            ),
+        )
+        try:
+            decision = await self.policy.evaluate(policy_input.document())
+        except PolicyUnavailable as exc:
+            raise ServiceUnavailable(
+                "The policy engine could not answer; nothing was created.", cause=str(exc)
+            ) from exc
+        return Evaluation(
+            tenant=tenant,
+            plan=plan,
+            template=template,
+            version=version,
+            spec=spec,
+            usage=usage,
+            violations=quota_violations(plan, usage, spec),
+            decision=decision,
+        )
+
+    async def check(self, *, actor: Principal, spawn_in: SpawnRequest) -> SpawnCheck:
+        """Run every check a spawn would, create nothing."""
+        evaluation = await self._evaluate(actor=actor, spawn_in=spawn_in, dry_run=True)
+        reasons = [v.reason(evaluation.plan.name) for v in evaluation.violations]
+        reasons += [r for r in evaluation.decision.reasons if r not in reasons]
+        allowed = evaluation.decision.allow and not evaluation.violations
+        return SpawnCheck(allowed=allowed, reasons=reasons, usage=evaluation.usage)
+
+    async def spawn(self, *, actor: Principal, spawn_in: SpawnRequest) -> tuple[Workspace, Job]:
+        evaluation = await self._evaluate(actor=actor, spawn_in=spawn_in, dry_run=False)
+        raise_for_quota(evaluation.plan, evaluation.usage, evaluation.violations)
+        if not evaluation.decision.allow:
+            reasons = evaluation.decision.reasons or ["the policy did not allow this spawn"]
+            raise Forbidden("Policy denied the spawn: " + "; ".join(reasons) + ".", reasons=reasons)
+        now = utcnow()
+        spec = evaluation.spec
+        lifetime = spec.max_lifetime_days
+        workspace = Workspace(
+            tenant_id=evaluation.tenant.id,
+            project_id=spawn_in.project_id,
+            owner_id=actor.user_id,
+            template_id=evaluation.template.id,
+            template_version=evaluation.version.version,
+            provisioner=evaluation.version.provisioner,
+            name=spawn_in.name or evaluation.template.name,
+            state=S.pending,
+            external_ref=spawn_in.external_ref,
+            parameters=spawn_in.parameters,
+            cpu=spec.cpu,
+            memory_mb=spec.memory_mb,
+            storage_gb=spec.storage_gb,
+            idle_timeout_minutes=spec.idle_timeout_minutes,
+            driver_state={},
+            last_activity_at=now,
+            expires_at=now + timedelta(days=lifetime) if lifetime else None,
+        )
+        await self.repository.add(workspace)
+        record_creation(self.session, workspace, actor_id=actor.user_id, now=now)
+        job = await self._enqueue(workspace, "workspace.provision", actor)
+        return workspace, job
+
+    async def _enqueue(self, workspace: Workspace, job_type: str, actor: Principal | None) -> Job:
+        return await enqueue(
+            self.session,
+            job_type=job_type,
+            payload={"workspace_id": str(workspace.id)},
+            tenant_id=workspace.tenant_id,
+            actor_id=actor.user_id if actor else None,
+            project_id=workspace.project_id,
+            max_attempts=self.max_job_attempts,
+        )
+
+    async def _actionable(self, actor: Principal, workspace_id: uuid.UUID) -> Workspace:
+        workspace = await self.repository.get_for_update(workspace_id)
+        if not actor.has(Role.admin) and workspace.owner_id != actor.user_id:
+            raise Forbidden("Members act on their own workspaces only.")
+        return workspace
+
+    async def stop(
+        self, *, actor: Principal, workspace_id: uuid.UUID
+    ) -> tuple[Workspace, Job | None]:
+        workspace = await self._actionable(actor, workspace_id)
+        if workspace.state in (S.stopping, S.stopped):
+            return workspace, None
+        move(
+            self.session,
+            workspace,
+            S.stopping,
+            actor=USER,
+            actor_id=actor.user_id,
+            reason="stop requested",
+        )
+        return workspace, await self._enqueue(workspace, "workspace.stop", actor)
+
+    async def start(
+        self, *, actor: Principal, workspace_id: uuid.UUID
+    ) -> tuple[Workspace, Job | None]:
+        tenant_id = (await self.repository.get(workspace_id)).tenant_id
+        _, plan = await self._lock_tenant(tenant_id)
+        workspace = await self._actionable(actor, workspace_id)
+        if workspace.state in (S.starting, S.running):
+            return workspace, None
+        if workspace.state in (S.stopped, S.failed):
+            usage = await self.repository.usage(tenant_id)
+            spec = TemplateSpec(cpu=workspace.cpu, memory_mb=workspace.memory_mb, storage_gb=0)
+            raise_for_quota(plan, usage, quota_violations(plan, usage, spec))
+        move(
+            self.session,
+            workspace,
+            S.starting,
+            actor=USER,
+            actor_id=actor.user_id,
+            reason="start requested",
+        )
+        workspace.error = None
+        return workspace, await self._enqueue(workspace, "workspace.start", actor)
+
+    async def delete(
+        self, *, actor: Principal, workspace_id: uuid.UUID
+    ) -> tuple[Workspace, Job | None]:
+        workspace = await self._actionable(actor, workspace_id)
+        if workspace.state in (S.deleting, S.deleted):
+            return workspace, None
+        move(
+            self.session,
+            workspace,
+            S.deleting,
+            actor=USER,
+            actor_id=actor.user_id,
+            reason="delete requested",
+        )
+        return workspace, await self._enqueue(workspace, "workspace.destroy", actor)
+
+    async def touch(self, *, actor: Principal, workspace_id: uuid.UUID) -> None:
+        workspace = await self._actionable(actor, workspace_id)
+        workspace.last_activity_at = utcnow()
+        await self.repository.flush()

@@ -1,0 +1,1 @@
+"""Provisioner tests and the fake drivers other tests register (`provisioners.fakes`)."""
