@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -10,9 +11,12 @@ from fastapi import FastAPI
 from spawnpoint.config import Settings
 from spawnpoint.db import Database
 from spawnpoint.health.endpoints import router as health_router
+from spawnpoint.jobs.registry import default_registry
+from spawnpoint.jobs.worker import run_worker_in_process
 from spawnpoint.kit.errors import install_problem_handlers
 from spawnpoint.policy.engine import PolicyEngine, build_policy_engine
 from spawnpoint.provisioners import ProvisionerRegistry
+from spawnpoint.runtime import periodic_tasks
 from spawnpoint.plans.endpoints import router as plans_router
 from spawnpoint.projects.endpoints import router as projects_router
 from spawnpoint.templates.endpoints import router as templates_router
@@ -37,8 +41,13 @@ def create_app(
     database: Database | None = None,
     policy: PolicyEngine | None = None,
     provisioners: ProvisionerRegistry | None = None,
+    run_worker: bool = False,
 ) -> FastAPI:
-    """Build the API. Refuses settings that are unsafe for the configured environment."""
+    """Build the API. Refuses settings that are unsafe for the configured environment.
+
+    With `run_worker`, the lifespan also runs a job worker and the scheduler in this process
+    (the embedded single-process mode of `spawnpoint serve`).
+    """
     settings = settings or Settings()
     settings.check_safe()
     database = database or Database(settings.sqlalchemy_url, pool_size=settings.database_pool_size)
@@ -46,9 +55,22 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        yield
-        await policy.aclose()
-        await database.dispose()
+        stop = asyncio.Event()
+        worker = None
+        if run_worker:
+            registry = default_registry(settings)
+            worker = asyncio.create_task(
+                run_worker_in_process(database, settings, registry, stop, tasks=periodic_tasks()),
+                name="in-process worker",
+            )
+        try:
+            yield
+        finally:
+            stop.set()
+            if worker is not None:
+                await worker
+            await policy.aclose()
+            await database.dispose()
 
     app = FastAPI(
         title="spawnpoint",

@@ -52,6 +52,10 @@ def serve(
         bool | None,
         typer.Option(help="Apply migrations first (default: yes on SQLite, no on PostgreSQL)."),
     ] = None,
+    worker: Annotated[
+        bool,
+        typer.Option(help="Run a job worker and the scheduler in this process."),
+    ] = True,
 ) -> None:
     """Serve the API with uvicorn (uvloop, httptools)."""
     import uvicorn
@@ -63,7 +67,7 @@ def serve(
     if migrate if migrate is not None else settings.sqlalchemy_url.startswith("sqlite"):
         upgrade(settings)
     uvicorn.run(
-        create_app(settings),
+        create_app(settings, run_worker=worker),
         host=host or settings.host,
         port=port if port is not None else settings.port,
         loop="uvloop",

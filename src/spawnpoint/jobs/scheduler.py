@@ -127,9 +127,10 @@ def default_tasks(*, rescue_interval: timedelta = timedelta(seconds=5)) -> list[
 
 
 class Scheduler:
-    """Runs `tasks` when this process holds the scheduler's leader lease.
+    """Runs `tasks` when this process holds the leader lease `name`.
 
-    `run()` ticks every `tick_seconds`; tests call `tick(now)` directly.
+    `run()` ticks every `tick_seconds`; tests call `tick(now)` directly. Schedulers with
+    different names (and task lists) elect their leaders independently.
     """
 
     def __init__(
@@ -140,6 +141,7 @@ class Scheduler:
         tasks: Sequence[PeriodicTask],
         clock: Callable[[], datetime] = utcnow,
         owner: str | None = None,
+        name: str = SCHEDULER_LEASE,
         lease_seconds: float = 15.0,
         tick_seconds: float = 1.0,
     ) -> None:
@@ -152,7 +154,7 @@ class Scheduler:
         self.clock = clock
         self.tick_seconds = tick_seconds
         self.lease = LeaderLease(
-            name=SCHEDULER_LEASE,
+            name=name,
             owner=owner or new_owner_id(),
             ttl=timedelta(seconds=lease_seconds),
         )
@@ -211,7 +213,12 @@ class Scheduler:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), self.tick_seconds)
         finally:
-            if self.is_leader:
-                with contextlib.suppress(Exception):
-                    async with self.database.transaction(write=True) as session:
-                        await self.lease.release(session, now=self.clock())
+            with contextlib.suppress(Exception):
+                await self.release()
+
+    async def release(self) -> None:
+        """Give up leadership now (on shutdown), so another process need not wait for expiry."""
+        if self.is_leader:
+            async with self.database.transaction(write=True) as session:
+                await self.lease.release(session, now=self.clock())
+            self._last_run.clear()

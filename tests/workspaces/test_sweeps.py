@@ -1,0 +1,91 @@
+"""Idle auto-stop and maximum lifetime, driven by the scheduler with a controlled clock."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import httpx
+
+from conftest import World
+from factories import make_template
+from spawnpoint.jobs.scheduler import Scheduler
+from spawnpoint.kit.clock import utcnow
+from spawnpoint.models import Role
+from workspaces.conftest import StartWorker, wait_for_state
+
+
+def scheduler_for(world: World) -> Scheduler:
+    from spawnpoint.workspaces.sweeps import workspace_tasks
+
+    return Scheduler(world.database, world.settings, tasks=workspace_tasks())
+
+
+async def spawn_running(
+    client: httpx.AsyncClient, world: World, spec: dict[str, object]
+) -> tuple[str, dict[str, str]]:
+    org = await world.org()
+    member = org.headers[Role.member]
+    template = await make_template(world.database, org.tenant_id, spec=spec)
+    spawned = await client.post("/api/spawn", headers=member, json={"template_id": str(template)})
+    workspace_id = spawned.json()["workspace"]["id"]
+    await wait_for_state(client, workspace_id, "running", member)
+    return workspace_id, member
+
+
+async def test_idle_workspaces_are_stopped_by_the_system(
+    client: httpx.AsyncClient, world: World, start_worker: StartWorker
+) -> None:
+    await start_worker()
+    workspace_id, member = await spawn_running(client, world, {"idle_timeout_minutes": 5})
+    scheduler = scheduler_for(world)
+    # Any earlier leader's lease (real time, seconds long) has expired two minutes from now.
+    assert await scheduler.tick(utcnow() + timedelta(minutes=2))
+    assert (await client.get(f"/api/workspaces/{workspace_id}", headers=member)).json()[
+        "state"
+    ] == "running"
+
+    # Activity postpones the auto-stop.
+    assert (
+        await client.post(f"/api/workspaces/{workspace_id}/activity", headers=member)
+    ).status_code == 204
+    await scheduler.tick(utcnow() + timedelta(minutes=4))
+    still = await client.get(f"/api/workspaces/{workspace_id}", headers=member)
+    assert still.json()["state"] == "running"
+
+    assert await scheduler.tick(utcnow() + timedelta(minutes=6))
+    await wait_for_state(client, workspace_id, "stopped", member)
+    events = (await client.get(f"/api/workspaces/{workspace_id}/events", headers=member)).json()
+    auto = [e for e in events["items"] if e["to_state"] == "stopping"]
+    assert len(auto) == 1
+    assert auto[0]["actor"] == "system"
+    assert auto[0]["actor_id"] is None
+    assert "idle" in auto[0]["reason"]
+
+
+async def test_workspaces_past_their_lifetime_are_deleted(
+    client: httpx.AsyncClient, world: World, start_worker: StartWorker
+) -> None:
+    await start_worker()
+    workspace_id, member = await spawn_running(client, world, {"max_lifetime_days": 2})
+    workspace = (await client.get(f"/api/workspaces/{workspace_id}", headers=member)).json()
+    assert workspace["expires_at"] is not None
+    scheduler = scheduler_for(world)
+    await scheduler.tick(utcnow() + timedelta(days=1))
+    unchanged = await client.get(f"/api/workspaces/{workspace_id}", headers=member)
+    assert unchanged.json()["state"] == "running"
+    await scheduler.tick(utcnow() + timedelta(days=2, minutes=1))
+    await wait_for_state(client, workspace_id, "deleted", member)
+    events = (await client.get(f"/api/workspaces/{workspace_id}/events", headers=member)).json()
+    deleting = [e for e in events["items"] if e["to_state"] == "deleting"]
+    assert deleting[0]["actor"] == "system"
+    assert deleting[0]["reason"] == "maximum lifetime reached"
+
+
+async def test_workspaces_without_limits_are_left_alone(
+    client: httpx.AsyncClient, world: World, start_worker: StartWorker
+) -> None:
+    await start_worker()
+    workspace_id, member = await spawn_running(client, world, {})
+    await scheduler_for(world).tick(utcnow() + timedelta(days=365))
+    workspace = (await client.get(f"/api/workspaces/{workspace_id}", headers=member)).json()
+    assert workspace["state"] == "running"
