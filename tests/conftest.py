@@ -43,6 +43,7 @@ DRY_RUN_SPEC: dict[str, object] = {
     "restricted": False,
 }
 BACKENDS = ["sqlite", "postgres"]
+NO_TEMPLATE = uuid.UUID(int=0)
 
 
 def pg_conninfo(url: str) -> str:
@@ -132,7 +133,7 @@ class Org:
 
     tenant_id: uuid.UUID
     plan_id: uuid.UUID
-    template_id: uuid.UUID = uuid.UUID(int=0)
+    template_id: uuid.UUID = NO_TEMPLATE
     users: dict[Role, uuid.UUID] = field(default_factory=dict)
     headers: dict[Role, dict[str, str]] = field(default_factory=dict)
 

@@ -14,11 +14,11 @@ from spawnpoint.health.endpoints import router as health_router
 from spawnpoint.jobs.registry import default_registry
 from spawnpoint.jobs.worker import run_worker_in_process
 from spawnpoint.kit.errors import install_problem_handlers
+from spawnpoint.plans.endpoints import router as plans_router
 from spawnpoint.policy.engine import PolicyEngine, build_policy_engine
+from spawnpoint.projects.endpoints import router as projects_router
 from spawnpoint.provisioners import ProvisionerRegistry
 from spawnpoint.runtime import periodic_tasks
-from spawnpoint.plans.endpoints import router as plans_router
-from spawnpoint.projects.endpoints import router as projects_router
 from spawnpoint.templates.endpoints import router as templates_router
 from spawnpoint.tenants.endpoints import router as tenants_router
 from spawnpoint.users.endpoints import router as users_router

@@ -15,8 +15,8 @@ import pytest
 
 from spawnpoint.config import Settings
 from spawnpoint.db import Database
-from spawnpoint.jobs.registry import HandlerRegistry
 from spawnpoint.jobs.queue import Backoff
+from spawnpoint.jobs.registry import HandlerRegistry
 from spawnpoint.jobs.worker import Worker
 from spawnpoint.provisioners import ProvisionerRegistry
 from spawnpoint.workspaces.handlers import WorkspaceHandlers

@@ -73,7 +73,8 @@ class IdempotencyKeys:
             return None
         if record.request_hash != fingerprint:
             raise Unprocessable("This Idempotency-Key was already used for a different request.")
-        assert record.response_status is not None and record.response_body is not None
+        assert record.response_status is not None
+        assert record.response_body is not None
         return StoredResponse(status=record.response_status, body=record.response_body)
 
     def store(self, fingerprint: str, response: StoredResponse) -> None:

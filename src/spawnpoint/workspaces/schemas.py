@@ -21,7 +21,7 @@ class SpawnRequest(InputSchema):
         None,
         min_length=1,
         max_length=200,
-        description="Caller's reference, e.g. the provisioning seed's permit id; unique per tenant.",
+        description="Caller's reference (the provisioning seed's permit id); unique per tenant.",
     )
     parameters: dict[str, Any] = Field(default_factory=dict)
 

@@ -211,7 +211,12 @@ class WorkspaceService:
         """Run every check a spawn would, create nothing."""
         evaluation = await self._evaluate(actor=actor, spawn_in=spawn_in, dry_run=True)
         reasons = [v.reason(evaluation.plan.name) for v in evaluation.violations]
-        reasons += [r for r in evaluation.decision.reasons if r not in reasons]
+        # The default policy words the same quota breaches its own way; keep one of each.
+        reasons += [
+            r
+            for r in evaluation.decision.reasons
+            if not any(v.limit in r for v in evaluation.violations)
+        ]
         allowed = evaluation.decision.allow and not evaluation.violations
         return SpawnCheck(allowed=allowed, reasons=reasons, usage=evaluation.usage)
 
