@@ -28,6 +28,7 @@ import json
 import logging
 import signal
 import traceback
+import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -85,7 +86,7 @@ class _Attempt:
     releasing: bool = False
 
     @property
-    def key(self) -> tuple[Any, int]:
+    def key(self) -> tuple[uuid.UUID, int]:
         return (self.job.id, self.job.fencing_token)
 
 
@@ -145,7 +146,7 @@ class Worker:
         self.clock = clock
         self.backoff = backoff or Backoff()
         self.grace_seconds = grace_seconds
-        self._running: dict[tuple[Any, int], _Attempt] = {}
+        self._running: dict[tuple[uuid.UUID, int], _Attempt] = {}
         self._outcomes: list[_Outcome] = []
         self._more = True
         # Created in run(): events belong to the loop that runs the worker.
