@@ -162,12 +162,23 @@ class ScratchDatabase:
 
 
 @contextlib.contextmanager
-def scratch_database(prefix: str = "spawnpoint_bench") -> Iterator[ScratchDatabase]:
-    """Create an empty database; drop it (forcing out connections) when the block exits."""
+def scratch_database(
+    prefix: str = "spawnpoint_bench", *, template: str | None = None
+) -> Iterator[ScratchDatabase]:
+    """Create an empty database; drop it (forcing out connections) when the block exits.
+
+    With `template` (a database name, e.g. another scratch database nobody is connected to),
+    the new database starts as a copy of it instead of empty.
+    """
     server = libpq_url(admin_url())
     name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    create = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+    if template is not None:
+        create = sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+            sql.Identifier(name), sql.Identifier(template)
+        )
     with psycopg.connect(server, autocommit=True, connect_timeout=5) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        conn.execute(create)
     try:
         yield ScratchDatabase(name=name, url=with_database(server, name))
     finally:
@@ -271,6 +282,42 @@ def server_process(
         yield server
     finally:
         stop_process(process)
+
+
+@contextlib.contextmanager
+def background_process(
+    name: str, argv: Sequence[str], *, env: Mapping[str, str], cwd: Path
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Start a process that serves no port (a job worker, say); always stop it.
+
+    Its stdout and stderr go to `cwd/NAME.log`; check `process.poll()` to see it is alive.
+    """
+    log_path = cwd / f"{name}.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            list(argv), env=dict(env), cwd=cwd, stdout=log, stderr=subprocess.STDOUT
+        )
+    try:
+        yield process
+    finally:
+        stop_process(process)
+
+
+def log_tail(path: Path, chars: int = 4000) -> str:
+    """The end of a log file, or "" when it cannot be read."""
+    try:
+        return path.read_text(errors="replace")[-chars:]
+    except OSError:
+        return ""
+
+
+def system_cpu_seconds() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine since boot, all cores (Linux /proc/stat)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    ticks = os.sysconf("SC_CLK_TCK")
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    total = sum(fields[:8])  # guest time is already counted in user
+    return (total - idle) / ticks, total / ticks
 
 
 # --------------------------------------------------------------------------- statistics, tables

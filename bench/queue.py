@@ -2,17 +2,19 @@
 
     .venv/bin/python bench/queue.py [--jobs 10000] [--workers 2] [--concurrency 32]
 
-Creates its own database on the server at SPAWNPOINT_BENCH_PG_URL (default: the test
-server), migrates it, and drops it at the end; `pgbench` gets a scratch database too.
+Everything runs against scratch databases on the server named by SPAWNPOINT_BENCH_PG_URL
+(else SPAWNPOINT_TEST_PG_URL, else postgresql://postgres@127.0.0.1:5432/postgres), dropped
+at the end, also on failure or Ctrl-C.
 
 1. Baseline: `pgbench -i -s 10`, then `pgbench -c 2 -j 2 -T 15` -> TPS.
-2. Throughput: `--workers` `spawnpoint worker` processes drain `--jobs` queued `noop` jobs,
-   enqueued in one transaction once the workers are idle. jobs/s is measured from the
-   database's own timestamps: jobs / (last finished_at - commit of the enqueue).
+2. Throughput: `--workers` `spawnpoint worker` processes drain `--jobs` `noop` jobs,
+   enqueued in one transaction once the workers are idle; jobs/s = jobs / (last
+   finished_at - commit of the enqueue).
 3. Latency: `--rate` jobs/s, each enqueued in its own transaction (as an API request does),
    for `--seconds`; latency = started_at - created_at, reported as p50 and p99.
 
-Goals: throughput / TPS >= 0.5 and p50 enqueue-to-start <= 10 ms.
+Prints a Markdown table (also written to bench/results/queue.md). Exit status: 0 when
+jobs/s / TPS >= 0.5 and the p50 latency <= 10 ms, 1 when not, 2 on error.
 """
 
 from __future__ import annotations
@@ -20,27 +22,36 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# Run as `python bench/queue.py`, this folder leads sys.path, and this file would shadow
-# the standard library's `queue` (which psycopg and asyncio import).
+# Run as `python bench/queue.py`, this folder leads sys.path and this file would stand in
+# for the standard library's `queue` (which asyncio and psycopg import): load that first,
+# then put the folder back for `_common`.
 sys.path.remove(str(Path(__file__).resolve().parent))
+import queue  # noqa: F401
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import argparse
 import asyncio
-import os
+import contextlib
 import re
-import shutil
-import signal
 import statistics
-import subprocess
 import tempfile
 import time
-import uuid
 from datetime import datetime
 
-import psycopg
 from sqlalchemy import func, select
-from sqlalchemy.engine import make_url
 
+from _common import (
+    background_process,
+    clean_env,
+    markdown_table,
+    percentile,
+    raise_on_sigterm,
+    run_checked,
+    scratch_database,
+    venv_command,
+    write_result,
+)
 from spawnpoint.config import Settings
 from spawnpoint.db import Database
 from spawnpoint.jobs.queue import enqueue
@@ -48,92 +59,27 @@ from spawnpoint.kit.clock import utcnow
 from spawnpoint.migrations import upgrade
 from spawnpoint.models import Job
 
-SERVER_URL = os.environ.get(
-    "SPAWNPOINT_BENCH_PG_URL",
-    os.environ.get("SPAWNPOINT_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"),
-)
 THROUGHPUT_GOAL = 0.5
 LATENCY_GOAL_MS = 10.0
 
 
-def conninfo(url: str, database: str | None = None) -> str:
-    parsed = make_url(url).set(drivername="postgresql")
-    if database is not None:
-        parsed = parsed.set(database=database)
-    return parsed.render_as_string(hide_password=False)
-
-
-class ScratchDatabase:
-    def __init__(self, prefix: str) -> None:
-        self.name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-        self.url = make_url(SERVER_URL).set(database=self.name).render_as_string(False)
-
-    def __enter__(self) -> ScratchDatabase:
-        with psycopg.connect(conninfo(SERVER_URL), autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{self.name}"')
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        with psycopg.connect(conninfo(SERVER_URL), autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
-
-
-def pgbench_tps(seconds: int) -> float:
-    pgbench = shutil.which("pgbench")
-    if pgbench is None:
-        sys.exit("pgbench is not installed (postgresql-client)")
-    with ScratchDatabase("spawnpoint_bench_pgbench") as scratch:
-        url = make_url(scratch.url)
-        target = ["-h", url.host or "127.0.0.1", "-p", str(url.port or 5432)]
-        target += ["-U", url.username or "postgres", scratch.name]
-        env = {**os.environ, **({"PGPASSWORD": url.password} if url.password else {})}
-        subprocess.run(
-            [pgbench, "-i", "-s", "10", "-q", *target], env=env, check=True, capture_output=True
+def pgbench_tps(seconds: int, workdir: Path) -> float:
+    pgbench = venv_command("pgbench")  # falls back to PATH
+    with scratch_database("spawnpoint_bench_pgbench") as scratch:
+        env = clean_env()
+        run_checked(
+            [*pgbench, "-i", "-s", "10", "-q", scratch.url], env=env, cwd=workdir, timeout=300
         )
-        run = subprocess.run(
-            [pgbench, "-c", "2", "-j", "2", "-T", str(seconds), *target],
+        output = run_checked(
+            [*pgbench, "-c", "2", "-j", "2", "-T", str(seconds), scratch.url],
             env=env,
-            check=True,
-            capture_output=True,
-            text=True,
+            cwd=workdir,
+            timeout=seconds + 120,
         )
-    match = re.search(r"tps = ([\d.]+)", run.stdout)
+    match = re.search(r"tps = ([\d.]+)", output)
     if match is None:
-        sys.exit(f"could not read pgbench output:\n{run.stdout}")
+        raise RuntimeError(f"could not read pgbench's output:\n{output}")
     return float(match[1])
-
-
-def start_workers(
-    settings: Settings, count: int, concurrency: int, logs: Path
-) -> list[subprocess.Popen[bytes]]:
-    executable = Path(sys.executable).with_name("spawnpoint")
-    env = {
-        **os.environ,
-        "DATABASE_URL": settings.sqlalchemy_url,
-        "DATA_DIR": str(settings.data_dir),
-        "ENVIRONMENT": "development",
-        "LOG_LEVEL": "warning",
-    }
-    workers = []
-    for n in range(count):
-        log = (logs / f"worker-{n}.log").open("wb")
-        workers.append(
-            subprocess.Popen(
-                [str(executable), "worker", "--concurrency", str(concurrency)],
-                env=env,
-                cwd=logs,
-                stdout=log,
-                stderr=log,
-            )
-        )
-    return workers
-
-
-def stop_workers(workers: list[subprocess.Popen[bytes]]) -> None:
-    for worker in workers:
-        worker.send_signal(signal.SIGTERM)
-    for worker in workers:
-        worker.wait(timeout=60)
 
 
 async def count_unfinished(database: Database) -> int:
@@ -146,7 +92,7 @@ async def wait_until_drained(database: Database, *, within: float) -> None:
     deadline = time.monotonic() + within
     while await count_unfinished(database):
         if time.monotonic() > deadline:
-            sys.exit("jobs did not finish in time; see the worker logs")
+            raise RuntimeError("the jobs did not finish in time; see the worker logs")
         await asyncio.sleep(0.05)
 
 
@@ -158,8 +104,8 @@ async def enqueue_batch(database: Database, count: int) -> datetime:
 
 
 async def throughput(database: Database, jobs: int) -> float:
-    await enqueue_batch(database, 20)  # warm-up: both workers are up and idle afterwards
-    await wait_until_drained(database, within=60)
+    await enqueue_batch(database, 20)  # warm-up: afterwards both workers are up and idle
+    await wait_until_drained(database, within=120)
     committed = await enqueue_batch(database, jobs)
     await wait_until_drained(database, within=600)
     async with database.transaction(write=False) as session:
@@ -167,13 +113,12 @@ async def throughput(database: Database, jobs: int) -> float:
     return jobs / (last - committed).total_seconds()
 
 
-async def latency(database: Database, rate: float, seconds: float) -> list[float]:
+async def latencies_ms(database: Database, rate: float, seconds: float) -> list[float]:
     ids = []
-    interval = 1 / rate
     start = time.monotonic()
     for n in range(int(rate * seconds)):
         # Paced against the start, so the rate holds however long each enqueue takes.
-        await asyncio.sleep(max(0.0, start + n * interval - time.monotonic()))
+        await asyncio.sleep(max(0.0, start + n / rate - time.monotonic()))
         async with database.transaction(write=True) as session:
             ids.append((await enqueue(session, job_type="noop", payload={}, tenant_id=None)).id)
     await wait_until_drained(database, within=60)
@@ -182,68 +127,79 @@ async def latency(database: Database, rate: float, seconds: float) -> list[float
         return [(started - created).total_seconds() * 1000 for created, started in rows]
 
 
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
-
-
-async def queue_figures(
-    settings: Settings, args: argparse.Namespace, logs: Path
-) -> tuple[float, list[float]]:
-    database = Database(settings.sqlalchemy_url, pool_size=4)
-    workers = start_workers(settings, args.workers, args.concurrency, logs)
+async def measure_queue(database: Database, args: argparse.Namespace) -> tuple[float, list[float]]:
     try:
-        jobs_per_second = await throughput(database, args.jobs)
-        latencies = await latency(database, args.rate, args.seconds)
+        return await throughput(database, args.jobs), await latencies_ms(
+            database, args.rate, args.seconds
+        )
     finally:
-        stop_workers(workers)
         await database.dispose()
-    return jobs_per_second, latencies
 
 
-def main() -> None:
+def queue_figures(args: argparse.Namespace, workdir: Path) -> tuple[float, list[float]]:
+    with scratch_database("spawnpoint_bench_queue") as scratch:
+        env = clean_env(
+            DATABASE_URL=scratch.sqlalchemy_url,
+            DATA_DIR=str(workdir),
+            ENVIRONMENT="development",
+            LOG_LEVEL="warning",
+        )
+        settings = Settings(_env_file=None, database_url=scratch.sqlalchemy_url, data_dir=workdir)  # type: ignore[call-arg]
+        upgrade(settings)
+        argv = [*venv_command("spawnpoint"), "worker", "--concurrency", str(args.concurrency)]
+        with contextlib.ExitStack() as workers:
+            for n in range(args.workers):
+                workers.enter_context(background_process(f"worker-{n}", argv, env=env, cwd=workdir))
+            database = Database(scratch.sqlalchemy_url, pool_size=4)
+            return asyncio.run(measure_queue(database, args))
+
+
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=10_000)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--concurrency", type=int, default=32, help="slots per worker")
     parser.add_argument("--rate", type=float, default=50.0, help="latency phase, jobs/s")
     parser.add_argument("--seconds", type=float, default=5.0, help="latency phase length")
     parser.add_argument("--pgbench-seconds", type=int, default=15)
     args = parser.parse_args()
+    raise_on_sigterm(deadline=900)
 
-    tps = pgbench_tps(args.pgbench_seconds)
-    with (
-        tempfile.TemporaryDirectory(prefix="spawnpoint-bench-") as tmp,
-        ScratchDatabase("spawnpoint_bench_queue") as scratch,
-    ):
-        settings = Settings(_env_file=None, database_url=scratch.url, data_dir=Path(tmp))  # type: ignore[call-arg]
-        upgrade(settings)
-        jobs_per_second, latencies = asyncio.run(queue_figures(settings, args, Path(tmp)))
+    with tempfile.TemporaryDirectory(prefix="spawnpoint-bench-queue-") as tmp:
+        workdir = Path(tmp)
+        try:
+            tps = pgbench_tps(args.pgbench_seconds, workdir)
+            jobs_per_second, latencies = queue_figures(args, workdir)
+        except (RuntimeError, OSError) as exc:
+            print(f"bench/queue.py: {exc}", file=sys.stderr)
+            return 2
 
     ratio = jobs_per_second / tps
-    p50, p99 = percentile(latencies, 0.5), percentile(latencies, 0.99)
-    rows = [
-        ("pgbench TPC-B -c 2 -j 2 (TPS)", f"{tps:,.0f}", ""),
-        ("queue throughput (jobs/s)", f"{jobs_per_second:,.0f}", ""),
-        ("jobs/s ÷ TPS", f"{ratio:.2f}", verdict(ratio >= THROUGHPUT_GOAL, f"≥ {THROUGHPUT_GOAL}")),
-        (
-            f"enqueue-to-start p50 at {args.rate:g} jobs/s (ms)",
-            f"{p50:.1f}",
-            verdict(p50 <= LATENCY_GOAL_MS, f"≤ {LATENCY_GOAL_MS:g}"),
-        ),
-        (f"enqueue-to-start p99 at {args.rate:g} jobs/s (ms)", f"{p99:.1f}", ""),
-        ("latency samples (mean ms)", f"{len(latencies)} ({statistics.fmean(latencies):.1f})", ""),
-    ]
-    print(f"\n## Job queue on PostgreSQL: {args.workers} workers x {args.concurrency} slots\n")
-    print("| figure | value | goal |")
-    print("| --- | ---: | --- |")
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
-
-
-def verdict(met: bool, goal: str) -> str:
-    return f"{goal} {'met' if met else 'NOT met'}"
+    p50, p99 = percentile(latencies, 50), percentile(latencies, 99)
+    met = ratio >= THROUGHPUT_GOAL and p50 <= LATENCY_GOAL_MS
+    table = markdown_table(
+        ["figure", "value", "goal"],
+        [
+            ["pgbench TPC-B -c 2 -j 2 (TPS)", f"{tps:,.0f}", ""],
+            ["queue throughput (jobs/s)", f"{jobs_per_second:,.0f}", ""],
+            ["jobs/s ÷ TPS", f"{ratio:.2f}", f"≥ {THROUGHPUT_GOAL}"],
+            [
+                f"enqueue-to-start p50 at {args.rate:g} jobs/s (ms)",
+                f"{p50:.1f}",
+                f"≤ {LATENCY_GOAL_MS:g}",
+            ],
+            [f"enqueue-to-start p99 at {args.rate:g} jobs/s (ms)", f"{p99:.1f}", ""],
+            ["enqueue-to-start mean (ms)", f"{statistics.fmean(latencies):.1f}", ""],
+        ],
+    )
+    report = (
+        f"## Job queue on PostgreSQL: {args.workers} workers x {args.concurrency} slots, "
+        f"{args.jobs:,} noop jobs\n\n{table}\n\ngoals {'met' if met else 'NOT met'}\n"
+    )
+    print(report)
+    write_result("queue.md", report)
+    return 0 if met else 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -153,6 +153,7 @@ def worker(
 
     from spawnpoint.jobs.registry import default_registry
     from spawnpoint.jobs.worker import serve_worker
+    from spawnpoint.runtime import periodic_tasks
 
     settings = load_settings()
     logging.basicConfig(
@@ -176,7 +177,7 @@ def worker(
             poll_interval=poll_interval,
             grace_seconds=grace_seconds,
             scheduler=scheduler,
-            rescue_interval=rescue_interval,
+            tasks=periodic_tasks(rescue_interval=timedelta(seconds=rescue_interval)),
         )
     )
 

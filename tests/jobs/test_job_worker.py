@@ -118,7 +118,7 @@ async def test_permanent_error_and_bad_results_fail_at_once(
     database: Database, backend_settings: Settings
 ) -> None:
     registry = HandlerRegistry()
-    permanent, not_a_dict, not_json = unique_type(), unique_type(), unique_type()
+    permanent, not_a_dict, not_json, not_finite = (unique_type() for _ in range(4))
 
     @registry.register(permanent)
     async def refuse(ctx: JobContext) -> None:
@@ -132,16 +132,39 @@ async def test_permanent_error_and_bad_results_fail_at_once(
     async def returns_object(ctx: JobContext) -> dict[str, Any]:
         return {"when": object()}
 
-    ids = [await add_job(database, t) for t in (permanent, not_a_dict, not_json)]
+    @registry.register(not_finite)
+    async def returns_nan(ctx: JobContext) -> dict[str, Any]:
+        return {"ratio": float("nan")}
+
+    ids = [await add_job(database, t) for t in (permanent, not_a_dict, not_json, not_finite)]
     async with running(make_worker(database, backend_settings, registry)):
         rows = [
             await eventually(lambda job_id=job_id: job_in_state(database, job_id, "failed"))
             for job_id in ids
         ]
-    assert [row.attempts for row in rows] == [1, 1, 1]
+    assert [row.attempts for row in rows] == [1, 1, 1, 1]
     assert rows[0].error == "PermanentJobError: template does not exist"
     assert rows[1].error == "handler returned list, expected dict or None"
     assert (rows[2].error or "").startswith("result is not JSON")
+    assert (rows[3].error or "").startswith("result is not JSON")
+
+
+async def test_nul_characters_do_not_block_the_worker(
+    database: Database, backend_settings: Settings
+) -> None:
+    job_type = unique_type()
+    registry = HandlerRegistry()
+
+    @registry.register(job_type)
+    async def messy(ctx: JobContext) -> None:
+        ctx.log("before\x00after")
+        raise PermanentJobError("bad\x00input")
+
+    job_id = await add_job(database, job_type)
+    async with running(make_worker(database, backend_settings, registry)):
+        failed = await eventually(lambda: job_in_state(database, job_id, "failed"))
+    assert failed.error == "PermanentJobError: bad\ufffdinput"
+    assert await log_lines(database, job_id) == ["before\ufffdafter"]
 
 
 async def test_cooperative_cancel(database: Database, backend_settings: Settings) -> None:

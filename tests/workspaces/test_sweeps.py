@@ -2,22 +2,28 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import httpx
+import pytest
 
 from conftest import World
 from factories import make_template
 from spawnpoint.jobs.scheduler import Scheduler
 from spawnpoint.kit.clock import utcnow
 from spawnpoint.models import Role
+from spawnpoint.workspaces.sweeps import workspace_tasks
 from workspaces.conftest import StartWorker, wait_for_state
 
 
-def scheduler_for(world: World) -> Scheduler:
-    from spawnpoint.workspaces.sweeps import workspace_tasks
-
-    return Scheduler(world.database, world.settings, tasks=workspace_tasks())
+@pytest.fixture
+async def scheduler(world: World) -> AsyncIterator[Scheduler]:
+    """The workspace sweeps under a scheduler whose clock the test passes to `tick`."""
+    scheduler = Scheduler(world.database, world.settings, tasks=workspace_tasks())
+    yield scheduler
+    # Ticks ran with future clocks; hand the leader lease back for the schedulers after us.
+    await scheduler.release()
 
 
 async def spawn_running(
@@ -33,11 +39,10 @@ async def spawn_running(
 
 
 async def test_idle_workspaces_are_stopped_by_the_system(
-    client: httpx.AsyncClient, world: World, start_worker: StartWorker
+    client: httpx.AsyncClient, world: World, start_worker: StartWorker, scheduler: Scheduler
 ) -> None:
     await start_worker()
     workspace_id, member = await spawn_running(client, world, {"idle_timeout_minutes": 5})
-    scheduler = scheduler_for(world)
     # Any earlier leader's lease (real time, seconds long) has expired two minutes from now.
     assert await scheduler.tick(utcnow() + timedelta(minutes=2))
     assert (await client.get(f"/api/workspaces/{workspace_id}", headers=member)).json()[
@@ -63,13 +68,12 @@ async def test_idle_workspaces_are_stopped_by_the_system(
 
 
 async def test_workspaces_past_their_lifetime_are_deleted(
-    client: httpx.AsyncClient, world: World, start_worker: StartWorker
+    client: httpx.AsyncClient, world: World, start_worker: StartWorker, scheduler: Scheduler
 ) -> None:
     await start_worker()
     workspace_id, member = await spawn_running(client, world, {"max_lifetime_days": 2})
     workspace = (await client.get(f"/api/workspaces/{workspace_id}", headers=member)).json()
     assert workspace["expires_at"] is not None
-    scheduler = scheduler_for(world)
     await scheduler.tick(utcnow() + timedelta(days=1))
     unchanged = await client.get(f"/api/workspaces/{workspace_id}", headers=member)
     assert unchanged.json()["state"] == "running"
@@ -82,10 +86,10 @@ async def test_workspaces_past_their_lifetime_are_deleted(
 
 
 async def test_workspaces_without_limits_are_left_alone(
-    client: httpx.AsyncClient, world: World, start_worker: StartWorker
+    client: httpx.AsyncClient, world: World, start_worker: StartWorker, scheduler: Scheduler
 ) -> None:
     await start_worker()
     workspace_id, member = await spawn_running(client, world, {})
-    await scheduler_for(world).tick(utcnow() + timedelta(days=365))
+    await scheduler.tick(utcnow() + timedelta(days=365))
     workspace = (await client.get(f"/api/workspaces/{workspace_id}", headers=member)).json()
     assert workspace["state"] == "running"

@@ -62,7 +62,7 @@ def new_owner_id() -> str:
 
 @dataclass(frozen=True)
 class Backoff:
-    """Exponential backoff with full jitter: a delay drawn from [0, min(cap, base * 2^(n-1)))."""
+    """Exponential backoff with full jitter: a delay drawn from [0, min(cap, base * 2^(n-1))]."""
 
     base_seconds: float = 1.0
     cap_seconds: float = 300.0
@@ -133,6 +133,12 @@ def _state_is(state: JobState) -> ColumnElement[bool]:
 
 def _dialect(session: AsyncSession) -> str:
     return session.get_bind().dialect.name
+
+
+def _storable(text: str) -> str:
+    # PostgreSQL text cannot hold NUL; one such character in an exception message or log
+    # line would otherwise fail the worker's whole batch write, again and again.
+    return text.replace("\x00", "\ufffd")
 
 
 class LocalWakeups:
@@ -515,7 +521,7 @@ async def fail(
     ).one_or_none()
     if found is None:
         raise StaleLease(job_id, fencing_token)
-    values: dict[str, Any] = {"error": error, **_settled(now)}
+    values: dict[str, Any] = {"error": _storable(error), **_settled(now)}
     if found.cancel_requested:
         state = JobState.cancelled
     elif permanent or found.attempts >= found.max_attempts:
@@ -548,7 +554,7 @@ async def mark_cancelled(
         job_id,
         fencing_token,
         state=JobState.cancelled,
-        error=reason,
+        error=None if reason is None else _storable(reason),
         finished_at=now,
         **_settled(now),
     )
@@ -667,5 +673,5 @@ async def append_logs(session: AsyncSession, *, lines: Sequence[LogLine]) -> Non
         return
     await session.execute(
         insert(_job_logs),
-        [{"job_id": line.job_id, "at": line.at, "line": line.line} for line in lines],
+        [{"job_id": line.job_id, "at": line.at, "line": _storable(line.line)} for line in lines],
     )

@@ -285,7 +285,8 @@ class Worker:
             error = f"handler returned {type(result).__name__}, expected dict or None"
             return _Outcome(attempt, _Kind.permanent, error=error)
         try:
-            json.dumps(result)
+            # PostgreSQL's json type refuses NaN and Infinity, which json.dumps allows.
+            json.dumps(result, allow_nan=False)
         except (TypeError, ValueError) as exc:
             # Caught here, not in the batch write, which it would fail for everyone.
             return _Outcome(attempt, _Kind.permanent, error=f"result is not JSON: {exc}")
@@ -447,7 +448,9 @@ class Worker:
         delay = 0.5
         while True:
             try:
-                async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+                async with await psycopg.AsyncConnection.connect(
+                    dsn, autocommit=True, connect_timeout=10
+                ) as conn:
                     await conn.execute(f"LISTEN {CHANNEL}")
                     delay = 0.5
                     self._poke()  # notifications sent while we were not listening are lost
@@ -533,7 +536,7 @@ async def serve_worker(
     poll_interval: float,
     grace_seconds: float,
     scheduler: bool,
-    rescue_interval: float,
+    tasks: Sequence[PeriodicTask],
 ) -> None:
     """The `spawnpoint worker` process: run until SIGTERM or SIGINT, then stop gracefully.
 
@@ -566,7 +569,7 @@ async def serve_worker(
             poll_interval=poll_interval,
             grace_seconds=grace_seconds,
             scheduler=scheduler,
-            tasks=default_tasks(rescue_interval=timedelta(seconds=rescue_interval)),
+            tasks=tasks,
         )
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
