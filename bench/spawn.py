@@ -268,7 +268,8 @@ class ActivitySampler:
     """
 
     def __init__(self, url: str) -> None:
-        self.url = url
+        # Connected now, before the load: the server may have no slot to spare later.
+        self._conn = psycopg.connect(url, autocommit=True)
         self.counts: dict[tuple[str, str, str, str], int] = {}
         self.samples = 0
         self._stop = threading.Event()
@@ -280,10 +281,12 @@ class ActivitySampler:
 
     def __exit__(self, *_: object) -> None:
         self._stop.set()
-        self._thread.join(timeout=5)
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+        self._conn.close()
 
     def _run(self) -> None:
-        with psycopg.connect(self.url, autocommit=True) as conn:
+        with self._conn as conn:
             while not self._stop.wait(0.02):
                 rows = conn.execute(
                     "SELECT application_name, state, coalesce(wait_event_type || ':' ||"
@@ -945,6 +948,12 @@ def parse_args() -> argparse.Namespace:
         default=None,
         help="py-spy command (default: py-spy on PATH), e.g. 'uv tool run py-spy'",
     )
+    parser.add_argument(
+        "--spawnpoint",
+        default=None,
+        help="the spawnpoint command to benchmark (default: the one next to this Python), "
+        "e.g. a wrapper that applies a candidate change",
+    )
     args = parser.parse_args()
     per_round = (
         args.warmup + args.seconds + 3 + (args.baseline_seconds + 1 if args.baseline_seconds else 0)
@@ -965,7 +974,7 @@ def main() -> int:
     args = parse_args()
     raise_on_sigterm(deadline=WATCHDOG_SECONDS)
     started = time.monotonic()
-    spawnpoint = venv_command("spawnpoint")
+    spawnpoint = shlex.split(args.spawnpoint) if args.spawnpoint else venv_command("spawnpoint")
     py_spy: list[str] | None = None
     if args.profile is not None:
         py_spy = (
@@ -1216,7 +1225,7 @@ def render(results: Rounds, args: argparse.Namespace) -> str:
     )[:ACTIVITY_ROWS]
     activity_table = markdown_table(
         ["process", "session state", "wait event", "last statement", "avg sessions"],
-        [(*k, f"{v:.2f}") for v, k in busiest],
+        [(*k, f"{v:.2f}") for v, k in busiest] or [("(no samples)", "", "", "", "")],
     )
     per_round = markdown_table(
         [

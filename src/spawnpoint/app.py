@@ -51,7 +51,7 @@ def create_app(
     settings = settings or Settings()
     settings.check_safe()
     database = database or Database(settings.sqlalchemy_url, pool_size=settings.database_pool_size)
-    policy = policy or build_policy_engine(settings)
+    policy = policy or build_policy_engine(settings, timeout=settings.policy_timeout_seconds)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     policy_engine: Literal["embedded", "opa"] = Field(
         "embedded", description="`embedded` evaluates Rego in process; `opa` asks OPA_URL."
     )
+    policy_timeout_seconds: float = Field(
+        2.0, gt=0, description="How long a policy decision may take before the spawn fails (503)."
+    )
     provisioner: str = Field(
         "local", description="Default provisioner driver for templates that name none."
     )
