@@ -485,7 +485,7 @@ def timeline(conn: psycopg.Connection[Any], tenant_id: uuid.UUID) -> Timeline:
     return Timeline(provisioning, running)
 
 
-def job_counts(conn: psycopg.Connection[Any], tenant_id: uuid.UUID) -> dict[str, int]:
+def job_counts(conn: psycopg.Connection[Any], tenant_id: uuid.UUID) -> dict[str, Any]:
     row = conn.execute(
         "SELECT count(*) FILTER (WHERE state = 'failed'),"
         " count(*) FILTER (WHERE attempts > 1),"
@@ -496,12 +496,21 @@ def job_counts(conn: psycopg.Connection[Any], tenant_id: uuid.UUID) -> dict[str,
     ).fetchone()
     assert row is not None
     failed, retried, unfinished, succeeded, total = (int(v) for v in row)
+    # Failed attempts leave a line in the job's log even when a retry then succeeded.
+    attempts = conn.execute(
+        "SELECT count(*), min(l.line) FROM job_logs l JOIN jobs j ON j.id = l.job_id"
+        " WHERE j.tenant_id = %s AND l.line LIKE 'attempt %% failed%%'",
+        (tenant_id,),
+    ).fetchone()
+    assert attempts is not None
     return {
         "failed": failed,
         "retried": retried,
         "unfinished": unfinished,
         "succeeded": succeeded,
         "total": total,
+        "failed_attempts": int(attempts[0]),
+        "first_failure": (attempts[1] or "")[-600:],
     }
 
 
@@ -518,7 +527,7 @@ class SpawnRound:
     not_running_at_end: int
     not_running_after_drain: int
     drain_seconds: float
-    jobs: dict[str, int]
+    jobs: dict[str, Any]
     segments: dict[str, tuple[float, float]]  # name -> (p50 ms, p99 ms)
     cpu_ms_per_spawn: dict[str, float]
     machine_busy: float  # fraction of all cores busy during the measured window
@@ -533,7 +542,7 @@ def analyse(
     *,
     left_after_drain: int,
     drain_seconds: float,
-    jobs: dict[str, int],
+    jobs: dict[str, Any],
     db_delta: dict[str, float],
     activity: dict[tuple[str, str, str, str], float],
 ) -> SpawnRound:
@@ -911,6 +920,12 @@ def spawn_round(
     )
     for error in result.errors:
         print(f"  error: {error}", flush=True)
+    if result.jobs["failed_attempts"]:
+        print(
+            f"  {result.jobs['failed_attempts']} failed job attempts, e.g.\n"
+            f"{result.jobs['first_failure']}",
+            flush=True,
+        )
     return result
 
 

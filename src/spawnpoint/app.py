@@ -60,7 +60,9 @@ def create_app(
         if run_worker:
             registry = default_registry(settings)
             worker = asyncio.create_task(
-                run_worker_in_process(database, settings, registry, stop, tasks=periodic_tasks()),
+                run_worker_in_process(
+                    database, settings, registry, stop, tasks=periodic_tasks(settings)
+                ),
                 name="in-process worker",
             )
         try:

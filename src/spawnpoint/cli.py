@@ -177,7 +177,7 @@ def worker(
             poll_interval=poll_interval,
             grace_seconds=grace_seconds,
             scheduler=scheduler,
-            tasks=periodic_tasks(rescue_interval=timedelta(seconds=rescue_interval)),
+            tasks=periodic_tasks(settings, rescue_interval=timedelta(seconds=rescue_interval)),
         )
     )
 

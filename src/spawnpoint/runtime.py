@@ -4,10 +4,18 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from spawnpoint.config import Settings
 from spawnpoint.jobs.scheduler import PeriodicTask, default_tasks
+from spawnpoint.provisioners import ProvisionerRegistry
 from spawnpoint.workspaces.sweeps import workspace_tasks
 
 
-def periodic_tasks(*, rescue_interval: timedelta = timedelta(seconds=5)) -> list[PeriodicTask]:
-    """The scheduler's tasks: lease rescue, idle stop, maximum lifetime, key expiry."""
-    return [*default_tasks(rescue_interval=rescue_interval), *workspace_tasks()]
+def periodic_tasks(
+    settings: Settings, *, rescue_interval: timedelta = timedelta(seconds=5)
+) -> list[PeriodicTask]:
+    """The scheduler's tasks: lease rescue, idle stop, maximum lifetime, lost processes,
+    key expiry."""
+    sweeps = workspace_tasks(
+        provisioners=ProvisionerRegistry.from_entry_points(), settings=settings
+    )
+    return [*default_tasks(rescue_interval=rescue_interval), *sweeps]

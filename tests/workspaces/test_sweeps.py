@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import sys
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
@@ -13,25 +16,32 @@ from factories import make_template
 from spawnpoint.jobs.scheduler import Scheduler
 from spawnpoint.kit.clock import utcnow
 from spawnpoint.models import Role
+from spawnpoint.provisioners import ProvisionerRegistry
 from spawnpoint.workspaces.sweeps import workspace_tasks
 from workspaces.conftest import StartWorker, wait_for_state
+from workspaces.processes import processes_mentioning
 
 
 @pytest.fixture
 async def scheduler(world: World) -> AsyncIterator[Scheduler]:
     """The workspace sweeps under a scheduler whose clock the test passes to `tick`."""
-    scheduler = Scheduler(world.database, world.settings, tasks=workspace_tasks())
+    tasks = workspace_tasks(
+        provisioners=ProvisionerRegistry.from_entry_points(), settings=world.settings
+    )
+    scheduler = Scheduler(world.database, world.settings, tasks=tasks)
     yield scheduler
     # Ticks ran with future clocks; hand the leader lease back for the schedulers after us.
     await scheduler.release()
 
 
 async def spawn_running(
-    client: httpx.AsyncClient, world: World, spec: dict[str, object]
+    client: httpx.AsyncClient, world: World, spec: dict[str, object], provisioner: str = "dry-run"
 ) -> tuple[str, dict[str, str]]:
     org = await world.org()
     member = org.headers[Role.member]
-    template = await make_template(world.database, org.tenant_id, spec=spec)
+    template = await make_template(
+        world.database, org.tenant_id, provisioner=provisioner, spec=spec
+    )
     spawned = await client.post("/api/spawn", headers=member, json={"template_id": str(template)})
     workspace_id = spawned.json()["workspace"]["id"]
     await wait_for_state(client, workspace_id, "running", member)
@@ -93,3 +103,28 @@ async def test_workspaces_without_limits_are_left_alone(
     await scheduler.tick(utcnow() + timedelta(days=365))
     workspace = (await client.get(f"/api/workspaces/{workspace_id}", headers=member)).json()
     assert workspace["state"] == "running"
+
+
+async def test_a_lost_local_process_fails_its_workspace_with_the_reason(
+    client: httpx.AsyncClient, world: World, start_worker: StartWorker, scheduler: Scheduler
+) -> None:
+    await start_worker()
+    command = (
+        f"{sys.executable} -m http.server {{port}} --bind 127.0.0.1 --directory {{workspace_dir}}"
+    )
+    workspace_id, member = await spawn_running(client, world, {"command": command}, "local")
+    await scheduler.tick(utcnow() + timedelta(minutes=1))
+    alive = await client.get(f"/api/workspaces/{workspace_id}", headers=member)
+    assert alive.json()["state"] == "running"
+
+    [pid] = processes_mentioning(workspace_id)
+    os.kill(pid, signal.SIGKILL)
+    await scheduler.tick(utcnow() + timedelta(minutes=2))
+    failed = await wait_for_state(client, workspace_id, "failed", member)
+    assert "not running" in failed["error"]
+    assert failed["connection"] is None
+    events = (await client.get(f"/api/workspaces/{workspace_id}/events", headers=member)).json()
+    assert events["items"][-1]["actor"] == "system"
+
+    await client.delete(f"/api/workspaces/{workspace_id}", headers=member)
+    await wait_for_state(client, workspace_id, "deleted", member)

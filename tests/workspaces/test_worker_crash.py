@@ -22,6 +22,7 @@ from factories import make_template
 from spawnpoint.config import Settings
 from spawnpoint.models import Role
 from workspaces.conftest import wait_for_state
+from workspaces.processes import processes_mentioning
 
 T = TypeVar("T")
 
@@ -34,22 +35,6 @@ while not os.path.exists(gate) and time.monotonic() < deadline:
 handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=directory)
 http.server.ThreadingHTTPServer(("127.0.0.1", port), handler).serve_forever()
 """
-
-
-def processes_mentioning(marker: str) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        zombie = stat.rsplit(")", 1)[-1].split()[0] == "Z"
-        if marker.encode() in cmdline and not zombie:
-            found.append(int(entry.name))
-    return found
 
 
 async def eventually(check: Callable[[], Awaitable[T | None]], *, within: float, what: str) -> T:

@@ -1,6 +1,6 @@
-"""The scheduler's workspace sweeps: idle auto-stop and maximum lifetime.
+"""The scheduler's workspace sweeps: idle auto-stop, maximum lifetime, lost processes.
 
-Both move workspaces through the same transitions a user would, with `system` as the
+They move workspaces through the same transitions a user would, with `system` as the
 actor and the reason on the event, and enqueue the job that does the work.
 """
 
@@ -11,10 +11,17 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from spawnpoint.config import Settings
 from spawnpoint.jobs.queue import enqueue
 from spawnpoint.jobs.scheduler import PeriodicTask
 from spawnpoint.kit.idempotency import purge_expired
-from spawnpoint.models import Workspace, WorkspaceState
+from spawnpoint.models import TemplateVersion, Workspace, WorkspaceState
+from spawnpoint.provisioners import (
+    AnyProvisioner,
+    ProvisionContext,
+    ProvisionerRegistry,
+    WorkspaceRef,
+)
 from spawnpoint.workspaces.lifecycle import SYSTEM, move
 
 S = WorkspaceState
@@ -96,9 +103,85 @@ async def purge_idempotency_keys(session: AsyncSession, now: datetime) -> int:
     return await purge_expired(session, now=now)
 
 
-def workspace_tasks(*, interval: timedelta = timedelta(seconds=30)) -> list[PeriodicTask]:
-    return [
+class LostProcessSweep:
+    """Mark running workspaces failed when their host process is gone.
+
+    Only drivers that run host processes (`local`) are checked: their status is a local
+    lookup, cheap enough to make inside the sweep's transaction. After a worker restart
+    this is what finds each process again by pid and start time, or fails the workspace.
+    """
+
+    def __init__(self, provisioners: ProvisionerRegistry, settings: Settings) -> None:
+        self.settings = settings
+        self.drivers: dict[str, AnyProvisioner] = {
+            name: provisioners.create(name, settings)
+            for name in provisioners.names()
+            if provisioners.get(name).runs_host_commands
+        }
+
+    async def __call__(self, session: AsyncSession, now: datetime) -> int:
+        if not self.drivers:
+            return 0
+        rows = (
+            await session.execute(
+                select(Workspace, TemplateVersion.spec)
+                .join(
+                    TemplateVersion,
+                    (TemplateVersion.template_id == Workspace.template_id)
+                    & (TemplateVersion.version == Workspace.template_version),
+                )
+                .where(
+                    Workspace.state == S.running,
+                    Workspace.provisioner.in_(list(self.drivers)),
+                )
+                .order_by(Workspace.id)
+                .limit(BATCH)
+                .with_for_update(of=Workspace, skip_locked=True)
+            )
+        ).all()
+        failed = 0
+        for workspace, spec in rows:
+            status = await self.drivers[workspace.provisioner].status(
+                ProvisionContext(
+                    workspace=WorkspaceRef(
+                        id=workspace.id,
+                        tenant_id=workspace.tenant_id,
+                        name=workspace.name,
+                        template_id=workspace.template_id,
+                        template_version=workspace.template_version,
+                    ),
+                    spec=spec,
+                    state=dict(workspace.driver_state),
+                    idempotency_key=f"status-{workspace.id}",
+                    log=_discard,
+                    settings=self.settings,
+                )
+            )
+            if status.running:
+                continue
+            workspace.error = f"the workspace process is not running: {status.detail}"
+            workspace.connection = None
+            move(session, workspace, S.failed, actor=SYSTEM, reason=workspace.error, now=now)
+            failed += 1
+        return failed
+
+
+async def _discard(_: str) -> None:
+    return None
+
+
+def workspace_tasks(
+    *,
+    provisioners: ProvisionerRegistry | None = None,
+    settings: Settings | None = None,
+    interval: timedelta = timedelta(seconds=30),
+) -> list[PeriodicTask]:
+    tasks = [
         PeriodicTask("workspaces.stop_idle", interval, stop_idle),
         PeriodicTask("workspaces.delete_expired", interval, delete_expired),
         PeriodicTask("idempotency.purge_expired", timedelta(hours=1), purge_idempotency_keys),
     ]
+    if provisioners is not None and settings is not None:
+        lost = LostProcessSweep(provisioners, settings)
+        tasks.append(PeriodicTask("workspaces.fail_lost_processes", interval, lost))
+    return tasks
