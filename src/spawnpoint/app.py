@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 
 from spawnpoint.config import Settings
 from spawnpoint.db import Database
@@ -19,6 +21,7 @@ from spawnpoint.policy.engine import PolicyEngine, build_policy_engine
 from spawnpoint.projects.endpoints import router as projects_router
 from spawnpoint.provisioners import ProvisionerRegistry
 from spawnpoint.runtime import periodic_tasks
+from spawnpoint.security import AccountCache
 from spawnpoint.templates.endpoints import router as templates_router
 from spawnpoint.tenants.endpoints import router as tenants_router
 from spawnpoint.users.endpoints import router as users_router
@@ -83,8 +86,36 @@ def create_app(
     app.state.settings = settings
     app.state.database = database
     app.state.policy = policy
+    app.state.accounts = AccountCache(settings.auth_cache_seconds)
     app.state.provisioners = provisioners or ProvisionerRegistry.from_entry_points()
     install_problem_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
+    document_bearer_auth(app)
     return app
+
+
+def document_bearer_auth(app: FastAPI) -> None:
+    """Declare the bearer scheme in the OpenAPI document.
+
+    `deps.get_principal` reads the Authorization header itself rather than through a
+    FastAPI security dependency, which keeps one dependency off every request's path.
+    """
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title, version=app.version, summary=app.summary, routes=app.routes
+            )
+            schema.setdefault("components", {})["securitySchemes"] = {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "A JWT, or DEV_BYPASS_TOKEN in development.",
+                }
+            }
+            schema["security"] = [{"bearer": []}]
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -80,6 +80,11 @@ class Settings(BaseSettings):
     )
     jwt_audience: str | None = Field(None, description="Expected JWT audience (optional).")
     jwt_issuer: str | None = Field(None, description="Expected JWT issuer (optional).")
+    auth_cache_seconds: float = Field(
+        2.0,
+        ge=0,
+        description="How long a user's role and status are reused between requests; 0: never.",
+    )
     dev_bypass_token: str = Field(
         "DEV-LOCAL-TOKEN",
         description="Development shortcut token: acts as the demo tenant's admin and operator. "

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated
 
-from fastapi import Depends, Request, Security
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from spawnpoint.config import Settings
@@ -14,18 +13,19 @@ from spawnpoint.db import Database
 from spawnpoint.kit.errors import Forbidden
 from spawnpoint.models import Role
 from spawnpoint.scope import TenantScope
-from spawnpoint.security import Principal, authenticate
+from spawnpoint.security import AccountCache, Principal, authenticate
 
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-_bearer = HTTPBearer(auto_error=False, description="A JWT, or DEV_BYPASS_TOKEN in development.")
+# Every dependency is `async def`: FastAPI runs plain `def` dependencies in a thread pool,
+# and twenty thread hops per request cost more than the request's own work.
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_database(request: Request) -> Database:
+async def get_database(request: Request) -> Database:
     database: Database = request.app.state.database
     return database
 
@@ -42,20 +42,18 @@ DB = Annotated[Database, Depends(get_database)]
 Session = Annotated[AsyncSession, Depends(get_session, scope="function")]
 
 
-async def get_principal(
-    settings: AppSettings,
-    session: Session,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
-    request: Request,
-) -> Principal:
-    return await authenticate(settings, session, request.headers.get("authorization"))
+async def get_principal(session: Session, request: Request) -> Principal:
+    state = request.app.state
+    return await authenticate(
+        state.settings, session, state.accounts, request.headers.get("authorization")
+    )
 
 
 CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
 
 
-def require(role: Role) -> Callable[[Principal], Principal]:
-    def check(principal: CurrentPrincipal) -> Principal:
+def require(role: Role) -> Callable[[Principal], Awaitable[Principal]]:
+    async def check(principal: CurrentPrincipal) -> Principal:
         if not principal.has(role):
             raise Forbidden(f"This action needs the {role.value} role.")
         return principal
@@ -63,7 +61,7 @@ def require(role: Role) -> Callable[[Principal], Principal]:
     return check
 
 
-def require_operator(principal: CurrentPrincipal) -> Principal:
+async def require_operator(principal: CurrentPrincipal) -> Principal:
     if not principal.operator:
         raise Forbidden("This action needs platform-operator rights.")
     return principal
@@ -76,8 +74,16 @@ RequireAdmin = Annotated[Principal, Depends(require(Role.admin))]
 RequireOperator = Annotated[Principal, Depends(require_operator)]
 
 
-def get_scope(principal: CurrentPrincipal) -> TenantScope:
+async def get_scope(principal: CurrentPrincipal) -> TenantScope:
     return TenantScope.of(principal)
 
 
 Scope = Annotated[TenantScope, Depends(get_scope)]
+
+
+async def get_account_cache(request: Request) -> AccountCache:
+    cache: AccountCache = request.app.state.accounts
+    return cache
+
+
+Accounts = Annotated[AccountCache, Depends(get_account_cache)]

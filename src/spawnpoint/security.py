@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
@@ -92,8 +93,59 @@ def _uuid_claim(claims: dict[str, Any], name: str) -> uuid.UUID:
         raise Unauthorized(f"Invalid token: claim {name!r} is not a UUID.") from exc
 
 
+AccountRow = tuple[uuid.UUID, str, str, str]  # tenant id, role, user status, tenant status
+
+
+class AccountCache:
+    """Recently read account rows, so a burst of requests costs one lookup per user.
+
+    Entries live `ttl` seconds (AUTH_CACHE_SECONDS; 0 disables the cache): a role change,
+    a disabled user or a suspended tenant takes effect within that time on every replica,
+    and at once on the replica that made the change (it clears its cache).
+    """
+
+    def __init__(self, ttl: float, max_entries: int = 10_000) -> None:
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self._rows: dict[uuid.UUID, tuple[float, AccountRow | None]] = {}
+
+    def get(self, user_id: uuid.UUID) -> tuple[bool, AccountRow | None]:
+        entry = self._rows.get(user_id)
+        if entry is None or entry[0] < time.monotonic():
+            return False, None
+        return True, entry[1]
+
+    def put(self, user_id: uuid.UUID, row: AccountRow | None) -> None:
+        if self.ttl <= 0:
+            return
+        if len(self._rows) >= self.max_entries:
+            self._rows.clear()
+        self._rows[user_id] = (time.monotonic() + self.ttl, row)
+
+    def clear(self) -> None:
+        self._rows.clear()
+
+
+async def _account(
+    session: AsyncSession, cache: AccountCache, user_id: uuid.UUID
+) -> AccountRow | None:
+    hit, row = cache.get(user_id)
+    if hit:
+        return row
+    found = (
+        await session.execute(
+            select(User.tenant_id, User.role, User.status, Tenant.status)
+            .join(Tenant, Tenant.id == User.tenant_id)
+            .where(User.id == user_id)
+        )
+    ).one_or_none()
+    row = None if found is None else (found[0], found[1], found[2], found[3])
+    cache.put(user_id, row)
+    return row
+
+
 async def authenticate(
-    settings: Settings, session: AsyncSession, authorization: str | None
+    settings: Settings, session: AsyncSession, cache: AccountCache, authorization: str | None
 ) -> Principal:
     """Turn an Authorization header into a principal, or raise 401/403."""
     scheme, _, token = (authorization or "").partition(" ")
@@ -107,13 +159,7 @@ async def authenticate(
 
     claims = decode_token(settings, token)
     user_id = _uuid_claim(claims, "sub")
-    row = (
-        await session.execute(
-            select(User.tenant_id, User.role, User.status, Tenant.status)
-            .join(Tenant, Tenant.id == User.tenant_id)
-            .where(User.id == user_id)
-        )
-    ).one_or_none()
+    row = await _account(session, cache, user_id)
     if row is None:
         raise Unauthorized("Invalid token: unknown user.")
     tenant_id, role, user_status, tenant_status = row

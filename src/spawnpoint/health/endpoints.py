@@ -9,15 +9,16 @@ from spawnpoint.deps import DB
 from spawnpoint.kit.errors import problem_document, problem_response
 
 router = APIRouter(tags=["health"])
+PUBLIC: dict[str, Any] = {"security": []}
 
 
-@router.get("/health", summary="Service health indicator")
+@router.get("/health", summary="Service health indicator", openapi_extra=PUBLIC)
 async def health() -> dict[str, str]:
     """Report that the service is up."""
     return {"status": "ok"}
 
 
-@router.get("/live", summary="Liveness probe")
+@router.get("/live", summary="Liveness probe", openapi_extra=PUBLIC)
 async def live() -> dict[str, str]:
     """Answer 200 while the process runs."""
     return {"status": "alive"}
@@ -26,6 +27,7 @@ async def live() -> dict[str, str]:
 @router.get(
     "/ready",
     summary="Readiness probe",
+    openapi_extra=PUBLIC,
     responses={503: {"description": "The database is unreachable."}},
 )
 async def ready(database: DB) -> Any:

@@ -43,7 +43,7 @@ def decode_cursor(cursor: str, key_type: Callable[[str], K]) -> K:
         raise Unprocessable("The cursor is not one this API returned.") from exc
 
 
-def page_params(
+async def page_params(
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Items per page.")] = DEFAULT_LIMIT,
     cursor: Annotated[
         str | None, Query(max_length=100, description="`next_cursor` of the previous page.")
@@ -65,7 +65,8 @@ async def fetch_page(
 ) -> tuple[list[Any], str | None]:
     """Run `statement` for one page ordered by `key`; return rows and the next cursor.
 
-    The first entity of each row must carry `key`; the cursor is that key of the last row.
+    Rows either select `key`'s column by name or start with an entity that carries it;
+    the cursor is that key of the last row.
     """
     if params.cursor is not None:
         statement = statement.where(key > decode_cursor(params.cursor, key_type))
@@ -73,4 +74,6 @@ async def fetch_page(
     if len(rows) <= params.limit:
         return rows, None
     rows = rows[: params.limit]
-    return rows, encode_cursor(getattr(rows[-1][0], key.key))
+    last = rows[-1]
+    value = getattr(last, key.key) if key.key in last._fields else getattr(last[0], key.key)
+    return rows, encode_cursor(value)

@@ -14,7 +14,7 @@ from spawnpoint.plans.service import PlanService
 router = APIRouter(prefix="/api/plans", tags=["plans"])
 
 
-def get_plan_service(session: Session, scope: Scope) -> PlanService:
+async def get_plan_service(session: Session, scope: Scope) -> PlanService:
     return PlanService(PlanRepository(session, scope))
 
 

@@ -15,7 +15,7 @@ from spawnpoint.tenants.repository import TenantRepository
 router = APIRouter(prefix="/api/projects", tags=["projects"])
 
 
-def get_project_service(session: Session, scope: Scope) -> ProjectService:
+async def get_project_service(session: Session, scope: Scope) -> ProjectService:
     return ProjectService(ProjectRepository(session, scope), TenantRepository(session, scope))
 
 

@@ -1,8 +1,9 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
-from sqlalchemy import Select, or_, select
+from sqlalchemy import Row, Select, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from spawnpoint.kit.errors import NotFound
@@ -10,6 +11,18 @@ from spawnpoint.kit.pagination import PageParams, fetch_page
 from spawnpoint.kit.repository import Repository
 from spawnpoint.models import Template, TemplateVersion
 from spawnpoint.scope import TenantScope
+
+LISTING_COLUMNS = (
+    Template.id,
+    Template.tenant_id,
+    Template.name,
+    Template.description,
+    Template.provisioner,
+    Template.current_version,
+    TemplateVersion.spec,
+    Template.created_at,
+    Template.updated_at,
+)
 
 
 class TemplateRepository(Repository[Template]):
@@ -39,13 +52,11 @@ class TemplateRepository(Repository[Template]):
             )
         )
 
-    async def page_with_current(
-        self, params: PageParams
-    ) -> tuple[list[tuple[Template, TemplateVersion]], str | None]:
-        rows, cursor = await fetch_page(
-            self.session, self._with_current(), key=Template.id, params=params
-        )
-        return [(row[0], row[1]) for row in rows], cursor
+    async def page_listing(self, params: PageParams) -> tuple[list[Row[Any]], str | None]:
+        """One page of templates with their current spec, as plain rows (no ORM objects:
+        a list is read-only and fifty entities cost more than the query)."""
+        statement = self._with_current().with_only_columns(*LISTING_COLUMNS)
+        return await fetch_page(self.session, statement, key=Template.id, params=params)
 
     async def get_with_current(
         self, template_id: uuid.UUID, *, for_update: bool = False

@@ -4,6 +4,7 @@ import uuid
 from typing import Any
 
 from pydantic import ValidationError
+from sqlalchemy import Row
 
 from spawnpoint.kit.errors import Forbidden, Unprocessable, field_error
 from spawnpoint.kit.pagination import PageParams
@@ -78,8 +79,8 @@ class TemplateService:
         self.provisioners = provisioners
         self.default_provisioner = default_provisioner
 
-    async def list_page(self, *, params: PageParams) -> tuple[list[TemplateRow], str | None]:
-        return await self.repository.page_with_current(params)
+    async def list_page(self, *, params: PageParams) -> tuple[list[Row[Any]], str | None]:
+        return await self.repository.page_listing(params)
 
     async def get(self, *, template_id: uuid.UUID) -> TemplateRow:
         return await self.repository.get_with_current(template_id)

@@ -5,7 +5,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, status
 
-from spawnpoint.deps import RequireAdmin, RequireOperator, Scope, Session
+from spawnpoint.deps import Accounts, RequireAdmin, RequireOperator, Scope, Session
 from spawnpoint.kit.pagination import Page, Pagination
 from spawnpoint.plans.repository import PlanRepository
 from spawnpoint.tenants.repository import TenantRepository
@@ -15,7 +15,7 @@ from spawnpoint.tenants.service import TenantService
 router = APIRouter(prefix="/api/tenants", tags=["tenants"])
 
 
-def get_tenant_service(session: Session, scope: Scope) -> TenantService:
+async def get_tenant_service(session: Session, scope: Scope) -> TenantService:
     return TenantService(TenantRepository(session, scope), PlanRepository(session, scope))
 
 
@@ -45,16 +45,25 @@ async def read_tenant(_: RequireAdmin, tenants: Tenants, tenant_id: uuid.UUID) -
 
 @router.put("/{tenant_id}", summary="Update tenant")
 async def update_tenant(
-    _: RequireOperator, tenants: Tenants, tenant_id: uuid.UUID, tenant_in: TenantUpdate
+    _: RequireOperator,
+    tenants: Tenants,
+    accounts: Accounts,
+    tenant_id: uuid.UUID,
+    tenant_in: TenantUpdate,
 ) -> TenantRead:
     """Update a tenant's fields; fields left out keep their values."""
-    return TenantRead.model_validate(await tenants.update(tenant_id=tenant_id, tenant_in=tenant_in))
+    tenant = await tenants.update(tenant_id=tenant_id, tenant_in=tenant_in)
+    accounts.clear()
+    return TenantRead.model_validate(tenant)
 
 
 @router.delete("/{tenant_id}", status_code=status.HTTP_204_NO_CONTENT, summary="Delete tenant")
-async def delete_tenant(_: RequireOperator, tenants: Tenants, tenant_id: uuid.UUID) -> None:
+async def delete_tenant(
+    _: RequireOperator, tenants: Tenants, accounts: Accounts, tenant_id: uuid.UUID
+) -> None:
     """Delete a tenant with its users, projects and templates."""
     await tenants.delete(tenant_id=tenant_id)
+    accounts.clear()
 
 
 @router.post("/{tenant_id}/plans/{plan_id}", summary="Assign plan to tenant")

@@ -5,7 +5,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, status
 
-from spawnpoint.deps import RequireAdmin, Scope, Session
+from spawnpoint.deps import Accounts, RequireAdmin, Scope, Session
 from spawnpoint.kit.pagination import Page, Pagination
 from spawnpoint.tenants.repository import TenantRepository
 from spawnpoint.users.repository import UserRepository
@@ -15,7 +15,7 @@ from spawnpoint.users.service import UserService
 router = APIRouter(prefix="/api/users", tags=["users"])
 
 
-def get_user_service(session: Session, scope: Scope) -> UserService:
+async def get_user_service(session: Session, scope: Scope) -> UserService:
     return UserService(UserRepository(session, scope), TenantRepository(session, scope))
 
 
@@ -48,15 +48,18 @@ async def read_user(_: RequireAdmin, users: Users, user_id: uuid.UUID) -> UserRe
 
 @router.put("/{user_id}", summary="Update user")
 async def update_user(
-    actor: RequireAdmin, users: Users, user_id: uuid.UUID, user_in: UserUpdate
+    actor: RequireAdmin, users: Users, accounts: Accounts, user_id: uuid.UUID, user_in: UserUpdate
 ) -> UserRead:
     """Update a user's fields; fields left out keep their values."""
-    return UserRead.model_validate(
-        await users.update(actor=actor, user_id=user_id, user_in=user_in)
-    )
+    user = await users.update(actor=actor, user_id=user_id, user_in=user_in)
+    accounts.clear()
+    return UserRead.model_validate(user)
 
 
 @router.delete("/{user_id}", status_code=status.HTTP_204_NO_CONTENT, summary="Delete user")
-async def delete_user(actor: RequireAdmin, users: Users, user_id: uuid.UUID) -> None:
+async def delete_user(
+    actor: RequireAdmin, users: Users, accounts: Accounts, user_id: uuid.UUID
+) -> None:
     """Delete a user."""
     await users.delete(actor=actor, user_id=user_id)
+    accounts.clear()

@@ -35,12 +35,12 @@ router = APIRouter(tags=["workspaces"])
 REPLAYED = "Idempotent-Replayed"
 
 
-def get_policy(request: Request) -> PolicyEngine:
+async def get_policy(request: Request) -> PolicyEngine:
     engine: PolicyEngine = request.app.state.policy
     return engine
 
 
-def get_workspace_service(
+async def get_workspace_service(
     session: Session, scope: Scope, policy: Annotated[PolicyEngine, Depends(get_policy)]
 ) -> WorkspaceService:
     return WorkspaceService(
@@ -51,7 +51,7 @@ def get_workspace_service(
 Workspaces = Annotated[WorkspaceService, Depends(get_workspace_service)]
 
 
-def get_workspace_repository(session: Session, scope: Scope) -> WorkspaceRepository:
+async def get_workspace_repository(session: Session, scope: Scope) -> WorkspaceRepository:
     return WorkspaceRepository(session, scope)
 
 
@@ -59,8 +59,8 @@ WorkspaceRows = Annotated[WorkspaceRepository, Depends(get_workspace_repository)
 
 
 class Console:
-    def __init__(self, settings: AppSettings) -> None:
-        self.base = settings.console_base_url.rstrip("/")
+    def __init__(self, base_url: str) -> None:
+        self.base = base_url.rstrip("/")
 
     def url(self, workspace_id: uuid.UUID) -> str:
         return f"{self.base}/workspaces/{workspace_id}"
@@ -75,7 +75,11 @@ class Console:
         return WorkspaceRead.model_validate(fields)
 
 
-ConsoleLinks = Annotated[Console, Depends()]
+async def get_console(settings: AppSettings) -> Console:
+    return Console(settings.console_base_url)
+
+
+ConsoleLinks = Annotated[Console, Depends(get_console)]
 
 
 def accepted(console: Console, workspace: Workspace, job: Job | None) -> WorkspaceActionAccepted:
