@@ -41,8 +41,6 @@ from typing import Any
 
 import psycopg
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 from _common import (
     LOCALHOST,
     LoadResult,
@@ -294,7 +292,7 @@ def main() -> int:
                 "baseline",
                 [
                     sys.executable,
-                    str(Path(__file__).with_name("baseline_app.py")),
+                    str(Path(__file__).resolve().with_name("baseline_app.py")),
                     "--host",
                     LOCALHOST,
                     "--port",

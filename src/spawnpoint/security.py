@@ -108,6 +108,8 @@ class AccountCache:
         self.ttl = ttl
         self.max_entries = max_entries
         self._rows: dict[uuid.UUID, tuple[float, AccountRow | None]] = {}
+        # Verified claims by token, so a client's burst verifies its signature once.
+        self._claims: dict[str, tuple[float, dict[str, Any]]] = {}
 
     def get(self, user_id: uuid.UUID) -> tuple[bool, AccountRow | None]:
         entry = self._rows.get(user_id)
@@ -124,6 +126,25 @@ class AccountCache:
 
     def clear(self) -> None:
         self._rows.clear()
+        self._claims.clear()
+
+    def claims(self, token: str) -> dict[str, Any] | None:
+        """Claims of a token verified within `ttl` seconds and not yet expired."""
+        entry = self._claims.get(token)
+        if entry is None:
+            return None
+        valid_until, claims = entry
+        if valid_until < time.time():
+            del self._claims[token]
+            return None
+        return claims
+
+    def remember_claims(self, token: str, claims: dict[str, Any]) -> None:
+        if self.ttl <= 0:
+            return
+        if len(self._claims) >= self.max_entries:
+            self._claims.clear()
+        self._claims[token] = (min(float(claims["exp"]), time.time() + self.ttl), claims)
 
 
 async def _account(
@@ -157,7 +178,10 @@ async def authenticate(
     ):
         return dev_principal(settings)
 
-    claims = decode_token(settings, token)
+    claims = cache.claims(token)
+    if claims is None:
+        claims = decode_token(settings, token)
+        cache.remember_claims(token, claims)
     user_id = _uuid_claim(claims, "sub")
     row = await _account(session, cache, user_id)
     if row is None:

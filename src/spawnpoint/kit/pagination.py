@@ -10,7 +10,7 @@ from typing import Annotated, Any, Generic, TypeVar
 
 from fastapi import Depends, Query
 from pydantic import BaseModel
-from sqlalchemy import Select
+from sqlalchemy import Result, Select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
@@ -62,6 +62,7 @@ async def fetch_page(
     key: InstrumentedAttribute[Any],
     params: PageParams,
     key_type: Callable[[str], Any] = uuid.UUID,
+    columns_only: bool = False,
 ) -> tuple[list[Any], str | None]:
     """Run `statement` for one page ordered by `key`; return rows and the next cursor.
 
@@ -70,7 +71,14 @@ async def fetch_page(
     """
     if params.cursor is not None:
         statement = statement.where(key > decode_cursor(params.cursor, key_type))
-    rows = list((await session.execute(statement.order_by(key).limit(params.limit + 1))).all())
+    statement = statement.order_by(key).limit(params.limit + 1)
+    result: Result[*tuple[Any, ...]]
+    if columns_only:
+        # Plain rows need no ORM session machinery: run them on the session's connection.
+        result = await (await session.connection()).execute(statement)
+    else:
+        result = await session.execute(statement)
+    rows = list(result.all())
     if len(rows) <= params.limit:
         return rows, None
     rows = rows[: params.limit]

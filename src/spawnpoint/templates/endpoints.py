@@ -13,7 +13,7 @@ from spawnpoint.templates.repository import TemplateRepository
 from spawnpoint.templates.schemas import (
     TemplateCreate,
     TemplateRead,
-    TemplateSpec,
+    TemplateSpecRead,
     TemplateUpdate,
     TemplateVersionCreate,
     TemplateVersionRead,
@@ -49,7 +49,7 @@ def template_read(template: Template | Row[Any], spec: dict[str, Any]) -> Templa
         description=template.description,
         provisioner=template.provisioner,
         current_version=template.current_version,
-        spec=TemplateSpec.model_construct(**spec),
+        spec=TemplateSpecRead.model_validate(spec),
         created_at=template.created_at,
         updated_at=template.updated_at,
     )
@@ -78,7 +78,7 @@ async def list_templates(
     # One validation of the whole page runs in pydantic's compiled core: cheaper than
     # fifty Python-level constructions.
     return Page[TemplateRead].model_validate(
-        {"items": [row._mapping for row in rows], "next_cursor": cursor}
+        {"items": [row._asdict() for row in rows], "next_cursor": cursor}
     )
 
 

@@ -56,7 +56,9 @@ class TemplateRepository(Repository[Template]):
         """One page of templates with their current spec, as plain rows (no ORM objects:
         a list is read-only and fifty entities cost more than the query)."""
         statement = self._with_current().with_only_columns(*LISTING_COLUMNS)
-        return await fetch_page(self.session, statement, key=Template.id, params=params)
+        return await fetch_page(
+            self.session, statement, key=Template.id, params=params, columns_only=True
+        )
 
     async def get_with_current(
         self, template_id: uuid.UUID, *, for_update: bool = False

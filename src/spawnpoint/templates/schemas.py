@@ -79,6 +79,22 @@ class TemplateVersionCreate(InputSchema):
     )
 
 
+class TemplateSpecRead(ReadSchema):
+    """A stored spec as returned: the fields of TemplateSpec, validated when written."""
+
+    command: str | None = None
+    image: str | None = None
+    cpu: float = 1
+    memory_mb: int = 512
+    storage_gb: int = 1
+    ports: list[int] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+    idle_timeout_minutes: int | None = None
+    max_lifetime_days: int | None = None
+    hourly_cost: float = 0
+    restricted: bool = False
+
+
 class TemplateRead(ReadSchema):
     id: uuid.UUID
     tenant_id: uuid.UUID | None
@@ -86,7 +102,7 @@ class TemplateRead(ReadSchema):
     description: str
     provisioner: str
     current_version: int
-    spec: TemplateSpec
+    spec: TemplateSpecRead
     created_at: datetime
     updated_at: datetime
 
@@ -95,7 +111,7 @@ class TemplateVersionRead(ReadSchema):
     template_id: uuid.UUID
     version: int
     provisioner: str
-    spec: TemplateSpec
+    spec: TemplateSpecRead
     created_by: uuid.UUID | None
     created_at: datetime
     updated_at: datetime

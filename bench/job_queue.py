@@ -1,6 +1,6 @@
 """Job queue benchmark on PostgreSQL, as ratios to the database's own TPC-B rate.
 
-    .venv/bin/python bench/queue.py [--jobs 10000] [--workers 2] [--concurrency 32]
+    .venv/bin/python bench/job_queue.py [--jobs 10000] [--workers 2] [--concurrency 32]
 
 Everything runs against scratch databases on the server named by SPAWNPOINT_BENCH_PG_URL
 (else SPAWNPOINT_TEST_PG_URL, else postgresql://postgres@127.0.0.1:5432/postgres), dropped
@@ -19,25 +19,16 @@ jobs/s / TPS >= 0.5 and the p50 latency <= 10 ms, 1 when not, 2 on error.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-# Run as `python bench/queue.py`, this folder leads sys.path and this file would stand in
-# for the standard library's `queue` (which asyncio and psycopg import): load that first,
-# then put the folder back for `_common`.
-sys.path.remove(str(Path(__file__).resolve().parent))
-import queue  # noqa: F401
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 import argparse
 import asyncio
 import contextlib
 import re
 import statistics
+import sys
 import tempfile
 import time
 from datetime import datetime
+from pathlib import Path
 
 from sqlalchemy import func, select
 
@@ -171,7 +162,7 @@ def main() -> int:
             tps = pgbench_tps(args.pgbench_seconds, workdir)
             jobs_per_second, latencies = queue_figures(args, workdir)
         except (RuntimeError, OSError) as exc:
-            print(f"bench/queue.py: {exc}", file=sys.stderr)
+            print(f"bench/job_queue.py: {exc}", file=sys.stderr)
             return 2
 
     ratio = jobs_per_second / tps
