@@ -38,6 +38,9 @@ test: lint typecheck pytest
 
 bench: sync
 	$(BIN)/python bench/api_read.py
+	$(BIN)/python bench/job_queue.py
+	$(BIN)/python bench/policy.py
+	$(BIN)/python bench/spawn.py
 
 clean:
 	rm -rf .tools $(VENV) .mypy_cache .ruff_cache .pytest_cache
