@@ -11,10 +11,19 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from spawnpoint.jobs.queue import enqueue
 from spawnpoint.kit.clock import utcnow
-from spawnpoint.kit.errors import Forbidden, NotFound, ProblemError, ServiceUnavailable, field_error
+from spawnpoint.kit.errors import (
+    Conflict,
+    Forbidden,
+    NotFound,
+    ProblemError,
+    ServiceUnavailable,
+    field_error,
+)
+from spawnpoint.kit.ids import uuid7
 from spawnpoint.models import (
     Job,
     Plan,
@@ -124,13 +133,15 @@ class WorkspaceService:
         self.max_job_attempts = max_job_attempts
 
     async def _lock_tenant(self, tenant_id: uuid.UUID) -> tuple[Tenant, Plan]:
-        # FOR UPDATE serialises spawns per tenant on PostgreSQL; on SQLite the write
-        # transaction already began IMMEDIATE, which serialises every writer.
+        # FOR NO KEY UPDATE serialises spawns per tenant on PostgreSQL without blocking the
+        # key-share locks that foreign-key checks take: a plain FOR UPDATE made every worker
+        # inserting a workspace event wait for the spawn holding its tenant. On SQLite the
+        # write transaction already began IMMEDIATE, which serialises every writer.
         statement = (
             select(Tenant, Plan)
             .join(Plan, Plan.id == Tenant.plan_id)
             .where(Tenant.id == tenant_id)
-            .with_for_update(of=Tenant)
+            .with_for_update(of=Tenant, key_share=True)
         )
         row = (await self.session.execute(statement)).one()
         return row[0], row[1]
@@ -152,14 +163,23 @@ class WorkspaceService:
     async def _evaluate(
         self, *, actor: Principal, spawn_in: SpawnRequest, dry_run: bool
     ) -> Evaluation:
-        tenant, plan = await self._lock_tenant(actor.tenant_id)
+        """Gather the facts under the tenant lock, check quotas, then ask the policy.
+
+        The lock is taken after the template and project lookups, which need none, so it
+        is held only for what must be serialised. A spawn that breaks a quota is refused
+        before the policy is asked; a dry run asks anyway, to report every reason.
+        """
         template, version = await self._version(spawn_in.template_id, spawn_in.version)
         if spawn_in.project_id is not None:
             project = await self.session.get(Project, spawn_in.project_id)
-            if project is None or project.tenant_id != tenant.id:
+            if project is None or project.tenant_id != actor.tenant_id:
                 raise field_error("#/project_id", "No project of your tenant has this id.")
+        tenant, plan = await self._lock_tenant(actor.tenant_id)
         spec = TemplateSpec.model_validate(version.spec)
         usage = await self.repository.usage(tenant.id)
+        violations = quota_violations(plan, usage, spec)
+        if violations and not dry_run:
+            raise_for_quota(plan, usage, violations)
         policy_input = SpawnPolicyInput(
             tenant=PolicyTenant(
                 id=tenant.id,
@@ -203,7 +223,7 @@ class WorkspaceService:
             version=version,
             spec=spec,
             usage=usage,
-            violations=quota_violations(plan, usage, spec),
+            violations=violations,
             decision=decision,
         )
 
@@ -222,7 +242,6 @@ class WorkspaceService:
 
     async def spawn(self, *, actor: Principal, spawn_in: SpawnRequest) -> tuple[Workspace, Job]:
         evaluation = await self._evaluate(actor=actor, spawn_in=spawn_in, dry_run=False)
-        raise_for_quota(evaluation.plan, evaluation.usage, evaluation.violations)
         if not evaluation.decision.allow:
             reasons = evaluation.decision.reasons or ["the policy did not allow this spawn"]
             raise Forbidden("Policy denied the spawn: " + "; ".join(reasons) + ".", reasons=reasons)
@@ -230,6 +249,7 @@ class WorkspaceService:
         spec = evaluation.spec
         lifetime = spec.max_lifetime_days
         workspace = Workspace(
+            id=uuid7(),
             tenant_id=evaluation.tenant.id,
             project_id=spawn_in.project_id,
             owner_id=actor.user_id,
@@ -248,9 +268,13 @@ class WorkspaceService:
             last_activity_at=now,
             expires_at=now + timedelta(days=lifetime) if lifetime else None,
         )
-        await self.repository.add(workspace)
+        # One flush for the three rows: `enqueue` flushes the workspace and event with its job.
+        self.session.add(workspace)
         record_creation(self.session, workspace, actor_id=actor.user_id, now=now)
-        job = await self._enqueue(workspace, "workspace.provision", actor)
+        try:
+            job = await self._enqueue(workspace, "workspace.provision", actor)
+        except IntegrityError as exc:
+            raise Conflict("A workspace with this external_ref already exists.") from exc
         return workspace, job
 
     async def _enqueue(self, workspace: Workspace, job_type: str, actor: Principal | None) -> Job:
