@@ -117,11 +117,24 @@ class WorkspaceHandlers:
     async def run(self, step: Step, ctx: JobContext) -> dict[str, Any] | None:
         database: Database = ctx.database
         workspace_id = uuid.UUID(ctx.payload["workspace_id"])
+        # No lease check here: entering the working state is the same step for whichever
+        # attempt makes it; only the outcome written below must be fenced.
         async with database.transaction(write=True) as session:
-            await _check_lease(session, ctx)
-            workspace = await session.get(Workspace, workspace_id, with_for_update=True)
-            if workspace is None:
+            row = (
+                await session.execute(
+                    select(Workspace, TemplateVersion.spec)
+                    .outerjoin(
+                        TemplateVersion,
+                        (TemplateVersion.template_id == Workspace.template_id)
+                        & (TemplateVersion.version == Workspace.template_version),
+                    )
+                    .where(Workspace.id == workspace_id)
+                    .with_for_update(of=Workspace)
+                )
+            ).one_or_none()
+            if row is None:
                 return {"skipped": "workspace no longer exists"}
+            workspace, spec = row
             if workspace.state in step.enter_from:
                 move(
                     session,
@@ -133,9 +146,6 @@ class WorkspaceHandlers:
             elif workspace.state != step.working:
                 # Another action overtook this job (a delete during provisioning, say).
                 return {"skipped": f"workspace is {workspace.state}"}
-            version = await session.get(
-                TemplateVersion, (workspace.template_id, workspace.template_version)
-            )
             context = ProvisionContext(
                 workspace=WorkspaceRef(
                     id=workspace.id,
@@ -144,7 +154,7 @@ class WorkspaceHandlers:
                     template_id=workspace.template_id,
                     template_version=workspace.template_version,
                 ),
-                spec=version.spec if version else {},
+                spec=spec or {},
                 state=dict(workspace.driver_state),
                 idempotency_key=str(ctx.job_id),
                 log=_log_sink(ctx),
