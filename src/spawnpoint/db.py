@@ -140,6 +140,20 @@ class Database:
         async with factory() as session, session.begin():
             yield session
 
+    @asynccontextmanager
+    async def single_statement(self) -> AsyncIterator[AsyncSession]:
+        """A session for one self-contained write statement.
+
+        On PostgreSQL it runs in autocommit, which saves the BEGIN and COMMIT round trips;
+        on SQLite it is a write (IMMEDIATE) transaction, which serialises it with others.
+        """
+        if self.is_sqlite:
+            async with self.transaction(write=True) as session:
+                yield session
+            return
+        async with self._reader() as session, session.begin():
+            yield session
+
     def connect(self) -> Any:
         return self.engine.connect()
 

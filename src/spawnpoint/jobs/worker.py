@@ -215,7 +215,8 @@ class Worker:
                 # Cleared before the claim: a wake-up that arrives during it sets it again.
                 self._more = False
                 try:
-                    async with self.database.transaction(write=True) as session:
+                    # The claim is one UPDATE ... RETURNING: no transaction block needed.
+                    async with self.database.single_statement() as session:
                         claimed = await claim(
                             session,
                             owner=self.worker_id,
