@@ -25,6 +25,7 @@ class WorkspaceState(StrEnum):
 
 
 STATES_SQL = ", ".join(f"'{s.value}'" for s in WorkspaceState)
+IDLE_SWEEP_PREDICATE = "state = 'running' AND idle_timeout_minutes IS NOT NULL"
 
 
 class Workspace(IdMixin, TimestampMixin, Base):
@@ -50,8 +51,8 @@ class Workspace(IdMixin, TimestampMixin, Base):
         Index(
             "ix_workspaces_idle_sweep",
             "last_activity_at",
-            sqlite_where=text("state = 'running' AND idle_timeout_minutes IS NOT NULL"),
-            postgresql_where=text("state = 'running' AND idle_timeout_minutes IS NOT NULL"),
+            sqlite_where=text(IDLE_SWEEP_PREDICATE),
+            postgresql_where=text(IDLE_SWEEP_PREDICATE),
         ),
         Index(
             "ix_workspaces_expiry_sweep",

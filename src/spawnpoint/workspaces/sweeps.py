@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from spawnpoint.config import Settings
@@ -16,6 +16,7 @@ from spawnpoint.jobs.queue import enqueue
 from spawnpoint.jobs.scheduler import PeriodicTask
 from spawnpoint.kit.idempotency import purge_expired
 from spawnpoint.models import TemplateVersion, Workspace, WorkspaceState
+from spawnpoint.models.workspaces import IDLE_SWEEP_PREDICATE
 from spawnpoint.provisioners import (
     AnyProvisioner,
     ProvisionContext,
@@ -44,8 +45,9 @@ async def stop_idle(session: AsyncSession, now: datetime) -> int:
         await session.execute(
             select(Workspace)
             .where(
-                Workspace.state == S.running,
-                Workspace.idle_timeout_minutes.is_not(None),
+                # Spelled as the partial index's predicate, so PostgreSQL can use the index
+                # (a bound parameter for the state would not match it).
+                text(IDLE_SWEEP_PREDICATE),
                 # Cheap prefilter on the index: nobody idles for less than a minute.
                 Workspace.last_activity_at < now - timedelta(minutes=1),
             )
