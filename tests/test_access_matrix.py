@@ -128,7 +128,15 @@ async def test_platform_templates_are_readable_by_every_tenant_but_not_writable(
         f"/api/templates/{platform}", headers=org.headers[Role.admin], json={"description": "x"}
     )
     assert write.status_code == 403
-    listed = await client.get("/api/templates?limit=200", headers=org.headers[Role.viewer])
-    assert (
-        str(platform) in {t["id"] for t in listed.json()["items"]} or listed.json()["next_cursor"]
-    )
+    listed: set[str] = set()
+    cursor: str | None = None
+    while True:
+        params = {"limit": 200, **({"cursor": cursor} if cursor else {})}
+        page = (
+            await client.get("/api/templates", params=params, headers=org.headers[Role.viewer])
+        ).json()
+        listed |= {t["id"] for t in page["items"]}
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert str(platform) in listed

@@ -154,9 +154,6 @@ class Database:
         async with self._reader() as session, session.begin():
             yield session
 
-    def connect(self) -> Any:
-        return self.engine.connect()
-
     async def ping(self) -> None:
         conn: AsyncConnection
         async with self.engine.connect() as conn:

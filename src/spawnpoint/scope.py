@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from typing import Any
 
 from spawnpoint.security import Principal
 
@@ -17,7 +16,3 @@ class TenantScope:
     @classmethod
     def of(cls, principal: Principal) -> TenantScope:
         return cls(tenant_id=principal.tenant_id, all_tenants=principal.operator)
-
-    def filter(self, column: Any) -> Any:
-        """A WHERE clause limiting `column` (a tenant_id column) to this scope, or None."""
-        return None if self.all_tenants else column == self.tenant_id

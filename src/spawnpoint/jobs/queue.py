@@ -426,6 +426,22 @@ def _fenced(job_id: uuid.UUID, fencing_token: int) -> tuple[ColumnElement[bool],
     return (Job.id == job_id, Job.fencing_token == fencing_token, _state_is(JobState.running))
 
 
+async def hold_lease(session: AsyncSession, *, job_id: uuid.UUID, fencing_token: int) -> None:
+    """Lock the job row if this attempt still holds its lease, for the rest of the transaction.
+
+    Handlers call it in the transaction that records their outcome, so work done under an
+    expired lease is never written over the attempt that took the job over.
+
+    Raises:
+        StaleLease: the lease expired and the job was rescued (and maybe claimed again).
+    """
+    held = await session.scalar(
+        select(Job.id).where(*_fenced(job_id, fencing_token)).with_for_update()
+    )
+    if held is None:
+        raise StaleLease(job_id, fencing_token)
+
+
 async def complete_many(
     session: AsyncSession, *, completions: Sequence[Completion], now: datetime | None = None
 ) -> list[Completion]:

@@ -23,15 +23,8 @@ from spawnpoint.provisioners.base import (
     WorkspaceStatus,
 )
 
-# Static names for template validation until it asks a registry (`registry.names()`,
-# `registry.get(name).runs_host_commands`). `kubernetes` is planned but not registered yet.
-BUILTIN_PROVISIONERS = ("dry-run", "local", "orchestrator", "kubernetes")
-HOST_COMMAND_PROVISIONERS = frozenset({"local"})
-
 __all__ = [
-    "BUILTIN_PROVISIONERS",
     "ENTRY_POINT_GROUP",
-    "HOST_COMMAND_PROVISIONERS",
     "AnyProvisioner",
     "LogSink",
     "PermanentProvisionerError",

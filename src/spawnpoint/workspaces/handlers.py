@@ -12,18 +12,17 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
-
 from spawnpoint.config import Settings
 from spawnpoint.db import Database
 from spawnpoint.jobs.context import JobContext
-from spawnpoint.jobs.errors import PermanentJobError, StaleLease
+from spawnpoint.jobs.errors import PermanentJobError
+from spawnpoint.jobs.queue import hold_lease
 from spawnpoint.jobs.registry import HandlerRegistry
 from spawnpoint.kit.clock import utcnow
-from spawnpoint.models import Job, JobState, TemplateVersion, Workspace, WorkspaceState
+from spawnpoint.models import Workspace, WorkspaceState
 from spawnpoint.provisioners import (
     AnyProvisioner,
+    LogSink,
     ProvisionContext,
     ProvisionerError,
     ProvisionerRegistry,
@@ -31,6 +30,7 @@ from spawnpoint.provisioners import (
     WorkspaceRef,
 )
 from spawnpoint.workspaces.lifecycle import SYSTEM, can_move, move
+from spawnpoint.workspaces.repository import with_spec
 
 S = WorkspaceState
 DriverCall = Callable[[AnyProvisioner, ProvisionContext], Awaitable[ProvisionResult | None]]
@@ -71,18 +71,29 @@ STEPS = (
 )
 
 
-async def _check_lease(session: AsyncSession, ctx: JobContext) -> None:
-    held = await session.scalar(
-        select(Job.id)
-        .where(
-            Job.id == ctx.job_id,
-            Job.fencing_token == ctx.fencing_token,
-            Job.state == JobState.running,
-        )
-        .with_for_update()
+def provision_context(
+    workspace: Workspace,
+    spec: dict[str, Any] | None,
+    *,
+    idempotency_key: str,
+    log: LogSink,
+    settings: Settings,
+) -> ProvisionContext:
+    """What a driver call about `workspace` gets: its identity, spec and saved state."""
+    return ProvisionContext(
+        workspace=WorkspaceRef(
+            id=workspace.id,
+            tenant_id=workspace.tenant_id,
+            name=workspace.name,
+            template_id=workspace.template_id,
+            template_version=workspace.template_version,
+        ),
+        spec=spec or {},
+        state=dict(workspace.driver_state),
+        idempotency_key=idempotency_key,
+        log=log,
+        settings=settings,
     )
-    if held is None:
-        raise StaleLease(ctx.job_id, ctx.fencing_token)
 
 
 class WorkspaceHandlers:
@@ -122,14 +133,7 @@ class WorkspaceHandlers:
         async with database.transaction(write=True) as session:
             row = (
                 await session.execute(
-                    select(Workspace, TemplateVersion.spec)
-                    .outerjoin(
-                        TemplateVersion,
-                        (TemplateVersion.template_id == Workspace.template_id)
-                        & (TemplateVersion.version == Workspace.template_version),
-                    )
-                    .where(Workspace.id == workspace_id)
-                    .with_for_update(of=Workspace)
+                    with_spec().where(Workspace.id == workspace_id).with_for_update(of=Workspace)
                 )
             ).one_or_none()
             if row is None:
@@ -146,16 +150,9 @@ class WorkspaceHandlers:
             elif workspace.state != step.working:
                 # Another action overtook this job (a delete during provisioning, say).
                 return {"skipped": f"workspace is {workspace.state}"}
-            context = ProvisionContext(
-                workspace=WorkspaceRef(
-                    id=workspace.id,
-                    tenant_id=workspace.tenant_id,
-                    name=workspace.name,
-                    template_id=workspace.template_id,
-                    template_version=workspace.template_version,
-                ),
-                spec=spec or {},
-                state=dict(workspace.driver_state),
+            context = provision_context(
+                workspace,
+                spec,
                 idempotency_key=str(ctx.job_id),
                 log=_log_sink(ctx),
                 settings=ctx.settings,
@@ -176,7 +173,7 @@ class WorkspaceHandlers:
             raise
 
         async with database.transaction(write=True) as session:
-            await _check_lease(session, ctx)
+            await hold_lease(session, job_id=ctx.job_id, fencing_token=ctx.fencing_token)
             workspace = await session.get(Workspace, workspace_id, with_for_update=True)
             if workspace is None:
                 return {"skipped": "workspace no longer exists"}
@@ -206,7 +203,7 @@ class WorkspaceHandlers:
     ) -> None:
         ctx.log(f"{step.job_type} attempt {ctx.attempt} failed: {message}")
         async with ctx.database.transaction(write=True) as session:
-            await _check_lease(session, ctx)
+            await hold_lease(session, job_id=ctx.job_id, fencing_token=ctx.fencing_token)
             workspace = await session.get(Workspace, workspace_id, with_for_update=True)
             if workspace is None:
                 return

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from sqlalchemy import Select, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -8,10 +9,19 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from spawnpoint.kit.errors import NotFound
 from spawnpoint.kit.pagination import PageParams, fetch_page
 from spawnpoint.kit.repository import Repository
-from spawnpoint.models import Workspace, WorkspaceEvent
+from spawnpoint.models import TemplateVersion, Workspace, WorkspaceEvent
 from spawnpoint.scope import TenantScope
 from spawnpoint.workspaces.lifecycle import ACTIVE_STATES, EXISTING_STATES
 from spawnpoint.workspaces.schemas import Usage
+
+
+def with_spec() -> Select[Workspace, dict[str, Any]]:
+    """Workspaces with the spec of the template version they were spawned from."""
+    return select(Workspace, TemplateVersion.spec).outerjoin(
+        TemplateVersion,
+        (TemplateVersion.template_id == Workspace.template_id)
+        & (TemplateVersion.version == Workspace.template_version),
+    )
 
 
 class WorkspaceRepository(Repository[Workspace]):

@@ -15,15 +15,15 @@ from spawnpoint.config import Settings
 from spawnpoint.jobs.queue import enqueue
 from spawnpoint.jobs.scheduler import PeriodicTask
 from spawnpoint.kit.idempotency import purge_expired
-from spawnpoint.models import TemplateVersion, Workspace, WorkspaceState
+from spawnpoint.models import Workspace, WorkspaceState
 from spawnpoint.models.workspaces import IDLE_SWEEP_PREDICATE
 from spawnpoint.provisioners import (
     AnyProvisioner,
-    ProvisionContext,
     ProvisionerRegistry,
-    WorkspaceRef,
 )
+from spawnpoint.workspaces.handlers import provision_context
 from spawnpoint.workspaces.lifecycle import SYSTEM, move
+from spawnpoint.workspaces.repository import with_spec
 
 S = WorkspaceState
 BATCH = 200
@@ -126,12 +126,7 @@ class LostProcessSweep:
             return 0
         rows = (
             await session.execute(
-                select(Workspace, TemplateVersion.spec)
-                .join(
-                    TemplateVersion,
-                    (TemplateVersion.template_id == Workspace.template_id)
-                    & (TemplateVersion.version == Workspace.template_version),
-                )
+                with_spec()
                 .where(
                     Workspace.state == S.running,
                     Workspace.provisioner.in_(list(self.drivers)),
@@ -144,16 +139,9 @@ class LostProcessSweep:
         failed = 0
         for workspace, spec in rows:
             status = await self.drivers[workspace.provisioner].status(
-                ProvisionContext(
-                    workspace=WorkspaceRef(
-                        id=workspace.id,
-                        tenant_id=workspace.tenant_id,
-                        name=workspace.name,
-                        template_id=workspace.template_id,
-                        template_version=workspace.template_version,
-                    ),
-                    spec=spec,
-                    state=dict(workspace.driver_state),
+                provision_context(
+                    workspace,
+                    spec,
                     idempotency_key=f"status-{workspace.id}",
                     log=_discard,
                     settings=self.settings,
