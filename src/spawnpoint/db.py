@@ -7,12 +7,13 @@ concurrent writers queue on the lock instead of failing with "database is locked
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import orjson
+import psycopg
 from sqlalchemy import DateTime, MetaData, event
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import (
@@ -24,6 +25,8 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.elements import ClauseElement
 from sqlalchemy.types import TypeDecorator
 
 from spawnpoint.kit.clock import utcnow
@@ -161,3 +164,53 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+
+async def driver_connection(session: AsyncSession) -> psycopg.AsyncConnection[Any]:
+    """The psycopg connection under `session`'s transaction, for pipelined statements.
+
+    Statements sent on it run in the session's transaction; SQLAlchemy still commits or
+    rolls it back. PostgreSQL only.
+    """
+    connection = await session.connection()
+    raw = (await connection.get_raw_connection()).driver_connection
+    if not isinstance(raw, psycopg.AsyncConnection):
+        raise TypeError(f"not a psycopg connection: {type(raw).__name__}")
+    return raw
+
+
+class DriverStatement:
+    """A statement compiled once, then run on the driver connection with new values.
+
+    Build it with `bindparam(name)` where values change; constants (`IN` lists) are kept.
+    Values are converted as SQLAlchemy would (JSON documents, UTC datetimes); an expanding
+    parameter (`IN` a list) must need no conversion.
+    """
+
+    def __init__(self, statement: ClauseElement, dialect: Dialect) -> None:
+        compiled = cast(
+            SQLCompiler,
+            statement.compile(dialect=dialect, compile_kwargs={"render_postcompile": True}),
+        )
+        self.sql = str(compiled)
+        self._constants = dict(compiled.params)
+        self._processors: dict[str, Callable[[Any], Any]] = {}
+        for name, bind in compiled.binds.items():
+            processor = bind.type.dialect_impl(dialect).bind_processor(dialect)
+            if processor is None:
+                continue
+            if name in self._constants:
+                self._processors[name] = processor
+            elif bind.expanding:
+                raise TypeError(f"parameter {name} needs conversion; execute through SQLAlchemy")
+        for name, value in self._constants.items():
+            if name in self._processors and value is not None:
+                self._constants[name] = self._processors[name](value)
+
+    def params(self, values: dict[str, Any]) -> dict[str, Any]:
+        """Every parameter: the constants, and `values` converted for the driver."""
+        params = dict(self._constants)
+        for name, value in values.items():
+            processor = self._processors.get(name)
+            params[name] = processor(value) if processor is not None else value
+        return params

@@ -19,6 +19,7 @@ from spawnpoint.policy.embedded import DEFAULT_MODULE, EmbeddedPolicyEngine, def
 from spawnpoint.policy.engine import UNDEFINED_REASON
 
 RESTRICTED = "template jupyter is restricted to tenant admins"
+EXTRA_MODULE = {"extra.rego": "package spawn.extra\n\nx := 1\n"}
 
 
 @pytest.fixture(scope="module")
@@ -190,7 +191,7 @@ def test_the_policy_is_compiled_once(monkeypatch: pytest.MonkeyPatch) -> None:
 
     for name in ("__init__", "add_module", "build", "query"):
         monkeypatch.setattr(regopy.Interpreter, name, counting(name))
-    engine = EmbeddedPolicyEngine({"extra.rego": "package spawn.extra\n\nx := 1\n"})
+    engine = EmbeddedPolicyEngine(EXTRA_MODULE)
     compiled = dict(calls)
     assert compiled == {"Interpreter": 1, "add_module": 2, "build": 1, "query": 0}
 
@@ -317,12 +318,37 @@ def test_an_input_that_is_not_json_is_refused(engine: EmbeddedPolicyEngine) -> N
         engine.decide({**document(), "request": {"n": 2**70}})
 
 
+async def test_the_default_policy_alone_is_decided_on_the_event_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    loop_thread = threading.get_ident()
+    seen: dict[str, int] = {}
+    for name, engine in (
+        ("default", EmbeddedPolicyEngine()),
+        ("extended", EmbeddedPolicyEngine(EXTRA_MODULE)),
+    ):
+        decide = engine.decide
+
+        def recording(policy_input: dict[str, Any], name: str = name, decide: Any = decide) -> Any:
+            seen[name] = threading.get_ident()
+            return decide(policy_input)
+
+        monkeypatch.setattr(engine, "decide", recording)
+        try:
+            assert (await engine.evaluate(document())).allow is True
+        finally:
+            await engine.aclose()
+    assert seen["default"] == loop_thread
+    # Extra modules have no bounded cost: they run on the engine's thread, under the timeout.
+    assert seen["extended"] != loop_thread
+
+
 async def test_a_policy_that_runs_too_long_is_unavailable(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # rego-cpp cannot be interrupted, so stand in for a runaway module with a decide() that
     # blocks until released; the caller must get its answer when the timeout expires.
-    engine = EmbeddedPolicyEngine(timeout=0.2)
+    engine = EmbeddedPolicyEngine(EXTRA_MODULE, timeout=0.2)
     release = threading.Event()
 
     def stuck(_policy_input: dict[str, Any]) -> Decision:

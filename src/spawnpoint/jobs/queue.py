@@ -44,6 +44,7 @@ from sqlalchemy.orm import Session, SessionTransaction
 
 from spawnpoint.jobs.errors import StaleLease
 from spawnpoint.kit.clock import utcnow
+from spawnpoint.kit.inserts import NewRow, insert_together, with_defaults
 from spawnpoint.models.jobs import Job, JobLog, JobState
 
 log = logging.getLogger("spawnpoint.jobs")
@@ -276,6 +277,44 @@ async def enqueue(
             return existing
     await _announce(session)
     return job
+
+
+def queued_job(
+    *,
+    job_type: str,
+    payload: dict[str, Any],
+    tenant_id: uuid.UUID | None,
+    actor_id: uuid.UUID | None = None,
+    project_id: uuid.UUID | None = None,
+    max_attempts: int = 5,
+) -> dict[str, Any]:
+    """The complete column values of a new queued job, for `enqueue_with`."""
+    if max_attempts < 1:
+        raise ValueError("max_attempts must be at least 1")
+    return with_defaults(
+        Job,
+        {
+            "type": job_type,
+            "payload": payload,
+            "tenant_id": tenant_id,
+            "actor_id": actor_id,
+            "project_id": project_id,
+            "max_attempts": max_attempts,
+        },
+    )
+
+
+async def enqueue_with(
+    session: AsyncSession, rows: Sequence[NewRow], job: dict[str, Any], *, commit: bool = False
+) -> None:
+    """Insert `rows` and then the job `job` (from `queued_job`) in one round trip.
+
+    The job's NOTIFY goes out in the same statement on PostgreSQL; in-process workers are
+    woken after the commit, as with `enqueue`. `commit` as in `insert_together`.
+    """
+    await insert_together(session, [*rows, (Job, job)], notify=CHANNEL, commit=commit)
+    if not session.in_nested_transaction():
+        session.info[_ANNOUNCED] = session.sync_session.get_transaction()
 
 
 def _claimed(row: Row[Any]) -> ClaimedJob:

@@ -34,10 +34,14 @@ def default_policy() -> str:
 class EmbeddedPolicyEngine:
     """The default policy plus `modules`, compiled once at construction and reused.
 
-    Evaluations are serialized on one interpreter (see `CompiledQuery`) and run on a dedicated
-    worker thread: rego-cpp releases the GIL, so the event loop keeps serving while a policy
-    runs. rego-cpp cannot interrupt a query; `timeout` bounds how long a caller waits, so a
-    runaway module makes spawns fail closed instead of hanging.
+    Evaluations are serialized on one interpreter (see `CompiledQuery`). The default policy
+    alone is evaluated inline, on the event loop: its rules are bounded by the input's size and
+    a decision takes a few hundred microseconds, less than handing it to a thread and back,
+    which a spawn would pay while it holds its tenant's lock. With extra `modules`, whose cost
+    nobody has bounded, evaluations run on a dedicated worker thread (rego-cpp releases the
+    GIL, so the event loop keeps serving); rego-cpp cannot interrupt a query, so `timeout`
+    bounds how long a caller waits, and a runaway module makes spawns fail closed instead of
+    hanging.
     """
 
     def __init__(
@@ -62,6 +66,7 @@ class EmbeddedPolicyEngine:
         if DEFAULT_MODULE in extra:
             raise PolicyCompileError(f"{DEFAULT_MODULE} is the default policy's module name")
         self.modules: dict[str, str] = {DEFAULT_MODULE: default_policy(), **extra}
+        self.inline = not extra
         try:
             self._query = CompiledQuery(self.modules, DECISION_QUERY)
             # rego-cpp reports some compile errors (an unknown function) only when a query
@@ -94,10 +99,12 @@ class EmbeddedPolicyEngine:
         return Decision.from_documents(answer[0], answer[1])
 
     async def evaluate(self, policy_input: dict[str, Any]) -> Decision:
-        """Decide one spawn on the engine's worker thread (see `PolicyEngine.evaluate`)."""
+        """Decide one spawn, inline or on the engine's thread (see `PolicyEngine.evaluate`)."""
         executor = self._executor
         if executor is None:
             raise PolicyUnavailable("the policy engine is closed")
+        if self.inline:
+            return self.decide(policy_input)
         loop = asyncio.get_running_loop()
         try:
             future = loop.run_in_executor(executor, self.decide, policy_input)

@@ -122,9 +122,10 @@ async def spawn(
         stored = await keys.claim(fingerprint)
         if stored is not None:
             return JSONResponse(stored.body, status_code=stored.status, headers={REPLAYED: "true"})
-    workspace, job = await workspaces.spawn(actor=actor, spawn_in=spawn_in)
+    # Without a key nothing more is written, so the spawn may commit with its rows.
+    workspace, job_id = await workspaces.spawn(actor=actor, spawn_in=spawn_in, commit=keys is None)
     body = SpawnAccepted(
-        workspace=console.read(workspace), job_id=job.id, console_url=console.url(workspace.id)
+        workspace=console.read(workspace), job_id=job_id, console_url=console.url(workspace.id)
     ).model_dump(mode="json")
     if keys is not None and fingerprint is not None:
         keys.store(fingerprint, StoredResponse(status=status.HTTP_202_ACCEPTED, body=body))

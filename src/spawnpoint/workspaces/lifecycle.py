@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from spawnpoint.kit.clock import utcnow
 from spawnpoint.kit.errors import Conflict
+from spawnpoint.kit.ids import uuid7
 from spawnpoint.models import Workspace, WorkspaceEvent
 from spawnpoint.models import WorkspaceState as S
 
@@ -70,19 +72,18 @@ def move(
     return event
 
 
-def record_creation(
-    session: AsyncSession, workspace: Workspace, *, actor_id: uuid.UUID, now: datetime
-) -> WorkspaceEvent:
-    """The first event of a workspace: it came into being as `pending`."""
-    event = WorkspaceEvent(
-        workspace_id=workspace.id,
-        tenant_id=workspace.tenant_id,
-        from_state=None,
-        to_state=S.pending,
-        actor="user",
-        actor_id=actor_id,
-        reason="spawned",
-        at=now,
-    )
-    session.add(event)
-    return event
+def creation_event(
+    *, workspace_id: uuid.UUID, tenant_id: uuid.UUID, actor_id: uuid.UUID, now: datetime
+) -> dict[str, Any]:
+    """The column values of a workspace's first event: it came into being as `pending`."""
+    return {
+        "id": uuid7(),
+        "workspace_id": workspace_id,
+        "tenant_id": tenant_id,
+        "from_state": None,
+        "to_state": S.pending,
+        "actor": "user",
+        "actor_id": actor_id,
+        "reason": "spawned",
+        "at": now,
+    }

@@ -1,9 +1,10 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import ColumnElement, Select, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from spawnpoint.kit.errors import NotFound
@@ -21,6 +22,29 @@ def with_spec() -> Select[Workspace, dict[str, Any]]:
         TemplateVersion,
         (TemplateVersion.template_id == Workspace.template_id)
         & (TemplateVersion.version == Workspace.template_version),
+    )
+
+
+def usage_statement(
+    tenant_id: uuid.UUID | ColumnElement[uuid.UUID],
+) -> Select[int, float, int, int]:
+    """What a tenant's workspaces hold: count, cpu and memory of the active ones; storage of all."""
+    active = Workspace.state.in_([s.value for s in ACTIVE_STATES])
+    return select(
+        func.count().filter(active),
+        func.coalesce(func.sum(Workspace.cpu).filter(active), 0),
+        func.coalesce(func.sum(Workspace.memory_mb).filter(active), 0),
+        func.coalesce(func.sum(Workspace.storage_gb), 0),
+    ).where(
+        Workspace.tenant_id == tenant_id,
+        Workspace.state.in_([s.value for s in EXISTING_STATES]),
+    )
+
+
+def usage_from_row(row: Sequence[Any]) -> Usage:
+    count, cpu, memory, storage = row
+    return Usage(
+        workspaces=int(count), cpu=float(cpu), memory_mb=int(memory), storage_gb=int(storage)
     )
 
 
@@ -55,20 +79,7 @@ class WorkspaceRepository(Repository[Workspace]):
         return found
 
     async def usage(self, tenant_id: uuid.UUID) -> Usage:
-        active = Workspace.state.in_([s.value for s in ACTIVE_STATES])
-        statement = select(
-            func.count().filter(active),
-            func.coalesce(func.sum(Workspace.cpu).filter(active), 0),
-            func.coalesce(func.sum(Workspace.memory_mb).filter(active), 0),
-            func.coalesce(func.sum(Workspace.storage_gb), 0),
-        ).where(
-            Workspace.tenant_id == tenant_id,
-            Workspace.state.in_([s.value for s in EXISTING_STATES]),
-        )
-        count, cpu, memory, storage = (await self.session.execute(statement)).one()
-        return Usage(
-            workspaces=int(count), cpu=float(cpu), memory_mb=int(memory), storage_gb=int(storage)
-        )
+        return usage_from_row((await self.session.execute(usage_statement(tenant_id))).one())
 
     async def page_events(
         self, workspace_id: uuid.UUID, params: PageParams

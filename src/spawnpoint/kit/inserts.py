@@ -1,0 +1,96 @@
+"""Several new rows written in one round trip: one statement on PostgreSQL.
+
+A spawn writes a workspace, its first event and its job while it holds the tenant's lock;
+every round trip inside that lock is time no other spawn of the tenant can use. On
+PostgreSQL the rows go out as one statement, each INSERT in its own data-modifying CTE
+(foreign keys between them are checked at the end of the statement, so a child may refer
+to a parent inserted beside it). Other databases get one INSERT per row, in order.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+from sqlalchemy import bindparam, func, insert, literal, select
+from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from spawnpoint.db import Base, DriverStatement, driver_connection
+
+NewRow = tuple[type[Base], dict[str, Any]]
+
+
+def with_defaults(model: type[Base], values: dict[str, Any]) -> dict[str, Any]:
+    """`values` plus the Python-side defaults of every column it leaves out.
+
+    Filled in here rather than by SQLAlchemy because an INSERT inside a CTE cannot take
+    generated default parameters; the caller also learns the values it stored (ids, times).
+    """
+    row = dict(values)
+    for column in model.__table__.columns:
+        default = column.default
+        if column.name in row or default is None or not hasattr(default, "arg"):
+            continue
+        row[column.name] = default.arg(None) if default.is_callable else default.arg
+    return row
+
+
+Shape = tuple[tuple[type[Base], tuple[str, ...]], ...]
+
+
+@functools.lru_cache(maxsize=32)
+def _statement(dialect: Dialect, shape: Shape, notify: str | None) -> DriverStatement:
+    """The CTE statement for rows of `shape`, compiled once; row i's column c is `r{i}_{c}`."""
+    ctes = [
+        insert(model)
+        .values(
+            {
+                c: bindparam(f"r{i}_{c}", type_=model.__table__.c[c].type, required=False)
+                for c in columns
+            }
+        )
+        .cte(f"new_{i}")
+        for i, (model, columns) in enumerate(shape)
+    ]
+    result = func.pg_notify(notify, "") if notify is not None else literal(1)
+    return DriverStatement(select(result).add_cte(*ctes), dialect)
+
+
+async def insert_together(
+    session: AsyncSession,
+    rows: Sequence[NewRow],
+    *,
+    notify: str | None = None,
+    commit: bool = False,
+) -> None:
+    """Insert `rows` (complete column values, parents first) in the session's transaction.
+
+    Args:
+        notify: on PostgreSQL, a channel to `pg_notify` in the same statement (delivered
+            when the transaction commits); ignored elsewhere.
+        commit: on PostgreSQL, also commit the transaction, pipelined with the insert so
+            both take one round trip; SQLAlchemy's own commit then finds nothing to do.
+            Elsewhere the session commits as usual. Only for a caller that writes nothing
+            more in this transaction.
+    """
+    dialect = session.get_bind().dialect
+    if dialect.name != "postgresql":
+        for model, values in rows:
+            await session.execute(insert(model).values(values))
+        return
+    statement = _statement(dialect, tuple((model, tuple(values)) for model, values in rows), notify)
+    params = statement.params(
+        {f"r{i}_{c}": v for i, (_, values) in enumerate(rows) for c, v in values.items()}
+    )
+    raw = await driver_connection(session)
+    try:
+        async with raw.pipeline():
+            await raw.execute(statement.sql, params)
+            if commit:
+                await raw.commit()
+    except psycopg.IntegrityError as exc:
+        raise IntegrityError(statement.sql, None, exc) from exc
