@@ -7,7 +7,7 @@ concurrent writers queue on the lock instead of failing with "database is locked
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -214,3 +214,25 @@ class DriverStatement:
             processor = self._processors.get(name)
             params[name] = processor(value) if processor is not None else value
         return params
+
+
+async def pipelined(
+    session: AsyncSession,
+    steps: Sequence[tuple[DriverStatement, dict[str, Any]]],
+    *,
+    commit: bool = False,
+) -> list[psycopg.AsyncCursor[Any]]:
+    """Run `steps` in `session`'s transaction in one round trip, then maybe commit with them.
+
+    PostgreSQL runs each statement when the one before it is done, each with a fresh
+    snapshot (READ COMMITTED), while the client waits only once. With `commit`, the
+    transaction commits in the same round trip; SQLAlchemy's own commit then finds nothing
+    to do, so the caller must write nothing more. Errors surface as psycopg exceptions.
+    Returns a cursor per step, its rows ready to fetch.
+    """
+    raw = await driver_connection(session)
+    async with raw.pipeline():
+        cursors = [await raw.execute(step.sql, step.params(values)) for step, values in steps]
+        if commit:
+            await raw.commit()
+    return cursors

@@ -27,6 +27,7 @@ from typing import Any, cast
 from sqlalchemy import (
     ColumnElement,
     Row,
+    Select,
     Table,
     bindparam,
     case,
@@ -461,8 +462,17 @@ def _settled(now: datetime) -> dict[str, Any]:
     return {"lease_owner": None, "lease_expires_at": None, "updated_at": now}
 
 
-def _fenced(job_id: uuid.UUID, fencing_token: int) -> tuple[ColumnElement[bool], ...]:
+def _fenced(
+    job_id: uuid.UUID | ColumnElement[uuid.UUID], fencing_token: int | ColumnElement[int]
+) -> tuple[ColumnElement[bool], ...]:
     return (Job.id == job_id, Job.fencing_token == fencing_token, _state_is(JobState.running))
+
+
+def lease_statement(
+    job_id: uuid.UUID | ColumnElement[uuid.UUID], fencing_token: int | ColumnElement[int]
+) -> Select[uuid.UUID]:
+    """The job's id, its row locked, if this attempt still holds the lease; else no row."""
+    return select(Job.id).where(*_fenced(job_id, fencing_token)).with_for_update()
 
 
 async def hold_lease(session: AsyncSession, *, job_id: uuid.UUID, fencing_token: int) -> None:
@@ -474,9 +484,7 @@ async def hold_lease(session: AsyncSession, *, job_id: uuid.UUID, fencing_token:
     Raises:
         StaleLease: the lease expired and the job was rescued (and maybe claimed again).
     """
-    held = await session.scalar(
-        select(Job.id).where(*_fenced(job_id, fencing_token)).with_for_update()
-    )
+    held = await session.scalar(lease_statement(job_id, fencing_token))
     if held is None:
         raise StaleLease(job_id, fencing_token)
 

@@ -19,7 +19,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from spawnpoint.db import Base, DriverStatement, driver_connection
+from spawnpoint.db import Base, DriverStatement, pipelined
 
 NewRow = tuple[type[Base], dict[str, Any]]
 
@@ -43,8 +43,11 @@ Shape = tuple[tuple[type[Base], tuple[str, ...]], ...]
 
 
 @functools.lru_cache(maxsize=32)
-def _statement(dialect: Dialect, shape: Shape, notify: str | None) -> DriverStatement:
-    """The CTE statement for rows of `shape`, compiled once; row i's column c is `r{i}_{c}`."""
+def rows_statement(dialect: Dialect, shape: Shape, notify: str | None = None) -> DriverStatement:
+    """One statement inserting rows of `shape` (PostgreSQL), compiled once.
+
+    Row i's value for column c is the parameter `r{i}_{c}` (see `row_params`).
+    """
     ctes = [
         insert(model)
         .values(
@@ -82,15 +85,15 @@ async def insert_together(
         for model, values in rows:
             await session.execute(insert(model).values(values))
         return
-    statement = _statement(dialect, tuple((model, tuple(values)) for model, values in rows), notify)
-    params = statement.params(
-        {f"r{i}_{c}": v for i, (_, values) in enumerate(rows) for c, v in values.items()}
+    statement = rows_statement(
+        dialect, tuple((model, tuple(values)) for model, values in rows), notify
     )
-    raw = await driver_connection(session)
     try:
-        async with raw.pipeline():
-            await raw.execute(statement.sql, params)
-            if commit:
-                await raw.commit()
+        await pipelined(session, [(statement, row_params(rows))], commit=commit)
     except psycopg.IntegrityError as exc:
         raise IntegrityError(statement.sql, None, exc) from exc
+
+
+def row_params(rows: Sequence[NewRow]) -> dict[str, Any]:
+    """The parameters of `rows_statement` for `rows`."""
+    return {f"r{i}_{c}": v for i, (_, values) in enumerate(rows) for c, v in values.items()}

@@ -38,6 +38,39 @@ def can_move(current: str, target: S) -> bool:
     return target in TRANSITIONS[S(current)]
 
 
+def transition(
+    workspace: Workspace,
+    target: S,
+    *,
+    actor: str,
+    actor_id: uuid.UUID | None = None,
+    reason: str = "",
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """Set `workspace.state` to `target`; return the column values of its event, or raise 409.
+
+    Args:
+        actor: "user" for a person, "system" for the scheduler and workers.
+    Raises:
+        Conflict: the transition is not in the table.
+    """
+    if not can_move(workspace.state, target):
+        raise Conflict(f"A {workspace.state} workspace cannot become {target.value}.")
+    event = {
+        "id": uuid7(),
+        "workspace_id": workspace.id,
+        "tenant_id": workspace.tenant_id,
+        "from_state": workspace.state,
+        "to_state": target,
+        "actor": actor,
+        "actor_id": actor_id,
+        "reason": reason,
+        "at": now or utcnow(),
+    }
+    workspace.state = target
+    return event
+
+
 def move(
     session: AsyncSession,
     workspace: Workspace,
@@ -48,26 +81,9 @@ def move(
     reason: str = "",
     now: datetime | None = None,
 ) -> WorkspaceEvent:
-    """Move `workspace` to `target` and record the event, or raise 409.
-
-    Args:
-        actor: "user" for a person, "system" for the scheduler and workers.
-    Raises:
-        Conflict: the transition is not in the table.
-    """
-    if not can_move(workspace.state, target):
-        raise Conflict(f"A {workspace.state} workspace cannot become {target.value}.")
-    event = WorkspaceEvent(
-        workspace_id=workspace.id,
-        tenant_id=workspace.tenant_id,
-        from_state=workspace.state,
-        to_state=target,
-        actor=actor,
-        actor_id=actor_id,
-        reason=reason,
-        at=now or utcnow(),
-    )
-    workspace.state = target
+    """`transition` a workspace of `session` and add its event to the session."""
+    values = transition(workspace, target, actor=actor, actor_id=actor_id, reason=reason, now=now)
+    event = WorkspaceEvent(**values)
     session.add(event)
     return event
 

@@ -15,7 +15,7 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import IntegrityError
 
-from spawnpoint.db import DriverStatement, driver_connection
+from spawnpoint.db import DriverStatement, pipelined
 from spawnpoint.jobs.queue import enqueue, enqueue_with, queued_job
 from spawnpoint.kit.clock import utcnow
 from spawnpoint.kit.errors import (
@@ -182,10 +182,7 @@ class WorkspaceService:
             return tenant, plan, await self.repository.usage(tenant_id)
         lock, usage = _lock_and_measure_statements(self.session.get_bind().dialect)
         values = {"tenant_id": tenant_id}
-        raw = await driver_connection(self.session)
-        async with raw.pipeline():
-            locked = await raw.execute(lock.sql, lock.params(values))
-            measured = await raw.execute(usage.sql, usage.params(values))
+        locked, measured = await pipelined(self.session, [(lock, values), (usage, values)])
         row, totals = await locked.fetchone(), await measured.fetchone()
         if row is None or totals is None:
             raise NotFound("Tenant not found.")
