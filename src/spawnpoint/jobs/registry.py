@@ -36,6 +36,7 @@ class HandlerRegistry:
 
     def __init__(self) -> None:
         self._handlers: dict[str, Handler] = {}
+        self._closers: list[Callable[[], Awaitable[None]]] = []
 
     @overload
     def register(self, job_type: str, handler: Handler) -> Handler: ...
@@ -60,6 +61,23 @@ class HandlerRegistry:
             return fn
 
         return add if handler is None else add(handler)
+
+    def on_close(self, closer: Callable[[], Awaitable[None]]) -> None:
+        """Have `closer` run whenever a worker using this registry stops.
+
+        For handlers that hold resources across jobs (a driver's connection pool, say). A
+        registry may serve several worker runs, so a closer must leave its handlers usable:
+        release now, reopen on the next job.
+        """
+        self._closers.append(closer)
+
+    async def aclose(self) -> None:
+        """Run every closer, the last registered first; a failing one does not stop the rest."""
+        for closer in reversed(self._closers):
+            try:
+                await closer()
+            except Exception:
+                log.exception("closing job handlers failed")
 
     def get(self, job_type: str) -> Handler | None:
         return self._handlers.get(job_type)

@@ -505,7 +505,8 @@ async def run_worker_in_process(
 
     For `spawnpoint worker` and for the API process's lifespan (`spawnpoint serve` on
     SQLite). `tasks` defaults to `default_tasks()`; the scheduler takes part in leader
-    election, so any number of processes may run it.
+    election, so any number of processes may run it. When the run ends, the registry's
+    closers run (`HandlerRegistry.on_close`), which closes the workers' provisioner drivers.
     """
     owner = new_owner_id()
     worker = Worker(
@@ -525,7 +526,10 @@ async def run_worker_in_process(
         runners.append(
             Scheduler(database, settings, tasks=periodic, clock=clock, owner=owner).run(stop)
         )
-    await asyncio.gather(*runners)
+    try:
+        await asyncio.gather(*runners)
+    finally:
+        await registry.aclose()
 
 
 async def serve_worker(

@@ -112,6 +112,7 @@ class WorkspaceHandlers:
     def register(self, registry: HandlerRegistry) -> None:
         for step in STEPS:
             registry.register(step.job_type, self._handler(step))
+        registry.on_close(self.aclose)
 
     def driver(self, name: str, settings: Settings) -> AnyProvisioner:
         # One driver per name per worker process: drivers may hold connection pools.

@@ -89,7 +89,7 @@ def move(
 
 
 def creation_event(
-    *, workspace_id: uuid.UUID, tenant_id: uuid.UUID, actor_id: uuid.UUID, now: datetime
+    *, workspace_id: uuid.UUID, tenant_id: uuid.UUID, actor_id: uuid.UUID | None, now: datetime
 ) -> dict[str, Any]:
     """The column values of a workspace's first event: it came into being as `pending`."""
     return {
