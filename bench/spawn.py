@@ -1202,36 +1202,26 @@ def main() -> int:
             ):
                 print(f"stopping after {n} rounds to stay within the time budget", flush=True)
                 break
-            result = spawn_round(
-                n,
-                tenant,
-                tokens[n],
-                args,
-                api=api,
-                workers=workers,
-                worker_logs=worker_logs,
-                meter=meter,
-                control=control,
-                monitor=monitor,
-                py_spy=py_spy if n == 0 else None,
-            )
-            results.spawn.append(result)
+            runs = [(tenant, tokens[n], 0.0, results.spawn)]
             if args.rate > 0:
-                paced = spawn_round(
-                    n,
-                    paced_tenants[n],
-                    tokens[args.rounds + n],
-                    args,
-                    api=api,
-                    workers=workers,
-                    worker_logs=worker_logs,
-                    meter=meter,
-                    control=control,
-                    monitor=monitor,
-                    py_spy=None,
-                    rate=args.rate,
+                runs.append((paced_tenants[n], tokens[args.rounds + n], args.rate, results.paced))
+            for run_tenant, token, rate, into in runs:
+                into.append(
+                    spawn_round(
+                        n,
+                        run_tenant,
+                        token,
+                        args,
+                        api=api,
+                        workers=workers,
+                        worker_logs=worker_logs,
+                        meter=meter,
+                        control=control,
+                        monitor=monitor,
+                        py_spy=py_spy if n == 0 and not rate else None,
+                        rate=rate,
+                    )
                 )
-                results.paced.append(paced)
     if not results.spawn:
         raise RuntimeError("no round completed")
     report = render(results, args, code_version(spawnpoint))

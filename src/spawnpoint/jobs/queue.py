@@ -242,24 +242,23 @@ async def enqueue(
     Raises:
         ValueError: `max_attempts` is below 1.
     """
-    if max_attempts < 1:
-        raise ValueError("max_attempts must be at least 1")
+    values = queued_job(
+        job_type=job_type,
+        payload=payload,
+        tenant_id=tenant_id,
+        actor_id=actor_id,
+        project_id=project_id,
+        max_attempts=max_attempts,
+    )
     if idempotency_key is not None:
         existing = await find_by_idempotency_key(
             session, tenant_id=tenant_id, idempotency_key=idempotency_key
         )
         if existing is not None:
             return existing
-    job = Job(
-        type=job_type,
-        payload=payload,
-        tenant_id=tenant_id,
-        actor_id=actor_id,
-        project_id=project_id,
-        max_attempts=max_attempts,
-        idempotency_key=idempotency_key,
-        run_after=run_after or utcnow(),
-    )
+    job = Job(**values, idempotency_key=idempotency_key)
+    if run_after is not None:
+        job.run_after = run_after
     if idempotency_key is None:
         session.add(job)
         await session.flush()

@@ -56,17 +56,16 @@ def transition(
     """
     if not can_move(workspace.state, target):
         raise Conflict(f"A {workspace.state} workspace cannot become {target.value}.")
-    event = {
-        "id": uuid7(),
-        "workspace_id": workspace.id,
-        "tenant_id": workspace.tenant_id,
-        "from_state": workspace.state,
-        "to_state": target,
-        "actor": actor,
-        "actor_id": actor_id,
-        "reason": reason,
-        "at": now or utcnow(),
-    }
+    event = _event(
+        workspace.id,
+        workspace.tenant_id,
+        workspace.state,
+        target,
+        actor=actor,
+        actor_id=actor_id,
+        reason=reason,
+        at=now or utcnow(),
+    )
     workspace.state = target
     return event
 
@@ -92,14 +91,38 @@ def creation_event(
     *, workspace_id: uuid.UUID, tenant_id: uuid.UUID, actor_id: uuid.UUID | None, now: datetime
 ) -> dict[str, Any]:
     """The column values of a workspace's first event: it came into being as `pending`."""
+    return _event(
+        workspace_id,
+        tenant_id,
+        None,
+        S.pending,
+        actor="user",
+        actor_id=actor_id,
+        reason="spawned",
+        at=now,
+    )
+
+
+def _event(
+    workspace_id: uuid.UUID,
+    tenant_id: uuid.UUID,
+    from_state: str | None,
+    to_state: S,
+    *,
+    actor: str,
+    actor_id: uuid.UUID | None,
+    reason: str,
+    at: datetime,
+) -> dict[str, Any]:
+    """The column values of a new workspace event."""
     return {
         "id": uuid7(),
         "workspace_id": workspace_id,
         "tenant_id": tenant_id,
-        "from_state": None,
-        "to_state": S.pending,
-        "actor": "user",
+        "from_state": from_state,
+        "to_state": to_state,
+        "actor": actor,
         "actor_id": actor_id,
-        "reason": "spawned",
-        "at": now,
+        "reason": reason,
+        "at": at,
     }
