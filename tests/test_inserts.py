@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -116,7 +117,9 @@ async def test_commit_rides_with_the_rows_on_postgresql(world: World, backend: s
 
 
 @pytest.mark.parametrize("commit", [False, True])
-async def test_a_conflict_writes_none_of_the_rows(world: World, commit: bool) -> None:
+async def test_a_conflict_writes_none_of_the_rows(
+    world: World, commit: bool, caplog: pytest.LogCaptureFixture
+) -> None:
     org = await world.org()
     first = workspace_row(org.tenant_id, org.template_id, external_ref="permit-1")
     await write(world.database, org.tenant_id, first, commit=commit)
@@ -127,6 +130,8 @@ async def test_a_conflict_writes_none_of_the_rows(world: World, commit: bool) ->
     assert await count(world.database, Workspace, org.tenant_id) == 1
     assert await count(world.database, WorkspaceEvent, org.tenant_id) == 1
     assert await count(world.database, Job, org.tenant_id) == 1
+    # A refused spawn is an ordinary 409: nothing about it may be logged as an error.
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
 def test_a_list_parameter_that_needs_conversion_is_refused() -> None:

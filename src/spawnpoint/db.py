@@ -231,8 +231,24 @@ async def pipelined(
     Returns a cursor per step, its rows ready to fetch.
     """
     raw = await driver_connection(session)
-    async with raw.pipeline():
-        cursors = [await raw.execute(step.sql, step.params(values)) for step, values in steps]
-        if commit:
-            await raw.commit()
+    failure: psycopg.Error | None = None
+    try:
+        async with raw.pipeline() as pipeline:
+            # The first error is taken inside the block: one escaping it would have psycopg
+            # log the follow-on error ("pipeline aborted") of leaving pipeline mode.
+            try:
+                cursors = [
+                    await raw.execute(step.sql, step.params(values)) for step, values in steps
+                ]
+                if commit:
+                    await raw.commit()
+                else:
+                    await pipeline.sync()
+            except psycopg.Error as exc:
+                failure = exc
+    except psycopg.Error:
+        if failure is None:
+            raise
+    if failure is not None:
+        raise failure
     return cursors
