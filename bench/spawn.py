@@ -10,8 +10,9 @@ What it does, all on 127.0.0.1 and in under 3 minutes with the defaults (about 2
    else postgresql://postgres@127.0.0.1:5432/postgres names the server), runs
    `spawnpoint migrate`, and adds a plan with very large quotas and tenants on it, each with a
    `member` user and a `dry-run` template (spec {"image": "bench:1", "cpu": 0.01,
-   "memory_mb": 16, "storage_gb": 0}): a fresh tenant per round keeps the rounds comparable,
-   since the quota usage query reads every workspace of the tenant. Each member of a measured
+   "memory_mb": 16, "storage_gb": 0}): a fresh tenant per round keeps the rounds comparable
+   (and the baseline's usage aggregate, which reads every workspace of the tenant, as cheap
+   as it can be; spawnpoint reads a per-tenant counter row). Each member of a measured
    tenant gets a JWT from `spawnpoint token create`;
 2. the baseline, `--baseline-seconds` per round in a second scratch database (a copy of the
    first): the spawn transaction's statements in raw SQL on `--clients` concurrent psycopg

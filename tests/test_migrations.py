@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import create_engine, insert, inspect, select
 from sqlalchemy.engine import Engine, make_url
 
 from conftest import PostgresDatabase, make_settings, postgres_or_skip
 from spawnpoint import models  # noqa: F401  (registers every table)
 from spawnpoint.config import Settings
 from spawnpoint.db import Base
+from spawnpoint.kit.inserts import with_defaults
 from spawnpoint.migrations import downgrade, upgrade
+from spawnpoint.models import TenantUsage, Workspace, WorkspaceState
+from spawnpoint.workspaces.lifecycle import ACTIVE_STATES
+
+DEMO_TENANT = uuid.UUID("00000000-0000-0000-0000-000000000001")
+DEMO_TEMPLATE = uuid.UUID("00000000-0000-0000-0000-000000000100")
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -51,3 +59,53 @@ def test_upgrade_matches_models_then_downgrade_to_base(empty_database: Settings)
             assert tenant == "demo"
     finally:
         engine.dispose()
+
+
+def test_the_usage_migration_counts_existing_workspaces(empty_database: Settings) -> None:
+    upgrade(empty_database, "20240602_0003_workspaces")
+    engine = sync_engine(empty_database)
+    now = datetime.now(UTC)
+    sizes = {state: (0.5 + i, 256 * (i + 1), i) for i, state in enumerate(WorkspaceState)}
+    try:
+        with engine.begin() as connection:
+            for state, (cpu, memory_mb, storage_gb) in sizes.items():
+                connection.execute(
+                    insert(Workspace).values(
+                        with_defaults(
+                            Workspace,
+                            {
+                                "tenant_id": DEMO_TENANT,
+                                "template_id": DEMO_TEMPLATE,
+                                "template_version": 1,
+                                "provisioner": "dry-run",
+                                "name": state.value,
+                                "state": state,
+                                "parameters": {},
+                                "cpu": cpu,
+                                "memory_mb": memory_mb,
+                                "storage_gb": storage_gb,
+                                "created_at": now,
+                                "updated_at": now,
+                            },
+                        )
+                    )
+                )
+        upgrade(empty_database)
+        with engine.connect() as connection:
+            row = connection.execute(
+                select(
+                    TenantUsage.workspaces,
+                    TenantUsage.cpu,
+                    TenantUsage.memory_mb,
+                    TenantUsage.storage_gb,
+                ).where(TenantUsage.tenant_id == DEMO_TENANT)
+            ).one()
+    finally:
+        engine.dispose()
+    active = [sizes[state] for state in ACTIVE_STATES]
+    assert row.workspaces == len(ACTIVE_STATES)
+    assert float(row.cpu) == pytest.approx(sum(cpu for cpu, _, _ in active))
+    assert row.memory_mb == sum(memory for _, memory, _ in active)
+    assert row.storage_gb == sum(
+        storage for state, (_, _, storage) in sizes.items() if state != WorkspaceState.deleted
+    )

@@ -5,6 +5,7 @@ from spawnpoint.models.templates import Template, TemplateVersion
 from spawnpoint.models.tenancy import Plan, Project, Role, Tenant, TenantStatus, User, UserStatus
 from spawnpoint.models.workspaces import (
     IdempotencyRecord,
+    TenantUsage,
     Workspace,
     WorkspaceEvent,
     WorkspaceState,
@@ -23,6 +24,7 @@ __all__ = [
     "TemplateVersion",
     "Tenant",
     "TenantStatus",
+    "TenantUsage",
     "User",
     "UserStatus",
     "Workspace",

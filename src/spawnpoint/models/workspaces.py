@@ -2,10 +2,22 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, CheckConstraint, ForeignKey, Index, Integer, String, Text, text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    CheckConstraint,
+    ForeignKey,
+    Index,
+    Integer,
+    Numeric,
+    String,
+    Text,
+    text,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from spawnpoint.db import Base, IdMixin, TimestampMixin
@@ -103,6 +115,26 @@ class WorkspaceEvent(IdMixin, Base):
     actor_id: Mapped[uuid.UUID | None]
     reason: Mapped[str] = mapped_column(Text, default="")
     at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class TenantUsage(Base):
+    """What a tenant's workspaces hold, kept up to date by triggers on `workspaces`.
+
+    Active workspaces (pending, provisioning, starting, running, stopping) count toward
+    `workspaces`, `cpu` and `memory_mb`; every workspace not deleted toward `storage_gb`.
+    A spawn reads this one row under the tenant lock instead of adding up all the tenant's
+    workspaces, which grew with every workspace the tenant ever had. No foreign key: the
+    row is written by triggers while a tenant's workspaces are deleted with it, and the
+    tenant service deletes it afterwards.
+    """
+
+    __tablename__ = "tenant_usage"
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    workspaces: Mapped[int] = mapped_column(Integer, default=0)
+    cpu: Mapped[Decimal] = mapped_column(Numeric(14, 4), default=0)
+    memory_mb: Mapped[int] = mapped_column(BigInteger, default=0)
+    storage_gb: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 class IdempotencyRecord(Base):

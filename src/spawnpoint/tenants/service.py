@@ -3,9 +3,11 @@ from __future__ import annotations
 import re
 import uuid
 
+from sqlalchemy import delete
+
 from spawnpoint.kit.errors import Forbidden, field_error
 from spawnpoint.kit.pagination import PageParams
-from spawnpoint.models import Tenant
+from spawnpoint.models import Tenant, TenantUsage
 from spawnpoint.plans.repository import PlanRepository
 from spawnpoint.security import Principal
 from spawnpoint.tenants.repository import TenantRepository
@@ -70,3 +72,7 @@ class TenantService:
 
     async def delete(self, *, tenant_id: uuid.UUID) -> None:
         await self.repository.delete(await self.repository.get(tenant_id))
+        # Its workspaces went with it (ON DELETE CASCADE); their usage counters go now.
+        await self.repository.session.execute(
+            delete(TenantUsage).where(TenantUsage.tenant_id == tenant_id)
+        )

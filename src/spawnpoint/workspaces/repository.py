@@ -2,17 +2,17 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, func, select
+from sqlalchemy import ColumnElement, Select, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from spawnpoint.kit.errors import NotFound
 from spawnpoint.kit.pagination import PageParams, fetch_page
 from spawnpoint.kit.repository import Repository
-from spawnpoint.models import TemplateVersion, Workspace, WorkspaceEvent
+from spawnpoint.models import TemplateVersion, TenantUsage, Workspace, WorkspaceEvent
 from spawnpoint.scope import TenantScope
-from spawnpoint.workspaces.lifecycle import ACTIVE_STATES, EXISTING_STATES
 from spawnpoint.workspaces.schemas import Usage
 
 
@@ -27,24 +27,23 @@ def with_spec() -> Select[Workspace, dict[str, Any]]:
 
 def usage_statement(
     tenant_id: uuid.UUID | ColumnElement[uuid.UUID],
-) -> Select[int, float, int, int]:
-    """What a tenant's workspaces hold: count, cpu and memory of the active ones; storage of all."""
-    active = Workspace.state.in_([s.value for s in ACTIVE_STATES])
+) -> Select[int, Decimal, int, int]:
+    """The tenant's usage counters (`TenantUsage`); no row while it never had a workspace."""
     return select(
-        func.count().filter(active),
-        func.coalesce(func.sum(Workspace.cpu).filter(active), 0),
-        func.coalesce(func.sum(Workspace.memory_mb).filter(active), 0),
-        func.coalesce(func.sum(Workspace.storage_gb), 0),
-    ).where(
-        Workspace.tenant_id == tenant_id,
-        Workspace.state.in_([s.value for s in EXISTING_STATES]),
-    )
+        TenantUsage.workspaces, TenantUsage.cpu, TenantUsage.memory_mb, TenantUsage.storage_gb
+    ).where(TenantUsage.tenant_id == tenant_id)
 
 
-def usage_from_row(row: Sequence[Any]) -> Usage:
+def usage_from_row(row: Sequence[Any] | None) -> Usage:
+    if row is None:
+        return Usage(workspaces=0, cpu=0.0, memory_mb=0, storage_gb=0)
     count, cpu, memory, storage = row
+    # SQLite keeps the cpu counter as a binary float; four decimals is the column's scale.
     return Usage(
-        workspaces=int(count), cpu=float(cpu), memory_mb=int(memory), storage_gb=int(storage)
+        workspaces=int(count),
+        cpu=round(float(cpu), 4),
+        memory_mb=int(memory),
+        storage_gb=int(storage),
     )
 
 
@@ -79,7 +78,8 @@ class WorkspaceRepository(Repository[Workspace]):
         return found
 
     async def usage(self, tenant_id: uuid.UUID) -> Usage:
-        return usage_from_row((await self.session.execute(usage_statement(tenant_id))).one())
+        found = (await self.session.execute(usage_statement(tenant_id))).one_or_none()
+        return usage_from_row(found)
 
     async def page_events(
         self, workspace_id: uuid.UUID, params: PageParams

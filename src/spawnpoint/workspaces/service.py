@@ -184,7 +184,7 @@ class WorkspaceService:
         values = {"tenant_id": tenant_id}
         locked, measured = await pipelined(self.session, [(lock, values), (usage, values)])
         row, totals = await locked.fetchone(), await measured.fetchone()
-        if row is None or totals is None:
+        if row is None:
             raise NotFound("Tenant not found.")
         split = len(TENANT_COLUMNS)
         tenant = Tenant(**{c.key: v for c, v in zip(TENANT_COLUMNS, row[:split], strict=True)})
