@@ -11,15 +11,14 @@ What it does, all on 127.0.0.1 and in under 3 minutes with the defaults (about 2
    `spawnpoint migrate`, and adds a plan with very large quotas and tenants on it, each with a
    `member` user and a `dry-run` template (spec {"image": "bench:1", "cpu": 0.01,
    "memory_mb": 16, "storage_gb": 0}): a fresh tenant per round keeps the rounds comparable
-   (and the baseline's usage aggregate, which reads every workspace of the tenant, as cheap
-   as it can be; spawnpoint reads a per-tenant counter row). Each member of a measured
+   (each round's tenant starts with no workspaces). Each member of a measured
    tenant gets a JWT from `spawnpoint token create`;
 2. the baseline, `--baseline-seconds` per round in a second scratch database (a copy of the
    first): the spawn transaction's statements in raw SQL on `--clients` concurrent psycopg
    connections -- look the user up, lock the tenant row FOR UPDATE (as spawnpoint does), read
-   template + current version and the tenant's usage, insert the workspace, its first event and
-   its job, pg_notify, commit -- with no HTTP, ORM, policy engine or workers; then the same
-   without FOR UPDATE. It runs before spawnpoint's processes start, whose connection pools
+   template + current version and the tenant's usage counters, insert the workspace (which
+   fires the usage trigger), its first event and its job, pg_notify, commit -- with no HTTP,
+   ORM, policy engine or workers; then the same without FOR UPDATE. It runs before spawnpoint's processes start, whose connection pools
    would otherwise hold the slots it needs on a shared server;
 3. starts `spawnpoint serve --no-worker` (ENVIRONMENT=development, JWT_SECRET set, LOG_LEVEL
    warning, uvloop + httptools) and `--workers` x `spawnpoint worker --concurrency N`, and
@@ -113,8 +112,6 @@ GOAL_P99_MS = 250.0
 SPEC = {"image": "bench:1", "cpu": 0.01, "memory_mb": 16, "storage_gb": 0}
 LISTEN_QUERY = "LISTEN spawnpoint_jobs"
 ACTIVITY_ROWS = 14
-ACTIVE = ("pending", "provisioning", "starting", "running", "stopping")
-EXISTING = (*ACTIVE, "stopped", "deleting", "failed")
 
 
 # --------------------------------------------------------------------------- seeding
@@ -245,7 +242,7 @@ QUERY_KINDS = (
     ("FOR UPDATE OF tenants", "spawn: lock tenant row"),
     ("JOIN tenants ON tenants.id = users.tenant_id", "auth: user lookup"),
     ("FROM templates JOIN template_versions", "spawn: template + version"),
-    ("count(*) FILTER", "spawn: usage aggregate"),
+    ("FROM tenant_usage", "spawn: usage counters"),
     ("INSERT INTO workspaces", "spawn: insert workspace"),
     ("INSERT INTO workspace_events", "insert event"),
     ("INSERT INTO jobs", "spawn: insert job"),
@@ -665,11 +662,7 @@ BASELINE_TEMPLATE = (
     " WHERE tp.id = %s AND (tp.tenant_id = %s OR tp.tenant_id IS NULL)"
 )
 BASELINE_USAGE = (
-    "SELECT count(*) FILTER (WHERE state = ANY(%(active)s)),"
-    " coalesce(sum(cpu) FILTER (WHERE state = ANY(%(active)s)), 0),"
-    " coalesce(sum(memory_mb) FILTER (WHERE state = ANY(%(active)s)), 0),"
-    " coalesce(sum(storage_gb), 0)"
-    " FROM workspaces WHERE tenant_id = %(tenant)s AND state = ANY(%(existing)s)"
+    "SELECT workspaces, cpu, memory_mb, storage_gb FROM tenant_usage WHERE tenant_id = %(tenant)s"
 )
 BASELINE_WORKSPACE = (
     "INSERT INTO workspaces (id, tenant_id, project_id, owner_id, template_id, template_version,"
@@ -720,7 +713,7 @@ async def _baseline(
     start = time.perf_counter()
     measure_from = start + warmup
     stop_at = measure_from + seconds
-    usage_params = {"active": list(ACTIVE), "existing": list(EXISTING), "tenant": tenant.tenant_id}
+    usage_params = {"tenant": tenant.tenant_id}
     tenant_query = BASELINE_LOCK if lock else BASELINE_TENANT
 
     async def spawner(conn: psycopg.AsyncConnection[Any]) -> None:
@@ -1508,7 +1501,8 @@ def render(results: Rounds, args: argparse.Namespace, code: str) -> str:
         f"{args.clients} / throughput by construction: queueing in front of the tenant lock.\n\n"
         f"**spawnpoint / baseline throughput = {ratio:.2f}**. Baseline: the spawn transaction's "
         f"statements in raw SQL (user lookup, tenant row FOR UPDATE, template + version, usage "
-        f"aggregate, insert workspace + event + job, pg_notify, commit) on {base_conns} "
+        f"counters, insert workspace + event + job (the usage trigger fires), pg_notify, "
+        f"commit) on {base_conns} "
         f"concurrent psycopg connections, no HTTP, ORM, policy or workers, "
         f"{args.baseline_seconds:g} s per round in a copy of the database, run before "
         f"spawnpoint's processes start "
