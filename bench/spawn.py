@@ -18,8 +18,9 @@ What it does, all on 127.0.0.1 and in under 3 minutes with the defaults (about 2
    connections -- look the user up, lock the tenant row FOR UPDATE (as spawnpoint does), read
    template + current version and the tenant's usage counters, insert the workspace (which
    fires the usage trigger), its first event and its job, pg_notify, commit -- with no HTTP,
-   ORM, policy engine or workers; then the same without FOR UPDATE. It runs before spawnpoint's processes start, whose connection pools
-   would otherwise hold the slots it needs on a shared server;
+   ORM, policy engine or workers; then the same without FOR UPDATE. It runs before
+   spawnpoint's processes start, whose connection pools would otherwise hold the slots it
+   needs on a shared server;
 3. starts `spawnpoint serve --no-worker` (ENVIRONMENT=development, JWT_SECRET set, LOG_LEVEL
    warning, uvloop + httptools) and `--workers` x `spawnpoint worker --concurrency N`, and
    waits until every worker LISTENs;
