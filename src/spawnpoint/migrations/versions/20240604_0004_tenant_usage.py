@@ -143,6 +143,16 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("tenant_id", name=op.f("pk_tenant_usage")),
     )
     postgres = op.get_bind().dialect.name == "postgresql"
+    # Triggers first, then the count: on PostgreSQL the trigger's creation locks out writes
+    # to workspaces until this migration commits, so no change made meanwhile by a running
+    # older version can slip between the count and the triggers. (SQLite allows one writer.)
+    if postgres:
+        op.execute("LOCK TABLE workspaces IN SHARE ROW EXCLUSIVE MODE")
+        op.execute(POSTGRES_FUNCTION)
+        op.execute(POSTGRES_TRIGGER)
+    else:
+        for trigger in SQLITE_TRIGGERS:
+            op.execute(trigger)
     cpu_type = "numeric" if postgres else "REAL"
     op.execute(
         "INSERT INTO tenant_usage (tenant_id, workspaces, cpu, memory_mb, storage_gb) "
@@ -153,12 +163,6 @@ def upgrade() -> None:
         "SUM(CASE WHEN state <> 'deleted' THEN storage_gb ELSE 0 END) "
         "FROM workspaces GROUP BY tenant_id"
     )
-    if postgres:
-        op.execute(POSTGRES_FUNCTION)
-        op.execute(POSTGRES_TRIGGER)
-    else:
-        for trigger in SQLITE_TRIGGERS:
-            op.execute(trigger)
 
 
 def downgrade() -> None:
