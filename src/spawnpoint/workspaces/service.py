@@ -1,7 +1,8 @@
 """Spawning and the user-driven lifecycle actions.
 
 Every action writes the state change, its event and the job that carries it out in the
-caller's transaction; the request commits them together.
+caller's transaction; the request commits them together (a spawn without an Idempotency-Key
+commits in the same round trip as its rows).
 """
 
 from __future__ import annotations
@@ -171,11 +172,12 @@ class WorkspaceService:
     async def _lock_and_measure(self, tenant_id: uuid.UUID) -> tuple[Tenant, Plan, Usage]:
         """Lock the tenant, then read its plan and its usage as of the moment the lock is held.
 
-        On PostgreSQL both statements go out in one pipeline, so the usage query runs the
-        moment the lock is granted instead of one event-loop turn later: the lock is held
+        On PostgreSQL both statements go out in one pipeline, so the usage counters are read
+        the moment the lock is granted instead of one event-loop turn later: the lock is held
         for that much less time, and spawns of one tenant, which queue on it, go through
         that much faster. Each statement takes its own snapshot (READ COMMITTED), so the
-        usage counts every spawn committed before the lock was granted.
+        usage counts every spawn committed before the lock was granted. (A workspace that
+        stops meanwhile may still be counted until it commits: the check errs on the safe side.)
         """
         if self.session.get_bind().dialect.name != "postgresql":
             tenant, plan = await self._lock_tenant(tenant_id)
