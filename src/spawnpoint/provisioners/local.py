@@ -27,6 +27,7 @@ import contextlib
 import errno
 import fcntl
 import json
+import logging
 import os
 import shlex
 import shutil
@@ -53,6 +54,8 @@ from spawnpoint.provisioners.base import (
     ProvisionResult,
     WorkspaceStatus,
 )
+
+log = logging.getLogger("spawnpoint.provisioners.local")
 
 HOST = "127.0.0.1"
 PROC = Path("/proc")
@@ -267,7 +270,7 @@ class LocalProvisioner(Provisioner[LocalConfig]):
         start_time = _start_time(popen.pid)
         if start_time is None:
             # It exited before its start time could be read; report its output.
-            _kill_orphans(popen.pid)
+            await _kill_orphans(popen.pid)
             raise ProvisionerError(
                 f"the command exited{self._exit_status(popen.pid)} at once; "
                 f"last output:\n{_tail(paths.output, offset, self.config.output_tail_lines)}"
@@ -295,7 +298,7 @@ class LocalProvisioner(Provisioner[LocalConfig]):
                 await tailer.forward(ctx)
                 if not _identity_matches(process):
                     await tailer.forward(ctx, final=True)
-                    _kill_orphans(process.pid)
+                    await _kill_orphans(process.pid)
                     _remove_record(paths)
                     raise ProvisionerError(
                         f"the command exited{self._exit_status(process.pid)} before answering "
@@ -571,14 +574,42 @@ def _group_exists(pgid: int) -> bool:
     return True
 
 
-def _kill_orphans(pgid: int) -> None:
+async def _kill_orphans(pgid: int) -> None:
     """Kill what a just-exited process left running in its group (a server it backgrounded).
 
     Only for a process seen exiting a moment ago: its group id cannot belong to anyone else
-    while the group still has members.
+    while the group still has members. Returns once none of them is alive any more (SIGKILL
+    is delivered asynchronously), or after KILL_WAIT_SECONDS.
     """
-    if _group_exists(pgid):
-        _signal_group(pgid, signal.SIGKILL)
+    if not _group_exists(pgid):
+        return
+    _signal_group(pgid, signal.SIGKILL)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + KILL_WAIT_SECONDS
+    while _has_live_members(pgid):
+        if loop.time() >= deadline:
+            log.warning("process group %d still has live members after SIGKILL", pgid)
+            return
+        await asyncio.sleep(0.01)
+
+
+def _has_live_members(pgid: int) -> bool:
+    """Whether a process of group `pgid` is still alive; zombies, already dead, do not count."""
+    if not PROC.joinpath("self", "stat").exists():
+        return _group_exists(pgid)
+    group = str(pgid)
+    for entry in PROC.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = entry.joinpath("stat").read_text()
+        except OSError:
+            continue
+        # After the command name: state, parent pid, process group.
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if fields[2] == group and fields[0] not in "ZX":
+            return True
+    return False
 
 
 def _signal_group(pgid: int, signum: signal.Signals) -> None:
