@@ -227,6 +227,38 @@ async def test_a_failed_scenario_reports_the_orchestrators_error(
     assert f"scenario {scenario_id}: failed" in job_log.lines
 
 
+async def test_a_retry_replaces_a_failed_scenario_with_one_new_scenario(
+    driver: OrchestratorProvisioner, fake: FakeOrchestrator, make_ctx: ContextFactory
+) -> None:
+    fake.outcome = "failed"
+    first = make_ctx()
+    with pytest.raises(ProvisionerError) as caught:
+        await driver.provision(first)
+    assert caught.value.state is not None
+    failed_id = caught.value.state["scenario_id"]
+
+    fake.outcome = "running"
+    retry = make_ctx(
+        workspace=first.workspace,
+        state=caught.value.state,
+        idempotency_key=first.idempotency_key,
+    )
+    result = await driver.provision(retry)
+    replacement = result.state["scenario_id"]
+    assert replacement != failed_id
+    assert failed_id not in fake.scenarios
+    assert [r.path for r in fake.requests("DELETE", f"{PATH}/{failed_id}")] == [
+        f"{PATH}/{failed_id}"
+    ]
+    keys = [r.headers["idempotency-key"] for r in fake.requests("POST")]
+    assert keys == [first.idempotency_key, f"{first.idempotency_key}:after:{failed_id}"]
+    # A worker that dies before recording the replacement retries with the old state: the
+    # replacement's own key hands back the same scenario instead of making a third.
+    again = await driver.provision(retry)
+    assert again.state["scenario_id"] == replacement
+    assert list(fake.scenarios) == [replacement]
+
+
 async def test_a_scenario_that_is_not_ready_in_time_fails_with_its_id(
     served: ServedOrchestrator, fake: FakeOrchestrator, make_ctx: ContextFactory
 ) -> None:

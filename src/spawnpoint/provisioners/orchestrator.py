@@ -54,7 +54,9 @@ running scenario succeeds.
 - The scenario id is saved with the workspace. A retried provision that has it reads the
   scenario instead of creating again (and starts it if it is `stopped`); one that lost it
   repeats the create with the same Idempotency-Key. Provision or start of a scenario that
-  answers `404` creates a new one.
+  answers `404` creates a new one, and a retried provision deletes a `failed` scenario
+  (waiting until it is gone) and creates a new one: the replacement's Idempotency-Key is
+  `<job id>:after:<old scenario id>`, so retries of the replacement make one scenario.
 - Every request has a timeout (`ORCHESTRATOR_REQUEST_TIMEOUT_SECONDS`,
   `ORCHESTRATOR_CONNECT_TIMEOUT_SECONDS`). Connection errors, timeouts, `5xx`, `408` and
   `429` are retried up to `ORCHESTRATOR_MAX_ATTEMPTS` times in all, with exponential backoff
@@ -212,15 +214,26 @@ class OrchestratorProvisioner(Provisioner[OrchestratorConfig]):
 
     async def provision(self, ctx: ProvisionContext) -> ProvisionResult:
         scenario: Scenario | None = None
+        key = ctx.idempotency_key
         recorded = _scenario_id(ctx.state)
         if recorded is not None:
             scenario = await self._read(recorded, ctx.state)
+            if scenario is not None and scenario.status == FAILED:
+                # Polling it again would fail again: a retry starts over with a new scenario.
+                reason = scenario.error or "no reason given"
+                await ctx.log(f"scenario {recorded} failed ({reason}); deleting it")
+                await self._delete(ctx, recorded)
+                scenario = None
             if scenario is None:
                 await ctx.log(f"scenario {recorded} is gone; creating a new one")
+                # The job's key names the scenario created first, which the orchestrator
+                # would hand back; the replacement gets a key of its own, the same on every
+                # retry of this replacement.
+                key = f"{ctx.idempotency_key}:after:{recorded}"
             else:
                 await ctx.log(f"scenario {recorded} was created earlier ({scenario.status})")
         if scenario is None:
-            scenario = await self._create(ctx)
+            scenario = await self._create(ctx, key)
         if scenario.status == STOPPED:
             await self._post_start(ctx, scenario.id)
         return await self._wait_running(ctx, scenario.id)
@@ -268,8 +281,11 @@ class OrchestratorProvisioner(Provisioner[OrchestratorConfig]):
 
     async def destroy(self, ctx: ProvisionContext) -> None:
         scenario_id = _scenario_id(ctx.state)
-        if scenario_id is None:
-            return
+        if scenario_id is not None:
+            await self._delete(ctx, scenario_id)
+
+    async def _delete(self, ctx: ProvisionContext, scenario_id: str) -> None:
+        """Delete the scenario and wait until it is gone (at once when it already is)."""
         response = await self._request(
             "DELETE", self._scenario_url(scenario_id), ok={200, 202, 204}, state=ctx.state
         )
@@ -302,7 +318,7 @@ class OrchestratorProvisioner(Provisioner[OrchestratorConfig]):
             )
         return WorkspaceStatus(running=False, detail=detail)
 
-    async def _create(self, ctx: ProvisionContext) -> Scenario:
+    async def _create(self, ctx: ProvisionContext, key: str) -> Scenario:
         workspace = ctx.workspace
         body = {
             "workspace_id": str(workspace.id),
@@ -317,7 +333,7 @@ class OrchestratorProvisioner(Provisioner[OrchestratorConfig]):
             self.config.collection_url,
             ok={200, 201, 202},
             json=body,
-            headers={"Idempotency-Key": ctx.idempotency_key},
+            headers={"Idempotency-Key": key},
             state=ctx.state,
             not_found_ok=False,
         )
