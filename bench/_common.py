@@ -188,6 +188,44 @@ def scratch_database(
             )
 
 
+@dataclass
+class Deployment:
+    """A migrated scratch database, a work directory, and the environment to serve both."""
+
+    workdir: Path
+    db: ScratchDatabase
+    env: dict[str, str]
+
+
+def migrated_deployment(
+    stack: contextlib.ExitStack,
+    name: str,
+    spawnpoint: Sequence[str],
+    *,
+    jwt_secret: str,
+    pool_size: int,
+    **settings: str,
+) -> Deployment:
+    """Create a scratch database and a work directory (both removed when `stack` closes),
+    and run `spawnpoint migrate`; `settings` are extra environment variables.
+    """
+    workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=f"bench-{name}-")))
+    db = stack.enter_context(scratch_database(f"spawnpoint_bench_{name.replace('-', '_')}"))
+    env = clean_env(
+        DATABASE_URL=db.sqlalchemy_url,
+        DATABASE_POOL_SIZE=str(pool_size),
+        ENVIRONMENT="development",
+        JWT_SECRET=jwt_secret,
+        LOG_LEVEL="warning",
+        DATA_DIR=str(workdir / "data"),
+        HOST=LOCALHOST,
+        **settings,
+    )
+    print(f"database {db.name}: migrating", flush=True)
+    run_checked([*spawnpoint, "migrate"], env=env, cwd=workdir, timeout=120)
+    return Deployment(workdir=workdir, db=db, env=env)
+
+
 # --------------------------------------------------------------------------- servers
 
 

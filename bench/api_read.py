@@ -32,7 +32,6 @@ import os
 import platform
 import random
 import sys
-import tempfile
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -46,16 +45,15 @@ from _common import (
     LoadResult,
     ScratchDatabase,
     Server,
-    clean_env,
     free_port,
     http_get,
     load_tool,
     markdown_table,
     median,
+    migrated_deployment,
     raise_on_sigterm,
     run_checked,
     run_load,
-    scratch_database,
     server_process,
     venv_command,
     write_result,
@@ -241,19 +239,10 @@ def main() -> int:
     started = time.monotonic()
     spawnpoint = venv_command("spawnpoint")
     with contextlib.ExitStack() as stack:
-        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-api-read-")))
-        db = stack.enter_context(scratch_database("spawnpoint_bench_api_read"))
-        env = clean_env(
-            DATABASE_URL=db.sqlalchemy_url,
-            DATABASE_POOL_SIZE=str(POOL_SIZE),
-            ENVIRONMENT="development",
-            JWT_SECRET=JWT_SECRET,
-            LOG_LEVEL="warning",
-            DATA_DIR=str(workdir / "data"),
-            HOST=LOCALHOST,
+        deployment = migrated_deployment(
+            stack, "api-read", spawnpoint, jwt_secret=JWT_SECRET, pool_size=POOL_SIZE
         )
-        print(f"database {db.name}: migrating", flush=True)
-        run_checked([*spawnpoint, "migrate"], env=env, cwd=workdir, timeout=120)
+        workdir, db, env = deployment.workdir, deployment.db, deployment.env
         counts = seed(db)
         print(
             f"seeded {counts['demo']} demo + {counts['platform']} platform templates of "

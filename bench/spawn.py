@@ -67,7 +67,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -87,11 +86,11 @@ from _common import (
     ScratchDatabase,
     Server,
     background_process,
-    clean_env,
     free_port,
     log_tail,
     markdown_table,
     median,
+    migrated_deployment,
     percentile,
     process_cpu_seconds,
     raise_on_sigterm,
@@ -1067,20 +1066,15 @@ def main() -> int:
             raise RuntimeError("--profile needs py-spy on PATH or --py-spy")
     results = Rounds()
     with contextlib.ExitStack() as stack:
-        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-spawn-")))
-        db = stack.enter_context(scratch_database("spawnpoint_bench_spawn"))
-        env = clean_env(
-            DATABASE_URL=db.sqlalchemy_url,
-            DATABASE_POOL_SIZE=str(API_POOL_SIZE),
-            ENVIRONMENT="development",
-            JWT_SECRET=JWT_SECRET,
-            LOG_LEVEL="warning",
-            DATA_DIR=str(workdir / "data"),
-            HOST=LOCALHOST,
+        deployment = migrated_deployment(
+            stack,
+            "spawn",
+            spawnpoint,
+            jwt_secret=JWT_SECRET,
+            pool_size=API_POOL_SIZE,
             PROVISIONER="dry-run",
         )
-        print(f"database {db.name}: migrating", flush=True)
-        run_checked([*spawnpoint, "migrate"], env=env, cwd=workdir, timeout=120)
+        workdir, db, env = deployment.workdir, deployment.db, deployment.env
         # Two tenants per spawnpoint round (closed loop, paced); two more for the baselines.
         tenants = seed(db, 4 * args.rounds)
         paced_tenants = tenants[3 * args.rounds :]
