@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from conftest import World
 from spawnpoint.db import Database, DriverStatement
 from spawnpoint.jobs.queue import enqueue_with, queued_job
-from spawnpoint.kit.inserts import with_defaults
+from spawnpoint.kit.inserts import NewRow, with_defaults
 from spawnpoint.models import Job, Workspace, WorkspaceEvent, WorkspaceState
 from spawnpoint.workspaces.lifecycle import creation_event
 
@@ -53,10 +53,10 @@ async def count(database: Database, model: type[Any], tenant_id: uuid.UUID) -> i
     return int(total or 0)
 
 
-async def write(
-    database: Database, tenant_id: uuid.UUID, workspace: dict[str, Any], *, commit: bool
-) -> dict[str, Any]:
-    """Write a workspace, its creation event and a job together; return the job's values."""
+def rows_and_job(
+    tenant_id: uuid.UUID, workspace: dict[str, Any]
+) -> tuple[list[NewRow], dict[str, Any]]:
+    """A workspace with its creation event, and its job, as `enqueue_with` takes them."""
     event = creation_event(
         workspace_id=workspace["id"], tenant_id=tenant_id, actor_id=None, now=datetime.now(UTC)
     )
@@ -65,10 +65,16 @@ async def write(
         payload={"workspace_id": str(workspace["id"]), **DOCUMENT},
         tenant_id=tenant_id,
     )
+    return [(Workspace, workspace), (WorkspaceEvent, event)], job
+
+
+async def write(
+    database: Database, tenant_id: uuid.UUID, workspace: dict[str, Any], *, commit: bool
+) -> dict[str, Any]:
+    """Write a workspace, its creation event and a job together; return the job's values."""
+    rows, job = rows_and_job(tenant_id, workspace)
     async with database.transaction(write=True) as session:
-        await enqueue_with(
-            session, [(Workspace, workspace), (WorkspaceEvent, event)], job, commit=commit
-        )
+        await enqueue_with(session, rows, job, commit=commit)
     return job
 
 
@@ -100,15 +106,9 @@ async def test_rows_written_together_read_back_as_written(world: World, commit: 
 
 async def test_commit_rides_with_the_rows_on_postgresql(world: World, backend: str) -> None:
     org = await world.org()
-    workspace = workspace_row(org.tenant_id, org.template_id)
-    event = creation_event(
-        workspace_id=workspace["id"], tenant_id=org.tenant_id, actor_id=None, now=datetime.now(UTC)
-    )
-    job = queued_job(job_type="workspace.provision", payload={}, tenant_id=org.tenant_id)
+    rows, job = rows_and_job(org.tenant_id, workspace_row(org.tenant_id, org.template_id))
     async with world.database.transaction(write=True) as session:
-        await enqueue_with(
-            session, [(Workspace, workspace), (WorkspaceEvent, event)], job, commit=True
-        )
+        await enqueue_with(session, rows, job, commit=True)
         seen_inside = await count(world.database, Workspace, org.tenant_id)
     # PostgreSQL commits in the insert's round trip; SQLite when the block ends.
     assert seen_inside == (1 if backend == "postgres" else 0)

@@ -187,14 +187,22 @@ async def _announce(session: AsyncSession) -> None:
     NOTIFY is transactional on PostgreSQL: it is delivered on commit and dropped on rollback.
     One per transaction is enough, except inside a savepoint, which may still roll back.
     """
-    nested = session.in_nested_transaction()
     root: SessionTransaction | None = session.sync_session.get_transaction()
-    if not nested and root is not None and session.info.get(_ANNOUNCED) is root:
+    if (
+        not session.in_nested_transaction()
+        and root is not None
+        and session.info.get(_ANNOUNCED) is root
+    ):
         return
     if _dialect(session) == "postgresql":
         await session.execute(select(func.pg_notify(CHANNEL, "")))
-    if not nested:
-        session.info[_ANNOUNCED] = root
+    _wake_local_workers_on_commit(session)
+
+
+def _wake_local_workers_on_commit(session: AsyncSession) -> None:
+    """Have `local_wakeups` fire when the session's transaction commits (not in a savepoint)."""
+    if not session.in_nested_transaction():
+        session.info[_ANNOUNCED] = session.sync_session.get_transaction()
 
 
 async def find_by_idempotency_key(
@@ -313,8 +321,7 @@ async def enqueue_with(
     woken after the commit, as with `enqueue`. `commit` as in `insert_together`.
     """
     await insert_together(session, [*rows, (Job, job)], notify=CHANNEL, commit=commit)
-    if not session.in_nested_transaction():
-        session.info[_ANNOUNCED] = session.sync_session.get_transaction()
+    _wake_local_workers_on_commit(session)
 
 
 def _claimed(row: Row[Any]) -> ClaimedJob:

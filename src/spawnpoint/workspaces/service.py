@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import functools
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import ColumnElement, Select, bindparam, select
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import IntegrityError
 
@@ -127,17 +129,38 @@ TENANT_COLUMNS = tuple(Tenant.__table__.c)
 PLAN_COLUMNS = tuple(Plan.__table__.c)
 
 
-@functools.lru_cache(maxsize=8)
-def _lock_and_measure_statements(dialect: Dialect) -> tuple[DriverStatement, DriverStatement]:
-    """The tenant lock (with its plan) and the usage query, for `tenant_id`, compiled once."""
-    tenant_id = bindparam("tenant_id", type_=Tenant.__table__.c.id.type, required=False)
-    lock = (
+def _tenant_lock(tenant_id: uuid.UUID | ColumnElement[uuid.UUID]) -> Select[Any]:
+    """The tenant row, locked, with its plan.
+
+    FOR NO KEY UPDATE serialises spawns per tenant on PostgreSQL without blocking the
+    key-share locks that foreign-key checks take: a plain FOR UPDATE made every worker
+    inserting a workspace event wait for the spawn holding its tenant. On SQLite the write
+    transaction already began IMMEDIATE, which serialises every writer.
+    """
+    return (
         select(*TENANT_COLUMNS, *PLAN_COLUMNS)
         .join_from(Tenant, Plan, Plan.id == Tenant.plan_id)
         .where(Tenant.id == tenant_id)
         .with_for_update(of=Tenant, key_share=True)
     )
-    return DriverStatement(lock, dialect), DriverStatement(usage_statement(tenant_id), dialect)
+
+
+def _tenant_and_plan(row: Sequence[Any]) -> tuple[Tenant, Plan]:
+    """Detached rows read by `_tenant_lock`."""
+    split = len(TENANT_COLUMNS)
+    tenant = Tenant(**{c.key: v for c, v in zip(TENANT_COLUMNS, row[:split], strict=True)})
+    plan = Plan(**{c.key: v for c, v in zip(PLAN_COLUMNS, row[split:], strict=True)})
+    return tenant, plan
+
+
+@functools.lru_cache(maxsize=8)
+def _lock_and_measure_statements(dialect: Dialect) -> tuple[DriverStatement, DriverStatement]:
+    """`_tenant_lock` and the usage counters, for the parameter `tenant_id`, compiled once."""
+    tenant_id = bindparam("tenant_id", type_=Tenant.__table__.c.id.type, required=False)
+    return (
+        DriverStatement(_tenant_lock(tenant_id), dialect),
+        DriverStatement(usage_statement(tenant_id), dialect),
+    )
 
 
 class WorkspaceService:
@@ -156,18 +179,7 @@ class WorkspaceService:
         self.max_job_attempts = max_job_attempts
 
     async def _lock_tenant(self, tenant_id: uuid.UUID) -> tuple[Tenant, Plan]:
-        # FOR NO KEY UPDATE serialises spawns per tenant on PostgreSQL without blocking the
-        # key-share locks that foreign-key checks take: a plain FOR UPDATE made every worker
-        # inserting a workspace event wait for the spawn holding its tenant. On SQLite the
-        # write transaction already began IMMEDIATE, which serialises every writer.
-        statement = (
-            select(Tenant, Plan)
-            .join(Plan, Plan.id == Tenant.plan_id)
-            .where(Tenant.id == tenant_id)
-            .with_for_update(of=Tenant, key_share=True)
-        )
-        row = (await self.session.execute(statement)).one()
-        return row[0], row[1]
+        return _tenant_and_plan((await self.session.execute(_tenant_lock(tenant_id))).one())
 
     async def _lock_and_measure(self, tenant_id: uuid.UUID) -> tuple[Tenant, Plan, Usage]:
         """Lock the tenant, then read its plan and its usage as of the moment the lock is held.
@@ -179,19 +191,17 @@ class WorkspaceService:
         usage counts every spawn committed before the lock was granted. (A workspace that
         stops meanwhile may still be counted until it commits: the check errs on the safe side.)
         """
-        if self.session.get_bind().dialect.name != "postgresql":
+        dialect = self.session.get_bind().dialect
+        if dialect.name != "postgresql":
             tenant, plan = await self._lock_tenant(tenant_id)
             return tenant, plan, await self.repository.usage(tenant_id)
-        lock, usage = _lock_and_measure_statements(self.session.get_bind().dialect)
+        lock, usage = _lock_and_measure_statements(dialect)
         values = {"tenant_id": tenant_id}
         locked, measured = await pipelined(self.session, [(lock, values), (usage, values)])
-        row, totals = await locked.fetchone(), await measured.fetchone()
+        row = await locked.fetchone()
         if row is None:
             raise NotFound("Tenant not found.")
-        split = len(TENANT_COLUMNS)
-        tenant = Tenant(**{c.key: v for c, v in zip(TENANT_COLUMNS, row[:split], strict=True)})
-        plan = Plan(**{c.key: v for c, v in zip(PLAN_COLUMNS, row[split:], strict=True)})
-        return tenant, plan, usage_from_row(totals)
+        return (*_tenant_and_plan(row), usage_from_row(await measured.fetchone()))
 
     async def _version(
         self, template_id: uuid.UUID, version: int | None

@@ -44,6 +44,18 @@ def _share(row: str, cpu_type: str, *, named: bool = False) -> str:
     return ", ".join(values)
 
 
+def _postgres_add(value: str) -> str:
+    """Add to NEW's tenant counters: `value` with {i} standing for field 1..4 of a share."""
+    values = ", ".join(value.format(i=i) for i in range(1, 5))
+    return (
+        "INSERT INTO tenant_usage AS u (tenant_id, workspaces, cpu, memory_mb, storage_gb) "
+        f"VALUES (NEW.tenant_id, {values}) ON CONFLICT (tenant_id) DO UPDATE SET "
+        "workspaces = u.workspaces + EXCLUDED.workspaces, cpu = u.cpu + EXCLUDED.cpu, "
+        "memory_mb = u.memory_mb + EXCLUDED.memory_mb, "
+        "storage_gb = u.storage_gb + EXCLUDED.storage_gb;"
+    )
+
+
 POSTGRES_FUNCTION = f"""
 CREATE FUNCTION spawnpoint_workspace_usage() RETURNS trigger
 LANGUAGE plpgsql AS $$
@@ -64,13 +76,7 @@ BEGIN
            = (new_share.f1, new_share.f2, new_share.f3, new_share.f4) THEN
             RETURN NULL;
         END IF;
-        INSERT INTO tenant_usage AS u (tenant_id, workspaces, cpu, memory_mb, storage_gb)
-        VALUES (NEW.tenant_id, new_share.f1 - old_share.f1, new_share.f2 - old_share.f2,
-                new_share.f3 - old_share.f3, new_share.f4 - old_share.f4)
-        ON CONFLICT (tenant_id) DO UPDATE SET
-            workspaces = u.workspaces + EXCLUDED.workspaces, cpu = u.cpu + EXCLUDED.cpu,
-            memory_mb = u.memory_mb + EXCLUDED.memory_mb,
-            storage_gb = u.storage_gb + EXCLUDED.storage_gb;
+        {_postgres_add("new_share.f{i} - old_share.f{i}")}
         RETURN NULL;
     END IF;
     IF TG_OP <> 'INSERT' THEN
@@ -80,12 +86,7 @@ BEGIN
         WHERE tenant_id = OLD.tenant_id;
     END IF;
     IF TG_OP <> 'DELETE' THEN
-        INSERT INTO tenant_usage AS u (tenant_id, workspaces, cpu, memory_mb, storage_gb)
-        VALUES (NEW.tenant_id, new_share.f1, new_share.f2, new_share.f3, new_share.f4)
-        ON CONFLICT (tenant_id) DO UPDATE SET
-            workspaces = u.workspaces + EXCLUDED.workspaces, cpu = u.cpu + EXCLUDED.cpu,
-            memory_mb = u.memory_mb + EXCLUDED.memory_mb,
-            storage_gb = u.storage_gb + EXCLUDED.storage_gb;
+        {_postgres_add("new_share.f{i}")}
     END IF;
     RETURN NULL;
 END
