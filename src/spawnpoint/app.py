@@ -15,6 +15,7 @@ from spawnpoint.db import Database
 from spawnpoint.health.endpoints import router as health_router
 from spawnpoint.jobs.registry import default_registry
 from spawnpoint.jobs.worker import run_worker_in_process
+from spawnpoint.kit.body import BodyLimitMiddleware
 from spawnpoint.kit.errors import install_problem_handlers
 from spawnpoint.plans.endpoints import router as plans_router
 from spawnpoint.policy.engine import PolicyEngine, build_policy_engine
@@ -89,6 +90,7 @@ def create_app(
     app.state.accounts = AccountCache(settings.auth_cache_seconds)
     app.state.provisioners = provisioners or ProvisionerRegistry.from_entry_points()
     install_problem_handlers(app)
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     for router in ROUTERS:
         app.include_router(router)
     document_bearer_auth(app)

@@ -48,6 +48,17 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Log level of the server and workers."
     )
+    max_body_bytes: int = Field(
+        1_048_576, ge=1, description="Largest request body accepted (413 beyond it)."
+    )
+    max_json_depth: int = Field(
+        32, ge=2, le=512, description="Deepest nesting of arrays and objects in a JSON body."
+    )
+    max_json_field_bytes: int = Field(
+        65_536,
+        ge=2,
+        description="Largest free-form JSON field (spawn parameters), in bytes of JSON.",
+    )
 
     orchestrator_url: str = Field(
         "http://orchestrator:8080", description="Base URL of the orchestrator service."

@@ -7,8 +7,9 @@ from fastapi.responses import JSONResponse
 
 from spawnpoint.deps import DB
 from spawnpoint.kit.errors import problem_document, problem_response
+from spawnpoint.kit.routing import StrictRoute
 
-router = APIRouter(tags=["health"])
+router = APIRouter(route_class=StrictRoute, tags=["health"])
 PUBLIC: dict[str, Any] = {"security": []}
 
 

@@ -95,10 +95,18 @@ async def _on_problem(_: Request, exc: Exception) -> JSONResponse:
     return problem_response(exc.document(), exc.headers)
 
 
+def _message(error: Any) -> str:
+    # A JSON syntax error's message says what is wrong: "number is infinity when parsed ...".
+    reason = (error.get("ctx") or {}).get("error")
+    if error["type"] == "json_invalid" and isinstance(reason, str):
+        return f"{error['msg']}: {reason}"
+    return str(error["msg"])
+
+
 async def _on_validation(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = [
-        {"pointer": _pointer(tuple(err["loc"])), "detail": err["msg"], "type": err["type"]}
+        {"pointer": _pointer(tuple(err["loc"])), "detail": _message(err), "type": err["type"]}
         for err in exc.errors()
     ]
     doc = problem_document(

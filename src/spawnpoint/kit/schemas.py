@@ -1,37 +1,83 @@
-"""Base classes for request and response bodies."""
+"""Base classes and field types for request and response bodies.
+
+Numbers are strict (`true` is not an integer, `"7"` is not a number), finite and bounded
+by what the column that stores them can hold; free-form JSON is bounded in bytes. Whatever
+a request body is allowed to hold must read back, list, update and delete.
+"""
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from decimal import Decimal
 from typing import Annotated, Any, ClassVar
 
+import orjson
 from pydantic import (
+    AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
+    GetJsonSchemaHandler,
     PlainSerializer,
+    Strict,
     ValidationInfo,
     field_validator,
 )
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
+INT32_MAX = 2**31 - 1
+DEFAULT_MAX_JSON_FIELD_BYTES = 65_536
+# The per-request limit on a free-form JSON field, set by the route from MAX_JSON_FIELD_BYTES.
+json_field_limit: ContextVar[int] = ContextVar(
+    "json_field_limit", default=DEFAULT_MAX_JSON_FIELD_BYTES
+)
+
+
+def _number_not_text(value: object) -> object:
+    # Decimal would take "7" and "Infinity" from a string, and 1 from `true`.
+    if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
+        raise ValueError("must be a number")
+    return value
+
+
+Integer = Annotated[int, Strict()]
+Int32 = Annotated[int, Strict(), Field(ge=0, le=INT32_MAX)]
+Number = Annotated[float, Strict(), Field(allow_inf_nan=False)]
+Flag = Annotated[bool, Strict()]
 Money = Annotated[
     Decimal,
-    Field(ge=0, max_digits=14, decimal_places=2),
+    BeforeValidator(_number_not_text),
+    Field(ge=0, max_digits=14, decimal_places=2, allow_inf_nan=False),
     PlainSerializer(float, return_type=float, when_used="json"),
 ]
 Name = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^\S(.*\S)?$")]
 
 
+def _bounded_json(value: dict[str, Any]) -> dict[str, Any]:
+    # The request parser has already refused non-finite numbers, NUL and deep nesting.
+    size = len(orjson.dumps(value))
+    limit = json_field_limit.get()
+    if size > limit:
+        raise ValueError(f"is {size} bytes of JSON; at most {limit} are allowed")
+    return value
+
+
+JSONObject = Annotated[dict[str, Any], AfterValidator(_bounded_json)]
+
+
 class InputSchema(BaseModel):
     """A request body: unknown fields are an error, never silently dropped."""
 
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False, allow_inf_nan=False)
 
 
 class UpdateSchema(InputSchema):
     """A PUT body: every field optional; only the fields sent are applied.
 
-    Left out means "keep"; an explicit `null` is refused unless the field is in `nullable`.
+    Left out means "keep"; an explicit `null` is refused unless the field is in `nullable`,
+    and the JSON schema says so: only `nullable` fields admit `null` there.
     """
 
     nullable: ClassVar[frozenset[str]] = frozenset()
@@ -42,6 +88,23 @@ class UpdateSchema(InputSchema):
         if value is None and info.field_name not in cls.nullable:
             raise ValueError("may not be null")
         return value
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        schema = handler(core_schema)
+        target = handler.resolve_ref_schema(schema)
+        for name, prop in target.get("properties", {}).items():
+            if name in cls.nullable:
+                continue
+            prop.pop("default", None)
+            options = [s for s in prop.pop("anyOf", []) if s.get("type") != "null"]
+            if len(options) == 1:
+                prop.update(options[0])
+            elif options:
+                prop["anyOf"] = options
+        return schema
 
     def changes(self) -> dict[str, Any]:
         return self.model_dump(exclude_unset=True)

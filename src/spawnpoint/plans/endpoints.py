@@ -7,11 +7,12 @@ from fastapi import APIRouter, Depends, status
 
 from spawnpoint.deps import RequireAdmin, RequireOperator, Scope, Session
 from spawnpoint.kit.pagination import Page, Pagination
+from spawnpoint.kit.routing import StrictRoute
 from spawnpoint.plans.repository import PlanRepository
 from spawnpoint.plans.schemas import PlanCreate, PlanRead, PlanUpdate
 from spawnpoint.plans.service import PlanService
 
-router = APIRouter(prefix="/api/plans", tags=["plans"])
+router = APIRouter(route_class=StrictRoute, prefix="/api/plans", tags=["plans"])
 
 
 async def get_plan_service(session: Session, scope: Scope) -> PlanService:

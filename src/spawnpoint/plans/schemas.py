@@ -3,21 +3,25 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 from decimal import Decimal
+from typing import Annotated
 
 from pydantic import Field
 
-from spawnpoint.kit.schemas import InputSchema, Money, Name, ReadSchema, UpdateSchema
+from spawnpoint.kit.schemas import InputSchema, Int32, Money, Name, Number, ReadSchema, UpdateSchema
+
+# max_cpu is a NUMERIC(10, 2) column.
+CpuLimit = Annotated[Number, Field(ge=0, le=99_999_999)]
 
 
 class PlanCreate(InputSchema):
     name: Name
     description: str = Field("", max_length=2000)
-    max_workspaces: int = Field(5, ge=0, description="Concurrent workspaces per tenant.")
-    max_cpu: float = Field(8, ge=0, description="vCPUs across the tenant's live workspaces.")
-    max_memory_mb: int = Field(16384, ge=0)
-    max_storage_gb: int = Field(100, ge=0)
-    max_concurrent_jobs: int = Field(5, ge=0)
-    max_jobs_per_day: int = Field(500, ge=0)
+    max_workspaces: Int32 = Field(5, description="Concurrent workspaces per tenant.")
+    max_cpu: CpuLimit = Field(8, description="vCPUs across the tenant's live workspaces.")
+    max_memory_mb: Int32 = Field(16384, description="MiB across the tenant's live workspaces.")
+    max_storage_gb: Int32 = Field(100, description="GiB across the tenant's workspaces.")
+    max_concurrent_jobs: Int32 = Field(5, description="Jobs running at once.")
+    max_jobs_per_day: Int32 = Field(500, description="Jobs enqueued per day.")
     monthly_budget: Money = Field(
         default=Decimal(0), description="Spend per month; 0 means no budget."
     )
@@ -26,12 +30,12 @@ class PlanCreate(InputSchema):
 class PlanUpdate(UpdateSchema):
     name: Name | None = Field(default=None)
     description: str | None = Field(default=None, max_length=2000)
-    max_workspaces: int | None = Field(default=None, ge=0)
-    max_cpu: float | None = Field(default=None, ge=0)
-    max_memory_mb: int | None = Field(default=None, ge=0)
-    max_storage_gb: int | None = Field(default=None, ge=0)
-    max_concurrent_jobs: int | None = Field(default=None, ge=0)
-    max_jobs_per_day: int | None = Field(default=None, ge=0)
+    max_workspaces: Int32 | None = Field(default=None)
+    max_cpu: CpuLimit | None = Field(default=None)
+    max_memory_mb: Int32 | None = Field(default=None)
+    max_storage_gb: Int32 | None = Field(default=None)
+    max_concurrent_jobs: Int32 | None = Field(default=None)
+    max_jobs_per_day: Int32 | None = Field(default=None)
     monthly_budget: Money | None = Field(default=None)
 
 

@@ -7,12 +7,13 @@ from fastapi import APIRouter, Depends, Query, status
 
 from spawnpoint.deps import RequireAdmin, RequireViewer, Scope, Session
 from spawnpoint.kit.pagination import Page, Pagination
+from spawnpoint.kit.routing import StrictRoute
 from spawnpoint.projects.repository import ProjectRepository
 from spawnpoint.projects.schemas import ProjectCreate, ProjectRead, ProjectUpdate
 from spawnpoint.projects.service import ProjectService
 from spawnpoint.tenants.repository import TenantRepository
 
-router = APIRouter(prefix="/api/projects", tags=["projects"])
+router = APIRouter(route_class=StrictRoute, prefix="/api/projects", tags=["projects"])
 
 
 async def get_project_service(session: Session, scope: Scope) -> ProjectService:

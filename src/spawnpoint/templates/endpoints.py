@@ -8,6 +8,7 @@ from sqlalchemy import Row
 
 from spawnpoint.deps import AppSettings, RequirePublisher, RequireViewer, Scope, Session
 from spawnpoint.kit.pagination import Page, Pagination
+from spawnpoint.kit.routing import StrictRoute
 from spawnpoint.models import Template, TemplateVersion
 from spawnpoint.templates.repository import TemplateRepository
 from spawnpoint.templates.schemas import (
@@ -21,7 +22,7 @@ from spawnpoint.templates.schemas import (
 from spawnpoint.templates.service import TemplateService
 from spawnpoint.tenants.repository import TenantRepository
 
-router = APIRouter(prefix="/api/templates", tags=["templates"])
+router = APIRouter(route_class=StrictRoute, prefix="/api/templates", tags=["templates"])
 
 
 async def get_template_service(

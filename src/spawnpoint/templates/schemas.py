@@ -2,14 +2,27 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, ClassVar
 
 from pydantic import Field, field_validator
 
-from spawnpoint.kit.schemas import InputSchema, Name, ReadSchema, UpdateSchema
+from spawnpoint.kit.schemas import (
+    Flag,
+    InputSchema,
+    Integer,
+    Name,
+    Number,
+    ReadSchema,
+    UpdateSchema,
+)
 
 ProvisionerName = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[a-z][a-z0-9-]*$")]
 EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=128)]
+Port = Annotated[Integer, Field(ge=1, le=65535)]
+# Bounded so that every date derived from them (idle deadlines, expiry) is representable.
+MAX_IDLE_TIMEOUT_MINUTES = 10 * 366 * 24 * 60
+MAX_LIFETIME_DAYS = 100 * 366
+MAX_HOURLY_COST = 1_000_000
 
 
 class TemplateSpec(InputSchema):
@@ -21,23 +34,29 @@ class TemplateSpec(InputSchema):
         description="Command for the local provisioner; placeholders {port} and {workspace_dir}.",
     )
     image: str | None = Field(None, max_length=512, description="Container image.")
-    cpu: float = Field(1, gt=0, le=1024, description="vCPUs.")
-    memory_mb: int = Field(512, ge=16, le=4_194_304)
-    storage_gb: int = Field(1, ge=0, le=65_536)
-    ports: list[Annotated[int, Field(ge=1, le=65535)]] = Field(default_factory=list, max_length=32)
+    cpu: Number = Field(1, gt=0, le=1024, description="vCPUs.")
+    memory_mb: Integer = Field(512, ge=16, le=4_194_304, description="Memory in MiB.")
+    storage_gb: Integer = Field(1, ge=0, le=65_536, description="Persistent storage in GiB.")
+    ports: list[Port] = Field(default_factory=list, max_length=32)
     env: dict[EnvName, Annotated[str, Field(max_length=8192)]] = Field(
         default_factory=dict, max_length=256
     )
-    idle_timeout_minutes: int | None = Field(
-        None, ge=1, description="Stop a workspace this long after its last activity."
+    idle_timeout_minutes: Integer | None = Field(
+        None,
+        ge=1,
+        le=MAX_IDLE_TIMEOUT_MINUTES,
+        description="Stop a workspace this long after its last activity (at most 10 years).",
     )
-    max_lifetime_days: int | None = Field(
-        None, ge=1, description="Delete a workspace this long after it was created."
+    max_lifetime_days: Integer | None = Field(
+        None,
+        ge=1,
+        le=MAX_LIFETIME_DAYS,
+        description="Delete a workspace this long after it was created (at most 100 years).",
     )
-    hourly_cost: float = Field(
-        0, ge=0, description="Cost per running hour, in the plan's currency."
+    hourly_cost: Number = Field(
+        0, ge=0, le=MAX_HOURLY_COST, description="Cost per running hour, in the plan's currency."
     )
-    restricted: bool = Field(False, description="Only tenant admins may spawn it.")
+    restricted: Flag = Field(False, description="Only tenant admins may spawn it.")
 
     @field_validator("ports")
     @classmethod
@@ -45,6 +64,26 @@ class TemplateSpec(InputSchema):
         if len(set(ports)) != len(ports):
             raise ValueError("ports must be unique")
         return ports
+
+
+class TemplateSpecUpdate(UpdateSchema):
+    """TemplateSpec fields to change; the rest keep their values."""
+
+    nullable: ClassVar[frozenset[str]] = frozenset(
+        {"command", "image", "idle_timeout_minutes", "max_lifetime_days"}
+    )
+
+    command: str | None = Field(None, max_length=4096)
+    image: str | None = Field(None, max_length=512)
+    cpu: Number | None = Field(None, gt=0, le=1024)
+    memory_mb: Integer | None = Field(None, ge=16, le=4_194_304)
+    storage_gb: Integer | None = Field(None, ge=0, le=65_536)
+    ports: list[Port] | None = Field(None, max_length=32)
+    env: dict[EnvName, Annotated[str, Field(max_length=8192)]] | None = Field(None, max_length=256)
+    idle_timeout_minutes: Integer | None = Field(None, ge=1, le=MAX_IDLE_TIMEOUT_MINUTES)
+    max_lifetime_days: Integer | None = Field(None, ge=1, le=MAX_LIFETIME_DAYS)
+    hourly_cost: Number | None = Field(None, ge=0, le=MAX_HOURLY_COST)
+    restricted: Flag | None = Field(None)
 
 
 class TemplateCreate(InputSchema):
@@ -65,7 +104,7 @@ class TemplateUpdate(UpdateSchema):
     name: Name | None = Field(default=None)
     description: str | None = Field(default=None, max_length=2000)
     provisioner: ProvisionerName | None = Field(default=None)
-    spec: dict[str, Any] | None = Field(
+    spec: TemplateSpecUpdate | None = Field(
         default=None,
         description="TemplateSpec fields to change; the rest keep their values. "
         "A changed spec or provisioner becomes a new version.",

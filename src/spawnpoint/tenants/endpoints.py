@@ -7,12 +7,13 @@ from fastapi import APIRouter, Depends, status
 
 from spawnpoint.deps import Accounts, RequireAdmin, RequireOperator, Scope, Session
 from spawnpoint.kit.pagination import Page, Pagination
+from spawnpoint.kit.routing import StrictRoute
 from spawnpoint.plans.repository import PlanRepository
 from spawnpoint.tenants.repository import TenantRepository
 from spawnpoint.tenants.schemas import TenantCreate, TenantRead, TenantUpdate
 from spawnpoint.tenants.service import TenantService
 
-router = APIRouter(prefix="/api/tenants", tags=["tenants"])
+router = APIRouter(route_class=StrictRoute, prefix="/api/tenants", tags=["tenants"])
 
 
 async def get_tenant_service(session: Session, scope: Scope) -> TenantService:

@@ -7,12 +7,13 @@ from fastapi import APIRouter, Depends, Query, status
 
 from spawnpoint.deps import Accounts, RequireAdmin, Scope, Session
 from spawnpoint.kit.pagination import Page, Pagination
+from spawnpoint.kit.routing import StrictRoute
 from spawnpoint.tenants.repository import TenantRepository
 from spawnpoint.users.repository import UserRepository
 from spawnpoint.users.schemas import UserCreate, UserRead, UserUpdate
 from spawnpoint.users.service import UserService
 
-router = APIRouter(prefix="/api/users", tags=["users"])
+router = APIRouter(route_class=StrictRoute, prefix="/api/users", tags=["users"])
 
 
 async def get_user_service(session: Session, scope: Scope) -> UserService:

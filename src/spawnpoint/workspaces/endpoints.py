@@ -15,6 +15,7 @@ from spawnpoint.deps import (
 )
 from spawnpoint.kit.idempotency import IdempotencyKeys, StoredResponse, request_fingerprint
 from spawnpoint.kit.pagination import Page, Pagination
+from spawnpoint.kit.routing import StrictRoute
 from spawnpoint.models import Job, Workspace, WorkspaceState
 from spawnpoint.policy.engine import PolicyEngine
 from spawnpoint.templates.repository import TemplateRepository
@@ -31,7 +32,7 @@ from spawnpoint.workspaces.schemas import (
 )
 from spawnpoint.workspaces.service import WorkspaceService
 
-router = APIRouter(tags=["workspaces"])
+router = APIRouter(route_class=StrictRoute, tags=["workspaces"])
 REPLAYED = "Idempotent-Replayed"
 
 

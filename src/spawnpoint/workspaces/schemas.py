@@ -6,13 +6,15 @@ from typing import Any
 
 from pydantic import Field
 
-from spawnpoint.kit.schemas import InputSchema, Name, ReadSchema
+from spawnpoint.kit.schemas import INT32_MAX, InputSchema, Integer, JSONObject, Name, ReadSchema
 from spawnpoint.models import WorkspaceState
 
 
 class SpawnRequest(InputSchema):
     template_id: uuid.UUID
-    version: int | None = Field(None, ge=1, description="Template version; default: current.")
+    version: Integer | None = Field(
+        None, ge=1, le=INT32_MAX, description="Template version; default: current."
+    )
     name: Name | None = Field(
         None, description="Workspace name; default: derived from the template."
     )
@@ -23,7 +25,11 @@ class SpawnRequest(InputSchema):
         max_length=200,
         description="Caller's reference (the provisioning seed's permit id); unique per tenant.",
     )
-    parameters: dict[str, Any] = Field(default_factory=dict)
+    parameters: JSONObject = Field(
+        default_factory=dict,
+        description="Free-form JSON for the driver and the policy; at most "
+        "MAX_JSON_FIELD_BYTES bytes.",
+    )
 
 
 class WorkspaceRead(ReadSchema):

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import ColumnElement, Select, bindparam, select
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import IntegrityError
@@ -82,6 +83,22 @@ class QuotaViolation:
             f"plan {plan_name!r} allows {self.allowed:g} for {self.limit}; "
             f"the tenant uses {self.used:g} and this workspace needs {self.requested:g}"
         )
+
+
+def stored_spec(version: TemplateVersion) -> TemplateSpec:
+    """A version's spec, refused with a 409 when it breaks today's limits.
+
+    Versions written before a limit existed may hold values no workspace can be spawned
+    with (a lifetime past the calendar's end); they stay readable, but not spawnable.
+    """
+    try:
+        return TemplateSpec.model_validate(version.spec)
+    except ValidationError as exc:
+        fields = ", ".join(sorted({str(error["loc"][0]) for error in exc.errors()}))
+        raise Conflict(
+            f"Version {version.version} of this template has values outside today's limits "
+            f"({fields}); publish a new version to spawn it."
+        ) from exc
 
 
 def quota_violations(plan: Plan, usage: Usage, spec: TemplateSpec) -> list[QuotaViolation]:
@@ -232,7 +249,7 @@ class WorkspaceService:
             if project is None or project.tenant_id != actor.tenant_id:
                 raise field_error("#/project_id", "No project of your tenant has this id.")
         tenant, plan, usage = await self._lock_and_measure(actor.tenant_id)
-        spec = TemplateSpec.model_validate(version.spec)
+        spec = stored_spec(version)
         violations = quota_violations(plan, usage, spec)
         if violations and not dry_run:
             raise_for_quota(plan, usage, violations)
