@@ -80,7 +80,7 @@ async def test_non_finite_and_out_of_range_numbers_on_templates_name_the_field(
         ("memory_mb", 2**70),
         ("cpu", True),
         ("cpu", "2"),
-        ("memory_mb", 512.0),
+        ("memory_mb", 512.5),
         ("restricted", 1),
         ("ports", [True]),
     ):

@@ -46,10 +46,15 @@ def decode_cursor(cursor: str, key_type: Callable[[str], K]) -> K:
 async def page_params(
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Items per page.")] = DEFAULT_LIMIT,
     cursor: Annotated[
-        str | None, Query(max_length=100, description="`next_cursor` of the previous page.")
+        str | None,
+        Query(
+            max_length=100,
+            pattern=r"^[A-Za-z0-9_-]*$",
+            description="`next_cursor` of the previous page; empty or left out: the first page.",
+        ),
     ] = None,
 ) -> PageParams:
-    return PageParams(limit=limit, cursor=cursor)
+    return PageParams(limit=limit, cursor=cursor or None)
 
 
 Pagination = Annotated[PageParams, Depends(page_params)]

@@ -42,8 +42,17 @@ def _number_not_text(value: object) -> object:
     return value
 
 
-Integer = Annotated[int, Strict()]
-Int32 = Annotated[int, Strict(), Field(ge=0, le=INT32_MAX)]
+def _whole_number(value: object) -> object:
+    # JSON has one number type: 7.0 is the integer 7, but `true` and "7" are not numbers.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("must be an integer")
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+Integer = Annotated[int, BeforeValidator(_whole_number)]
+Int32 = Annotated[Integer, Field(ge=0, le=INT32_MAX)]
 Number = Annotated[float, Strict(), Field(allow_inf_nan=False)]
 Flag = Annotated[bool, Strict()]
 Money = Annotated[

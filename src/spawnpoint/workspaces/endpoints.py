@@ -170,6 +170,7 @@ async def read_workspace(
     "/api/workspaces/{workspace_id}/start",
     status_code=status.HTTP_202_ACCEPTED,
     summary="Start workspace",
+    responses={429: {"description": "A plan quota would be exceeded; names the limit and usage."}},
 )
 async def start_workspace(
     actor: RequireMember, workspaces: Workspaces, console: ConsoleLinks, workspace_id: uuid.UUID

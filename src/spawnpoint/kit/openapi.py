@@ -1,0 +1,99 @@
+"""Every error response an operation can give, declared in the OpenAPI document.
+
+The answers that come from the platform rather than from one route — bad credentials, a
+missing role, an unknown id, a body too large or not JSON, an invalid parameter, the
+database down — are added here to every operation they apply to, as problem documents,
+so the document tells clients (and schemathesis) the truth without each route repeating it.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+from typing import Any
+
+from spawnpoint.kit.errors import PROBLEM_JSON
+
+PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "title": "Problem",
+    "description": "An RFC 9457 problem document.",
+    "type": "object",
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "errors": {
+            "type": "array",
+            "description": "Validation errors, each with a JSON pointer to what is wrong.",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "pointer": {"type": "string"},
+                    "detail": {"type": "string"},
+                    "type": {"type": "string"},
+                },
+                "required": ["pointer", "detail"],
+            },
+        },
+    },
+    "required": ["type", "title", "status"],
+}
+RETRY_AFTER = {
+    "Retry-After": {
+        "description": "Seconds to wait before trying again.",
+        "schema": {"type": "integer"},
+    }
+}
+DESCRIPTIONS = {
+    401: "Missing or invalid credentials.",
+    403: "The caller's role does not allow this.",
+    404: "No such object in the caller's tenant.",
+    409: "The object's current state or another object forbids this.",
+    413: "The request body is larger than MAX_BODY_BYTES.",
+    415: "The request body is not JSON.",
+    422: "The request is invalid; `errors` points at each problem.",
+    503: "A dependency (the database, the policy engine) cannot answer; retry later.",
+}
+WRITE_METHODS = frozenset({"post", "put", "patch", "delete"})
+ALWAYS_UP = frozenset({"/health", "/live"})
+
+
+def _applicable(path: str, method: str, operation: dict[str, Any]) -> list[int]:
+    public = operation.get("security") == []
+    statuses = [422]
+    if not public:
+        statuses += [401, 403]
+    if "{" in path:
+        statuses.append(404)
+    if method in WRITE_METHODS and not public:
+        statuses.append(409)
+    if "requestBody" in operation:
+        statuses += [413, 415]
+    if path not in ALWAYS_UP:
+        statuses.append(503)
+    return statuses
+
+
+def document_problems(schema: dict[str, Any]) -> dict[str, Any]:
+    """Declare the platform's error responses on every operation of `schema`, in place."""
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    components["Problem"] = PROBLEM_SCHEMA
+    for path, operations in schema.get("paths", {}).items():
+        for method, operation in operations.items():
+            responses = operation.setdefault("responses", {})
+            for status in _applicable(path, method, operation):
+                responses.setdefault(str(status), {"description": DESCRIPTIONS[status]})
+            for status, response in responses.items():
+                if not status.isdigit() or int(status) < 400:
+                    continue
+                response["content"] = {PROBLEM_JSON: {"schema": PROBLEM_REF}}
+                if response.get("description") in (None, "", "Validation Error"):
+                    response["description"] = DESCRIPTIONS.get(
+                        int(status), HTTPStatus(int(status)).phrase
+                    )
+                if int(status) in (429, 503):
+                    response.setdefault("headers", RETRY_AFTER)
+    for unused in ("HTTPValidationError", "ValidationError"):
+        components.pop(unused, None)
+    return schema
