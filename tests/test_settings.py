@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 import uuid
 from pathlib import Path
 
 import pytest
 
 from spawnpoint.app import create_app
-from spawnpoint.config import Settings, UnsafeSettingsError
+from spawnpoint.config import Settings, UnsafeSettingsError, is_loopback
 
 STRONG = "s" * 32
+PG = "postgresql+psycopg://spawn_service:spawn_service@localhost:5432/spawn_service"
+SPAWNPOINT = str(Path(sys.executable).with_name("spawnpoint"))
 
 
 def settings(**values: object) -> Settings:
@@ -70,17 +75,25 @@ def test_database_url_defaults_to_sqlite_under_data_dir(tmp_path: Path) -> None:
         ({}, "JWT_SECRET"),
         ({"jwt_secret": "short"}, "JWT_SECRET"),
         ({"jwt_secret": "s" * 31, "dev_bypass_token": ""}, "JWT_SECRET"),
+        ({"jwt_secret": STRONG, "dev_bypass_token": "", "database_url": None}, "DATABASE_URL"),
     ],
-    ids=["dev-bypass", "missing-secret", "short-secret", "31-bytes"],
+    ids=["dev-bypass", "missing-secret", "short-secret", "31-bytes", "missing-database-url"],
 )
 def test_production_refuses_unsafe_settings(values: dict[str, object], named: str) -> None:
-    unsafe = settings(environment="production", **values)
+    unsafe = settings(environment="production", **{"database_url": PG, **values})
     with pytest.raises(UnsafeSettingsError, match=named):
         create_app(unsafe)
+    assert len([r for r in unsafe.unsafe_reasons() if named in r]) == 1
+
+
+def test_development_falls_back_to_sqlite_without_complaint() -> None:
+    assert settings(environment="development", database_url=None).unsafe_reasons() == []
 
 
 def test_production_accepts_safe_settings() -> None:
-    safe = settings(environment="production", jwt_secret=STRONG, dev_bypass_token="")
+    safe = settings(
+        environment="production", jwt_secret=STRONG, dev_bypass_token="", database_url=PG
+    )
     assert safe.unsafe_reasons() == []
     assert not safe.dev_bypass_active
     create_app(safe)
@@ -115,3 +128,132 @@ def test_cli_refuses_to_start_with_one_clear_line(tmp_path: Path, command: list[
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert "JWT_SECRET" in lines[0]
+    assert "DATABASE_URL" in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True),
+        ("127.8.9.10", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("::ffff:127.0.0.1", True),
+        ("localhost", True),
+        ("LOCALHOST", True),
+        ("0.0.0.0", False),  # noqa: S104  (the point of the test)
+        ("::", False),
+        ("192.168.1.20", False),
+        ("10.0.0.1", False),
+        ("localhost.example.com", False),
+        ("myhost", False),
+        ("", False),
+    ],
+)
+def test_loopback_addresses(host: str, loopback: bool) -> None:
+    assert is_loopback(host) is loopback
+
+
+def test_dev_bypass_is_refused_on_a_network_address() -> None:
+    with pytest.raises(UnsafeSettingsError, match="ALLOW_DEV_BYPASS_ON_NETWORK") as refused:
+        settings(environment="development").check_bind_host("0.0.0.0")  # noqa: S104
+    assert "'0.0.0.0'" in str(refused.value)
+    assert "\n" not in str(refused.value)
+    settings(environment="development").check_bind_host("127.0.0.1")
+    settings(environment="development").check_bind_host("localhost")
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"environment": "development", "allow_dev_bypass_on_network": True},
+        {"environment": "development", "dev_bypass_token": ""},
+        {"environment": "production", "jwt_secret": STRONG, "database_url": PG},
+    ],
+    ids=["allowed", "bypass-disabled", "production"],
+)
+def test_network_addresses_are_fine_without_an_active_bypass_or_when_allowed(
+    values: dict[str, object],
+) -> None:
+    settings(**values).check_bind_host("0.0.0.0")  # noqa: S104
+
+
+def test_the_bypass_warning_names_only_the_public_token() -> None:
+    default = settings(dev_bypass_token="DEV-LOCAL-TOKEN").dev_bypass_warning
+    assert "DEV-LOCAL-TOKEN" in default
+    assert "DEV_BYPASS_TOKEN=" in default
+    custom = settings(dev_bypass_token="a-private-value").dev_bypass_warning
+    assert "a-private-value" not in custom
+
+
+@pytest.mark.parametrize(
+    ("values", "available"),
+    [
+        ({"environment": "development"}, True),
+        ({"environment": "development", "docs_enabled": False}, False),
+        ({"environment": "production"}, False),
+        ({"environment": "production", "docs_enabled": True}, True),
+    ],
+)
+def test_docs_are_on_in_development_and_off_in_production_by_default(
+    values: dict[str, object], available: bool
+) -> None:
+    assert settings(**values).docs_available is available
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("0.0.0.0", 0))  # noqa: S104
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def _serve_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    return {"PATH": os.environ["PATH"], "DATA_DIR": str(tmp_path), **extra}
+
+
+def test_serve_refuses_the_dev_bypass_on_a_network_address(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [SPAWNPOINT, "serve", "--host", "0.0.0.0", "--port", str(_free_port())],  # noqa: S104
+        env=_serve_env(tmp_path),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=20,  # a server that starts instead of refusing fails here
+        check=False,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("spawnpoint: refusing to start:")
+    assert "ALLOW_DEV_BYPASS_ON_NETWORK" in lines[0]
+    assert not (tmp_path / "spawnpoint.db").exists()  # refused before migrating
+
+
+def test_serve_on_a_network_address_when_allowed_warns_about_the_bypass(tmp_path: Path) -> None:
+    port = _free_port()
+    log = tmp_path / "stderr.log"
+    with log.open("w") as stderr:
+        server = subprocess.Popen(
+            [SPAWNPOINT, "serve", "--host", "0.0.0.0", "--port", str(port), "--no-worker"],  # noqa: S104
+            env=_serve_env(tmp_path, ALLOW_DEV_BYPASS_ON_NETWORK="true"),
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert server.poll() is None, log.read_text()
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as answer:
+                    assert answer.status == 200
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.05)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    output = log.read_text()
+    assert "dev bypass token is active: anyone with DEV-LOCAL-TOKEN is an operator" in output

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from fastapi_offline import FastAPIOffline
 
 from spawnpoint.config import Settings
 from spawnpoint.db import Database
@@ -17,6 +19,7 @@ from spawnpoint.jobs.registry import default_registry
 from spawnpoint.jobs.worker import run_worker_in_process
 from spawnpoint.kit.body import BodyLimitMiddleware
 from spawnpoint.kit.errors import install_problem_handlers
+from spawnpoint.kit.methods import install_method_semantics
 from spawnpoint.kit.openapi import document_problems
 from spawnpoint.plans.endpoints import router as plans_router
 from spawnpoint.policy.engine import PolicyEngine, build_policy_engine
@@ -38,6 +41,7 @@ ROUTERS = (
     templates_router,
     workspaces_router,
 )
+log = logging.getLogger("spawnpoint")
 
 
 def create_app(
@@ -60,6 +64,8 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if settings.dev_bypass_active:
+            log.warning(settings.dev_bypass_warning)
         stop = asyncio.Event()
         worker = None
         if run_worker:
@@ -79,23 +85,38 @@ def create_app(
             await policy.aclose()
             await database.dispose()
 
-    app = FastAPI(
-        title="spawnpoint",
-        version="0.1.0",
-        summary="Multi-tenant control plane for workspaces spawned from versioned templates.",
-        lifespan=lifespan,
-    )
+    app = _bare_app(settings, lifespan)
     app.state.settings = settings
     app.state.database = database
     app.state.policy = policy
     app.state.accounts = AccountCache(settings.auth_cache_seconds)
     app.state.provisioners = provisioners or ProvisionerRegistry.from_entry_points()
     install_problem_handlers(app)
+    install_method_semantics(app)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     for router in ROUTERS:
         app.include_router(router)
     document_bearer_auth(app)
     return app
+
+
+def _bare_app(
+    settings: Settings, lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]]
+) -> FastAPI:
+    """The FastAPI app itself, with the docs pages and the OpenAPI route only where enabled."""
+    options: dict[str, Any] = {
+        "title": "spawnpoint",
+        "version": "0.1.0",
+        "summary": "Multi-tenant control plane for workspaces spawned from versioned templates.",
+        "lifespan": lifespan,
+        # Starlette builds a trailing-slash redirect's Location from the Host header.
+        "redirect_slashes": False,
+    }
+    if not settings.docs_available:
+        return FastAPI(**options, openapi_url=None, docs_url=None, redoc_url=None)
+    # Swagger UI and ReDoc assets come from the installed fastapi-offline package, not a CDN,
+    # so the docs work offline; no validator badge, which would load an image from swagger.io.
+    return FastAPIOffline(**options, swagger_ui_parameters={"validatorUrl": None})
 
 
 def document_bearer_auth(app: FastAPI) -> None:

@@ -7,7 +7,7 @@ import gc
 import re
 import sys
 from datetime import timedelta
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from sqlalchemy import select
@@ -33,9 +33,13 @@ def load_settings() -> Settings:
         settings = Settings()
         settings.check_safe()
     except UnsafeSettingsError as exc:
-        typer.echo(f"spawnpoint: refusing to start: {exc}", err=True)
-        raise typer.Exit(2) from exc
+        refuse_to_start(exc)
     return settings
+
+
+def refuse_to_start(exc: UnsafeSettingsError) -> NoReturn:
+    typer.echo(f"spawnpoint: refusing to start: {exc}", err=True)
+    raise typer.Exit(2) from exc
 
 
 def parse_duration(value: str) -> timedelta:
@@ -59,14 +63,24 @@ def serve(
     ] = True,
 ) -> None:
     """Serve the API with uvicorn (uvloop, httptools)."""
+    import logging
+
     import uvicorn
 
     from spawnpoint.app import create_app
     from spawnpoint.migrations import upgrade
 
     settings = load_settings()
+    bind_host = host or settings.host
+    try:
+        settings.check_bind_host(bind_host)
+    except UnsafeSettingsError as exc:
+        refuse_to_start(exc)
     if migrate if migrate is not None else settings.sqlalchemy_url.startswith("sqlite"):
         upgrade(settings)
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
     app_ = create_app(settings, run_worker=worker)
     # Everything built so far lives for the whole process: move it out of the garbage
     # collector's sight, so full collections stay short under load.
@@ -74,7 +88,7 @@ def serve(
     gc.freeze()
     uvicorn.run(
         app_,
-        host=host or settings.host,
+        host=bind_host,
         port=port if port is not None else settings.port,
         loop="uvloop",
         http="httptools",

@@ -6,6 +6,7 @@ DESIGN.md adds ENVIRONMENT, DATA_DIR, PROVISIONER and POLICY_ENGINE.
 
 from __future__ import annotations
 
+import ipaddress
 import secrets
 import uuid
 from functools import cached_property
@@ -17,6 +18,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MIN_SECRET_BYTES = 32
 DEV_SECRET_FILE = ".jwt-secret"  # noqa: S105  (a file name, not a secret)
+DEFAULT_DEV_BYPASS_TOKEN = "DEV-LOCAL-TOKEN"  # noqa: S105  (public by design: the seed's)
 
 
 class UnsafeSettingsError(RuntimeError):
@@ -30,20 +32,27 @@ class Settings(BaseSettings):
 
     environment: Literal["development", "production"] = Field(
         "development",
-        description="`production` refuses the dev bypass token and weak JWT secrets at start-up.",
+        description="`production` refuses the dev bypass token, weak JWT secrets and a missing "
+        "DATABASE_URL at start-up, and turns the API docs off unless DOCS_ENABLED=true.",
     )
     data_dir: Path = Field(
         Path("./data"), description="Directory for the embedded database, workspaces, artifacts."
     )
     database_url: str | None = Field(
         None,
-        description="SQLAlchemy URL. Unset: SQLite at DATA_DIR/spawnpoint.db. "
-        "Production: postgresql+psycopg://spawn_service:spawn_service@localhost:5432/spawn_service",
+        description="SQLAlchemy URL. Unset: SQLite at DATA_DIR/spawnpoint.db (development only; "
+        "production refuses to start without it). Production: "
+        "postgresql+psycopg://spawn_service:spawn_service@localhost:5432/spawn_service",
     )
     database_pool_size: int = Field(
         10, ge=1, description="Connections kept per process (PostgreSQL)."
     )
     host: str = Field("127.0.0.1", description="Interface `spawnpoint serve` binds to.")
+    docs_enabled: bool | None = Field(
+        None,
+        description="Serve /docs, /redoc and /openapi.json. Unset: on in development, "
+        "off in production.",
+    )
     port: int = Field(8000, ge=0, le=65535, description="Port `spawnpoint serve` listens on.")
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Log level of the server and workers."
@@ -97,9 +106,14 @@ class Settings(BaseSettings):
         description="How long a user's role and status are reused between requests; 0: never.",
     )
     dev_bypass_token: str = Field(
-        "DEV-LOCAL-TOKEN",
+        DEFAULT_DEV_BYPASS_TOKEN,
         description="Development shortcut token: acts as the demo tenant's admin and operator. "
-        "Honoured only when ENVIRONMENT=development.",
+        "Honoured only when ENVIRONMENT=development; empty disables it.",
+    )
+    allow_dev_bypass_on_network: bool = Field(
+        False,
+        description="Let `spawnpoint serve` listen on a non-loopback address while the dev "
+        "bypass token is active (refused otherwise: anyone on the network would be an operator).",
     )
 
     demo_tenant_id: uuid.UUID = Field(
@@ -136,11 +150,45 @@ class Settings(BaseSettings):
     def dev_bypass_active(self) -> bool:
         return self.is_development and bool(self.dev_bypass_token)
 
+    @property
+    def dev_bypass_warning(self) -> str:
+        """The start-up warning while the bypass is on; names the token only if it is public."""
+        token = (
+            DEFAULT_DEV_BYPASS_TOKEN
+            if self.dev_bypass_token == DEFAULT_DEV_BYPASS_TOKEN
+            else "the DEV_BYPASS_TOKEN value"
+        )
+        return (
+            f"dev bypass token is active: anyone with {token} is an operator; "
+            "set DEV_BYPASS_TOKEN= to disable"
+        )
+
+    @property
+    def docs_available(self) -> bool:
+        return self.is_development if self.docs_enabled is None else self.docs_enabled
+
+    def check_bind_host(self, host: str) -> None:
+        """Refuse to serve the dev bypass token on an address other machines can reach."""
+        if (
+            self.dev_bypass_active
+            and not self.allow_dev_bypass_on_network
+            and not is_loopback(host)
+        ):
+            raise UnsafeSettingsError(
+                f"the dev bypass token is active and {host!r} is not a loopback address; "
+                "listen on 127.0.0.1, set DEV_BYPASS_TOKEN= to disable the bypass, "
+                "or set ALLOW_DEV_BYPASS_ON_NETWORK=true"
+            )
+
     def unsafe_reasons(self) -> list[str]:
         """Name every setting that must not be used in this environment."""
         if self.environment != "production":
             return []
         reasons = []
+        if not self.database_url:
+            # The SQLite fallback is a development convenience; in production it would
+            # silently split the deployment's state across per-host files.
+            reasons.append("DATABASE_URL is missing; production needs an explicit database URL")
         if "dev_bypass_token" in self.model_fields_set and self.dev_bypass_token:
             reasons.append(
                 "DEV_BYPASS_TOKEN is set; the dev bypass must be disabled (empty) in production"
@@ -170,3 +218,20 @@ class Settings(BaseSettings):
             path.touch(mode=0o600)
             path.write_text(secret)
             return secret
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` names this machine only: 127.0.0.0/8, ::1 or `localhost`.
+
+    Names are not resolved: what a name resolves to can change after the check.
+    """
+    name = host.strip().removeprefix("[").removesuffix("]").rstrip(".").lower()
+    if name == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
