@@ -20,7 +20,7 @@ from spawnpoint.jobs.worker import run_worker_in_process
 from spawnpoint.kit.body import BodyLimitMiddleware
 from spawnpoint.kit.errors import install_problem_handlers
 from spawnpoint.kit.methods import install_method_semantics
-from spawnpoint.kit.openapi import document_problems
+from spawnpoint.kit.openapi import document_links, document_problems
 from spawnpoint.plans.endpoints import router as plans_router
 from spawnpoint.policy.engine import PolicyEngine, build_policy_engine
 from spawnpoint.projects.endpoints import router as projects_router
@@ -139,7 +139,7 @@ def document_bearer_auth(app: FastAPI) -> None:
                 }
             }
             schema["security"] = [{"bearer": []}]
-            app.openapi_schema = document_problems(schema)
+            app.openapi_schema = document_links(document_problems(schema))
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -8,6 +8,7 @@ so the document tells clients (and schemathesis) the truth without each route re
 
 from __future__ import annotations
 
+import re
 from http import HTTPStatus
 from typing import Any
 
@@ -55,6 +56,11 @@ DESCRIPTIONS = {
     422: "The request is invalid; `errors` points at each problem.",
     503: "A dependency (the database, the policy engine) cannot answer; retry later.",
 }
+# Where a POST's new object lives, when not under the POST's own path, and its id's pointer.
+CREATED_AT = {
+    "/api/spawn": ("/api/workspaces", "/workspace/id"),
+    "/api/templates/{template_id}/versions": ("/api/templates/{template_id}/versions", "/version"),
+}
 WRITE_METHODS = frozenset({"post", "put", "patch", "delete"})
 ALWAYS_UP = frozenset({"/health", "/live"})
 
@@ -96,4 +102,38 @@ def document_problems(schema: dict[str, Any]) -> dict[str, Any]:
                     response.setdefault("headers", RETRY_AFTER)
     for unused in ("HTTPValidationError", "ValidationError"):
         components.pop(unused, None)
+    return schema
+
+
+def document_links(schema: dict[str, Any]) -> dict[str, Any]:
+    """Link each create operation to the operations on what it created, in place.
+
+    `POST /api/projects` answers the project; its `id` is the `{project_id}` of every
+    operation under `/api/projects/{project_id}`. The links let clients (and schemathesis'
+    stateful phase) follow an object from its creation through reads, updates and deletion.
+    """
+    paths: dict[str, dict[str, Any]] = schema.get("paths", {})
+    for path, operations in paths.items():
+        create = operations.get("post")
+        if create is None:
+            continue
+        base, pointer = CREATED_AT.get(path, (path, "/id"))
+        inherited = {name: f"$request.path.{name}" for name in re.findall(r"{(\w+)}", base)}
+        links: dict[str, Any] = {}
+        for target, target_operations in paths.items():
+            if not target.startswith(base + "/{"):
+                continue
+            name = target[len(base) + 2 : target.index("}", len(base))]
+            parameters = {**inherited, name: f"$response.body#{pointer}"}
+            if set(re.findall(r"{(\w+)}", target)) - set(parameters):
+                continue  # needs an id this response does not carry
+            for operation in target_operations.values():
+                links[operation["operationId"]] = {
+                    "operationId": operation["operationId"],
+                    "parameters": parameters,
+                }
+        responses = create.get("responses", {})
+        created = next((code for code in ("201", "202", "200") if code in responses), None)
+        if links and created is not None:
+            responses[created]["links"] = links
     return schema

@@ -23,7 +23,10 @@ class SpawnRequest(InputSchema):
         None,
         min_length=1,
         max_length=200,
-        description="Caller's reference (the provisioning seed's permit id); unique per tenant.",
+        # It is a path segment of /api/v1/workspaces/{permitId}/...: no "/", no spaces.
+        pattern=r"^[A-Za-z0-9._:@~+=-]+$",
+        description="Caller's reference (the provisioning seed's permit id); unique per tenant; "
+        "letters, digits and . _ : @ ~ + = -.",
     )
     parameters: JSONObject = Field(
         default_factory=dict,
