@@ -100,10 +100,11 @@ async def test_deleting_a_tenant_deletes_its_workspaces_and_counters(
     client: httpx.AsyncClient, world: World
 ) -> None:
     org = await world.org()
-    await make_workspace(world.database, org.tenant_id, org.template_id)
-    await make_workspace(
-        world.database, org.tenant_id, org.template_id, state=WorkspaceState.stopped
-    )
+    # Deleted ones: a tenant with live workspaces is not deleted (409, or ?cascade=true).
+    for _ in range(2):
+        await make_workspace(
+            world.database, org.tenant_id, org.template_id, state=WorkspaceState.deleted
+        )
     response = await client.delete(f"/api/tenants/{org.tenant_id}", headers=world.dev)
     assert response.status_code == 204, response.text
     async with world.database.transaction(write=False) as session:

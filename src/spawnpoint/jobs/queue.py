@@ -24,11 +24,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
+import orjson
 from sqlalchemy import (
     ColumnElement,
     Row,
     Select,
     Table,
+    Text,
     bindparam,
     case,
     event,
@@ -55,6 +57,9 @@ CHANNEL = "spawnpoint_jobs"
 
 _ANNOUNCED = "spawnpoint.jobs.announced"
 _jitter = random.SystemRandom()
+# A job whose token reached the column's limit can be claimed no more: the next claim's
+# `fencing_token + 1` would overflow (PostgreSQL refuses it) and fail the whole batch.
+MAX_FENCING_TOKEN = 2**63 - 1
 
 
 def new_owner_id() -> str:
@@ -90,6 +95,8 @@ class ClaimedJob:
     fencing_token: int
     lease_expires_at: datetime
     cancel_requested: bool
+    # Why the stored payload is unusable (not JSON, not an object); the worker fails the job.
+    payload_error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -115,7 +122,9 @@ _job_logs = cast(Table, JobLog.__table__)
 _CLAIMED_COLUMNS = (
     Job.id,
     Job.type,
-    Job.payload,
+    # As text, decoded job by job in `_claimed`: one payload that cannot be decoded must
+    # fail its own job, not the claim of every job in the batch.
+    Job.payload.cast(Text).label("payload"),
     Job.tenant_id,
     Job.project_id,
     Job.actor_id,
@@ -197,6 +206,15 @@ async def _announce(session: AsyncSession) -> None:
     if _dialect(session) == "postgresql":
         await session.execute(select(func.pg_notify(CHANNEL, "")))
     _wake_local_workers_on_commit(session)
+
+
+async def announce_on_commit(session: AsyncSession) -> None:
+    """Wake workers when the caller's transaction commits, for jobs enqueued in savepoints.
+
+    `enqueue` inside a savepoint cannot count on the transaction committing it, so it arranges
+    no local wake-up; a caller that enqueued in savepoints calls this once outside them.
+    """
+    await _announce(session)
 
 
 def _wake_local_workers_on_commit(session: AsyncSession) -> None:
@@ -324,11 +342,24 @@ async def enqueue_with(
     _wake_local_workers_on_commit(session)
 
 
+def _payload(text: str | None) -> tuple[dict[str, Any], str | None]:
+    """A claimed job's payload and, when it is unusable, why."""
+    try:
+        payload = orjson.loads(text or "null")
+    except orjson.JSONDecodeError as exc:
+        return {}, f"the stored payload is not valid JSON: {exc}"
+    if not isinstance(payload, dict):
+        return {}, f"the stored payload is a JSON {type(payload).__name__}, not an object"
+    return payload, None
+
+
 def _claimed(row: Row[Any]) -> ClaimedJob:
+    payload, payload_error = _payload(row.payload)
     return ClaimedJob(
         id=row.id,
         type=row.type,
-        payload=row.payload,
+        payload=payload,
+        payload_error=payload_error,
         tenant_id=row.tenant_id,
         project_id=row.project_id,
         actor_id=row.actor_id,
@@ -377,7 +408,11 @@ async def claim(
     now = now or utcnow()
     due = (
         select(Job.id)
-        .where(_state_is(JobState.queued), Job.run_after <= now)
+        .where(
+            _state_is(JobState.queued),
+            Job.run_after <= now,
+            Job.fencing_token < MAX_FENCING_TOKEN,
+        )
         .order_by(Job.run_after, Job.id)
         .limit(limit)
     )
@@ -708,7 +743,11 @@ async def rescue_expired(session: AsyncSession, *, now: datetime | None = None) 
         How many jobs were rescued.
     """
     now = now or utcnow()
-    retry = Job.attempts < Job.max_attempts
+    # One statement for every expired lease, so no row may make it fail: a token at its
+    # limit is not bumped (the job fails instead, and leaving `running` fences the old
+    # holder out all the same).
+    exhausted = Job.fencing_token >= MAX_FENCING_TOKEN
+    retry = (Job.attempts < Job.max_attempts) & ~exhausted
     state = case(
         (Job.cancel_requested, literal(JobState.cancelled.value)),
         (retry, literal(JobState.queued.value)),
@@ -719,7 +758,7 @@ async def rescue_expired(session: AsyncSession, *, now: datetime | None = None) 
         .where(_state_is(JobState.running), Job.lease_expires_at < now)
         .values(
             state=state,
-            fencing_token=Job.fencing_token + 1,
+            fencing_token=case((exhausted, Job.fencing_token), else_=Job.fencing_token + 1),
             run_after=now,
             error=literal("lease expired: worker ")
             + func.coalesce(Job.lease_owner, "?")

@@ -258,6 +258,8 @@ class Worker:
             handler = self.registry.get(attempt.job.type)
             if handler is None:
                 raise PermanentJobError(f"no handler for job type {attempt.job.type!r}")
+            if attempt.job.payload_error is not None:
+                raise PermanentJobError(attempt.job.payload_error)
             result = await handler(ctx)
             outcome = self._success(attempt, result)
         except JobCancelled as exc:

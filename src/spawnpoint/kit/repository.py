@@ -38,6 +38,20 @@ class Repository(Generic[M]):
             raise NotFound(f"{self.noun.capitalize()} not found.")
         return found
 
+    async def get_for_update(self, object_id: uuid.UUID, *, key_share: bool = False) -> M:
+        """`get`, with the row locked until the transaction ends.
+
+        With `key_share`, FOR NO KEY UPDATE on PostgreSQL: rows that refer to this one
+        can still be inserted meanwhile.
+        """
+        statement = (
+            self.readable().where(self.model.id == object_id).with_for_update(key_share=key_share)
+        )
+        found = (await self.session.execute(statement)).scalar_one_or_none()
+        if found is None:
+            raise NotFound(f"{self.noun.capitalize()} not found.")
+        return found
+
     async def page(
         self, params: PageParams, statement: Select[M] | None = None
     ) -> tuple[list[M], str | None]:

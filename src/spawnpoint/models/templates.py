@@ -9,6 +9,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from spawnpoint.db import Base, IdMixin, TimestampMixin
 from spawnpoint.kit.clock import utcnow
+from spawnpoint.models.tenancy import pending_deletion_index
 
 
 class Template(IdMixin, TimestampMixin, Base):
@@ -25,6 +26,7 @@ class Template(IdMixin, TimestampMixin, Base):
             postgresql_where=text("tenant_id IS NULL"),
         ),
         Index("ix_templates_tenant_id_id", "tenant_id", "id"),
+        pending_deletion_index("templates"),
     )
 
     tenant_id: Mapped[uuid.UUID | None] = mapped_column(
@@ -34,6 +36,8 @@ class Template(IdMixin, TimestampMixin, Base):
     description: Mapped[str] = mapped_column(Text, default="")
     provisioner: Mapped[str] = mapped_column(String(63))
     current_version: Mapped[int] = mapped_column(default=1)
+    # Set by a cascading delete; the row goes once none of its workspaces is live.
+    deletion_requested_at: Mapped[datetime | None]
 
 
 class TemplateVersion(Base):

@@ -1,13 +1,27 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
 
-from sqlalchemy import CheckConstraint, ForeignKey, Index, Numeric, String, Text
+from sqlalchemy import CheckConstraint, ForeignKey, Index, Numeric, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from spawnpoint.db import Base, IdMixin, TimestampMixin
+
+PENDING_DELETION = "deletion_requested_at IS NOT NULL"
+
+
+def pending_deletion_index(table: str) -> Index:
+    """The rows a cascading delete marked (see `spawnpoint.teardown`), for its finisher."""
+    where = text(PENDING_DELETION)
+    return Index(
+        f"ix_{table}_deletion_requested_at",
+        "deletion_requested_at",
+        sqlite_where=where,
+        postgresql_where=where,
+    )
 
 
 class Role(StrEnum):
@@ -50,7 +64,10 @@ class Plan(IdMixin, TimestampMixin, Base):
 
 class Tenant(IdMixin, TimestampMixin, Base):
     __tablename__ = "tenants"
-    __table_args__ = (CheckConstraint("status IN ('active', 'suspended')", name="status"),)
+    __table_args__ = (
+        CheckConstraint("status IN ('active', 'suspended')", name="status"),
+        pending_deletion_index("tenants"),
+    )
 
     name: Mapped[str] = mapped_column(String(100), unique=True)
     slug: Mapped[str] = mapped_column(String(63), unique=True)
@@ -58,6 +75,8 @@ class Tenant(IdMixin, TimestampMixin, Base):
         ForeignKey("plans.id", ondelete="RESTRICT"), index=True
     )
     status: Mapped[str] = mapped_column(String(16), default=TenantStatus.active)
+    # Set by a cascading delete; the row goes once none of its workspaces is live.
+    deletion_requested_at: Mapped[datetime | None]
 
 
 class User(IdMixin, TimestampMixin, Base):
@@ -68,6 +87,7 @@ class User(IdMixin, TimestampMixin, Base):
         ),
         CheckConstraint("status IN ('active', 'disabled')", name="status"),
         Index("ix_users_tenant_id_id", "tenant_id", "id"),
+        pending_deletion_index("users"),
     )
 
     tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
@@ -75,6 +95,7 @@ class User(IdMixin, TimestampMixin, Base):
     display_name: Mapped[str] = mapped_column(String(200), default="")
     role: Mapped[str] = mapped_column(String(16))
     status: Mapped[str] = mapped_column(String(16), default=UserStatus.active)
+    deletion_requested_at: Mapped[datetime | None]
 
 
 class Project(IdMixin, TimestampMixin, Base):
@@ -82,8 +103,10 @@ class Project(IdMixin, TimestampMixin, Base):
     __table_args__ = (
         Index("uq_projects_tenant_id_name", "tenant_id", "name", unique=True),
         Index("ix_projects_tenant_id_id", "tenant_id", "id"),
+        pending_deletion_index("projects"),
     )
 
     tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
     name: Mapped[str] = mapped_column(String(100))
     description: Mapped[str] = mapped_column(Text, default="")
+    deletion_requested_at: Mapped[datetime | None]

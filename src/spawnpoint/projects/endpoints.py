@@ -3,7 +3,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, status
+from fastapi import APIRouter, Depends, Query, Response, status
 
 from spawnpoint.deps import RequireAdmin, RequireViewer, Scope, Session
 from spawnpoint.kit.pagination import Page, Pagination
@@ -11,13 +11,19 @@ from spawnpoint.kit.routing import StrictRoute
 from spawnpoint.projects.repository import ProjectRepository
 from spawnpoint.projects.schemas import ProjectCreate, ProjectRead, ProjectUpdate
 from spawnpoint.projects.service import ProjectService
+from spawnpoint.teardown.endpoints import TEARDOWN_RESPONSES, Cascade, teardown_response
+from spawnpoint.teardown.service import WorkspaceTeardown
 from spawnpoint.tenants.repository import TenantRepository
 
 router = APIRouter(route_class=StrictRoute, prefix="/api/projects", tags=["projects"])
 
 
 async def get_project_service(session: Session, scope: Scope) -> ProjectService:
-    return ProjectService(ProjectRepository(session, scope), TenantRepository(session, scope))
+    return ProjectService(
+        ProjectRepository(session, scope),
+        TenantRepository(session, scope),
+        teardown=WorkspaceTeardown(session),
+    )
 
 
 Projects = Annotated[ProjectService, Depends(get_project_service)]
@@ -61,7 +67,15 @@ async def update_project(
     )
 
 
-@router.delete("/{project_id}", status_code=status.HTTP_204_NO_CONTENT, summary="Delete project")
-async def delete_project(_: RequireAdmin, projects: Projects, project_id: uuid.UUID) -> None:
-    """Delete a project."""
-    await projects.delete(project_id=project_id)
+@router.delete(
+    "/{project_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Delete project",
+    responses=TEARDOWN_RESPONSES,
+)
+async def delete_project(
+    actor: RequireAdmin, projects: Projects, project_id: uuid.UUID, cascade: Cascade = False
+) -> Response:
+    """Delete a project, once none of its workspaces is live."""
+    started = await projects.delete(actor=actor, project_id=project_id, cascade=cascade)
+    return teardown_response(started)

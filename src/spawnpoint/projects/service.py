@@ -7,14 +7,24 @@ from spawnpoint.models import Project
 from spawnpoint.projects.repository import ProjectRepository
 from spawnpoint.projects.schemas import ProjectCreate, ProjectUpdate
 from spawnpoint.security import Principal
+from spawnpoint.teardown.repository import PROJECT
+from spawnpoint.teardown.schemas import TeardownAccepted
+from spawnpoint.teardown.service import WorkspaceTeardown
 from spawnpoint.tenants.repository import TenantRepository
 from spawnpoint.tenants.service import resolve_owner_tenant
 
 
 class ProjectService:
-    def __init__(self, repository: ProjectRepository, tenants: TenantRepository) -> None:
+    def __init__(
+        self,
+        repository: ProjectRepository,
+        tenants: TenantRepository,
+        *,
+        teardown: WorkspaceTeardown,
+    ) -> None:
         self.repository = repository
         self.tenants = tenants
+        self.teardown = teardown
 
     async def list_page(
         self, *, params: PageParams, tenant_id: uuid.UUID | None
@@ -39,5 +49,11 @@ class ProjectService:
         await self.repository.flush()
         return project
 
-    async def delete(self, *, project_id: uuid.UUID) -> None:
-        await self.repository.delete(await self.repository.get(project_id))
+    async def delete(
+        self, *, actor: Principal, project_id: uuid.UUID, cascade: bool
+    ) -> TeardownAccepted | None:
+        """Delete the project, or (`cascade`) tear its live workspaces down first."""
+        project = await self.repository.get_for_update(project_id)
+        return await self.teardown.delete(
+            kind=PROJECT, parent=project, actor=actor, cascade=cascade
+        )

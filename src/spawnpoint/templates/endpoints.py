@@ -3,7 +3,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Request, status
+from fastapi import APIRouter, Depends, Path, Request, Response, status
 from sqlalchemy import Row
 
 from spawnpoint.deps import AppSettings, RequirePublisher, RequireViewer, Scope, Session
@@ -19,6 +19,8 @@ from spawnpoint.templates.schemas import (
     TemplateVersionCreate,
     TemplateVersionRead,
 )
+from spawnpoint.teardown.endpoints import TEARDOWN_RESPONSES, Cascade, teardown_response
+from spawnpoint.teardown.service import WorkspaceTeardown
 from spawnpoint.templates.service import TemplateService
 from spawnpoint.tenants.repository import TenantRepository
 
@@ -33,6 +35,7 @@ async def get_template_service(
         TenantRepository(session, scope),
         provisioners=request.app.state.provisioners,
         default_provisioner=settings.provisioner,
+        teardown=WorkspaceTeardown(session),
     )
 
 
@@ -119,13 +122,20 @@ async def update_template(
 
 
 @router.delete(
-    "/{template_id}", status_code=status.HTTP_204_NO_CONTENT, summary="Delete scenario template"
+    "/{template_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Delete scenario template",
+    responses=TEARDOWN_RESPONSES,
 )
 async def delete_template(
-    actor: RequirePublisher, templates: Templates, template_id: uuid.UUID
-) -> None:
-    """Delete a template and all its versions."""
-    await templates.delete(actor=actor, template_id=template_id)
+    actor: RequirePublisher,
+    templates: Templates,
+    template_id: uuid.UUID,
+    cascade: Cascade = False,
+) -> Response:
+    """Delete a template and all its versions, once none of its workspaces is live."""
+    started = await templates.delete(actor=actor, template_id=template_id, cascade=cascade)
+    return teardown_response(started)
 
 
 @router.get("/{template_id}/versions", summary="List template versions")

@@ -11,6 +11,9 @@ from spawnpoint.kit.pagination import PageParams
 from spawnpoint.models import Template, TemplateVersion
 from spawnpoint.provisioners import ProvisionerRegistry
 from spawnpoint.security import Principal
+from spawnpoint.teardown.repository import TEMPLATE
+from spawnpoint.teardown.schemas import TeardownAccepted
+from spawnpoint.teardown.service import WorkspaceTeardown
 from spawnpoint.templates.repository import TemplateRepository
 from spawnpoint.templates.schemas import (
     TemplateCreate,
@@ -73,11 +76,13 @@ class TemplateService:
         *,
         provisioners: ProvisionerRegistry,
         default_provisioner: str,
+        teardown: WorkspaceTeardown,
     ) -> None:
         self.repository = repository
         self.tenants = tenants
         self.provisioners = provisioners
         self.default_provisioner = default_provisioner
+        self.teardown = teardown
 
     async def list_page(self, *, params: PageParams) -> tuple[list[Row[Any]], str | None]:
         return await self.repository.page_listing(params)
@@ -155,9 +160,17 @@ class TemplateService:
         await self.repository.flush()
         return template, version
 
-    async def delete(self, *, actor: Principal, template_id: uuid.UUID) -> None:
+    async def delete(
+        self, *, actor: Principal, template_id: uuid.UUID, cascade: bool
+    ) -> TeardownAccepted | None:
+        """Delete the template, or (`cascade`) tear its live workspaces down first.
+
+        Its deleted workspaces' rows go with it: they refer to it (ON DELETE RESTRICT).
+        """
         template, _ = await self._writable(actor, template_id)
-        await self.repository.delete(template)
+        return await self.teardown.delete(
+            kind=TEMPLATE, parent=template, actor=actor, cascade=cascade
+        )
 
     async def list_versions(
         self, *, template_id: uuid.UUID, params: PageParams

@@ -3,12 +3,14 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, status
+from fastapi import APIRouter, Depends, Response, status
 
 from spawnpoint.deps import Accounts, RequireAdmin, RequireOperator, Scope, Session
 from spawnpoint.kit.pagination import Page, Pagination
 from spawnpoint.kit.routing import StrictRoute
 from spawnpoint.plans.repository import PlanRepository
+from spawnpoint.teardown.endpoints import TEARDOWN_RESPONSES, Cascade, teardown_response
+from spawnpoint.teardown.service import WorkspaceTeardown
 from spawnpoint.tenants.repository import TenantRepository
 from spawnpoint.tenants.schemas import TenantCreate, TenantRead, TenantUpdate
 from spawnpoint.tenants.service import TenantService
@@ -17,7 +19,11 @@ router = APIRouter(route_class=StrictRoute, prefix="/api/tenants", tags=["tenant
 
 
 async def get_tenant_service(session: Session, scope: Scope) -> TenantService:
-    return TenantService(TenantRepository(session, scope), PlanRepository(session, scope))
+    return TenantService(
+        TenantRepository(session, scope),
+        PlanRepository(session, scope),
+        teardown=WorkspaceTeardown(session),
+    )
 
 
 Tenants = Annotated[TenantService, Depends(get_tenant_service)]
@@ -58,13 +64,23 @@ async def update_tenant(
     return TenantRead.model_validate(tenant)
 
 
-@router.delete("/{tenant_id}", status_code=status.HTTP_204_NO_CONTENT, summary="Delete tenant")
+@router.delete(
+    "/{tenant_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Delete tenant",
+    responses=TEARDOWN_RESPONSES,
+)
 async def delete_tenant(
-    _: RequireOperator, tenants: Tenants, accounts: Accounts, tenant_id: uuid.UUID
-) -> None:
-    """Delete a tenant with its users, projects and templates."""
-    await tenants.delete(tenant_id=tenant_id)
+    actor: RequireOperator,
+    tenants: Tenants,
+    accounts: Accounts,
+    tenant_id: uuid.UUID,
+    cascade: Cascade = False,
+) -> Response:
+    """Delete a tenant with its users, projects and templates, once no workspace is live."""
+    started = await tenants.delete(actor=actor, tenant_id=tenant_id, cascade=cascade)
     accounts.clear()
+    return teardown_response(started)
 
 
 @router.post("/{tenant_id}/plans/{plan_id}", summary="Assign plan to tenant")

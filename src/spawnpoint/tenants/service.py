@@ -3,13 +3,14 @@ from __future__ import annotations
 import re
 import uuid
 
-from sqlalchemy import delete
-
 from spawnpoint.kit.errors import Forbidden, field_error
 from spawnpoint.kit.pagination import PageParams
-from spawnpoint.models import Tenant, TenantUsage
+from spawnpoint.models import Tenant
 from spawnpoint.plans.repository import PlanRepository
 from spawnpoint.security import Principal
+from spawnpoint.teardown.repository import TENANT
+from spawnpoint.teardown.schemas import TeardownAccepted
+from spawnpoint.teardown.service import WorkspaceTeardown
 from spawnpoint.tenants.repository import TenantRepository
 from spawnpoint.tenants.schemas import TenantCreate, TenantUpdate
 
@@ -33,9 +34,12 @@ async def resolve_owner_tenant(
 
 
 class TenantService:
-    def __init__(self, repository: TenantRepository, plans: PlanRepository) -> None:
+    def __init__(
+        self, repository: TenantRepository, plans: PlanRepository, *, teardown: WorkspaceTeardown
+    ) -> None:
         self.repository = repository
         self.plans = plans
+        self.teardown = teardown
 
     async def list_page(self, *, params: PageParams) -> tuple[list[Tenant], str | None]:
         return await self.repository.page(params)
@@ -70,9 +74,15 @@ class TenantService:
         await self.repository.flush()
         return tenant
 
-    async def delete(self, *, tenant_id: uuid.UUID) -> None:
-        await self.repository.delete(await self.repository.get(tenant_id))
-        # Its workspaces went with it (ON DELETE CASCADE); their usage counters go now.
-        await self.repository.session.execute(
-            delete(TenantUsage).where(TenantUsage.tenant_id == tenant_id)
-        )
+    async def delete(
+        self, *, actor: Principal, tenant_id: uuid.UUID, cascade: bool
+    ) -> TeardownAccepted | None:
+        """Delete the tenant, or (`cascade`) tear its live workspaces down first.
+
+        The row lock conflicts with the tenant lock every spawn takes, so no workspace is
+        added between the check and the delete (or the mark). Like that lock it lets rows
+        that refer to the tenant be written meanwhile: a worker holding one of its
+        workspaces inserts an event, which must not wait for us while we wait for it.
+        """
+        tenant = await self.repository.get_for_update(tenant_id, key_share=True)
+        return await self.teardown.delete(kind=TENANT, parent=tenant, actor=actor, cascade=cascade)

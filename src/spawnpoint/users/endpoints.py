@@ -3,11 +3,13 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, status
+from fastapi import APIRouter, Depends, Query, Response, status
 
 from spawnpoint.deps import Accounts, RequireAdmin, Scope, Session
 from spawnpoint.kit.pagination import Page, Pagination
 from spawnpoint.kit.routing import StrictRoute
+from spawnpoint.teardown.endpoints import TEARDOWN_RESPONSES, Cascade, teardown_response
+from spawnpoint.teardown.service import WorkspaceTeardown
 from spawnpoint.tenants.repository import TenantRepository
 from spawnpoint.users.repository import UserRepository
 from spawnpoint.users.schemas import UserCreate, UserRead, UserUpdate
@@ -17,7 +19,11 @@ router = APIRouter(route_class=StrictRoute, prefix="/api/users", tags=["users"])
 
 
 async def get_user_service(session: Session, scope: Scope) -> UserService:
-    return UserService(UserRepository(session, scope), TenantRepository(session, scope))
+    return UserService(
+        UserRepository(session, scope),
+        TenantRepository(session, scope),
+        teardown=WorkspaceTeardown(session),
+    )
 
 
 Users = Annotated[UserService, Depends(get_user_service)]
@@ -57,10 +63,20 @@ async def update_user(
     return UserRead.model_validate(user)
 
 
-@router.delete("/{user_id}", status_code=status.HTTP_204_NO_CONTENT, summary="Delete user")
+@router.delete(
+    "/{user_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Delete user",
+    responses=TEARDOWN_RESPONSES,
+)
 async def delete_user(
-    actor: RequireAdmin, users: Users, accounts: Accounts, user_id: uuid.UUID
-) -> None:
-    """Delete a user."""
-    await users.delete(actor=actor, user_id=user_id)
+    actor: RequireAdmin,
+    users: Users,
+    accounts: Accounts,
+    user_id: uuid.UUID,
+    cascade: Cascade = False,
+) -> Response:
+    """Delete a user, once none of the workspaces they own is live."""
+    started = await users.delete(actor=actor, user_id=user_id, cascade=cascade)
     accounts.clear()
+    return teardown_response(started)

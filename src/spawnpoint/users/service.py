@@ -6,6 +6,9 @@ from spawnpoint.kit.errors import Conflict, Forbidden
 from spawnpoint.kit.pagination import PageParams
 from spawnpoint.models import Role, User
 from spawnpoint.security import Principal
+from spawnpoint.teardown.repository import USER
+from spawnpoint.teardown.schemas import TeardownAccepted
+from spawnpoint.teardown.service import WorkspaceTeardown
 from spawnpoint.tenants.repository import TenantRepository
 from spawnpoint.tenants.service import resolve_owner_tenant
 from spawnpoint.users.repository import UserRepository
@@ -13,9 +16,12 @@ from spawnpoint.users.schemas import UserCreate, UserUpdate
 
 
 class UserService:
-    def __init__(self, repository: UserRepository, tenants: TenantRepository) -> None:
+    def __init__(
+        self, repository: UserRepository, tenants: TenantRepository, *, teardown: WorkspaceTeardown
+    ) -> None:
         self.repository = repository
         self.tenants = tenants
+        self.teardown = teardown
 
     async def list_page(
         self, *, params: PageParams, tenant_id: uuid.UUID | None
@@ -39,8 +45,13 @@ class UserService:
         user = User(**user_in.model_dump(exclude={"tenant_id"}), tenant_id=tenant_id)
         return await self.repository.add(user)
 
-    async def _editable(self, actor: Principal, user_id: uuid.UUID) -> User:
-        user = await self.repository.get(user_id)
+    async def _editable(
+        self, actor: Principal, user_id: uuid.UUID, *, for_update: bool = False
+    ) -> User:
+        if for_update:
+            user = await self.repository.get_for_update(user_id)
+        else:
+            user = await self.repository.get(user_id)
         if user.role == Role.operator and not actor.operator:
             raise Forbidden("Only operators can change an operator's account.")
         return user
@@ -60,8 +71,14 @@ class UserService:
         await self.repository.flush()
         return user
 
-    async def delete(self, *, actor: Principal, user_id: uuid.UUID) -> None:
-        user = await self._editable(actor, user_id)
+    async def delete(
+        self, *, actor: Principal, user_id: uuid.UUID, cascade: bool
+    ) -> TeardownAccepted | None:
+        """Delete the user, or (`cascade`) tear the workspaces they own down first.
+
+        While the deletion waits for them, the account is disabled.
+        """
+        user = await self._editable(actor, user_id, for_update=True)
         if user.id == actor.user_id:
             raise Conflict("You cannot delete your own account.")
-        await self.repository.delete(user)
+        return await self.teardown.delete(kind=USER, parent=user, actor=actor, cascade=cascade)

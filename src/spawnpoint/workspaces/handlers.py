@@ -3,6 +3,11 @@
 Each handler runs a driver call outside any transaction, then records the outcome in one
 write transaction that first checks the job's lease is still held (fencing), so a worker
 whose lease expired cannot overwrite the work of the worker that took the job over.
+
+A job that can never succeed fails at once, with the reason kept: a payload without a valid
+workspace id, or a workspace whose stored spec or driver state cannot be decoded (the
+workspace then fails too). The workspace's `parameters` are not read at all: drivers do
+not get them, so a document stored before the edge refused it cannot stop provisioning.
 """
 
 from __future__ import annotations
@@ -13,9 +18,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import defer
 
 from spawnpoint.config import Settings
 from spawnpoint.db import Database, DriverStatement, pipelined
@@ -134,30 +141,36 @@ class WorkspaceHandlers:
 
     async def run(self, step: Step, ctx: JobContext) -> dict[str, Any] | None:
         database: Database = ctx.database
-        workspace_id = uuid.UUID(ctx.payload["workspace_id"])
+        workspace_id = _workspace_id(ctx.payload)
         # No lease check here: entering the working state is the same step for whichever
         # attempt makes it; only the outcome written below must be fenced.
-        async with database.transaction(write=True) as session:
-            loaded = await _load(session, workspace_id)
-            if loaded is None:
-                return {"skipped": "workspace no longer exists"}
-            workspace, spec = loaded
-            if workspace.state in step.enter_from:
-                event = transition(
-                    workspace, step.working, actor=SYSTEM, reason=f"{step.job_type} started"
+        try:
+            async with database.transaction(write=True) as session:
+                loaded = await _load(session, workspace_id)
+                if loaded is None:
+                    return {"skipped": "workspace no longer exists"}
+                workspace, spec = loaded
+                if workspace.state in step.enter_from:
+                    event = transition(
+                        workspace, step.working, actor=SYSTEM, reason=f"{step.job_type} started"
+                    )
+                    await _save(session, workspace, event)
+                elif workspace.state != step.working:
+                    # Another action overtook this job (a delete during provisioning, say).
+                    return {"skipped": f"workspace is {workspace.state}"}
+                context = provision_context(
+                    workspace,
+                    spec,
+                    idempotency_key=str(ctx.job_id),
+                    log=_log_sink(ctx),
+                    settings=ctx.settings,
                 )
-                await _save(session, workspace, event)
-            elif workspace.state != step.working:
-                # Another action overtook this job (a delete during provisioning, say).
-                return {"skipped": f"workspace is {workspace.state}"}
-            context = provision_context(
-                workspace,
-                spec,
-                idempotency_key=str(ctx.job_id),
-                log=_log_sink(ctx),
-                settings=ctx.settings,
-            )
-            provisioner = workspace.provisioner
+                provisioner = workspace.provisioner
+        except orjson.JSONDecodeError as exc:
+            # Written before the edge refused such documents; no retry can read it.
+            message = f"the workspace's stored spec or driver state is not valid JSON: {exc}"
+            await self._record_failure(ctx, workspace_id, step, message, None, final=True)
+            raise PermanentJobError(message) from exc
 
         try:
             result = await step.call(self.driver(provisioner, ctx.settings), context)
@@ -206,13 +219,24 @@ class WorkspaceHandlers:
         ctx.log(f"{step.job_type} attempt {ctx.attempt} failed: {message}")
         async with ctx.database.transaction(write=True) as session:
             await hold_lease(session, job_id=ctx.job_id, fencing_token=ctx.fencing_token)
-            workspace = await session.get(Workspace, workspace_id, with_for_update=True)
+            # The documents are not read: this must work when one of them cannot be.
+            workspace = (
+                await session.execute(
+                    select(Workspace)
+                    .options(*(defer(c, raiseload=True) for c in DOCUMENT_COLUMNS))
+                    .where(Workspace.id == workspace_id)
+                    .with_for_update()
+                )
+            ).scalar_one_or_none()
             if workspace is None:
                 return
             workspace.error = message
             if state is not None:
                 workspace.driver_state = state
-            if final and workspace.state == step.working:
+            # A job that failed before entering its working state (an unreadable row)
+            # fails the workspace from the state it was in.
+            entered = workspace.state == step.working or workspace.state in step.enter_from
+            if final and entered:
                 move(
                     session,
                     workspace,
@@ -224,7 +248,9 @@ class WorkspaceHandlers:
 
 # The columns a handler may change; `_save` writes them all back on PostgreSQL.
 SAVED = ("state", "driver_state", "connection", "error", "started_at", "last_activity_at")
-WORKSPACE_COLUMNS = tuple(Workspace.__table__.c)
+# Everything but `parameters`, which no driver gets.
+WORKSPACE_COLUMNS = tuple(c for c in Workspace.__table__.c if c.key != "parameters")
+DOCUMENT_COLUMNS = (Workspace.parameters, Workspace.connection, Workspace.driver_state)
 
 
 @dataclass(frozen=True)
@@ -291,7 +317,10 @@ async def _load(
             await hold_lease(session, job_id=lease[0], fencing_token=lease[1])
         row = (
             await session.execute(
-                with_spec().where(Workspace.id == workspace_id).with_for_update(of=Workspace)
+                with_spec()
+                .options(defer(Workspace.parameters, raiseload=True))
+                .where(Workspace.id == workspace_id)
+                .with_for_update(of=Workspace)
             )
         ).one_or_none()
         return None if row is None else (row[0], row[1])
@@ -330,6 +359,21 @@ async def _save(session: AsyncSession, workspace: Workspace, event: dict[str, An
     if event is not None:
         steps.append((statements.event, row_params([(WorkspaceEvent, event)])))
     await pipelined(session, steps, commit=True)
+
+
+def _workspace_id(payload: dict[str, Any]) -> uuid.UUID:
+    """The payload's workspace id.
+
+    Raises:
+        PermanentJobError: there is none, or it is not a UUID; no retry would find one.
+    """
+    value = payload.get("workspace_id")
+    try:
+        return uuid.UUID(str(value))
+    except ValueError as exc:
+        raise PermanentJobError(
+            f"the payload's workspace_id is not a UUID: {repr(value)[:100]}"
+        ) from exc
 
 
 def _log_sink(ctx: JobContext) -> Callable[[str], Awaitable[None]]:

@@ -244,11 +244,18 @@ class WorkspaceService:
         before the policy is asked; a dry run asks anyway, to report every reason.
         """
         template, version = await self._version(spawn_in.template_id, spawn_in.version)
+        if template.deletion_requested_at is not None:
+            raise Conflict("The template is being deleted; nothing can be spawned from it.")
         if spawn_in.project_id is not None:
             project = await self.session.get(Project, spawn_in.project_id)
             if project is None or project.tenant_id != actor.tenant_id:
                 raise field_error("#/project_id", "No project of your tenant has this id.")
+            if project.deletion_requested_at is not None:
+                raise Conflict("The project is being deleted; nothing can be spawned into it.")
         tenant, plan, usage = await self._lock_and_measure(actor.tenant_id)
+        # Read under the tenant lock, which a cascading delete of the tenant conflicts with.
+        if tenant.deletion_requested_at is not None:
+            raise Conflict("The tenant is being deleted; nothing can be spawned in it.")
         spec = stored_spec(version)
         violations = quota_violations(plan, usage, spec)
         if violations and not dry_run:

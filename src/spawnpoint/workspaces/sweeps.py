@@ -2,34 +2,56 @@
 
 They move workspaces through the same transitions a user would, with `system` as the
 actor and the reason on the event, and enqueue the job that does the work.
+
+A sweep runs in one transaction for every tenant, so no row may stop it: each row is
+processed in a savepoint, and one that raises (a value no timedelta holds, a document that
+cannot be decoded, a driver whose status call fails, a write the database refuses) is
+rolled back alone, logged with the task and workspace, counted in
+`spawnpoint_sweep_row_errors_total` and tried again next tick. Rows are read in key order
+batch after batch, so rows that keep failing, or that are not due yet, never hide the rows
+behind them; a tick reads at most `max_batches` batches and the next tick goes on from there.
+Documents (`parameters`, `connection`, `driver_state`) are not read unless a sweep needs
+them, so one that cannot be decoded does not even count as an error.
 """
 
 from __future__ import annotations
 
+import logging
+import uuid
+from abc import ABC, abstractmethod
 from datetime import datetime, timedelta
+from typing import Any, ClassVar
 
-from sqlalchemy import select, text
+from sqlalchemy import ColumnElement, Select, select, text, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import InstrumentedAttribute, defer
+from sqlalchemy.orm.attributes import set_committed_value
 
 from spawnpoint.config import Settings
-from spawnpoint.jobs.queue import enqueue
+from spawnpoint.jobs.queue import announce_on_commit, enqueue
 from spawnpoint.jobs.scheduler import PeriodicTask
 from spawnpoint.kit.idempotency import purge_expired
-from spawnpoint.models import Workspace, WorkspaceState
+from spawnpoint.kit.metrics import SWEEP_ROW_ERRORS
+from spawnpoint.models import TemplateVersion, Workspace, WorkspaceState
 from spawnpoint.models.workspaces import IDLE_SWEEP_PREDICATE
 from spawnpoint.provisioners import (
     AnyProvisioner,
     ProvisionerRegistry,
 )
+from spawnpoint.teardown.service import PendingDeletions
 from spawnpoint.workspaces.handlers import provision_context
 from spawnpoint.workspaces.lifecycle import SYSTEM, move
-from spawnpoint.workspaces.repository import with_spec
+
+log = logging.getLogger("spawnpoint.workspaces.sweeps")
 
 S = WorkspaceState
 BATCH = 200
+MAX_BATCHES = 10
+DOCUMENTS = (Workspace.parameters, Workspace.connection, Workspace.driver_state)
 
 
-async def _enqueue(session: AsyncSession, workspace: Workspace, job_type: str) -> None:
+async def enqueue_for(session: AsyncSession, workspace: Workspace, job_type: str) -> None:
+    """Enqueue the system's job of `job_type` for `workspace`."""
     await enqueue(
         session,
         job_type=job_type,
@@ -39,30 +61,97 @@ async def _enqueue(session: AsyncSession, workspace: Workspace, job_type: str) -
     )
 
 
-async def stop_idle(session: AsyncSession, now: datetime) -> int:
+class WorkspaceSweep(ABC):
+    """A `PeriodicTask` function over workspaces, read in `key` order, each row isolated.
+
+    Subclasses say which rows (`candidates`, without ORDER BY or LIMIT), whether a row is
+    due (`due`, pure Python, no writes) and what to do with a due row (`process`, which
+    runs in a savepoint and returns whether it acted).
+    """
+
+    name: ClassVar[str]
+    key: ClassVar[tuple[InstrumentedAttribute[Any], ...]]
+
+    def __init__(self, *, batch_size: int = BATCH, max_batches: int = MAX_BATCHES) -> None:
+        self.batch_size = batch_size
+        self.max_batches = max_batches
+        # Where the last tick stopped when it ran out of batches; None: from the start.
+        self._resume: tuple[Any, ...] | None = None
+
+    @abstractmethod
+    def candidates(self, now: datetime) -> Select[Workspace]: ...
+
+    def due(self, workspace: Workspace, now: datetime) -> bool:
+        return True
+
+    @abstractmethod
+    async def process(self, session: AsyncSession, workspace: Workspace, now: datetime) -> bool:
+        """Act on one due row; runs in a savepoint that is rolled back if this raises."""
+
+    async def __call__(self, session: AsyncSession, now: datetime) -> int:
+        acted = 0
+        after = self._resume
+        for _ in range(self.max_batches):
+            statement = self.candidates(now).options(*(defer(c, raiseload=True) for c in DOCUMENTS))
+            if after is not None:
+                statement = statement.where(tuple_(*self.key) > after)
+            batch = (
+                await session.execute(
+                    statement.order_by(*self.key)
+                    .limit(self.batch_size)
+                    .with_for_update(of=Workspace, skip_locked=True)
+                )
+            ).scalars()
+            rows = list(batch)
+            for workspace in rows:
+                # Read before processing: a row whose savepoint rolled back is expired.
+                after = tuple(getattr(workspace, column.key) for column in self.key)
+                if await self._isolated(session, workspace, now):
+                    acted += 1
+            if len(rows) < self.batch_size:
+                after = None
+                break
+        self._resume = after
+        if acted:
+            # Jobs enqueued in savepoints arranged no wake-up for the commit.
+            await announce_on_commit(session)
+        return acted
+
+    async def _isolated(self, session: AsyncSession, workspace: Workspace, now: datetime) -> bool:
+        workspace_id: uuid.UUID = workspace.id
+        try:
+            if not self.due(workspace, now):
+                return False
+            async with session.begin_nested():
+                return await self.process(session, workspace, now)
+        except Exception:
+            log.exception("%s: workspace %s skipped: processing it failed", self.name, workspace_id)
+            SWEEP_ROW_ERRORS.labels(task=self.name).inc()
+            return False
+
+
+class IdleStop(WorkspaceSweep):
     """Stop running workspaces whose last activity is older than their idle timeout."""
-    candidates = (
-        await session.execute(
-            select(Workspace)
-            .where(
-                # Spelled as the partial index's predicate, so PostgreSQL can use the index
-                # (a bound parameter for the state would not match it).
-                text(IDLE_SWEEP_PREDICATE),
-                # Cheap prefilter on the index: nobody idles for less than a minute.
-                Workspace.last_activity_at < now - timedelta(minutes=1),
-            )
-            .order_by(Workspace.last_activity_at)
-            .limit(BATCH)
-            .with_for_update(skip_locked=True)
+
+    name = "workspaces.stop_idle"
+    key = (Workspace.last_activity_at, Workspace.id)
+
+    def candidates(self, now: datetime) -> Select[Workspace]:
+        return select(Workspace).where(
+            # Spelled as the partial index's predicate, so PostgreSQL can use the index
+            # (a bound parameter for the state would not match it).
+            text(IDLE_SWEEP_PREDICATE),
+            # Cheap prefilter on the index: nobody idles for less than a minute.
+            Workspace.last_activity_at < now - timedelta(minutes=1),
         )
-    ).scalars()
-    stopped = 0
-    for workspace in candidates:
+
+    def due(self, workspace: Workspace, now: datetime) -> bool:
         assert workspace.idle_timeout_minutes is not None
         idle_since = workspace.last_activity_at or workspace.started_at or workspace.created_at
-        limit = timedelta(minutes=workspace.idle_timeout_minutes)
-        if now - idle_since < limit:
-            continue
+        # Compared in minutes: a timeout too long for a timedelta is simply never reached.
+        return (now - idle_since) / timedelta(minutes=1) >= workspace.idle_timeout_minutes
+
+    async def process(self, session: AsyncSession, workspace: Workspace, now: datetime) -> bool:
         move(
             session,
             workspace,
@@ -71,41 +160,36 @@ async def stop_idle(session: AsyncSession, now: datetime) -> int:
             reason=f"idle for more than {workspace.idle_timeout_minutes} minutes",
             now=now,
         )
-        await _enqueue(session, workspace, "workspace.stop")
-        stopped += 1
-    return stopped
+        await enqueue_for(session, workspace, "workspace.stop")
+        return True
 
 
-async def delete_expired(session: AsyncSession, now: datetime) -> int:
+class ExpiredDelete(WorkspaceSweep):
     """Delete workspaces past their template's maximum lifetime."""
-    expired = (
-        await session.execute(
-            select(Workspace)
-            .where(
-                Workspace.expires_at.is_not(None),
-                Workspace.expires_at <= now,
-                Workspace.state.not_in([S.deleting, S.deleted]),
-            )
-            .order_by(Workspace.expires_at)
-            .limit(BATCH)
-            .with_for_update(skip_locked=True)
+
+    name = "workspaces.delete_expired"
+    key = (Workspace.expires_at, Workspace.id)
+
+    def candidates(self, now: datetime) -> Select[Workspace]:
+        return select(Workspace).where(
+            Workspace.expires_at.is_not(None),
+            Workspace.expires_at <= now,
+            Workspace.state.not_in([S.deleting, S.deleted]),
         )
-    ).scalars()
-    deleted = 0
-    for workspace in expired:
+
+    async def process(self, session: AsyncSession, workspace: Workspace, now: datetime) -> bool:
         move(
             session, workspace, S.deleting, actor=SYSTEM, reason="maximum lifetime reached", now=now
         )
-        await _enqueue(session, workspace, "workspace.destroy")
-        deleted += 1
-    return deleted
+        await enqueue_for(session, workspace, "workspace.destroy")
+        return True
 
 
 async def purge_idempotency_keys(session: AsyncSession, now: datetime) -> int:
     return await purge_expired(session, now=now)
 
 
-class LostProcessSweep:
+class LostProcessSweep(WorkspaceSweep):
     """Mark running workspaces failed when their host process is gone.
 
     Only drivers that run host processes (`local`) are checked: their status is a local
@@ -113,7 +197,18 @@ class LostProcessSweep:
     this is what finds each process again by pid and start time, or fails the workspace.
     """
 
-    def __init__(self, provisioners: ProvisionerRegistry, settings: Settings) -> None:
+    name = "workspaces.fail_lost_processes"
+    key = (Workspace.id,)
+
+    def __init__(
+        self,
+        provisioners: ProvisionerRegistry,
+        settings: Settings,
+        *,
+        batch_size: int = BATCH,
+        max_batches: int = MAX_BATCHES,
+    ) -> None:
+        super().__init__(batch_size=batch_size, max_batches=max_batches)
         self.settings = settings
         self.drivers: dict[str, AnyProvisioner] = {
             name: provisioners.create(name, settings)
@@ -121,39 +216,48 @@ class LostProcessSweep:
             if provisioners.get(name).runs_host_commands
         }
 
+    def candidates(self, now: datetime) -> Select[Workspace]:
+        return select(Workspace).where(
+            Workspace.state == S.running, Workspace.provisioner.in_(list(self.drivers))
+        )
+
     async def __call__(self, session: AsyncSession, now: datetime) -> int:
         if not self.drivers:
             return 0
-        rows = (
+        return await super().__call__(session, now)
+
+    async def process(self, session: AsyncSession, workspace: Workspace, now: datetime) -> bool:
+        # The documents are read row by row, here, where one that cannot be decoded fails
+        # this row only.
+        driver_state, spec = (
             await session.execute(
-                with_spec()
-                .where(
-                    Workspace.state == S.running,
-                    Workspace.provisioner.in_(list(self.drivers)),
-                )
-                .order_by(Workspace.id)
-                .limit(BATCH)
-                .with_for_update(of=Workspace, skip_locked=True)
+                select(Workspace.driver_state, TemplateVersion.spec)
+                .outerjoin(TemplateVersion, _version_of_workspace())
+                .where(Workspace.id == workspace.id)
             )
-        ).all()
-        failed = 0
-        for workspace, spec in rows:
-            status = await self.drivers[workspace.provisioner].status(
-                provision_context(
-                    workspace,
-                    spec,
-                    idempotency_key=f"status-{workspace.id}",
-                    log=_discard,
-                    settings=self.settings,
-                )
+        ).one()
+        set_committed_value(workspace, "driver_state", driver_state)
+        status = await self.drivers[workspace.provisioner].status(
+            provision_context(
+                workspace,
+                spec,
+                idempotency_key=f"status-{workspace.id}",
+                log=_discard,
+                settings=self.settings,
             )
-            if status.running:
-                continue
-            workspace.error = f"the workspace process is not running: {status.detail}"
-            workspace.connection = None
-            move(session, workspace, S.failed, actor=SYSTEM, reason=workspace.error, now=now)
-            failed += 1
-        return failed
+        )
+        if status.running:
+            return False
+        workspace.error = f"the workspace process is not running: {status.detail}"
+        workspace.connection = None
+        move(session, workspace, S.failed, actor=SYSTEM, reason=workspace.error, now=now)
+        return True
+
+
+def _version_of_workspace() -> ColumnElement[bool]:
+    return (TemplateVersion.template_id == Workspace.template_id) & (
+        TemplateVersion.version == Workspace.template_version
+    )
 
 
 async def _discard(_: str) -> None:
@@ -165,13 +269,19 @@ def workspace_tasks(
     provisioners: ProvisionerRegistry | None = None,
     settings: Settings | None = None,
     interval: timedelta = timedelta(seconds=30),
+    batch_size: int = BATCH,
+    max_batches: int = MAX_BATCHES,
 ) -> list[PeriodicTask]:
-    tasks = [
-        PeriodicTask("workspaces.stop_idle", interval, stop_idle),
-        PeriodicTask("workspaces.delete_expired", interval, delete_expired),
-        PeriodicTask("idempotency.purge_expired", timedelta(hours=1), purge_idempotency_keys),
+    """The workspace sweeps, the finisher of cascading deletes and key expiry."""
+    sizes = {"batch_size": batch_size, "max_batches": max_batches}
+    sweeps: list[WorkspaceSweep | PendingDeletions] = [
+        IdleStop(**sizes),
+        ExpiredDelete(**sizes),
+        PendingDeletions(batch_size=batch_size),
     ]
     if provisioners is not None and settings is not None:
-        lost = LostProcessSweep(provisioners, settings)
-        tasks.append(PeriodicTask("workspaces.fail_lost_processes", interval, lost))
-    return tasks
+        sweeps.append(LostProcessSweep(provisioners, settings, **sizes))
+    return [
+        *(PeriodicTask(sweep.name, interval, sweep) for sweep in sweeps),
+        PeriodicTask("idempotency.purge_expired", timedelta(hours=1), purge_idempotency_keys),
+    ]

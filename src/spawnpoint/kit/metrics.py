@@ -1,0 +1,14 @@
+"""Prometheus metrics shared by the API and worker processes.
+
+Defined once, at import, in the default registry, which a `/metrics` endpoint will expose.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter
+
+SWEEP_ROW_ERRORS = Counter(
+    "spawnpoint_sweep_row_errors",
+    "Rows a periodic sweep could not process: logged, skipped, and tried again next tick.",
+    ["task"],
+)
