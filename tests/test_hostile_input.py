@@ -153,6 +153,9 @@ async def test_nul_in_bodies_keys_paths_and_queries_is_refused(
     )
     assert pointers(response) == ["#/parameters/k\x00"]
     assert (await client.get("/api/v1/workspaces/a%00b/status", headers=member)).status_code == 422
+    long_permit = "p" * 201  # longer than any external_ref can be
+    response = await client.get(f"/api/v1/workspaces/{long_permit}/connection", headers=member)
+    assert pointers(response) == ["#/path/permit_id"]
     response = await client.get("/api/workspaces", params={"cursor": "a\x00"}, headers=member)
     assert pointers(response) == ["#/query/cursor"]
 

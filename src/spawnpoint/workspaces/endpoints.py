@@ -3,7 +3,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Query, Request, status
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, status
 from fastapi.responses import JSONResponse
 
 from spawnpoint.deps import (
@@ -32,6 +32,9 @@ from spawnpoint.workspaces.schemas import (
 )
 from spawnpoint.workspaces.service import WorkspaceService
 
+PermitId = Annotated[
+    str, Path(min_length=1, max_length=200, description="The workspace's `external_ref`.")
+]
 router = APIRouter(route_class=StrictRoute, tags=["workspaces"])
 REPLAYED = "Idempotent-Replayed"
 
@@ -226,7 +229,7 @@ async def list_workspace_events(
 
 
 @router.get("/api/v1/workspaces/{permit_id}/status", summary="Workspace status by permit")
-async def permit_status(_: RequireViewer, rows: WorkspaceRows, permit_id: str) -> PermitStatus:
+async def permit_status(_: RequireViewer, rows: WorkspaceRows, permit_id: PermitId) -> PermitStatus:
     """Runtime status of the workspace spawned for a permit (its `external_ref`)."""
     workspace = await rows.by_external_ref(permit_id)
     return PermitStatus(
@@ -240,7 +243,7 @@ async def permit_status(_: RequireViewer, rows: WorkspaceRows, permit_id: str) -
 
 @router.get("/api/v1/workspaces/{permit_id}/connection", summary="Workspace connection by permit")
 async def permit_connection(
-    _: RequireViewer, rows: WorkspaceRows, permit_id: str
+    _: RequireViewer, rows: WorkspaceRows, permit_id: PermitId
 ) -> PermitConnection:
     """Connection details of the workspace spawned for a permit (its `external_ref`)."""
     workspace = await rows.by_external_ref(permit_id)
