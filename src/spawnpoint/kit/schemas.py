@@ -22,6 +22,7 @@ from pydantic import (
     PlainSerializer,
     Strict,
     ValidationInfo,
+    WithJsonSchema,
     field_validator,
 )
 from pydantic.json_schema import JsonSchemaValue
@@ -55,11 +56,25 @@ Integer = Annotated[int, BeforeValidator(_whole_number)]
 Int32 = Annotated[Integer, Field(ge=0, le=INT32_MAX)]
 Number = Annotated[float, Strict(), Field(allow_inf_nan=False)]
 Flag = Annotated[bool, Strict()]
-Money = Annotated[
+
+
+# A non-negative decimal with two places, stored exactly in a NUMERIC(n, 2) column and read
+# back as the same number; documented as a JSON number (the strings Decimal would take are
+# refused).
+Cents = Annotated[
     Decimal,
     BeforeValidator(_number_not_text),
-    Field(ge=0, max_digits=14, decimal_places=2, allow_inf_nan=False),
     PlainSerializer(float, return_type=float, when_used="json"),
+]
+Money = Annotated[
+    Cents,
+    Field(ge=0, max_digits=14, decimal_places=2, allow_inf_nan=False),
+    WithJsonSchema({"type": "number", "minimum": 0, "maximum": 999_999_999_999.99}),
+]
+CpuAmount = Annotated[
+    Cents,
+    Field(ge=0, max_digits=10, decimal_places=2, allow_inf_nan=False),
+    WithJsonSchema({"type": "number", "minimum": 0, "maximum": 99_999_999.99}),
 ]
 Name = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^\S(.*\S)?$")]
 

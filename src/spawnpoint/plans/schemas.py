@@ -3,21 +3,25 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated
 
 from pydantic import Field
 
-from spawnpoint.kit.schemas import InputSchema, Int32, Money, Name, Number, ReadSchema, UpdateSchema
-
-# max_cpu is a NUMERIC(10, 2) column.
-CpuLimit = Annotated[Number, Field(ge=0, le=99_999_999)]
+from spawnpoint.kit.schemas import (
+    CpuAmount,
+    InputSchema,
+    Int32,
+    Money,
+    Name,
+    ReadSchema,
+    UpdateSchema,
+)
 
 
 class PlanCreate(InputSchema):
     name: Name
     description: str = Field("", max_length=2000)
     max_workspaces: Int32 = Field(5, description="Concurrent workspaces per tenant.")
-    max_cpu: CpuLimit = Field(8, description="vCPUs across the tenant's live workspaces.")
+    max_cpu: CpuAmount = Field(Decimal(8), description="vCPUs across the tenant's live workspaces.")
     max_memory_mb: Int32 = Field(16384, description="MiB across the tenant's live workspaces.")
     max_storage_gb: Int32 = Field(100, description="GiB across the tenant's workspaces.")
     max_concurrent_jobs: Int32 = Field(5, description="Jobs running at once.")
@@ -31,7 +35,7 @@ class PlanUpdate(UpdateSchema):
     name: Name | None = Field(default=None)
     description: str | None = Field(default=None, max_length=2000)
     max_workspaces: Int32 | None = Field(default=None)
-    max_cpu: CpuLimit | None = Field(default=None)
+    max_cpu: CpuAmount | None = Field(default=None)
     max_memory_mb: Int32 | None = Field(default=None)
     max_storage_gb: Int32 | None = Field(default=None)
     max_concurrent_jobs: Int32 | None = Field(default=None)
