@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
@@ -119,6 +121,12 @@ async def test_a_lost_local_process_fails_its_workspace_with_the_reason(
 
     [pid] = processes_mentioning(workspace_id)
     os.kill(pid, signal.SIGKILL)
+    # The signal is delivered asynchronously: a tick right away may still see it running.
+    end = time.monotonic() + 10
+    while time.monotonic() < end:
+        if not processes_mentioning(workspace_id):
+            break
+        await asyncio.sleep(0.01)
     await scheduler.tick(utcnow() + timedelta(minutes=2))
     failed = await wait_for_state(client, workspace_id, "failed", member)
     assert "not running" in failed["error"]

@@ -38,7 +38,7 @@ class Repository(Generic[M]):
             raise NotFound(f"{self.noun.capitalize()} not found.")
         return found
 
-    async def get_for_update(self, object_id: uuid.UUID, *, key_share: bool = False) -> M:
+    async def get_locked(self, object_id: uuid.UUID, *, key_share: bool = False) -> M:
         """`get`, with the row locked until the transaction ends.
 
         With `key_share`, FOR NO KEY UPDATE on PostgreSQL: rows that refer to this one

@@ -84,5 +84,5 @@ class TenantService:
         that refer to the tenant be written meanwhile: a worker holding one of its
         workspaces inserts an event, which must not wait for us while we wait for it.
         """
-        tenant = await self.repository.get_for_update(tenant_id, key_share=True)
+        tenant = await self.repository.get_locked(tenant_id, key_share=True)
         return await self.teardown.delete(kind=TENANT, parent=tenant, actor=actor, cascade=cascade)

@@ -49,7 +49,7 @@ class UserService:
         self, actor: Principal, user_id: uuid.UUID, *, for_update: bool = False
     ) -> User:
         if for_update:
-            user = await self.repository.get_for_update(user_id)
+            user = await self.repository.get_locked(user_id)
         else:
             user = await self.repository.get(user_id)
         if user.role == Role.operator and not actor.operator:
