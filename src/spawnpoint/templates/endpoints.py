@@ -10,6 +10,8 @@ from spawnpoint.deps import AppSettings, RequirePublisher, RequireViewer, Scope,
 from spawnpoint.kit.pagination import Page, Pagination
 from spawnpoint.kit.routing import StrictRoute
 from spawnpoint.models import Template, TemplateVersion
+from spawnpoint.teardown.endpoints import TEARDOWN_RESPONSES, Cascade, teardown_response
+from spawnpoint.teardown.service import WorkspaceTeardown
 from spawnpoint.templates.repository import TemplateRepository
 from spawnpoint.templates.schemas import (
     TemplateCreate,
@@ -19,8 +21,6 @@ from spawnpoint.templates.schemas import (
     TemplateVersionCreate,
     TemplateVersionRead,
 )
-from spawnpoint.teardown.endpoints import TEARDOWN_RESPONSES, Cascade, teardown_response
-from spawnpoint.teardown.service import WorkspaceTeardown
 from spawnpoint.templates.service import TemplateService
 from spawnpoint.tenants.repository import TenantRepository
 
