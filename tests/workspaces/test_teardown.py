@@ -263,6 +263,29 @@ async def test_a_template_waits_for_its_workspaces_and_takes_their_deleted_rows(
     assert await states(world.database, [live, gone]) == {}
 
 
+async def test_another_tenants_workspaces_are_counted_but_never_named(
+    client: httpx.AsyncClient, world: World
+) -> None:
+    """An operator may spawn in one tenant from another's template; its ids stay hidden."""
+    owner, other = await world.org(), await world.org()
+    template = await make_template(world.database, owner.tenant_id)
+    mine = await plant(world.database, owner, template_id=template)
+    theirs = await plant(world.database, other, template_id=template)
+    url = f"/api/templates/{template}"
+    refused = await client.delete(url, headers=owner.headers[Role.publisher])
+    assert refused.status_code == 409
+    assert refused.json()["live_workspaces"] == 2
+    assert refused.json()["workspace_ids"] == [str(mine)]
+    started = await client.delete(
+        url, headers=owner.headers[Role.publisher], params={"cascade": "true"}
+    )
+    assert started.status_code == 202
+    assert started.json()["live_workspaces"] == 2
+    assert [w["id"] for w in started.json()["workspaces"]] == [str(mine)]
+    operator = await client.delete(url, headers=world.dev)
+    assert sorted(operator.json()["workspace_ids"]) == sorted([str(mine), str(theirs)])
+
+
 async def test_without_live_workspaces_delete_is_immediate(
     client: httpx.AsyncClient, world: World
 ) -> None:

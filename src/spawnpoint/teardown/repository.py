@@ -61,17 +61,22 @@ class TeardownRepository:
         self.session = session
 
     async def live_summary(
-        self, scope: ColumnElement[bool], *, listed: int
+        self, scope: ColumnElement[bool], *, listed: int, visible_tenant: uuid.UUID | None
     ) -> tuple[int, list[uuid.UUID]]:
-        """How many workspaces in `scope` are live, and the ids of the first `listed`."""
+        """How many workspaces in `scope` are live, and the ids of the first `listed`.
+
+        Only ids of `visible_tenant`'s workspaces are listed (all for None): a platform
+        template's workspaces belong to many tenants, and their ids are theirs alone.
+        """
         count = await self.session.scalar(
             select(func.count()).select_from(Workspace).where(scope, LIVE)
         )
         if not count:
             return 0, []
-        ids = await self.session.scalars(
-            select(Workspace.id).where(scope, LIVE).order_by(Workspace.id).limit(listed)
-        )
+        statement = select(Workspace.id).where(scope, LIVE)
+        if visible_tenant is not None:
+            statement = statement.where(Workspace.tenant_id == visible_tenant)
+        ids = await self.session.scalars(statement.order_by(Workspace.id).limit(listed))
         return int(count), list(ids)
 
     async def live_states(self, scope: ColumnElement[bool]) -> list[tuple[uuid.UUID, str]]:

@@ -73,7 +73,9 @@ class WorkspaceTeardown:
         """
         scope = kind.scope(parent.id)
         if not cascade:
-            count, ids = await self.repository.live_summary(scope, listed=LISTED)
+            count, ids = await self.repository.live_summary(
+                scope, listed=LISTED, visible_tenant=_visible_tenant(actor)
+            )
             if count:
                 listed = "" if count <= LISTED else f" (the first {LISTED} are listed)"
                 raise LiveWorkspaces(
@@ -99,9 +101,16 @@ class WorkspaceTeardown:
             deletion_requested_at=parent.deletion_requested_at,
             live_workspaces=len(live),
             workspaces=[
-                TeardownWorkspace(id=w.id, state=S.deleting, job_id=jobs.get(w.id)) for w in live
+                TeardownWorkspace(id=w.id, state=S.deleting, job_id=jobs.get(w.id))
+                for w in live
+                if _visible_tenant(actor) in (None, w.tenant_id)
             ],
         )
+
+
+def _visible_tenant(actor: Principal) -> uuid.UUID | None:
+    """Whose workspace ids the caller may see: every tenant's for operators."""
+    return None if actor.operator else actor.tenant_id
 
 
 async def tear_down(
