@@ -6,6 +6,7 @@ concurrent writers queue on the lock instead of failing with "database is locked
 
 from __future__ import annotations
 
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -15,6 +16,7 @@ from typing import Any, cast
 import orjson
 import psycopg
 from sqlalchemy import DateTime, MetaData, event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
@@ -42,6 +44,41 @@ NAMING_CONVENTION = {
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 WRITE_OPTION = "spawnpoint_write"
+# A server that is unreachable (not refusing: silent) must not hold a request or a worker
+# loop for the operating system's TCP timeout, minutes long.
+CONNECT_TIMEOUT_SECONDS = 5
+# SQLSTATEs that say the server is going away, starting up or out of connection slots, or
+# that it closed this idle session: any statement would fail the same way (class 08, the
+# connection exceptions, is recognised by its prefix).
+_UNAVAILABLE_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "57P05", "53300"})
+
+
+def is_unavailable(error: BaseException) -> bool:
+    """Whether `error` means the database cannot be used right now, whatever was asked.
+
+    True for connections refused, reset, closed or lost mid-statement (through SQLAlchemy
+    or raw from psycopg's pipelines), a server shutting down, starting up or out of
+    connection slots, a pool with no connection to give in time, and SQLite's lock wait
+    running out. False for errors in the work itself (constraints, syntax, serialisation
+    failures, an aborted pipeline's follow-on errors): retrying the same work would not help.
+    """
+    if isinstance(error, sa_exc.TimeoutError | sa_exc.DisconnectionError):
+        return True
+    if isinstance(error, sa_exc.DBAPIError):
+        if error.connection_invalidated:
+            return True
+        return error.orig is not None and is_unavailable(error.orig)
+    if isinstance(error, psycopg.errors.PipelineAborted):
+        return False
+    if isinstance(error, psycopg.InterfaceError):
+        return True  # "the connection is closed": a connection psycopg found dead earlier
+    if isinstance(error, psycopg.OperationalError):
+        # No SQLSTATE: the client failed to connect or lost the connection.
+        state = error.sqlstate
+        return state is None or state.startswith("08") or state in _UNAVAILABLE_SQLSTATES
+    if isinstance(error, sqlite3.OperationalError):
+        return "database is locked" in str(error)
+    return False
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -107,11 +144,15 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
         )
         _configure_sqlite(engine)
         return engine
+    # No pre-ping (a round trip per checkout): after a restart, the first statement on a
+    # dead connection fails, SQLAlchemy recognises the disconnect (psycopg marks the
+    # connection closed) and invalidates the whole pool, so later checkouts connect afresh.
     return create_async_engine(
         url,
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_pre_ping=False,
+        connect_args={"connect_timeout": CONNECT_TIMEOUT_SECONDS},
         json_deserializer=orjson.loads,
     )
 

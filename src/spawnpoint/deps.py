@@ -39,6 +39,9 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
 
 AppSettings = Annotated[Settings, Depends(get_settings)]
 DB = Annotated[Database, Depends(get_database)]
+# scope="function": the session closes, and so commits, when the endpoint returns, before
+# the response starts. A commit that fails (the database went away) then still answers 503;
+# with the default scope it would run after a 2xx had been sent for work that was lost.
 Session = Annotated[AsyncSession, Depends(get_session, scope="function")]
 
 

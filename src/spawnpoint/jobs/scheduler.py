@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from spawnpoint.config import Settings
 from spawnpoint.db import Database
+from spawnpoint.jobs.outages import Outage
 from spawnpoint.jobs.queue import new_owner_id, rescue_expired
 from spawnpoint.kit.clock import utcnow
 from spawnpoint.models.jobs import LeaderLeaseRow
@@ -204,12 +205,15 @@ class Scheduler:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Tick until `stop` is set, then hand the lease over by releasing it."""
+        outage = Outage("scheduler tick", log)
         try:
             while not stop.is_set():
                 try:
                     await self.tick()
-                except Exception:
-                    log.exception("scheduler tick failed")
+                except Exception as error:
+                    outage.failed(error)  # the next tick is due in `tick_seconds` anyway
+                else:
+                    outage.succeeded()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), self.tick_seconds)
         finally:

@@ -40,9 +40,10 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from spawnpoint.config import Settings
-from spawnpoint.db import Database
+from spawnpoint.db import CONNECT_TIMEOUT_SECONDS, Database
 from spawnpoint.jobs.context import JobContext
 from spawnpoint.jobs.errors import JobCancelled, PermanentJobError, StaleLease
+from spawnpoint.jobs.outages import Outage
 from spawnpoint.jobs.queue import (
     CHANNEL,
     Backoff,
@@ -65,7 +66,9 @@ from spawnpoint.kit.clock import utcnow
 log = logging.getLogger("spawnpoint.jobs.worker")
 
 LISTEN_KEEPALIVE_SECONDS = 30.0
-RECONNECT_MAX_SECONDS = 10.0
+# The longest wait between tries while the database is down: the worker resumes within
+# this long of its return.
+RECONNECT_MAX_SECONDS = 2.0
 
 
 class _Kind(Enum):
@@ -209,6 +212,7 @@ class Worker:
 
     async def _claim_loop(self, stop: asyncio.Event) -> None:
         job_types = self.registry.job_types()
+        outage = Outage("claiming jobs", log, max_delay=RECONNECT_MAX_SECONDS)
         while not stop.is_set():
             free = self.concurrency - len(self._running)
             if free > 0 and self._more:
@@ -225,12 +229,16 @@ class Worker:
                             job_types=job_types,
                             now=self.clock(),
                         )
-                except Exception:
-                    log.exception("claiming jobs failed; retrying in %.1fs", self.poll_interval)
+                except Exception as error:
                     self._more = True
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), self.poll_interval)
+                    delay = outage.failed(error)
+                    # Woken early by a stop, or by the LISTEN connection coming back.
+                    self._wake.clear()
+                    if not stop.is_set():
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(self._wake.wait(), delay)
                     continue
+                outage.succeeded()
                 if len(claimed) == free:
                     self._more = True
                 for job in claimed:
@@ -302,6 +310,7 @@ class Worker:
                 self._idle.set()
 
     async def _settle_loop(self) -> None:
+        outage = Outage("recording job outcomes", log, max_delay=1.0)
         while True:
             await self._settle_wake.wait()
             self._settle_wake.clear()
@@ -310,12 +319,12 @@ class Worker:
                 continue
             try:
                 await self._settle(batch)
-            except Exception:
-                log.exception("recording %d job outcome(s) failed; retrying", len(batch))
+            except Exception as error:
                 self._outcomes[:0] = batch
-                await asyncio.sleep(min(self.poll_interval, 1.0))
+                await asyncio.sleep(outage.failed(error))
                 self._settle_wake.set()
                 continue
+            outage.succeeded()
             for outcome in batch:
                 self._forget(outcome.attempt)
 
@@ -401,12 +410,15 @@ class Worker:
 
     async def _heartbeat_loop(self) -> None:
         interval = self.lease.total_seconds() / 3
+        outage = Outage("heartbeat", log)
         while True:
             await asyncio.sleep(interval)
             try:
                 await self._heartbeat()
-            except Exception:
-                log.exception("heartbeat failed")
+            except Exception as error:
+                outage.failed(error)  # the next one is due in `interval` all the same
+            else:
+                outage.succeeded()
             self._expire_unrenewed()
 
     async def _heartbeat(self) -> None:
@@ -448,14 +460,14 @@ class Worker:
     async def _listen_loop(self) -> None:
         conninfo = make_url(self.database.url).set(drivername="postgresql")
         dsn = conninfo.render_as_string(hide_password=False)
-        delay = 0.5
+        outage = Outage("LISTEN connection", log, max_delay=RECONNECT_MAX_SECONDS)
         while True:
             try:
                 async with await psycopg.AsyncConnection.connect(
-                    dsn, autocommit=True, connect_timeout=10
+                    dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS
                 ) as conn:
                     await conn.execute(f"LISTEN {CHANNEL}")
-                    delay = 0.5
+                    outage.succeeded()
                     self._poke()  # notifications sent while we were not listening are lost
                     while True:
                         async for _ in conn.notifies(timeout=LISTEN_KEEPALIVE_SECONDS):
@@ -464,10 +476,8 @@ class Worker:
                         await conn.execute("SELECT 1")
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:
-                log.warning("LISTEN connection failed (%s); reconnecting in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RECONNECT_MAX_SECONDS)
+            except Exception as error:
+                await asyncio.sleep(outage.failed(error))
 
     async def _drain(self) -> None:
         if self._running:

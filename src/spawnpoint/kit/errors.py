@@ -6,10 +6,15 @@ import logging
 from http import HTTPStatus
 from typing import Any
 
+import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from spawnpoint.db import is_unavailable
 
 PROBLEM_JSON = "application/problem+json"
 log = logging.getLogger("spawnpoint.errors")
@@ -62,6 +67,13 @@ class Unprocessable(ProblemError):
 class ServiceUnavailable(ProblemError):
     status = 503
     slug = "unavailable"
+
+
+class DatabaseUnavailable(ServiceUnavailable):
+    slug = "database-unavailable"
+
+
+DATABASE_RETRY_AFTER_SECONDS = 2
 
 
 def problem_document(
@@ -123,6 +135,20 @@ async def _on_http(_: Request, exc: Exception) -> JSONResponse:
     return problem_response(problem_document(exc.status_code, detail), dict(exc.headers or {}))
 
 
+async def _on_database_error(request: Request, exc: Exception) -> JSONResponse:
+    # A restart or failover is the caller's to retry, not a bug: 503, one log line. Any
+    # other database error stays unexpected (500 with its traceback, below).
+    if not is_unavailable(exc):
+        raise exc
+    reason = next(iter(str(exc).strip().splitlines()), type(exc).__name__)
+    log.warning("database unavailable on %s %s: %s", request.method, request.url.path, reason)
+    problem = DatabaseUnavailable(
+        "The database is unavailable; retry shortly.",
+        headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)},
+    )
+    return problem_response(problem.document(), problem.headers)
+
+
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return problem_response(problem_document(500, "An unexpected error occurred."))
@@ -132,6 +158,8 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ProblemError, _on_problem)
     app.add_exception_handler(RequestValidationError, _on_validation)
     app.add_exception_handler(StarletteHTTPException, _on_http)
+    for database_error in (DBAPIError, SQLAlchemyTimeoutError, psycopg.Error):
+        app.add_exception_handler(database_error, _on_database_error)
     app.add_exception_handler(Exception, _on_unexpected)
 
 
