@@ -54,7 +54,11 @@ def migrated(private_postgres: PrivatePostgres) -> str:
     name = private_postgres.create_database()
     done = subprocess.run(
         [SPAWNPOINT, "migrate"],
-        env={**os.environ, "DATABASE_URL": private_postgres.url(name)},
+        env={
+            **os.environ,
+            "DATABASE_URL": private_postgres.url(name),
+            "ENVIRONMENT": "development",
+        },
         cwd=private_postgres.directory,
         capture_output=True,
         text=True,

@@ -61,10 +61,6 @@ class Process:
     log: Path
 
     @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    @property
     def alive(self) -> bool:
         return self.process.returncode is None
 
@@ -210,7 +206,7 @@ class Api:
 
 @dataclass
 class Outcome:
-    """One spawn request as the client saw it."""
+    """One request as the client saw it (`index` numbers the spawns)."""
 
     index: int
     sent: float
@@ -227,16 +223,13 @@ class Outcome:
         return uuid.UUID(self.body["workspace"]["id"])
 
 
-async def spawn_once(
-    client: httpx.AsyncClient, index: int, template_id: uuid.UUID, headers: dict[str, str]
+async def request_once(
+    client: httpx.AsyncClient, method: str, url: str, *, index: int = -1, **options: Any
 ) -> Outcome:
+    """Send one request; a transport error or timeout is an outcome too (status None)."""
     sent = time.monotonic()
     try:
-        response = await client.post(
-            "/api/spawn",
-            headers=headers,
-            json={"template_id": str(template_id), "external_ref": f"chaos-{index}"},
-        )
+        response = await client.request(method, url, **options)
     except httpx.HTTPError as exc:
         return Outcome(index, sent, time.monotonic(), None, error=repr(exc))
     try:
@@ -245,6 +238,16 @@ async def spawn_once(
         body = {"unparsed": response.text[:500]}
     return Outcome(
         index, sent, time.monotonic(), response.status_code, body, dict(response.headers)
+    )
+
+
+async def spawn_once(
+    client: httpx.AsyncClient, index: int, template_id: uuid.UUID, headers: dict[str, str]
+) -> Outcome:
+    """Spawn from `template_id` under the external_ref `chaos-{index}`."""
+    spawn = {"template_id": str(template_id), "external_ref": f"chaos-{index}"}
+    return await request_once(
+        client, "POST", "/api/spawn", index=index, headers=headers, json=spawn
     )
 
 

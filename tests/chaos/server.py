@@ -12,6 +12,7 @@ import contextlib
 import glob
 import os
 import pwd
+import random
 import shutil
 import socket
 import subprocess
@@ -31,6 +32,36 @@ def free_port() -> int:
         return port
 
 
+def _ephemeral_ports() -> range:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+    except (OSError, ValueError):
+        return range(32768, 61000)
+    return range(int(low), int(high) + 1)
+
+
+def stable_port() -> int:
+    """A free port outside the ephemeral range, so it stays free while the server is down.
+
+    Outgoing connections (the reconnect attempts during an outage among them) take their
+    local ports from the ephemeral range; one of them could hold an ephemeral port just
+    when the server restarts and must listen on it again.
+    """
+    ephemeral = _ephemeral_ports()
+    chooser = random.Random()
+    for _ in range(200):
+        port = chooser.randrange(10_000, 32_000)
+        if port in ephemeral:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    return free_port()
+
+
 def server_binaries() -> Path | None:
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"), reverse=True)
     if found:
@@ -47,7 +78,7 @@ class PrivatePostgres:
         self.directory = directory
         self.data = directory / "data"
         self.log = directory / "server.log"
-        self.port = free_port()
+        self.port = stable_port()
         self.run_as = SERVER_USER if os.geteuid() == 0 else None
 
     def _command(self, program: str, *args: str) -> list[str]:

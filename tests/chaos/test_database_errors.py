@@ -77,6 +77,12 @@ def probe_app(database: Database, probe: Probe) -> FastAPI:
         await pipelined(session, [(statement, {"id": str(mark_id)})], commit=commit)
         return {}
 
+    @app.post("/duplicate/{mark_id}")
+    async def duplicate(session: Session, mark_id: uuid.UUID) -> dict[str, Any]:
+        await session.execute(mark, {"id": str(mark_id)})
+        await session.execute(mark, {"id": str(mark_id)})
+        return {}
+
     @app.post("/fine/{mark_id}")
     async def fine(session: Session, mark_id: uuid.UUID) -> dict[str, Any]:
         await session.execute(mark, {"id": str(mark_id)})
@@ -169,6 +175,21 @@ async def pooled(deployment: Deployment, count: int) -> bool:
         " WHERE datname = current_database() AND pid <> pg_backend_pid()"
     )
     return bool(rows[0][0] >= count)
+
+
+async def test_other_database_errors_stay_unexpected(
+    database: Database, deployment: Deployment
+) -> None:
+    # A bug (here a duplicate key) is not an outage: no 503 inviting a retry, but the 500
+    # of the catch-all, whose traceback is logged.
+    transport = httpx.ASGITransport(
+        app=probe_app(database, Probe(deployment)), raise_app_exceptions=False
+    )
+    async with httpx.AsyncClient(transport=transport, base_url="http://probe") as client:
+        response = await client.post(f"/duplicate/{uuid.uuid4()}")
+    assert response.status_code == 500
+    assert response.headers["content-type"] == "application/problem+json"
+    assert "retry-after" not in response.headers
 
 
 def test_outage_errors_are_told_apart_from_errors_in_the_work() -> None:

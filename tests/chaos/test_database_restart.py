@@ -21,6 +21,7 @@ from chaos.deployment import (
     eventually,
     paced_spawns,
     provision_jobs,
+    request_once,
     running_transitions,
     settled_workspaces,
     spawn_once,
@@ -72,17 +73,8 @@ async def test_database_restart_mid_run(deployment: Deployment) -> None:
 
     async def read(client: httpx.AsyncClient) -> None:
         while not done.is_set():
-            sent = time.monotonic()
-            try:
-                response = await client.get("/api/workspaces", params={"limit": 1}, headers=member)
-                body = response.json()
-                reads.append(
-                    Outcome(
-                        -1, sent, time.monotonic(), response.status_code, body, response.headers
-                    )
-                )
-            except httpx.HTTPError as exc:
-                reads.append(Outcome(-1, sent, time.monotonic(), None, error=repr(exc)))
+            url = "/api/workspaces?limit=1"
+            reads.append(await request_once(client, "GET", url, headers=member))
             await asyncio.sleep(READ_EVERY)  # load shape, not a wait for state
 
     def sent(index: int) -> None:
