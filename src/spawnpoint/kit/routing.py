@@ -10,6 +10,8 @@ parameter the route does not know is a 422, so `?tenant_id=` is never silently i
 from __future__ import annotations
 
 import email.message
+import json
+import math
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -23,6 +25,7 @@ from spawnpoint.kit.errors import ProblemError
 from spawnpoint.kit.schemas import json_field_limit
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+NON_FINITE = "numbers must be finite: no NaN, no Infinity, nothing past a double's range"
 DEFAULT_MAX_JSON_DEPTH = 32
 
 
@@ -56,7 +59,20 @@ def document_errors(document: Any, *, max_depth: int) -> list[dict[str, Any]]:
                 errors.append(_error(loc, "string_nul", "strings may not contain NUL"))
         elif isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX:
             errors.append(_error(loc, "int_range", "integers must fit in 64 bits"))
+        elif isinstance(value, float) and not math.isfinite(value):
+            errors.append(_error(loc, "finite_number", NON_FINITE))
     return errors
+
+
+def _lenient(body: bytes) -> Any:
+    """`body` parsed as Python's json module would (NaN, Infinity, 1e309 become floats).
+
+    Used only to say where a body orjson refused is wrong; None when it is not JSON at all.
+    """
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):
+        return None
 
 
 def query_names(dependant: Dependant) -> frozenset[str]:
@@ -96,8 +112,13 @@ async def _check_body(request: StrictJSONRequest, *, max_depth: int) -> None:
         )
     try:
         document = await request.json()
-    except orjson.JSONDecodeError:
-        return  # the handler answers it as FastAPI does: 422 with the parser's reason
+    except orjson.JSONDecodeError as exc:
+        # Point at the non-finite number when that is all that is wrong, else at the syntax.
+        errors = document_errors(_lenient(await request.body()), max_depth=max_depth)
+        raise RequestValidationError(
+            errors
+            or [_error(("body",), "json_invalid", f"not JSON: {exc.msg} at character {exc.pos}")]
+        ) from exc
     errors = document_errors(document, max_depth=max_depth)
     if errors:
         raise RequestValidationError(errors)
