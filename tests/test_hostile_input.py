@@ -118,6 +118,9 @@ async def test_plan_integers_past_their_column_and_loose_types_are_422(
     body = fill('{"name": "N", "max_memory_mb": 1234567890123456789012345}', N=unique("p"))
     response = await post_raw(client, "/api/plans", operator, body)
     assert response.status_code == 422
+    for number in ("1e309", "NaN", "-Infinity"):
+        body = fill('{"name": "N", "max_cpu": X}', N=unique("p"), X=number)
+        assert pointers(await post_raw(client, "/api/plans", operator, body)) == ["#/max_cpu"]
     assert (await client.get("/api/plans", headers=operator)).status_code == 200
 
 
