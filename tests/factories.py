@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
-from conftest import DRY_RUN_SPEC
+from conftest import DRY_RUN_SPEC, Org
 from spawnpoint.db import Database
+from spawnpoint.kit.inserts import with_defaults
 from spawnpoint.models import (
     Plan,
     Project,
@@ -109,3 +111,37 @@ async def make_workspace(
         session.add(workspace)
         await session.flush()
         return workspace.id
+
+
+async def plant_workspace(
+    database: Database,
+    org: Org,
+    state: WorkspaceState = WorkspaceState.running,
+    *,
+    name: str = "ws",
+    template_id: uuid.UUID | None = None,
+    provisioner: str = "dry-run",
+    **values: Any,
+) -> uuid.UUID:
+    """A dry-run workspace of `org`, written straight to the database; `values` set any column."""
+    row = with_defaults(
+        Workspace,
+        {
+            "tenant_id": org.tenant_id,
+            "template_id": template_id or org.template_id,
+            "template_version": 1,
+            "provisioner": provisioner,
+            "name": unique(name),
+            "state": state,
+            "parameters": {},
+            "cpu": 1.0,
+            "memory_mb": 512,
+            "storage_gb": 1,
+            "driver_state": {},
+            **values,
+        },
+    )
+    async with database.transaction(write=True) as session:
+        session.add(Workspace(**row))
+    workspace_id: uuid.UUID = row["id"]
+    return workspace_id

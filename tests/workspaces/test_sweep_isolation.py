@@ -20,7 +20,7 @@ from prometheus_client import REGISTRY
 from sqlalchemy import delete, select, text, update
 
 from conftest import Org, World
-from factories import make_template, unique
+from factories import make_template, plant_workspace, unique
 from spawnpoint.db import Database
 from spawnpoint.jobs.queue import MAX_FENCING_TOKEN, claim, rescue_expired
 from spawnpoint.jobs.scheduler import PeriodicTask, Scheduler
@@ -90,39 +90,6 @@ async def poisoned(world: World, backend: str) -> AsyncIterator[str]:
             await session.execute(text(statement))
 
 
-async def plant(
-    database: Database,
-    org: Org,
-    *,
-    name: str = "ws",
-    state: S = S.running,
-    template_id: uuid.UUID | None = None,
-    provisioner: str = "dry-run",
-    **values: Any,
-) -> uuid.UUID:
-    row = with_defaults(
-        Workspace,
-        {
-            "tenant_id": org.tenant_id,
-            "template_id": template_id or org.template_id,
-            "template_version": 1,
-            "provisioner": provisioner,
-            "name": unique(name),
-            "state": state,
-            "parameters": {},
-            "cpu": 1.0,
-            "memory_mb": 512,
-            "storage_gb": 1,
-            "driver_state": {},
-            **values,
-        },
-    )
-    async with database.transaction(write=True) as session:
-        session.add(Workspace(**row))
-    identifier: uuid.UUID = row["id"]
-    return identifier
-
-
 async def states(database: Database, ids: list[uuid.UUID]) -> list[str]:
     async with database.transaction(write=False) as session:
         rows = await session.execute(
@@ -140,6 +107,26 @@ async def jobs_of(database: Database, org: Org, job_type: str) -> int:
         return len(list(rows))
 
 
+async def store_undecodable(database: Database, workspace_id: uuid.UUID, column: str) -> None:
+    """Store `UNDECODABLE` as the workspace's JSON `column`, past the type's encoder."""
+    async with database.transaction(write=True) as session:
+        await session.execute(
+            update(Workspace)
+            .where(Workspace.id == workspace_id)
+            .values({column: text(f"'{UNDECODABLE}'")})
+        )
+
+
+async def store_undecodable_spec(database: Database, template_id: uuid.UUID) -> None:
+    """Store `UNDECODABLE` as the spec of every version of the template."""
+    async with database.transaction(write=True) as session:
+        await session.execute(
+            update(TemplateVersion)
+            .where(TemplateVersion.template_id == template_id)
+            .values(spec=text(f"'{UNDECODABLE}'"))
+        )
+
+
 async def run(database: Database, sweep: Any, now: datetime) -> int:
     async with database.transaction(write=True) as session:
         done: int = await sweep(session, now)
@@ -151,16 +138,19 @@ async def test_poisoned_rows_never_stop_the_idle_sweep(
 ) -> None:
     idle = {"idle_timeout_minutes": 5, "last_activity_at": LONG_AGO}
     # Three poisoned rows first in key order: more than a batch of two.
-    bad = [await plant(world.database, org, name=poisoned, **idle) for _ in range(3)]
+    bad = [await plant_workspace(world.database, org, name=poisoned, **idle) for _ in range(3)]
     later = LONG_AGO + timedelta(seconds=1)
     good = [
-        await plant(world.database, org, **{**idle, "last_activity_at": later}) for _ in range(2)
+        await plant_workspace(world.database, org, **{**idle, "last_activity_at": later})
+        for _ in range(2)
     ]
     # Integers past 32 bits fit SQLite's column only; such a timeout is simply never reached.
     endless = []
     if backend == "sqlite":
         endless.append(
-            await plant(world.database, org, idle_timeout_minutes=10**12, last_activity_at=LONG_AGO)
+            await plant_workspace(
+                world.database, org, idle_timeout_minutes=10**12, last_activity_at=LONG_AGO
+            )
         )
     before = row_errors(IdleStop.name)
 
@@ -185,8 +175,11 @@ async def test_poisoned_rows_never_stop_the_idle_sweep(
 async def test_the_lifetime_sweep_reaches_good_rows_behind_a_tick_of_poisoned_ones(
     world: World, org: Org, poisoned: str
 ) -> None:
-    bad = [await plant(world.database, org, name=poisoned, expires_at=LONG_AGO) for _ in range(3)]
-    good = await plant(world.database, org, expires_at=LONG_AGO + timedelta(seconds=1))
+    bad = [
+        await plant_workspace(world.database, org, name=poisoned, expires_at=LONG_AGO)
+        for _ in range(3)
+    ]
+    good = await plant_workspace(world.database, org, expires_at=LONG_AGO + timedelta(seconds=1))
     before = row_errors(ExpiredDelete.name)
     # One row a batch, two batches a tick: the first tick reads only poisoned rows.
     sweep = ExpiredDelete(batch_size=1, max_batches=2)
@@ -226,25 +219,16 @@ async def test_a_driver_that_raises_or_an_undecodable_row_never_stops_the_lost_p
     world: World, org: Org
 ) -> None:
     host = {"provisioner": "host-fake"}
-    exploding = [await plant(world.database, org, driver_state={"explode": True}, **host)]
-    undecodable = await plant(world.database, org, **host)
+    exploding = [await plant_workspace(world.database, org, driver_state={"explode": True}, **host)]
+    undecodable = await plant_workspace(world.database, org, **host)
     spec_undecodable = await make_template(world.database, org.tenant_id)
-    unreadable_spec = await plant(
+    unreadable_spec = await plant_workspace(
         world.database, org, template_id=spec_undecodable, driver_state={"alive": True}, **host
     )
-    dead = await plant(world.database, org, driver_state={"alive": False}, **host)
-    alive = await plant(world.database, org, driver_state={"alive": True}, **host)
-    async with world.database.transaction(write=True) as session:
-        await session.execute(
-            update(Workspace)
-            .where(Workspace.id == undecodable)
-            .values(driver_state=text(f"'{UNDECODABLE}'"))
-        )
-        await session.execute(
-            update(TemplateVersion)
-            .where(TemplateVersion.template_id == spec_undecodable)
-            .values(spec=text(f"'{UNDECODABLE}'"))
-        )
+    dead = await plant_workspace(world.database, org, driver_state={"alive": False}, **host)
+    alive = await plant_workspace(world.database, org, driver_state={"alive": True}, **host)
+    await store_undecodable(world.database, undecodable, "driver_state")
+    await store_undecodable_spec(world.database, spec_undecodable)
     before = row_errors(LostProcessSweep.name)
     sweep = LostProcessSweep(ProvisionerRegistry([HostFake]), world.settings, batch_size=2)
 
@@ -305,20 +289,13 @@ async def test_jobs_with_garbage_fail_alone_and_the_worker_runs_the_rest(
     world: World, org: Org, start_worker: StartWorker
 ) -> None:
     unreadable_template = await make_template(world.database, org.tenant_id)
-    stuck = await plant(world.database, org, state=S.pending, template_id=unreadable_template)
-    healthy = await plant(world.database, org, state=S.pending)
-    async with world.database.transaction(write=True) as session:
-        await session.execute(
-            update(TemplateVersion)
-            .where(TemplateVersion.template_id == unreadable_template)
-            .values(spec=text(f"'{UNDECODABLE}'"))
-        )
-        # The document no driver reads does not matter at all.
-        await session.execute(
-            update(Workspace)
-            .where(Workspace.id == healthy)
-            .values(parameters=text(f"'{UNDECODABLE}'"))
-        )
+    stuck = await plant_workspace(
+        world.database, org, state=S.pending, template_id=unreadable_template
+    )
+    healthy = await plant_workspace(world.database, org, state=S.pending)
+    await store_undecodable_spec(world.database, unreadable_template)
+    # The document no driver reads does not matter at all.
+    await store_undecodable(world.database, healthy, "parameters")
     first = utcnow() - timedelta(minutes=5)  # claimed before (and with) the good ones
     garbage = {
         "not a uuid": await plant_job(

@@ -11,16 +11,14 @@ import asyncio
 import sys
 import time
 import uuid
-from typing import Any
 
 import httpx
 from sqlalchemy import select
 
-from conftest import Org, World
-from factories import make_project, make_template, make_user, unique
+from conftest import World
+from factories import make_project, make_template, make_user, plant_workspace
 from spawnpoint.db import Database
 from spawnpoint.kit.clock import utcnow
-from spawnpoint.kit.inserts import with_defaults
 from spawnpoint.models import Job, Role, Workspace, WorkspaceEvent, WorkspaceState
 from spawnpoint.teardown.service import PendingDeletions
 from workspaces.conftest import DEADLINE_SECONDS, StartWorker, wait_for_state
@@ -28,31 +26,6 @@ from workspaces.processes import processes_mentioning
 
 S = WorkspaceState
 PROBLEM = "application/problem+json"
-
-
-async def plant(database: Database, org: Org, state: S = S.running, **values: Any) -> uuid.UUID:
-    """A dry-run workspace of `org`, written straight to the database."""
-    row = with_defaults(
-        Workspace,
-        {
-            "tenant_id": org.tenant_id,
-            "template_id": org.template_id,
-            "template_version": 1,
-            "provisioner": "dry-run",
-            "name": unique("ws"),
-            "state": state,
-            "parameters": {},
-            "cpu": 1.0,
-            "memory_mb": 512,
-            "storage_gb": 1,
-            "driver_state": {},
-            **values,
-        },
-    )
-    async with database.transaction(write=True) as session:
-        session.add(Workspace(**row))
-    workspace_id: uuid.UUID = row["id"]
-    return workspace_id
 
 
 async def states(database: Database, ids: list[uuid.UUID]) -> dict[uuid.UUID, str]:
@@ -104,11 +77,11 @@ async def test_a_tenant_is_deleted_only_once_its_workspaces_are_gone(
     url = f"/api/tenants/{org.tenant_id}"
     # A failed workspace may still hold infrastructure: it counts. A deleted one does not.
     live = [
-        await plant(world.database, org, S.running),
-        await plant(world.database, org, S.failed),
-        await plant(world.database, org, S.stopped),
+        await plant_workspace(world.database, org, S.running),
+        await plant_workspace(world.database, org, S.failed),
+        await plant_workspace(world.database, org, S.stopped),
     ]
-    await plant(world.database, org, S.deleted)
+    await plant_workspace(world.database, org, S.deleted)
 
     assert_names_live(await client.delete(url, headers=world.dev), live)
     assert (await client.get(url, headers=world.dev)).status_code == 200
@@ -189,8 +162,8 @@ async def test_a_project_waits_for_its_workspaces(
     org = await world.org()
     admin = org.headers[Role.admin]
     project = await make_project(world.database, org.tenant_id)
-    inside = await plant(world.database, org, S.running, project_id=project)
-    await plant(world.database, org, S.running)  # outside the project: untouched
+    inside = await plant_workspace(world.database, org, S.running, project_id=project)
+    await plant_workspace(world.database, org, S.running)  # outside the project: untouched
     url = f"/api/projects/{project}"
 
     assert_names_live(await client.delete(url, headers=admin), [inside])
@@ -220,7 +193,7 @@ async def test_a_user_who_owns_workspaces_waits_for_them_and_signs_in_no_more(
     org = await world.org()
     admin = org.headers[Role.admin]
     owner = await make_user(world.database, org.tenant_id, role=Role.member)
-    owned = await plant(world.database, org, S.stopped, owner_id=owner)
+    owned = await plant_workspace(world.database, org, S.stopped, owner_id=owner)
     url = f"/api/users/{owner}"
 
     assert_names_live(await client.delete(url, headers=admin), [owned])
@@ -242,8 +215,8 @@ async def test_a_template_waits_for_its_workspaces_and_takes_their_deleted_rows(
     org = await world.org()
     publisher = org.headers[Role.publisher]
     template = await make_template(world.database, org.tenant_id)
-    live = await plant(world.database, org, S.pending, template_id=template)
-    gone = await plant(world.database, org, S.deleted, template_id=template)
+    live = await plant_workspace(world.database, org, S.pending, template_id=template)
+    gone = await plant_workspace(world.database, org, S.deleted, template_id=template)
     url = f"/api/templates/{template}"
 
     assert_names_live(await client.delete(url, headers=publisher), [live])
@@ -269,8 +242,8 @@ async def test_another_tenants_workspaces_are_counted_but_never_named(
     """An operator may spawn in one tenant from another's template; its ids stay hidden."""
     owner, other = await world.org(), await world.org()
     template = await make_template(world.database, owner.tenant_id)
-    mine = await plant(world.database, owner, template_id=template)
-    theirs = await plant(world.database, other, template_id=template)
+    mine = await plant_workspace(world.database, owner, template_id=template)
+    theirs = await plant_workspace(world.database, other, template_id=template)
     url = f"/api/templates/{template}"
     refused = await client.delete(url, headers=owner.headers[Role.publisher])
     assert refused.status_code == 409
@@ -292,7 +265,7 @@ async def test_without_live_workspaces_delete_is_immediate(
     org = await world.org()
     admin = org.headers[Role.admin]
     only_deleted = await make_template(world.database, org.tenant_id)
-    await plant(world.database, org, S.deleted, template_id=only_deleted)
+    await plant_workspace(world.database, org, S.deleted, template_id=only_deleted)
     unused = await make_template(world.database, org.tenant_id)
     project = await make_project(world.database, org.tenant_id)
 
