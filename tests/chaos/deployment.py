@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 import httpx
 import psycopg
 
+import polling
 from chaos.server import PrivatePostgres, free_port
 from conftest import JWT_SECRET, Org, World, make_settings
 from spawnpoint.db import Database
@@ -34,18 +35,9 @@ SPAWNPOINT = str(Path(sys.executable).with_name("spawnpoint"))
 STOP_SECONDS = 15.0
 
 
-async def eventually(
-    probe: Callable[[], Awaitable[T]], *, within: float, what: str, every: float = 0.05
-) -> T:
-    """Poll `probe` until it returns something truthy; fail after `within` seconds."""
-    deadline = time.monotonic() + within
-    while True:
-        value = await probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within}s waiting for {what}")
-        await asyncio.sleep(every)
+async def eventually(probe: Callable[[], Awaitable[T]], *, within: float, what: str) -> T:
+    """`polling.eventually` at a deployment's pace: a probe is a query over a socket."""
+    return await polling.eventually(probe, within=within, what=what, every=0.05)
 
 
 def tail(path: Path, lines: int = 40) -> str:

@@ -3,39 +3,23 @@
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import Any
 
 from sqlalchemy import select
 
+from polling import eventually as eventually
 from spawnpoint.db import Database
 from spawnpoint.jobs.queue import enqueue
 from spawnpoint.jobs.worker import Worker
 from spawnpoint.models import Job, JobLog
 
-T = TypeVar("T")
-
 
 def unique_type(prefix: str = "test") -> str:
     """A job type no other test enqueues, so leftovers never cross tests."""
     return f"{prefix}.{uuid.uuid4().hex[:10]}"
-
-
-async def eventually(
-    probe: Callable[[], Awaitable[T]], *, within: float = 15.0, what: str = "condition"
-) -> T:
-    """Poll `probe` until it returns something truthy; fail after `within` seconds."""
-    deadline = time.monotonic() + within
-    while True:
-        value = await probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within}s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 async def add_job(database: Database, job_type: str, **fields: Any) -> uuid.UUID:
