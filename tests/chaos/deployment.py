@@ -288,6 +288,26 @@ async def running_transitions(deployment: Deployment, tenant_id: uuid.UUID) -> C
     return Counter(row[0] for row in rows)
 
 
+async def all_running_once(
+    deployment: Deployment, tenant_id: uuid.UUID, expected: int, *, within: float
+) -> dict[uuid.UUID, str]:
+    """Wait for the tenant's `expected` workspaces to settle; each runs, having started once.
+
+    Returns:
+        The state of each workspace of the tenant.
+    """
+    states = await eventually(
+        lambda: settled_workspaces(deployment, tenant_id, expected),
+        within=within,
+        what=f"every workspace to settle\n{deployment.logs()}",
+    )
+    assert set(states.values()) == {"running"}, states
+    transitions = await running_transitions(deployment, tenant_id)
+    assert set(transitions) == set(states)
+    assert set(transitions.values()) == {1}
+    return states
+
+
 @dataclass(frozen=True)
 class JobRow:
     id: uuid.UUID
