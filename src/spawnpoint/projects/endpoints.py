@@ -11,7 +11,7 @@ from spawnpoint.kit.routing import StrictRoute
 from spawnpoint.projects.repository import ProjectRepository
 from spawnpoint.projects.schemas import ProjectCreate, ProjectRead, ProjectUpdate
 from spawnpoint.projects.service import ProjectService
-from spawnpoint.teardown.endpoints import TEARDOWN_RESPONSES, Cascade, teardown_response
+from spawnpoint.teardown.endpoints import Cascade, teardown_delete, teardown_response
 from spawnpoint.teardown.service import WorkspaceTeardown
 from spawnpoint.tenants.repository import TenantRepository
 
@@ -67,12 +67,7 @@ async def update_project(
     )
 
 
-@router.delete(
-    "/{project_id}",
-    status_code=status.HTTP_204_NO_CONTENT,
-    summary="Delete project",
-    responses=TEARDOWN_RESPONSES,
-)
+@teardown_delete(router, "/{project_id}", summary="Delete project")
 async def delete_project(
     actor: RequireAdmin, projects: Projects, project_id: uuid.UUID, cascade: Cascade = False
 ) -> Response:

@@ -3,10 +3,12 @@ the 202 body and the responses they declare."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any
 
-from fastapi import Query, Response, status
+from fastapi import APIRouter, Query, Response, status
 from fastapi.responses import JSONResponse
+from fastapi.types import DecoratedCallable
 
 from spawnpoint.teardown.schemas import TeardownAccepted
 
@@ -29,6 +31,18 @@ TEARDOWN_RESPONSES: dict[int | str, dict[str, Any]] = {
         "`live_workspaces` counts them."
     },
 }
+
+
+def teardown_delete(
+    router: APIRouter, path: str, *, summary: str
+) -> Callable[[DecoratedCallable], DecoratedCallable]:
+    """The DELETE route of `path`: 204, or with live workspaces 409 or (cascading) 202."""
+    return router.delete(
+        path,
+        status_code=status.HTTP_204_NO_CONTENT,
+        summary=summary,
+        responses=TEARDOWN_RESPONSES,
+    )
 
 
 def teardown_response(started: TeardownAccepted | None) -> Response:

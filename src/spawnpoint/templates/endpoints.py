@@ -10,7 +10,7 @@ from spawnpoint.deps import AppSettings, RequirePublisher, RequireViewer, Scope,
 from spawnpoint.kit.pagination import Page, Pagination
 from spawnpoint.kit.routing import StrictRoute
 from spawnpoint.models import Template, TemplateVersion
-from spawnpoint.teardown.endpoints import TEARDOWN_RESPONSES, Cascade, teardown_response
+from spawnpoint.teardown.endpoints import Cascade, teardown_delete, teardown_response
 from spawnpoint.teardown.service import WorkspaceTeardown
 from spawnpoint.templates.repository import TemplateRepository
 from spawnpoint.templates.schemas import (
@@ -121,12 +121,7 @@ async def update_template(
     return template_read(template, version.spec)
 
 
-@router.delete(
-    "/{template_id}",
-    status_code=status.HTTP_204_NO_CONTENT,
-    summary="Delete scenario template",
-    responses=TEARDOWN_RESPONSES,
-)
+@teardown_delete(router, "/{template_id}", summary="Delete scenario template")
 async def delete_template(
     actor: RequirePublisher,
     templates: Templates,

@@ -9,7 +9,7 @@ from spawnpoint.deps import Accounts, RequireAdmin, RequireOperator, Scope, Sess
 from spawnpoint.kit.pagination import Page, Pagination
 from spawnpoint.kit.routing import StrictRoute
 from spawnpoint.plans.repository import PlanRepository
-from spawnpoint.teardown.endpoints import TEARDOWN_RESPONSES, Cascade, teardown_response
+from spawnpoint.teardown.endpoints import Cascade, teardown_delete, teardown_response
 from spawnpoint.teardown.service import WorkspaceTeardown
 from spawnpoint.tenants.repository import TenantRepository
 from spawnpoint.tenants.schemas import TenantCreate, TenantRead, TenantUpdate
@@ -64,12 +64,7 @@ async def update_tenant(
     return TenantRead.model_validate(tenant)
 
 
-@router.delete(
-    "/{tenant_id}",
-    status_code=status.HTTP_204_NO_CONTENT,
-    summary="Delete tenant",
-    responses=TEARDOWN_RESPONSES,
-)
+@teardown_delete(router, "/{tenant_id}", summary="Delete tenant")
 async def delete_tenant(
     actor: RequireOperator,
     tenants: Tenants,

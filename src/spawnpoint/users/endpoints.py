@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Query, Response, status
 from spawnpoint.deps import Accounts, RequireAdmin, Scope, Session
 from spawnpoint.kit.pagination import Page, Pagination
 from spawnpoint.kit.routing import StrictRoute
-from spawnpoint.teardown.endpoints import TEARDOWN_RESPONSES, Cascade, teardown_response
+from spawnpoint.teardown.endpoints import Cascade, teardown_delete, teardown_response
 from spawnpoint.teardown.service import WorkspaceTeardown
 from spawnpoint.tenants.repository import TenantRepository
 from spawnpoint.users.repository import UserRepository
@@ -63,12 +63,7 @@ async def update_user(
     return UserRead.model_validate(user)
 
 
-@router.delete(
-    "/{user_id}",
-    status_code=status.HTTP_204_NO_CONTENT,
-    summary="Delete user",
-    responses=TEARDOWN_RESPONSES,
-)
+@teardown_delete(router, "/{user_id}", summary="Delete user")
 async def delete_user(
     actor: RequireAdmin,
     users: Users,
