@@ -57,6 +57,13 @@ async def test_a_number_that_overflows_a_double_is_refused_and_the_tenant_keeps_
     listed = await client.get("/api/workspaces", headers=member)
     assert listed.status_code == 200
     assert listed.json()["items"] == []
+    for big in (2**64, 10**30, -(2**63) - 1):
+        response = await client.post(
+            "/api/spawn",
+            headers=member,
+            json={"template_id": str(org.template_id), "parameters": {"n": [1.5, big]}},
+        )
+        assert pointers(response) == ["#/parameters/n/1"], big
     accepted = await client.post(
         "/api/spawn",
         headers=member,
@@ -84,6 +91,8 @@ async def test_non_finite_and_out_of_range_numbers_on_templates_name_the_field(
         ("cpu", True),
         ("cpu", "2"),
         ("memory_mb", 512.5),
+        ("cpu", 0.001),  # usage counters add cpus up with two places
+        ("cpu", 1e-9),
         ("restricted", 1),
         ("ports", [True]),
     ):

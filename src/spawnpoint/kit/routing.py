@@ -119,9 +119,26 @@ async def _check_body(request: StrictJSONRequest, *, max_depth: int) -> None:
             errors
             or [_error(("body",), "json_invalid", f"not JSON: {exc.msg} at character {exc.pos}")]
         ) from exc
+    if _holds_float(document):
+        # orjson reads an integer past 64 bits as a float; Python's parser keeps it exact,
+        # so it can be refused rather than stored rounded.
+        document = _lenient(await request.body())
     errors = document_errors(document, max_depth=max_depth)
     if errors:
         raise RequestValidationError(errors)
+
+
+def _holds_float(document: Any) -> bool:
+    stack = [document]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, float):
+            return True
+        if isinstance(value, dict):
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+    return False
 
 
 class StrictRoute(APIRoute):

@@ -12,6 +12,7 @@ from decimal import Decimal
 from typing import Annotated, Any, ClassVar
 
 import orjson
+from annotated_types import Ge, Le
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -52,8 +53,21 @@ def _whole_number(value: object) -> object:
     return value
 
 
-Integer = Annotated[int, BeforeValidator(_whole_number)]
-Int32 = Annotated[Integer, Field(ge=0, le=INT32_MAX)]
+# Bounds go before the validator, in the same Annotated: only there does pydantic write
+# them to the JSON schema as `minimum`/`maximum` (nested, they would leak out as `ge`/`le`).
+whole_number = BeforeValidator(_whole_number)
+Integer = Annotated[int, whole_number]
+Int32 = Annotated[int, Ge(0), Le(INT32_MAX), whole_number]
+
+
+def _two_places(value: float) -> float:
+    if round(value, 2) != value:
+        raise ValueError("may have at most two decimal places")
+    return value
+
+
+# vCPUs: two places, as the usage counters (NUMERIC) add them up exactly.
+Cpus = Annotated[float, Strict(), Ge(0.01), Le(1024), AfterValidator(_two_places)]
 Number = Annotated[float, Strict(), Field(allow_inf_nan=False)]
 Flag = Annotated[bool, Strict()]
 

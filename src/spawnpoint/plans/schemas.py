@@ -21,13 +21,19 @@ class PlanCreate(InputSchema):
     name: Name
     description: str = Field("", max_length=2000)
     max_workspaces: Int32 = Field(5, description="Concurrent workspaces per tenant.")
-    max_cpu: CpuAmount = Field(Decimal(8), description="vCPUs across the tenant's live workspaces.")
+    max_cpu: CpuAmount = Field(
+        Decimal(8),
+        description="vCPUs across the tenant's live workspaces.",
+        json_schema_extra={"default": 8},  # a number, as it is sent (not the Decimal's "8")
+    )
     max_memory_mb: Int32 = Field(16384, description="MiB across the tenant's live workspaces.")
     max_storage_gb: Int32 = Field(100, description="GiB across the tenant's workspaces.")
     max_concurrent_jobs: Int32 = Field(5, description="Jobs running at once.")
     max_jobs_per_day: Int32 = Field(500, description="Jobs enqueued per day.")
     monthly_budget: Money = Field(
-        default=Decimal(0), description="Spend per month; 0 means no budget."
+        default=Decimal(0),
+        description="Spend per month; 0 means no budget.",
+        json_schema_extra={"default": 0},
     )
 
 

@@ -4,25 +4,31 @@ import uuid
 from datetime import datetime
 from typing import Annotated, ClassVar
 
+from annotated_types import Ge, Le
 from pydantic import Field, field_validator
 
 from spawnpoint.kit.schemas import (
+    Cpus,
     Flag,
     InputSchema,
-    Integer,
     Name,
     Number,
     ReadSchema,
     UpdateSchema,
+    whole_number,
 )
 
 ProvisionerName = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[a-z][a-z0-9-]*$")]
 EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=128)]
-Port = Annotated[Integer, Field(ge=1, le=65535)]
+Port = Annotated[int, Ge(1), Le(65535), whole_number]
 # Bounded so that every date derived from them (idle deadlines, expiry) is representable.
 MAX_IDLE_TIMEOUT_MINUTES = 10 * 366 * 24 * 60
 MAX_LIFETIME_DAYS = 100 * 366
 MAX_HOURLY_COST = 1_000_000
+MemoryMb = Annotated[int, Ge(16), Le(4_194_304), whole_number]
+StorageGb = Annotated[int, Ge(0), Le(65_536), whole_number]
+IdleMinutes = Annotated[int, Ge(1), Le(MAX_IDLE_TIMEOUT_MINUTES), whole_number]
+LifetimeDays = Annotated[int, Ge(1), Le(MAX_LIFETIME_DAYS), whole_number]
 
 
 class TemplateSpec(InputSchema):
@@ -34,23 +40,19 @@ class TemplateSpec(InputSchema):
         description="Command for the local provisioner; placeholders {port} and {workspace_dir}.",
     )
     image: str | None = Field(None, max_length=512, description="Container image.")
-    cpu: Number = Field(1, gt=0, le=1024, description="vCPUs.")
-    memory_mb: Integer = Field(512, ge=16, le=4_194_304, description="Memory in MiB.")
-    storage_gb: Integer = Field(1, ge=0, le=65_536, description="Persistent storage in GiB.")
+    cpu: Cpus = Field(1, description="vCPUs, at most two decimal places.")
+    memory_mb: MemoryMb = Field(512, description="Memory in MiB.")
+    storage_gb: StorageGb = Field(1, description="Persistent storage in GiB.")
     ports: list[Port] = Field(default_factory=list, max_length=32)
     env: dict[EnvName, Annotated[str, Field(max_length=8192)]] = Field(
         default_factory=dict, max_length=256
     )
-    idle_timeout_minutes: Integer | None = Field(
+    idle_timeout_minutes: IdleMinutes | None = Field(
         None,
-        ge=1,
-        le=MAX_IDLE_TIMEOUT_MINUTES,
         description="Stop a workspace this long after its last activity (at most 10 years).",
     )
-    max_lifetime_days: Integer | None = Field(
+    max_lifetime_days: LifetimeDays | None = Field(
         None,
-        ge=1,
-        le=MAX_LIFETIME_DAYS,
         description="Delete a workspace this long after it was created (at most 100 years).",
     )
     hourly_cost: Number = Field(
@@ -75,13 +77,13 @@ class TemplateSpecUpdate(UpdateSchema):
 
     command: str | None = Field(None, max_length=4096)
     image: str | None = Field(None, max_length=512)
-    cpu: Number | None = Field(None, gt=0, le=1024)
-    memory_mb: Integer | None = Field(None, ge=16, le=4_194_304)
-    storage_gb: Integer | None = Field(None, ge=0, le=65_536)
+    cpu: Cpus | None = Field(None)
+    memory_mb: MemoryMb | None = Field(None)
+    storage_gb: StorageGb | None = Field(None)
     ports: list[Port] | None = Field(None, max_length=32)
     env: dict[EnvName, Annotated[str, Field(max_length=8192)]] | None = Field(None, max_length=256)
-    idle_timeout_minutes: Integer | None = Field(None, ge=1, le=MAX_IDLE_TIMEOUT_MINUTES)
-    max_lifetime_days: Integer | None = Field(None, ge=1, le=MAX_LIFETIME_DAYS)
+    idle_timeout_minutes: IdleMinutes | None = Field(None)
+    max_lifetime_days: LifetimeDays | None = Field(None)
     hourly_cost: Number | None = Field(None, ge=0, le=MAX_HOURLY_COST)
     restricted: Flag | None = Field(None)
 

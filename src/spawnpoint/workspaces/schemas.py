@@ -2,18 +2,26 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
+from annotated_types import Ge, Le
 from pydantic import Field
 
-from spawnpoint.kit.schemas import INT32_MAX, InputSchema, Integer, JSONObject, Name, ReadSchema
+from spawnpoint.kit.schemas import (
+    INT32_MAX,
+    InputSchema,
+    JSONObject,
+    Name,
+    ReadSchema,
+    whole_number,
+)
 from spawnpoint.models import WorkspaceState
 
 
 class SpawnRequest(InputSchema):
     template_id: uuid.UUID
-    version: Integer | None = Field(
-        None, ge=1, le=INT32_MAX, description="Template version; default: current."
+    version: Annotated[int, Ge(1), Le(INT32_MAX), whole_number] | None = Field(
+        None, description="Template version; default: current."
     )
     name: Name | None = Field(
         None, description="Workspace name; default: derived from the template."
