@@ -67,7 +67,14 @@ def _two_places(value: float) -> float:
 
 
 # vCPUs: two places, as the usage counters (NUMERIC) add them up exactly.
-Cpus = Annotated[float, Strict(), Ge(0.01), Le(1024), AfterValidator(_two_places)]
+Cpus = Annotated[
+    float,
+    Strict(),
+    Ge(0.01),
+    Le(1024),
+    AfterValidator(_two_places),
+    Field(json_schema_extra={"multipleOf": 0.01}),
+]
 Number = Annotated[float, Strict(), Field(allow_inf_nan=False)]
 Flag = Annotated[bool, Strict()]
 
@@ -83,12 +90,14 @@ Cents = Annotated[
 Money = Annotated[
     Cents,
     Field(ge=0, max_digits=14, decimal_places=2, allow_inf_nan=False),
-    WithJsonSchema({"type": "number", "minimum": 0, "maximum": 999_999_999_999.99}),
+    WithJsonSchema(
+        {"type": "number", "minimum": 0, "maximum": 999_999_999_999.99, "multipleOf": 0.01}
+    ),
 ]
 CpuAmount = Annotated[
     Cents,
     Field(ge=0, max_digits=10, decimal_places=2, allow_inf_nan=False),
-    WithJsonSchema({"type": "number", "minimum": 0, "maximum": 99_999_999.99}),
+    WithJsonSchema({"type": "number", "minimum": 0, "maximum": 99_999_999.99, "multipleOf": 0.01}),
 ]
 Name = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^\S(.*\S)?$")]
 

@@ -5,7 +5,7 @@ from datetime import datetime
 from typing import Annotated, ClassVar
 
 from annotated_types import Ge, Le
-from pydantic import Field, field_validator
+from pydantic import Field, WithJsonSchema, field_validator
 
 from spawnpoint.kit.schemas import (
     Cpus,
@@ -19,7 +19,22 @@ from spawnpoint.kit.schemas import (
 )
 
 ProvisionerName = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[a-z][a-z0-9-]*$")]
-EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=128)]
+ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+EnvName = Annotated[str, Field(pattern=ENV_NAME, max_length=128)]
+# Documented by hand: pydantic writes the key pattern as `patternProperties`, which lets
+# keys that do not match through with any value.
+Env = Annotated[
+    dict[EnvName, Annotated[str, Field(max_length=8192)]],
+    Field(max_length=256),
+    WithJsonSchema(
+        {
+            "type": "object",
+            "maxProperties": 256,
+            "propertyNames": {"pattern": ENV_NAME, "maxLength": 128},
+            "additionalProperties": {"type": "string", "maxLength": 8192},
+        }
+    ),
+]
 Port = Annotated[int, Ge(1), Le(65535), whole_number]
 # Bounded so that every date derived from them (idle deadlines, expiry) is representable.
 MAX_IDLE_TIMEOUT_MINUTES = 10 * 366 * 24 * 60
@@ -44,9 +59,7 @@ class TemplateSpec(InputSchema):
     memory_mb: MemoryMb = Field(512, description="Memory in MiB.")
     storage_gb: StorageGb = Field(1, description="Persistent storage in GiB.")
     ports: list[Port] = Field(default_factory=list, max_length=32)
-    env: dict[EnvName, Annotated[str, Field(max_length=8192)]] = Field(
-        default_factory=dict, max_length=256
-    )
+    env: Env = Field(default_factory=dict, description="Environment of the workspace.")
     idle_timeout_minutes: IdleMinutes | None = Field(
         None,
         description="Stop a workspace this long after its last activity (at most 10 years).",
@@ -81,7 +94,7 @@ class TemplateSpecUpdate(UpdateSchema):
     memory_mb: MemoryMb | None = Field(None)
     storage_gb: StorageGb | None = Field(None)
     ports: list[Port] | None = Field(None, max_length=32)
-    env: dict[EnvName, Annotated[str, Field(max_length=8192)]] | None = Field(None, max_length=256)
+    env: Env | None = Field(None)
     idle_timeout_minutes: IdleMinutes | None = Field(None)
     max_lifetime_days: LifetimeDays | None = Field(None)
     hourly_cost: Number | None = Field(None, ge=0, le=MAX_HOURLY_COST)

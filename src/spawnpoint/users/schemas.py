@@ -9,9 +9,15 @@ from pydantic import AfterValidator, Field
 from spawnpoint.kit.schemas import InputSchema, ReadSchema, UpdateSchema
 from spawnpoint.models import Role, UserStatus
 
+EMAIL_PART = (
+    r"[^@\s\u0000-\u001f\u007f-\u009f\u00a0\u1680\u2000-\u200a"
+    r"\u2028\u2029\u202f\u205f\u3000\ufeff]+"
+)
 Email = Annotated[
     str,
-    Field(min_length=3, max_length=254, pattern=r"^[^@\s]+@[^@\s]+$"),
+    # Spelled out rather than \s, which means different characters to JSON Schema's
+    # (ECMAScript) regular expressions than to the server's: no spaces, no controls.
+    Field(min_length=3, max_length=254, pattern=rf"^{EMAIL_PART}@{EMAIL_PART}$"),
     AfterValidator(str.lower),
 ]
 
