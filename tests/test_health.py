@@ -28,3 +28,13 @@ async def test_ready_is_503_when_the_database_is_unreachable(tmp_path: Path) -> 
     assert ready.headers["content-type"] == "application/problem+json"
     assert ready.json()["checks"] == {"database": "unreachable"}
     assert live.status_code == 200
+
+
+async def test_metrics_expose_the_sweep_error_counter(client: httpx.AsyncClient) -> None:
+    from spawnpoint.kit.metrics import SWEEP_ROW_ERRORS
+
+    SWEEP_ROW_ERRORS.labels(task="test.metrics").inc()
+    response = await client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    assert 'spawnpoint_sweep_row_errors_total{task="test.metrics"}' in response.text

@@ -173,6 +173,10 @@ async def test_nul_in_bodies_keys_paths_and_queries_is_refused(
     assert pointers(response) == ["#/path/permit_id"]
     response = await client.get("/api/workspaces", params={"cursor": "a\x00"}, headers=member)
     assert pointers(response) == ["#/query/cursor"]
+    response = await client.get(
+        "/api/workspaces", params={"cursor": "bm90LWEta2V5"}, headers=member
+    )
+    assert pointers(response) == ["#/query/cursor"]
 
 
 async def test_bodies_past_the_limit_are_413_before_parsing(
@@ -196,6 +200,9 @@ async def test_bodies_past_the_limit_are_413_before_parsing(
     )
     assert streamed.status_code == 413
     assert (await client.get("/api/workspaces", headers=member)).json()["items"] == []
+    # Routes that take no body are limited too (the OpenAPI document declares 413 on all).
+    listed = await client.request("GET", "/api/workspaces", headers=member, content=big.encode())
+    assert listed.status_code == 413
 
 
 async def test_free_form_json_is_bounded_in_bytes_and_depth(

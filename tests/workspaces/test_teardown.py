@@ -202,6 +202,9 @@ async def test_a_user_who_owns_workspaces_waits_for_them_and_signs_in_no_more(
     assert started.status_code == 202, started.text
     assert (await client.get(url, headers=admin)).json()["status"] == "disabled"
     assert (await client.get("/api/workspaces", headers=world.bearer(owner))).status_code == 401
+    enabled = await client.put(url, headers=admin, json={"status": "active"})
+    assert enabled.status_code == 409
+    assert "being deleted" in enabled.json()["detail"]
 
     await start_worker()
     await wait_deleted(world.database, [owned])

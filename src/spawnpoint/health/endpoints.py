@@ -2,8 +2,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from spawnpoint.deps import DB
 from spawnpoint.kit.errors import problem_document, problem_response
@@ -42,3 +43,15 @@ async def ready(database: DB) -> Any:
         doc["checks"] = {"database": "unreachable"}
         return problem_response(doc)
     return JSONResponse({"status": "ready", "checks": {"database": "ok"}})
+
+
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    openapi_extra=PUBLIC,
+    response_class=PlainTextResponse,
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},
+)
+async def metrics() -> Response:
+    """Expose this process's metrics in the Prometheus text format."""
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

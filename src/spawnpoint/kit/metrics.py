@@ -1,6 +1,7 @@
 """Prometheus metrics shared by the API and worker processes.
 
-Defined once, at import, in the default registry, which a `/metrics` endpoint will expose.
+Defined once, at import, in the default registry, which `GET /metrics` exposes (in the
+API process, and so for the in-process worker of `spawnpoint serve`).
 """
 
 from __future__ import annotations

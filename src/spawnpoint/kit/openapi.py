@@ -74,8 +74,10 @@ def _applicable(path: str, method: str, operation: dict[str, Any]) -> list[int]:
         statuses.append(404)
     if method in WRITE_METHODS and not public:
         statuses.append(409)
+    # The body limit applies to every request, with a body expected or not.
+    statuses.append(413)
     if "requestBody" in operation:
-        statuses += [413, 415]
+        statuses.append(415)
     if path not in ALWAYS_UP:
         statuses.append(503)
     return statuses

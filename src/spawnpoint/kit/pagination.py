@@ -14,7 +14,7 @@ from sqlalchemy import Result, Select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
-from spawnpoint.kit.errors import Unprocessable
+from spawnpoint.kit.errors import field_error
 
 T = TypeVar("T")
 K = TypeVar("K")
@@ -40,7 +40,7 @@ def decode_cursor(cursor: str, key_type: Callable[[str], K]) -> K:
     try:
         return key_type(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode())
     except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
-        raise Unprocessable("The cursor is not one this API returned.") from exc
+        raise field_error("#/query/cursor", "The cursor is not one this API returned.") from exc
 
 
 async def page_params(

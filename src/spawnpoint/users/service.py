@@ -4,7 +4,7 @@ import uuid
 
 from spawnpoint.kit.errors import Conflict, Forbidden
 from spawnpoint.kit.pagination import PageParams
-from spawnpoint.models import Role, User
+from spawnpoint.models import Role, User, UserStatus
 from spawnpoint.security import Principal
 from spawnpoint.teardown.repository import USER
 from spawnpoint.teardown.schemas import TeardownAccepted
@@ -66,6 +66,8 @@ class UserService:
             self._check_role(actor, role)
             if user.id == actor.user_id and role.rank > Role(user.role).rank:
                 raise Forbidden("Nobody can raise their own role.")
+        if changes.get("status") == UserStatus.active and user.deletion_requested_at is not None:
+            raise Conflict("The user is being deleted; the account cannot be enabled again.")
         for field, value in changes.items():
             setattr(user, field, value)
         await self.repository.flush()

@@ -383,7 +383,12 @@ class WorkspaceService:
                 self.session, [(Workspace, workspace), (WorkspaceEvent, event)], job, commit=commit
             )
         except IntegrityError as exc:
-            raise Conflict("A workspace with this external_ref already exists.") from exc
+            if "external_ref" in str(exc.orig) or "UNIQUE" in str(exc.orig):
+                raise Conflict("A workspace with this external_ref already exists.") from exc
+            # A foreign key: the project or the owner went while this spawn was checked.
+            raise Conflict(
+                "The project or the user of this spawn was deleted meanwhile; nothing was created."
+            ) from exc
         return Workspace(**workspace), job["id"]
 
     async def _enqueue(self, workspace: Workspace, job_type: str, actor: Principal | None) -> Job:
