@@ -81,6 +81,11 @@ def is_unavailable(error: BaseException) -> bool:
     return False
 
 
+def first_line(error: BaseException) -> str:
+    """A driver error's first line (psycopg adds context lines), or its class's name."""
+    return next(iter(str(error).strip().splitlines()), type(error).__name__)
+
+
 class UTCDateTime(TypeDecorator[datetime]):
     """Timezone-aware UTC datetimes on every backend (SQLite drops the offset)."""
 

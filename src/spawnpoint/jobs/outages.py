@@ -14,7 +14,7 @@ import logging
 import random
 import time
 
-from spawnpoint.db import is_unavailable
+from spawnpoint.db import first_line, is_unavailable
 
 _jitter = random.SystemRandom()
 
@@ -51,7 +51,7 @@ class Outage:
                 "%s: database unavailable (%s: %s); retrying until it is back",
                 self.what,
                 type(error).__name__,
-                str(error).strip().splitlines()[0] if str(error).strip() else "",
+                first_line(error),
             )
         else:
             self.log.debug("%s: database still unavailable: %s", self.what, error)

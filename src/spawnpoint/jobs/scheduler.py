@@ -29,6 +29,7 @@ from spawnpoint.db import Database
 from spawnpoint.jobs.outages import Outage
 from spawnpoint.jobs.queue import new_owner_id, rescue_expired
 from spawnpoint.kit.clock import utcnow
+from spawnpoint.kit.metrics import SWEEP_ROW_ERRORS
 from spawnpoint.models.jobs import LeaderLeaseRow
 
 log = logging.getLogger("spawnpoint.jobs.scheduler")
@@ -47,6 +48,32 @@ class PeriodicTask:
     name: str
     interval: timedelta
     fn: Callable[[AsyncSession, datetime], Awaitable[object]]
+
+
+async def isolated(
+    session: AsyncSession,
+    work: Callable[[], Awaitable[bool]],
+    *,
+    task: str,
+    row: str,
+    logger: logging.Logger,
+) -> bool:
+    """Run one row's share of a periodic task in a savepoint of the task's transaction.
+
+    A row that fails is rolled back alone, logged on `logger` as `task: row skipped`,
+    counted in `spawnpoint_sweep_row_errors_total{task}` and left for the next tick, so one
+    bad row never undoes or stops the rest of the batch.
+
+    Returns:
+        What `work` returned (whether it acted on the row); False when it failed.
+    """
+    try:
+        async with session.begin_nested():
+            return await work()
+    except Exception:
+        logger.exception("%s: %s skipped: processing it failed", task, row)
+        SWEEP_ROW_ERRORS.labels(task=task).inc()
+        return False
 
 
 class LeaderLease:

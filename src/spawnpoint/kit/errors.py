@@ -14,7 +14,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from spawnpoint.db import is_unavailable
+from spawnpoint.db import first_line, is_unavailable
 
 PROBLEM_JSON = "application/problem+json"
 log = logging.getLogger("spawnpoint.errors")
@@ -140,8 +140,9 @@ async def _on_database_error(request: Request, exc: Exception) -> JSONResponse:
     # other database error stays unexpected (500 with its traceback, below).
     if not is_unavailable(exc):
         raise exc
-    reason = next(iter(str(exc).strip().splitlines()), type(exc).__name__)
-    log.warning("database unavailable on %s %s: %s", request.method, request.url.path, reason)
+    log.warning(
+        "database unavailable on %s %s: %s", request.method, request.url.path, first_line(exc)
+    )
     problem = DatabaseUnavailable(
         "The database is unavailable; retry shortly.",
         headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)},

@@ -26,7 +26,6 @@ from spawnpoint.kit.schemas import json_field_limit
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 NON_FINITE = "numbers must be finite: no NaN, no Infinity, nothing past a double's range"
-DEFAULT_MAX_JSON_DEPTH = 32
 
 
 class UnsupportedMediaType(ProblemError):
@@ -38,9 +37,14 @@ def _error(loc: tuple[Any, ...], kind: str, message: str) -> dict[str, Any]:
     return {"type": kind, "loc": loc, "msg": message, "input": None}
 
 
-def document_errors(document: Any, *, max_depth: int) -> list[dict[str, Any]]:
-    """What a parsed JSON document holds that no column can store, with where it is."""
+def scan(document: Any, *, max_depth: int) -> tuple[list[dict[str, Any]], bool]:
+    """What a parsed JSON document holds that no column can store, with where it is.
+
+    Returns:
+        The errors (at most 20), and whether the document holds any float at all.
+    """
     errors: list[dict[str, Any]] = []
+    floats = False
     stack: list[tuple[Any, tuple[Any, ...]]] = [(document, ("body",))]
     while stack and len(errors) < 20:
         value, loc = stack.pop()
@@ -57,11 +61,13 @@ def document_errors(document: Any, *, max_depth: int) -> list[dict[str, Any]]:
         elif isinstance(value, str):
             if "\x00" in value:
                 errors.append(_error(loc, "string_nul", "strings may not contain NUL"))
+        elif isinstance(value, float):
+            floats = True
+            if not math.isfinite(value):
+                errors.append(_error(loc, "finite_number", NON_FINITE))
         elif isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX:
             errors.append(_error(loc, "int_range", "integers must fit in 64 bits"))
-        elif isinstance(value, float) and not math.isfinite(value):
-            errors.append(_error(loc, "finite_number", NON_FINITE))
-    return errors
+    return errors, floats
 
 
 def _lenient(body: bytes) -> Any:
@@ -114,31 +120,18 @@ async def _check_body(request: StrictJSONRequest, *, max_depth: int) -> None:
         document = await request.json()
     except orjson.JSONDecodeError as exc:
         # Point at the non-finite number when that is all that is wrong, else at the syntax.
-        errors = document_errors(_lenient(await request.body()), max_depth=max_depth)
+        errors, _ = scan(_lenient(await request.body()), max_depth=max_depth)
         raise RequestValidationError(
             errors
             or [_error(("body",), "json_invalid", f"not JSON: {exc.msg} at character {exc.pos}")]
         ) from exc
-    if _holds_float(document):
+    errors, floats = scan(document, max_depth=max_depth)
+    if floats and not errors:
         # orjson reads an integer past 64 bits as a float; Python's parser keeps it exact,
         # so it can be refused rather than stored rounded.
-        document = _lenient(await request.body())
-    errors = document_errors(document, max_depth=max_depth)
+        errors, _ = scan(_lenient(await request.body()), max_depth=max_depth)
     if errors:
         raise RequestValidationError(errors)
-
-
-def _holds_float(document: Any) -> bool:
-    stack = [document]
-    while stack:
-        value = stack.pop()
-        if isinstance(value, float):
-            return True
-        if isinstance(value, dict):
-            stack.extend(value.values())
-        elif isinstance(value, list):
-            stack.extend(value)
-    return False
 
 
 class StrictRoute(APIRoute):

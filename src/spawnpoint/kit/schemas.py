@@ -56,7 +56,6 @@ def _whole_number(value: object) -> object:
 # Bounds go before the validator, in the same Annotated: only there does pydantic write
 # them to the JSON schema as `minimum`/`maximum` (nested, they would leak out as `ge`/`le`).
 whole_number = BeforeValidator(_whole_number)
-Integer = Annotated[int, whole_number]
 Int32 = Annotated[int, Ge(0), Le(INT32_MAX), whole_number]
 
 

@@ -19,9 +19,9 @@ from sqlalchemy import and_
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from spawnpoint.jobs.queue import announce_on_commit, queued_job
+from spawnpoint.jobs.scheduler import isolated
 from spawnpoint.kit.clock import utcnow
 from spawnpoint.kit.errors import Conflict
-from spawnpoint.kit.metrics import SWEEP_ROW_ERRORS
 from spawnpoint.models import Job, User, UserStatus, Workspace
 from spawnpoint.models import WorkspaceState as S
 from spawnpoint.security import Principal
@@ -186,15 +186,13 @@ class PendingDeletions:
         kind: ParentKind,
         parent_id: uuid.UUID,
     ) -> bool:
-        try:
-            async with session.begin_nested():
-                return await self._finish(session, repository, kind, parent_id)
-        except Exception:
-            log.exception(
-                "%s: %s %s skipped: finishing its deletion failed", self.name, kind.noun, parent_id
-            )
-            SWEEP_ROW_ERRORS.labels(task=self.name).inc()
-            return False
+        return await isolated(
+            session,
+            lambda: self._finish(session, repository, kind, parent_id),
+            task=self.name,
+            row=f"{kind.noun} {parent_id}",
+            logger=log,
+        )
 
     async def _finish(
         self,

@@ -17,7 +17,6 @@ them, so one that cannot be decoded does not even count as an error.
 from __future__ import annotations
 
 import logging
-import uuid
 from abc import ABC, abstractmethod
 from datetime import datetime, timedelta
 from typing import Any, ClassVar
@@ -29,9 +28,8 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from spawnpoint.config import Settings
 from spawnpoint.jobs.queue import announce_on_commit, enqueue
-from spawnpoint.jobs.scheduler import PeriodicTask
+from spawnpoint.jobs.scheduler import PeriodicTask, isolated
 from spawnpoint.kit.idempotency import purge_expired
-from spawnpoint.kit.metrics import SWEEP_ROW_ERRORS
 from spawnpoint.models import TemplateVersion, Workspace, WorkspaceState
 from spawnpoint.models.workspaces import IDLE_SWEEP_PREDICATE
 from spawnpoint.provisioners import (
@@ -118,16 +116,13 @@ class WorkspaceSweep(ABC):
         return acted
 
     async def _isolated(self, session: AsyncSession, workspace: Workspace, now: datetime) -> bool:
-        workspace_id: uuid.UUID = workspace.id
-        try:
-            if not self.due(workspace, now):
-                return False
-            async with session.begin_nested():
-                return await self.process(session, workspace, now)
-        except Exception:
-            log.exception("%s: workspace %s skipped: processing it failed", self.name, workspace_id)
-            SWEEP_ROW_ERRORS.labels(task=self.name).inc()
-            return False
+        async def work() -> bool:
+            return self.due(workspace, now) and await self.process(session, workspace, now)
+
+        # The label is read now: after a rollback the row's attributes are expired.
+        return await isolated(
+            session, work, task=self.name, row=f"workspace {workspace.id}", logger=log
+        )
 
 
 class IdleStop(WorkspaceSweep):
