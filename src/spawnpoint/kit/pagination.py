@@ -68,15 +68,18 @@ async def fetch_page(
     params: PageParams,
     key_type: Callable[[str], Any] = uuid.UUID,
     columns_only: bool = False,
+    descending: bool = False,
 ) -> tuple[list[Any], str | None]:
     """Run `statement` for one page ordered by `key`; return rows and the next cursor.
 
     Rows either select `key`'s column by name or start with an entity that carries it;
-    the cursor is that key of the last row.
+    the cursor is that key of the last row. With `descending`, the largest keys (for
+    time-ordered ids, the newest rows) come first and each page continues below the cursor.
     """
     if params.cursor is not None:
-        statement = statement.where(key > decode_cursor(params.cursor, key_type))
-    statement = statement.order_by(key).limit(params.limit + 1)
+        after = decode_cursor(params.cursor, key_type)
+        statement = statement.where(key < after if descending else key > after)
+    statement = statement.order_by(key.desc() if descending else key).limit(params.limit + 1)
     result: Result[*tuple[Any, ...]]
     if columns_only:
         # Plain rows need no ORM session machinery: run them on the session's connection.
