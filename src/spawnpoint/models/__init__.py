@@ -1,6 +1,7 @@
 """ORM tables, one module per aggregate; importing this package registers them all."""
 
 from spawnpoint.models.jobs import Job, JobLog, JobState, LeaderLeaseRow
+from spawnpoint.models.outbox import OutboxEvent
 from spawnpoint.models.templates import Template, TemplateVersion
 from spawnpoint.models.tenancy import Plan, Project, Role, Tenant, TenantStatus, User, UserStatus
 from spawnpoint.models.workspaces import (
@@ -17,6 +18,7 @@ __all__ = [
     "JobLog",
     "JobState",
     "LeaderLeaseRow",
+    "OutboxEvent",
     "Plan",
     "Project",
     "Role",
