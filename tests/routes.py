@@ -95,6 +95,7 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/api/workspaces/{workspace_id}/events"): Rule(Role.viewer, 200),
     ("GET", "/api/v1/workspaces/{permit_id}/status"): Rule(Role.viewer, 200),
     ("GET", "/api/v1/workspaces/{permit_id}/connection"): Rule(Role.viewer, 200),
+    ("GET", "/api/events"): Rule(Role.viewer, 200),
 }
 
 

@@ -14,6 +14,7 @@ from fastapi_offline import FastAPIOffline
 
 from spawnpoint.config import Settings
 from spawnpoint.db import Database
+from spawnpoint.events.endpoints import router as events_router
 from spawnpoint.health.endpoints import router as health_router
 from spawnpoint.jobs.registry import default_registry
 from spawnpoint.jobs.worker import run_worker_in_process
@@ -40,6 +41,7 @@ ROUTERS = (
     projects_router,
     templates_router,
     workspaces_router,
+    events_router,
 )
 log = logging.getLogger("spawnpoint")
 

@@ -12,6 +12,8 @@ from spawnpoint.kit.clock import utcnow
 
 # The relay's predicate; a query that should use the partial index spells the same literal.
 UNPUBLISHED = "published_at IS NULL"
+TYPE_LENGTH = 100
+KEY_LENGTH = 200
 
 
 class OutboxEvent(IdMixin, Base):
@@ -36,9 +38,9 @@ class OutboxEvent(IdMixin, Base):
     )
 
     tenant_id: Mapped[uuid.UUID | None]
-    type: Mapped[str] = mapped_column(String(100))
+    type: Mapped[str] = mapped_column(String(TYPE_LENGTH))
     # The aggregate's id as text (a workspace id, ...): relays keep events of one key in order.
-    key: Mapped[str] = mapped_column(String(200))
+    key: Mapped[str] = mapped_column(String(KEY_LENGTH))
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     published_at: Mapped[datetime | None]

@@ -1,0 +1,1 @@
+"""Events: the outbox rows that describe changes, and `GET /api/events`, which lists them."""
