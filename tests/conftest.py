@@ -167,7 +167,11 @@ class World:
             await session.flush()
             session.add(
                 TemplateVersion(
-                    template_id=template.id, version=1, provisioner="dry-run", spec=DRY_RUN_SPEC
+                    template_id=template.id,
+                    version=1,
+                    tenant_id=tenant.id,
+                    provisioner="dry-run",
+                    spec=DRY_RUN_SPEC,
                 )
             )
             org = Org(tenant_id=tenant.id, plan_id=plan_row.id, template_id=template.id)

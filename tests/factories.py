@@ -76,6 +76,7 @@ async def make_template(
             TemplateVersion(
                 template_id=template.id,
                 version=1,
+                tenant_id=tenant_id,
                 provisioner=provisioner,
                 spec={**DRY_RUN_SPEC, **(spec or {})},
             )

@@ -10,13 +10,13 @@ from datetime import timedelta
 from typing import Any
 
 import jwt
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from spawnpoint.config import Settings
 from spawnpoint.kit.clock import utcnow
 from spawnpoint.kit.errors import Forbidden, Unauthorized
-from spawnpoint.models import Role, Tenant, TenantStatus, User, UserStatus
+from spawnpoint.models import Role, TenantStatus, UserStatus
+from spawnpoint.users.repository import AccountRepository, AccountRow
 
 DEMO_ADMIN_ID = uuid.UUID("00000000-0000-0000-0000-000000001000")
 DEMO_ADMIN_EMAIL = "admin@demo.local"
@@ -93,9 +93,6 @@ def _uuid_claim(claims: dict[str, Any], name: str) -> uuid.UUID:
         raise Unauthorized(f"Invalid token: claim {name!r} is not a UUID.") from exc
 
 
-AccountRow = tuple[uuid.UUID, str, str, str]  # tenant id, role, user status, tenant status
-
-
 class AccountCache:
     """Recently read account rows, so a burst of requests costs one lookup per user.
 
@@ -153,14 +150,7 @@ async def _account(
     hit, row = cache.get(user_id)
     if hit:
         return row
-    found = (
-        await session.execute(
-            select(User.tenant_id, User.role, User.status, Tenant.status)
-            .join(Tenant, Tenant.id == User.tenant_id)
-            .where(User.id == user_id)
-        )
-    ).one_or_none()
-    row = None if found is None else (found[0], found[1], found[2], found[3])
+    row = await AccountRepository(session).account(user_id)
     cache.put(user_id, row)
     return row
 

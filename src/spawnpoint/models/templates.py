@@ -41,14 +41,22 @@ class Template(IdMixin, TimestampMixin, Base):
 
 
 class TemplateVersion(Base):
-    """An immutable snapshot of a template's spec; rows are only ever inserted."""
+    """An immutable snapshot of a template's spec; rows are only ever inserted.
+
+    `tenant_id` copies the template's (NULL for a platform template), so reads of versions
+    are scoped by their own column instead of trusting that the template was checked.
+    """
 
     __tablename__ = "template_versions"
+    __table_args__ = (Index("ix_template_versions_tenant_id", "tenant_id"),)
 
     template_id: Mapped[uuid.UUID] = mapped_column(
         ForeignKey("templates.id", ondelete="CASCADE"), primary_key=True
     )
     version: Mapped[int] = mapped_column(primary_key=True)
+    tenant_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE")
+    )
     provisioner: Mapped[str] = mapped_column(String(63))
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_by: Mapped[uuid.UUID | None] = mapped_column(

@@ -1,23 +1,20 @@
 from __future__ import annotations
 
-from sqlalchemy import Select, select
-from sqlalchemy.ext.asyncio import AsyncSession
+import uuid
 
-from spawnpoint.kit.repository import Repository
+from spawnpoint.kit.pagination import PageParams
+from spawnpoint.kit.repository import ScopedRepository
 from spawnpoint.models import Project
-from spawnpoint.scope import TenantScope
 
 
-class ProjectRepository(Repository[Project]):
+class ProjectRepository(ScopedRepository[Project]):
     model = Project
     noun = "project"
 
-    def __init__(self, session: AsyncSession, scope: TenantScope) -> None:
-        super().__init__(session)
-        self.scope = scope
-
-    def readable(self) -> Select[Project]:
-        statement = select(Project)
-        if not self.scope.all_tenants:
-            statement = statement.where(Project.tenant_id == self.scope.tenant_id)
-        return statement
+    async def page_of_tenant(
+        self, params: PageParams, *, tenant_id: uuid.UUID | None
+    ) -> tuple[list[Project], str | None]:
+        """One page of readable projects, of `tenant_id` only when given."""
+        if tenant_id is None:
+            return await self.page(params)
+        return await self.page(params, Project.tenant_id == tenant_id)

@@ -11,7 +11,7 @@ from spawnpoint.teardown.repository import PROJECT
 from spawnpoint.teardown.schemas import TeardownAccepted
 from spawnpoint.teardown.service import WorkspaceTeardown
 from spawnpoint.tenants.repository import TenantRepository
-from spawnpoint.tenants.service import resolve_owner_tenant
+from spawnpoint.tenants.service import listed_tenant, resolve_owner_tenant
 
 
 class ProjectService:
@@ -29,10 +29,8 @@ class ProjectService:
     async def list_page(
         self, *, params: PageParams, tenant_id: uuid.UUID | None
     ) -> tuple[list[Project], str | None]:
-        statement = self.repository.readable()
-        if tenant_id is not None:
-            statement = statement.where(Project.tenant_id == tenant_id)
-        return await self.repository.page(params, statement)
+        tenant_id = await listed_tenant(self.tenants, tenant_id)
+        return await self.repository.page_of_tenant(params, tenant_id=tenant_id)
 
     async def get(self, *, project_id: uuid.UUID) -> Project:
         return await self.repository.get(project_id)

@@ -10,10 +10,10 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, delete, func, or_, select, tuple_
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
 
 from spawnpoint.kit.errors import Conflict
+from spawnpoint.kit.repository import PlatformRepository
 from spawnpoint.models import Project, Template, Tenant, TenantUsage, User, Workspace
 from spawnpoint.models import WorkspaceState as S
 
@@ -56,9 +56,14 @@ KINDS = (TEMPLATE, PROJECT, USER, TENANT)
 LIVE = Workspace.state != S.deleted
 
 
-class TeardownRepository:
-    def __init__(self, session: AsyncSession) -> None:
-        self.session = session
+class TeardownRepository(PlatformRepository[Workspace]):
+    """Unscoped: the deletion finisher serves every tenant, and a request's parent (a
+    tenant, project, user or template) was read through its scoped repository first.
+    A platform template's workspaces belong to many tenants; `live_summary` names only
+    the caller's."""
+
+    model = Workspace
+    noun = "workspace"
 
     async def live_summary(
         self, scope: ColumnElement[bool], *, listed: int, visible_tenant: uuid.UUID | None

@@ -3,14 +3,12 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy import Row, Select, or_, select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import Row, Select, select
 
 from spawnpoint.kit.errors import NotFound
 from spawnpoint.kit.pagination import PageParams, fetch_page
-from spawnpoint.kit.repository import Repository
+from spawnpoint.kit.repository import ScopedRepository
 from spawnpoint.models import Template, TemplateVersion
-from spawnpoint.scope import TenantScope
 
 LISTING_COLUMNS = (
     Template.id,
@@ -25,21 +23,21 @@ LISTING_COLUMNS = (
 )
 
 
-class TemplateRepository(Repository[Template]):
+class TemplateRepository(ScopedRepository[Template]):
+    """Templates of the caller's tenant and the platform's (no tenant), which all may read.
+
+    Versions are scoped by their own `tenant_id` (a copy of their template's), so a version
+    read never depends on the caller having read its template first.
+    """
+
     model = Template
     noun = "template"
+    platform_rows = True
 
-    def __init__(self, session: AsyncSession, scope: TenantScope) -> None:
-        super().__init__(session)
-        self.scope = scope
-
-    def readable(self) -> Select[Template]:
-        statement = select(Template)
-        if not self.scope.all_tenants:
-            statement = statement.where(
-                or_(Template.tenant_id == self.scope.tenant_id, Template.tenant_id.is_(None))
-            )
-        return statement
+    def _versions(self) -> Select[TemplateVersion]:
+        return select(TemplateVersion).where(
+            *self.owned_by(TemplateVersion.tenant_id, platform_rows=True)
+        )
 
     def _with_current(self) -> Select[Template, TemplateVersion]:
         return (
@@ -74,14 +72,22 @@ class TemplateRepository(Repository[Template]):
     async def page_versions(
         self, template_id: uuid.UUID, params: PageParams
     ) -> tuple[list[TemplateVersion], str | None]:
-        statement = select(TemplateVersion).where(TemplateVersion.template_id == template_id)
+        statement = self._versions().where(TemplateVersion.template_id == template_id)
         rows, cursor = await fetch_page(
             self.session, statement, key=TemplateVersion.version, params=params, key_type=int
         )
         return [row[0] for row in rows], cursor
 
     async def get_version(self, template_id: uuid.UUID, version: int) -> TemplateVersion:
-        found = await self.session.get(TemplateVersion, (template_id, version))
+        statement = self._versions().where(
+            TemplateVersion.template_id == template_id, TemplateVersion.version == version
+        )
+        found = (await self.session.execute(statement)).scalar_one_or_none()
         if found is None:
             raise NotFound("Template version not found.")
         return found
+
+    async def add_version(self, version: TemplateVersion) -> TemplateVersion:
+        self.session.add(version)
+        await self.flush()
+        return version

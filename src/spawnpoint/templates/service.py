@@ -123,16 +123,16 @@ class TemplateService:
     async def _add_version(
         self, actor: Principal, template: Template, provisioner: str, spec: TemplateSpec
     ) -> TemplateVersion:
-        version = TemplateVersion(
-            template_id=template.id,
-            version=template.current_version,
-            provisioner=provisioner,
-            spec=spec.model_dump(mode="json"),
-            created_by=actor.user_id,
+        return await self.repository.add_version(
+            TemplateVersion(
+                template_id=template.id,
+                version=template.current_version,
+                tenant_id=template.tenant_id,
+                provisioner=provisioner,
+                spec=spec.model_dump(mode="json"),
+                created_by=actor.user_id,
+            )
         )
-        self.repository.session.add(version)
-        await self.repository.flush()
-        return version
 
     async def _new_version(
         self, actor: Principal, template: Template, provisioner: str, spec: TemplateSpec

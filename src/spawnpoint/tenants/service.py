@@ -33,6 +33,18 @@ async def resolve_owner_tenant(
     return tenant_id
 
 
+async def listed_tenant(tenants: TenantRepository, tenant_id: uuid.UUID | None) -> uuid.UUID | None:
+    """A list's `?tenant_id=` filter: a tenant the caller may see, else 422 as for no tenant.
+
+    Another tenant's id answers exactly like an id nobody has, so a non-operator learns
+    nothing about which tenants exist, and a filter that cannot match says so instead of
+    answering an empty page.
+    """
+    if tenant_id is not None and await tenants.find(tenant_id) is None:
+        raise field_error("#/query/tenant_id", "No tenant has this id.")
+    return tenant_id
+
+
 class TenantService:
     def __init__(
         self, repository: TenantRepository, plans: PlanRepository, *, teardown: WorkspaceTeardown

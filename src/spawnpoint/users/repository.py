@@ -1,23 +1,42 @@
 from __future__ import annotations
 
-from sqlalchemy import Select, select
-from sqlalchemy.ext.asyncio import AsyncSession
+import uuid
 
-from spawnpoint.kit.repository import Repository
-from spawnpoint.models import User
-from spawnpoint.scope import TenantScope
+from sqlalchemy import select
+
+from spawnpoint.kit.pagination import PageParams
+from spawnpoint.kit.repository import PlatformRepository, ScopedRepository
+from spawnpoint.models import Tenant, User
+
+AccountRow = tuple[uuid.UUID, str, str, str]  # tenant id, role, user status, tenant status
 
 
-class UserRepository(Repository[User]):
+class UserRepository(ScopedRepository[User]):
     model = User
     noun = "user"
 
-    def __init__(self, session: AsyncSession, scope: TenantScope) -> None:
-        super().__init__(session)
-        self.scope = scope
+    async def page_of_tenant(
+        self, params: PageParams, *, tenant_id: uuid.UUID | None
+    ) -> tuple[list[User], str | None]:
+        """One page of readable users, of `tenant_id` only when given."""
+        if tenant_id is None:
+            return await self.page(params)
+        return await self.page(params, User.tenant_id == tenant_id)
 
-    def readable(self) -> Select[User]:
-        statement = select(User)
-        if not self.scope.all_tenants:
-            statement = statement.where(User.tenant_id == self.scope.tenant_id)
-        return statement
+
+class AccountRepository(PlatformRepository[User]):
+    """The sign-in lookup: unscoped, since it runs to find out who (and whose) the caller is."""
+
+    model = User
+    noun = "user"
+
+    async def account(self, user_id: uuid.UUID) -> AccountRow | None:
+        """The user's tenant, role and status, and its tenant's status; None when unknown."""
+        found = (
+            await self.session.execute(
+                select(User.tenant_id, User.role, User.status, Tenant.status)
+                .join(Tenant, Tenant.id == User.tenant_id)
+                .where(User.id == user_id)
+            )
+        ).one_or_none()
+        return None if found is None else (found[0], found[1], found[2], found[3])

@@ -10,7 +10,7 @@ from spawnpoint.teardown.repository import USER
 from spawnpoint.teardown.schemas import TeardownAccepted
 from spawnpoint.teardown.service import WorkspaceTeardown
 from spawnpoint.tenants.repository import TenantRepository
-from spawnpoint.tenants.service import resolve_owner_tenant
+from spawnpoint.tenants.service import listed_tenant, resolve_owner_tenant
 from spawnpoint.users.repository import UserRepository
 from spawnpoint.users.schemas import UserCreate, UserUpdate
 
@@ -26,10 +26,8 @@ class UserService:
     async def list_page(
         self, *, params: PageParams, tenant_id: uuid.UUID | None
     ) -> tuple[list[User], str | None]:
-        statement = self.repository.readable()
-        if tenant_id is not None:
-            statement = statement.where(User.tenant_id == tenant_id)
-        return await self.repository.page(params, statement)
+        tenant_id = await listed_tenant(self.tenants, tenant_id)
+        return await self.repository.page_of_tenant(params, tenant_id=tenant_id)
 
     async def get(self, *, user_id: uuid.UUID) -> User:
         return await self.repository.get(user_id)

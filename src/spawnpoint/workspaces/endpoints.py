@@ -148,16 +148,9 @@ async def list_workspaces(
     project: Annotated[uuid.UUID | None, Query(description="Project id.")] = None,
 ) -> Page[WorkspaceRead]:
     """List the tenant's workspaces, newest last, filtered by state, owner, template, project."""
-    statement = rows.readable()
-    for column, value in (
-        (Workspace.state, state),
-        (Workspace.owner_id, owner),
-        (Workspace.template_id, template),
-        (Workspace.project_id, project),
-    ):
-        if value is not None:
-            statement = statement.where(column == value)
-    items, cursor = await rows.page(page, statement)
+    items, cursor = await rows.page_filtered(
+        page, state=state, owner_id=owner, template_id=template, project_id=project
+    )
     return Page(items=[console.read(w) for w in items], next_cursor=cursor)
 
 

@@ -6,13 +6,17 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import ColumnElement, Select, select
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from spawnpoint.kit.errors import NotFound
 from spawnpoint.kit.pagination import PageParams, fetch_page
-from spawnpoint.kit.repository import Repository
-from spawnpoint.models import TemplateVersion, TenantUsage, Workspace, WorkspaceEvent
-from spawnpoint.scope import TenantScope
+from spawnpoint.kit.repository import ScopedRepository
+from spawnpoint.models import (
+    TemplateVersion,
+    TenantUsage,
+    Workspace,
+    WorkspaceEvent,
+    WorkspaceState,
+)
 from spawnpoint.workspaces.schemas import Usage
 
 
@@ -47,19 +51,35 @@ def usage_from_row(row: Sequence[Any] | None) -> Usage:
     )
 
 
-class WorkspaceRepository(Repository[Workspace]):
+class WorkspaceRepository(ScopedRepository[Workspace]):
     model = Workspace
     noun = "workspace"
 
-    def __init__(self, session: AsyncSession, scope: TenantScope) -> None:
-        super().__init__(session)
-        self.scope = scope
+    async def page_filtered(
+        self,
+        params: PageParams,
+        *,
+        state: WorkspaceState | None = None,
+        owner_id: uuid.UUID | None = None,
+        template_id: uuid.UUID | None = None,
+        project_id: uuid.UUID | None = None,
+    ) -> tuple[list[Workspace], str | None]:
+        """One page of readable workspaces matching every filter given.
 
-    def readable(self) -> Select[Workspace]:
-        statement = select(Workspace)
-        if not self.scope.all_tenants:
-            statement = statement.where(Workspace.tenant_id == self.scope.tenant_id)
-        return statement
+        Filters narrow the readable statement and never widen it: another tenant's owner,
+        template or project id matches nothing, exactly like an id nobody has.
+        """
+        conditions = [
+            column == value
+            for column, value in (
+                (Workspace.state, state),
+                (Workspace.owner_id, owner_id),
+                (Workspace.template_id, template_id),
+                (Workspace.project_id, project_id),
+            )
+            if value is not None
+        ]
+        return await self.page(params, *conditions)
 
     async def get_for_update(self, workspace_id: uuid.UUID) -> Workspace:
         statement = self.readable().where(Workspace.id == workspace_id).with_for_update()
@@ -69,9 +89,14 @@ class WorkspaceRepository(Repository[Workspace]):
         return found
 
     async def by_external_ref(self, external_ref: str) -> Workspace:
-        statement = self.readable().where(Workspace.external_ref == external_ref)
-        if self.scope.all_tenants:
-            statement = statement.where(Workspace.tenant_id == self.scope.tenant_id)
+        """The caller's own tenant's workspace for a permit, for operators too.
+
+        A permit id (`external_ref`) is unique within a tenant only, so across tenants it
+        could name several workspaces.
+        """
+        statement = select(Workspace).where(
+            Workspace.external_ref == external_ref, self.tenant_condition(Workspace.tenant_id)
+        )
         found = (await self.session.execute(statement)).scalar_one_or_none()
         if found is None:
             raise NotFound("Workspace not found.")
@@ -84,7 +109,10 @@ class WorkspaceRepository(Repository[Workspace]):
     async def page_events(
         self, workspace_id: uuid.UUID, params: PageParams
     ) -> tuple[list[WorkspaceEvent], str | None]:
-        statement = select(WorkspaceEvent).where(WorkspaceEvent.workspace_id == workspace_id)
+        """One page of a workspace's events, scoped by the events' own `tenant_id`."""
+        statement = select(WorkspaceEvent).where(
+            WorkspaceEvent.workspace_id == workspace_id, *self.owned_by(WorkspaceEvent.tenant_id)
+        )
         rows, cursor = await fetch_page(
             self.session, statement, key=WorkspaceEvent.id, params=params
         )
