@@ -6,7 +6,9 @@ DESIGN.md adds ENVIRONMENT, DATA_DIR, PROVISIONER and POLICY_ENGINE.
 
 from __future__ import annotations
 
+import base64
 import ipaddress
+import os
 import secrets
 import uuid
 from functools import cached_property
@@ -18,6 +20,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MIN_SECRET_BYTES = 32
 DEV_SECRET_FILE = ".jwt-secret"  # noqa: S105  (a file name, not a secret)
+DEV_AUDIT_KEY_FILE = ".audit-signing-key"
 DEFAULT_DEV_BYPASS_TOKEN = "DEV-LOCAL-TOKEN"  # noqa: S105  (public by design: the seed's)
 
 
@@ -116,6 +119,22 @@ class Settings(BaseSettings):
         "bypass token is active (refused otherwise: anyone on the network would be an operator).",
     )
 
+    audit_signing_key: str | None = Field(
+        None,
+        description="Ed25519 private key that signs audit checkpoints: the raw 32-byte key "
+        "in base64, or a PKCS#8 PEM. Required in production; in development one is generated "
+        "once under DATA_DIR (.audit-signing-key, mode 0600) when unset.",
+    )
+    audit_retention_days: int = Field(
+        2557,
+        ge=1,
+        description="How long audit entries stay in the database (default seven years); "
+        "older months are archived to DATA_DIR/audit-archive/ and then dropped.",
+    )
+    audit_checkpoint_interval_seconds: float = Field(
+        300.0, gt=0, description="How often the scheduler signs a checkpoint of every chain."
+    )
+
     demo_tenant_id: uuid.UUID = Field(
         uuid.UUID("00000000-0000-0000-0000-000000000001"),
         description="UUID for the seeded demo tenant.",
@@ -197,12 +216,37 @@ class Settings(BaseSettings):
             reasons.append("JWT_SECRET is missing; production needs a secret of at least 32 bytes")
         elif len(self.jwt_secret.encode()) < MIN_SECRET_BYTES:
             reasons.append("JWT_SECRET is shorter than 32 bytes")
+        if not self.audit_signing_key:
+            # A key generated on one host would sign checkpoints no other replica can
+            # check, and a lost file would orphan every checkpoint it signed.
+            reasons.append(
+                "AUDIT_SIGNING_KEY is missing; production needs the Ed25519 key that signs "
+                "audit checkpoints"
+            )
         return reasons
 
     def check_safe(self) -> None:
         reasons = self.unsafe_reasons()
         if reasons:
             raise UnsafeSettingsError("; ".join(reasons))
+
+    @cached_property
+    def audit_key_material(self) -> str | None:
+        """AUDIT_SIGNING_KEY; in development a random key generated once under DATA_DIR."""
+        if self.audit_signing_key or not self.is_development:
+            return self.audit_signing_key
+        path = self.data_dir / DEV_AUDIT_KEY_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Any 32 random bytes are an Ed25519 private key (its seed). O_EXCL: of two
+        # processes starting at once, one writes the key and the other reads it.
+        key = base64.b64encode(secrets.token_bytes(32)).decode()
+        try:
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return path.read_text().strip()
+        with os.fdopen(descriptor, "w") as file:
+            file.write(key)
+        return key
 
     @cached_property
     def signing_secret(self) -> str | None:

@@ -1,5 +1,6 @@
 """ORM tables, one module per aggregate; importing this package registers them all."""
 
+from spawnpoint.models.audit import AuditCheckpoint, AuditEntry, AuditHead
 from spawnpoint.models.jobs import Job, JobLog, JobState, LeaderLeaseRow
 from spawnpoint.models.outbox import OutboxEvent
 from spawnpoint.models.templates import Template, TemplateVersion
@@ -13,6 +14,9 @@ from spawnpoint.models.workspaces import (
 )
 
 __all__ = [
+    "AuditCheckpoint",
+    "AuditEntry",
+    "AuditHead",
     "IdempotencyRecord",
     "Job",
     "JobLog",

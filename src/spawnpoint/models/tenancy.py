@@ -25,9 +25,15 @@ def pending_deletion_index(table: str) -> Index:
 
 
 class Role(StrEnum):
-    """Per-tenant roles in increasing power; `operator` is platform-wide."""
+    """Per-tenant roles in increasing power; `operator` is platform-wide.
+
+    `auditor` reads what a viewer reads, plus the tenant's audit log, and changes nothing:
+    it ranks above `viewer` and below `member`. Reading the audit log is not a rank but a
+    grant (admins, auditors and operators; see `spawnpoint.audit.endpoints`).
+    """
 
     viewer = "viewer"
+    auditor = "auditor"
     member = "member"
     publisher = "publisher"
     admin = "admin"
@@ -83,7 +89,8 @@ class User(IdMixin, TimestampMixin, Base):
     __tablename__ = "users"
     __table_args__ = (
         CheckConstraint(
-            "role IN ('viewer', 'member', 'publisher', 'admin', 'operator')", name="role"
+            "role IN ('viewer', 'auditor', 'member', 'publisher', 'admin', 'operator')",
+            name="role",
         ),
         CheckConstraint("status IN ('active', 'disabled')", name="status"),
         Index("ix_users_tenant_id_id", "tenant_id", "id"),

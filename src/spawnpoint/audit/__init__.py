@@ -1,0 +1,1 @@
+"""The tamper-evident audit log: hash chains per tenant, signed checkpoints, retention."""

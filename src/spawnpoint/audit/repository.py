@@ -1,0 +1,544 @@
+"""SQL of the audit log: appending to chains, reading them, checkpoints and partitions.
+
+Appending has one shape on both databases: upsert and lock each chain head, then insert
+the entries and move the heads. PostgreSQL sends each half as one pipeline (two round
+trips; the unit of work can ride the second with its COMMIT, see `spawnpoint.uow`);
+SQLite runs the same statements one by one, its write transactions being serialised
+already (BEGIN IMMEDIATE).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import uuid
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, NamedTuple, cast
+
+from pydantic_core import to_jsonable_python
+from sqlalchemy import (
+    ColumnElement,
+    Row,
+    Table,
+    and_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.sql.base import Executable
+from sqlalchemy.sql.elements import ClauseElement
+
+from spawnpoint.audit.chain import (
+    ENTRY_COLUMNS_WITH_HASHES,
+    GENESIS_HASH,
+    AuditDraft,
+    chain_of,
+    entry_hash,
+)
+from spawnpoint.db import DriverStatement, pipelined
+from spawnpoint.kit.pagination import PageParams, fetch_page
+from spawnpoint.models import AuditCheckpoint, AuditEntry, AuditHead
+
+PARTITION_SCHEMA = "audit_partitions"
+STREAM_BATCH = 5_000
+Step = tuple[DriverStatement, dict[str, Any]]
+_LOG = cast(Table, AuditEntry.__table__)
+_HEADS = cast(Table, AuditHead.__table__)
+
+
+class Head(NamedTuple):
+    """A chain's last link, as locked by `lock_steps`."""
+
+    chain_id: uuid.UUID
+    seq: int
+    hash: str
+    time: datetime | None
+
+
+class Statement(DriverStatement):
+    """A driver statement that keeps its SQLAlchemy form, for SQLite to execute."""
+
+    def __init__(self, clause: Executable, dialect: Dialect) -> None:
+        super().__init__(cast(ClauseElement, clause), dialect)
+        self.clause = clause
+
+
+@dataclass(frozen=True)
+class _Statements:
+    create_head: Statement
+    lock_head: Statement
+    insert_entry: Statement
+    move_head: Statement
+
+
+def _param(name: str, column: Any) -> Any:
+    return bindparam(name, type_=column.type, required=False)
+
+
+@functools.lru_cache(maxsize=8)
+def statements(dialect: Dialect) -> _Statements:
+    """The append statements for `dialect`, compiled once."""
+    dialect_insert = postgresql.insert if dialect.name == "postgresql" else sqlite.insert
+    # Parameters are named apart from the columns they fill, as SQLAlchemy requires.
+    chain_id = _param("chain", _HEADS.c.chain_id)
+    create_head = (
+        dialect_insert(_HEADS)
+        .values(
+            chain_id=chain_id,
+            seq=0,
+            hash=GENESIS_HASH,
+            time=None,
+            archived_seq=0,
+            archived_hash=GENESIS_HASH,
+        )
+        .on_conflict_do_nothing(index_elements=[_HEADS.c.chain_id])
+    )
+    lock_head = (
+        select(_HEADS.c.chain_id, _HEADS.c.seq, _HEADS.c.hash, _HEADS.c.time)
+        .where(_HEADS.c.chain_id == chain_id)
+        .with_for_update()
+    )
+    insert_entry = insert(_LOG).values({c.key: _param(f"new_{c.key}", c) for c in _LOG.c})
+    move_head = (
+        update(_HEADS)
+        .where(_HEADS.c.chain_id == chain_id)
+        .values(
+            seq=_param("new_seq", _HEADS.c.seq),
+            hash=_param("new_hash", _HEADS.c.hash),
+            time=_param("new_time", _HEADS.c.time),
+        )
+    )
+    return _Statements(
+        create_head=Statement(create_head, dialect),
+        lock_head=Statement(lock_head, dialect),
+        insert_entry=Statement(insert_entry, dialect),
+        move_head=Statement(move_head, dialect),
+    )
+
+
+def _details(details: Mapping[str, Any]) -> dict[str, Any]:
+    """`details` as the JSON column will give it back, so the hash covers what is stored.
+
+    Values become JSON values (UUIDs and times as strings), and a round trip through JSON
+    turns non-string keys into the strings they are stored as.
+    """
+    document: dict[str, Any] = json.loads(
+        json.dumps(to_jsonable_python(dict(details)), allow_nan=False)
+    )
+    return document
+
+
+@dataclass(frozen=True)
+class AuditFilters:
+    """What `GET /api/audit` narrows to; times are UTC, `since` inclusive, `until` not."""
+
+    since: datetime | None = None
+    until: datetime | None = None
+    actor_id: str | None = None
+    action_prefix: str | None = None
+    resource_type: str | None = None
+    resource_id: str | None = None
+    result: str | None = None
+
+
+def action_starts_with(prefix: str) -> ColumnElement[bool]:
+    """`action` starts with `prefix`, every character literal, case-sensitive everywhere."""
+    return and_(
+        AuditEntry.action.startswith(prefix, autoescape=True),
+        func.substr(AuditEntry.action, 1, len(prefix)) == prefix,
+    )
+
+
+class Partition(NamedTuple):
+    name: str
+    start: datetime
+    end: datetime
+
+
+def month_start(value: datetime, shift: int = 0) -> datetime:
+    """The first instant (UTC) of `value`'s month, `shift` months on."""
+    value = value.astimezone(UTC)
+    index = value.year * 12 + value.month - 1 + shift
+    return datetime(index // 12, index % 12 + 1, 1, tzinfo=UTC)
+
+
+def partition_name(start: datetime) -> str:
+    return f"audit_log_{start.year:04d}_{start.month:02d}"
+
+
+class AuditLog:
+    """The chains of `audit_log`, appended to and read in the caller's transaction.
+
+    Nothing here commits: `append` writes in whatever transaction owns `session`.
+    """
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    @property
+    def dialect(self) -> Dialect:
+        return self.session.get_bind().dialect
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.dialect.name == "postgresql"
+
+    # Appending
+
+    def lock_steps(self, chain_ids: Sequence[uuid.UUID]) -> list[Step]:
+        """Create (if new) and lock the heads of `chain_ids`, in one fixed order.
+
+        Heads are locked sorted by chain id, so two transactions writing to the same
+        chains never wait for each other in a cycle. A head created by a concurrent first
+        writer is waited for (ON CONFLICT DO NOTHING), then locked like any other. The
+        lock steps' cursors give (chain_id, seq, hash, time): see `heads_from`.
+        """
+        st = statements(self.dialect)
+        steps: list[Step] = []
+        for chain_id in sorted(set(chain_ids)):
+            steps.append((st.create_head, {"chain": chain_id}))
+            steps.append((st.lock_head, {"chain": chain_id}))
+        return steps
+
+    async def heads_from(self, cursors: Sequence[Any]) -> dict[uuid.UUID, Head]:
+        """The locked heads, from the psycopg cursors of `lock_steps`' statements."""
+        heads: dict[uuid.UUID, Head] = {}
+        for cursor in cursors:
+            if cursor.description is None:
+                continue
+            for chain_id, seq, hash_, time in await cursor.fetchall():
+                heads[chain_id] = Head(chain_id, seq, hash_, time)
+        return heads
+
+    def write_steps(
+        self, heads: Mapping[uuid.UUID, Head], drafts: Sequence[AuditDraft]
+    ) -> list[Step]:
+        """Insert `drafts` after the locked `heads`, and move the heads past them.
+
+        Entries take the next `seq` of their chain in the order given. An entry's time is
+        never earlier than its predecessor's (a draft made just before another that
+        locked the head first takes that one's time), so `seq` and `time` order a chain
+        alike and each month's partition holds a contiguous run of it.
+
+        Raises:
+            KeyError: a draft's chain is not among `heads` (it was not locked).
+        """
+        st = statements(self.dialect)
+        current = dict(heads)
+        steps: list[Step] = []
+        for draft in drafts:
+            chain_id = chain_of(draft.tenant_id)
+            head = current[chain_id]
+            time = draft.time.astimezone(UTC)
+            if head.time is not None and time < head.time:
+                time = head.time.astimezone(UTC)
+            fields: dict[str, Any] = {
+                "seq": head.seq + 1,
+                "time": time,
+                "tenant_id": draft.tenant_id,
+                "actor_type": draft.actor_type,
+                "actor_id": draft.actor_id,
+                "action": draft.action,
+                "resource_type": draft.resource_type,
+                "resource_id": draft.resource_id,
+                "result": draft.result,
+                "ip": draft.ip,
+                "user_agent": draft.user_agent,
+                "reason": draft.reason,
+                "request_id": draft.request_id,
+                "details": _details(draft.details),
+            }
+            hash_ = entry_hash(head.hash, fields)
+            row = {**fields, "chain_id": chain_id, "prev_hash": head.hash, "hash": hash_}
+            steps.append((st.insert_entry, {f"new_{name}": value for name, value in row.items()}))
+            current[chain_id] = Head(chain_id, head.seq + 1, hash_, time)
+        for chain_id, head in current.items():
+            if head != heads[chain_id]:
+                values = {"chain": chain_id, "new_seq": head.seq, "new_hash": head.hash}
+                steps.append((st.move_head, {**values, "new_time": head.time}))
+        return steps
+
+    async def append(self, drafts: Sequence[AuditDraft]) -> None:
+        """Append `drafts` to their chains in the caller's transaction (never commits)."""
+        if not drafts:
+            return
+        chains = sorted({chain_of(d.tenant_id) for d in drafts})
+        if self.is_postgres:
+            heads = await self.heads_from(await pipelined(self.session, self.lock_steps(chains)))
+            await pipelined(self.session, self.write_steps(heads, drafts))
+            return
+        connection = await self.session.connection()
+        heads = {}
+        for statement, values in self.lock_steps(chains):
+            result = await connection.execute(_clause(statement), values)
+            if result.returns_rows:
+                for chain_id, seq, hash_, time in result:
+                    heads[chain_id] = Head(chain_id, seq, hash_, time)
+        await _run(connection, self.write_steps(heads, drafts))
+
+    # Reading
+
+    async def snapshot(self) -> None:
+        """Make the rest of this read-only transaction see one snapshot.
+
+        Call first thing in a `transaction(write=False)`: on PostgreSQL it turns the
+        autocommit reader into a REPEATABLE READ transaction (streamed reads need a
+        transaction, and heads, checkpoints and entries must agree); SQLite's deferred
+        transaction sees one snapshot already.
+        """
+        if self.is_postgres:
+            await self.session.connection(
+                execution_options={
+                    "isolation_level": "REPEATABLE READ",
+                    "postgresql_readonly": True,
+                }
+            )
+
+    async def head(self, chain_id: uuid.UUID) -> AuditHead | None:
+        return await self.session.get(AuditHead, chain_id)
+
+    async def heads(self) -> list[AuditHead]:
+        return list((await self.session.execute(select(AuditHead))).scalars())
+
+    async def page(
+        self, chain_id: uuid.UUID, filters: AuditFilters, params: PageParams
+    ) -> tuple[list[AuditEntry], str | None]:
+        """One page of a chain's entries, newest (highest `seq`) first."""
+        statement = select(AuditEntry).where(AuditEntry.chain_id == chain_id)
+        if filters.since is not None:
+            statement = statement.where(AuditEntry.time >= filters.since)
+        if filters.until is not None:
+            statement = statement.where(AuditEntry.time < filters.until)
+        for column, value in (
+            (AuditEntry.actor_id, filters.actor_id),
+            (AuditEntry.resource_type, filters.resource_type),
+            (AuditEntry.resource_id, filters.resource_id),
+            (AuditEntry.result, filters.result),
+        ):
+            if value is not None:
+                statement = statement.where(column == value)
+        if filters.action_prefix is not None:
+            statement = statement.where(action_starts_with(filters.action_prefix))
+        rows, cursor = await fetch_page(
+            self.session,
+            statement,
+            key=AuditEntry.seq,
+            params=params,
+            key_type=int,
+            descending=True,
+        )
+        return [row[0] for row in rows], cursor
+
+    async def stream(
+        self,
+        chain_id: uuid.UUID,
+        *,
+        first_seq: int = 1,
+        last_seq: int | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> AsyncIterator[Sequence[Row[Any]]]:
+        """A chain's entries in `seq` order, in batches, with bounded memory.
+
+        Rows are in `ENTRY_COLUMNS_WITH_HASHES` order. A server-side cursor on
+        PostgreSQL (call `snapshot` first); SQLite reads batch by batch.
+        """
+        statement = select(*(_LOG.c[name] for name in ENTRY_COLUMNS_WITH_HASHES)).where(
+            _LOG.c.chain_id == chain_id, _LOG.c.seq >= first_seq
+        )
+        if last_seq is not None:
+            statement = statement.where(_LOG.c.seq <= last_seq)
+        if since is not None:
+            statement = statement.where(_LOG.c.time >= since)
+        if until is not None:
+            statement = statement.where(_LOG.c.time < until)
+        statement = statement.order_by(_LOG.c.seq, _LOG.c.time)
+        connection = await self.session.connection()
+        result = await connection.stream(statement.execution_options(yield_per=STREAM_BATCH))
+        try:
+            async for batch in result.partitions(STREAM_BATCH):
+                yield batch
+        finally:
+            await result.close()
+
+    async def first_seq_since(self, chain_id: uuid.UUID, since: datetime) -> int | None:
+        return (
+            await self.session.execute(
+                select(func.min(AuditEntry.seq)).where(
+                    AuditEntry.chain_id == chain_id, AuditEntry.time >= since
+                )
+            )
+        ).scalar_one_or_none()
+
+    async def last_seq_before(self, chain_id: uuid.UUID, until: datetime) -> int | None:
+        return (
+            await self.session.execute(
+                select(func.max(AuditEntry.seq)).where(
+                    AuditEntry.chain_id == chain_id, AuditEntry.time < until
+                )
+            )
+        ).scalar_one_or_none()
+
+    async def entry(self, chain_id: uuid.UUID, seq: int) -> AuditEntry | None:
+        return (
+            (
+                await self.session.execute(
+                    select(AuditEntry).where(AuditEntry.chain_id == chain_id, AuditEntry.seq == seq)
+                )
+            )
+            .scalars()
+            .first()
+        )
+
+    # Checkpoints
+
+    async def latest_checkpoint(self, chain_id: uuid.UUID) -> AuditCheckpoint | None:
+        return (
+            await self.session.execute(
+                select(AuditCheckpoint)
+                .where(AuditCheckpoint.chain_id == chain_id)
+                .order_by(AuditCheckpoint.seq.desc(), AuditCheckpoint.id.desc())
+                .limit(1)
+            )
+        ).scalar_one_or_none()
+
+    async def checkpoint_at(self, chain_id: uuid.UUID, seq: int) -> AuditCheckpoint | None:
+        """The newest checkpoint of exactly `seq`."""
+        return (
+            await self.session.execute(
+                select(AuditCheckpoint)
+                .where(AuditCheckpoint.chain_id == chain_id, AuditCheckpoint.seq == seq)
+                .order_by(AuditCheckpoint.id.desc())
+                .limit(1)
+            )
+        ).scalar_one_or_none()
+
+    async def first_checkpoint_from(self, chain_id: uuid.UUID, seq: int) -> AuditCheckpoint | None:
+        """The earliest checkpoint at or after `seq`: the one that covers entry `seq`."""
+        return (
+            await self.session.execute(
+                select(AuditCheckpoint)
+                .where(AuditCheckpoint.chain_id == chain_id, AuditCheckpoint.seq >= seq)
+                .order_by(AuditCheckpoint.seq, AuditCheckpoint.id.desc())
+                .limit(1)
+            )
+        ).scalar_one_or_none()
+
+    async def unsigned_heads(self) -> list[AuditHead]:
+        """Heads that moved since their chain's last checkpoint (or never had one)."""
+        signed = (
+            select(func.max(AuditCheckpoint.seq))
+            .where(AuditCheckpoint.chain_id == AuditHead.chain_id)
+            .scalar_subquery()
+        )
+        statement = select(AuditHead).where(
+            AuditHead.seq > 0, AuditHead.seq > func.coalesce(signed, 0)
+        )
+        return list((await self.session.execute(statement)).scalars())
+
+    async def add_checkpoint(self, checkpoint: AuditCheckpoint) -> AuditCheckpoint:
+        self.session.add(checkpoint)
+        await self.session.flush()
+        return checkpoint
+
+    async def page_checkpoints(
+        self, chain_id: uuid.UUID, params: PageParams
+    ) -> tuple[list[AuditCheckpoint], str | None]:
+        """A chain's checkpoints, newest first."""
+        rows, cursor = await fetch_page(
+            self.session,
+            select(AuditCheckpoint).where(AuditCheckpoint.chain_id == chain_id),
+            key=AuditCheckpoint.id,
+            params=params,
+            descending=True,
+        )
+        return [row[0] for row in rows], cursor
+
+    # Partitions and retention
+
+    async def partitions(self) -> list[Partition]:
+        """The monthly partitions of `audit_log` (PostgreSQL; none on SQLite), oldest first."""
+        if not self.is_postgres:
+            return []
+        names = (
+            await self.session.execute(
+                text(
+                    "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+                    "WHERE i.inhparent = 'audit_log'::regclass ORDER BY c.relname"
+                )
+            )
+        ).scalars()
+        found = []
+        for name in names:
+            year, month = (int(part) for part in name.removeprefix("audit_log_").split("_"))
+            start = datetime(year, month, 1, tzinfo=UTC)
+            found.append(Partition(name, start, month_start(start, 1)))
+        return found
+
+    async def create_partition(self, start: datetime) -> str:
+        """Create the partition of the month beginning at `start` (PostgreSQL), if missing."""
+        name = partition_name(start)
+        end = month_start(start, 1)
+        await self.session.execute(
+            text(
+                f"CREATE TABLE IF NOT EXISTS {PARTITION_SCHEMA}.{name} PARTITION OF audit_log "
+                f"FOR VALUES FROM ('{start.isoformat()}') TO ('{end.isoformat()}')"
+            )
+        )
+        return name
+
+    async def drop_partition(self, name: str) -> None:
+        await self.session.execute(text(f"DROP TABLE IF EXISTS {PARTITION_SCHEMA}.{name}"))
+
+    async def oldest_time(self) -> datetime | None:
+        return (await self.session.execute(select(func.min(AuditEntry.time)))).scalar_one_or_none()
+
+    async def chain_ends(self, start: datetime, end: datetime) -> list[tuple[uuid.UUID, int]]:
+        """Each chain with entries in [start, end), with its last `seq` there."""
+        rows = await self.session.execute(
+            select(AuditEntry.chain_id, func.max(AuditEntry.seq))
+            .where(AuditEntry.time >= start, AuditEntry.time < end)
+            .group_by(AuditEntry.chain_id)
+        )
+        return [(chain_id, seq) for chain_id, seq in rows]
+
+    async def delete_between(self, start: datetime, end: datetime) -> int:
+        """Delete the entries of [start, end) (SQLite's stand-in for dropping a partition)."""
+        result = await self.session.execute(
+            delete(AuditEntry).where(AuditEntry.time >= start, AuditEntry.time < end)
+        )
+        return int(getattr(result, "rowcount", 0) or 0)
+
+    async def mark_archived(self, chain_id: uuid.UUID, *, seq: int, hash: str) -> None:
+        """Record that a chain's entries up to `seq` (ending in `hash`) left the database."""
+        await self.session.execute(
+            update(AuditHead)
+            .where(AuditHead.chain_id == chain_id, AuditHead.archived_seq < seq)
+            .values(archived_seq=seq, archived_hash=hash)
+        )
+
+
+def _clause(statement: DriverStatement) -> Executable:
+    assert isinstance(statement, Statement)
+    return statement.clause
+
+
+async def _run(connection: AsyncConnection, steps: Sequence[Step]) -> None:
+    """Run `steps` through SQLAlchemy, consecutive runs of one statement as one executemany."""
+    index = 0
+    while index < len(steps):
+        statement = steps[index][0]
+        batch = []
+        while index < len(steps) and steps[index][0] is statement:
+            batch.append(steps[index][1])
+            index += 1
+        await connection.execute(_clause(statement), batch if len(batch) > 1 else batch[0])
