@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from fastapi_offline import FastAPIOffline
 
+from spawnpoint.audit.endpoints import router as audit_router
 from spawnpoint.config import Settings
 from spawnpoint.db import Database
 from spawnpoint.events.endpoints import router as events_router
@@ -42,6 +43,7 @@ ROUTERS = (
     templates_router,
     workspaces_router,
     events_router,
+    audit_router,
 )
 log = logging.getLogger("spawnpoint")
 

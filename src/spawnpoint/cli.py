@@ -1,27 +1,41 @@
-"""The `spawnpoint` command: serve, migrate, token."""
+"""The `spawnpoint` command: serve, migrate, worker, token, audit."""
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import re
 import sys
-from datetime import timedelta
-from typing import Annotated, NoReturn
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Annotated, NoReturn, TypeVar
 
 import typer
 from sqlalchemy import select
 
 from spawnpoint.config import Settings, UnsafeSettingsError
 from spawnpoint.db import Database
+from spawnpoint.kit.clock import utcnow
 from spawnpoint.models import User
 from spawnpoint.security import mint_token
+
+if TYPE_CHECKING:
+    from spawnpoint.audit.keys import SigningKey
+
+T = TypeVar("T")
 
 app = typer.Typer(
     help="spawnpoint: a multi-tenant control plane for workspaces.", no_args_is_help=True
 )
 token_app = typer.Typer(help="Mint access tokens for local use.", no_args_is_help=True)
 app.add_typer(token_app, name="token")
+audit_app = typer.Typer(
+    help="Verify, checkpoint, export and archive the tamper-evident audit log.",
+    no_args_is_help=True,
+)
+app.add_typer(audit_app, name="audit")
 
 DURATION = re.compile(r"^(\d+)([smhd]?)$")
 UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -199,6 +213,178 @@ def worker(
             scheduler=scheduler,
             tasks=periodic_tasks(settings, rescue_interval=timedelta(seconds=rescue_interval)),
         )
+    )
+
+
+def _chain_option(value: str) -> uuid.UUID:
+    """A tenant id, or `platform` (or the nil UUID) for the platform chain."""
+    from spawnpoint.models.audit import PLATFORM_CHAIN
+
+    if value.strip().lower() == "platform":
+        return PLATFORM_CHAIN
+    try:
+        return uuid.UUID(value)
+    except ValueError as exc:
+        raise typer.BadParameter("use a tenant id, or `platform` for the platform chain") from exc
+
+
+def _time_option(value: str | None) -> datetime | None:
+    """An ISO 8601 time; one without an offset is taken as UTC."""
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise typer.BadParameter(
+            "use an ISO 8601 time: 2024-06-01 or 2024-06-01T12:00:00Z"
+        ) from exc
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+def _signing_key(settings: Settings) -> SigningKey:
+    from spawnpoint.audit.keys import SigningKey, SigningKeyError
+
+    try:
+        return SigningKey.from_settings(settings)
+    except SigningKeyError as exc:
+        typer.echo(f"spawnpoint: {exc}", err=True)
+        raise typer.Exit(2) from exc
+
+
+async def _with_database(settings: Settings, work: Callable[[Database], Awaitable[T]]) -> T:
+    database = Database(settings.sqlalchemy_url, pool_size=2)
+    try:
+        return await work(database)
+    finally:
+        await database.dispose()
+
+
+TenantOption = Annotated[
+    str, typer.Option("--tenant", help="Tenant id, or `platform` for the platform chain.")
+]
+
+
+@audit_app.command("verify")
+def audit_verify(
+    tenant: Annotated[
+        str | None,
+        typer.Option(
+            "--tenant", help="Tenant id, or `platform`; default: every chain, one line each."
+        ),
+    ] = None,
+) -> None:
+    """Recompute chains against their signed checkpoints; exit 1 when one is invalid."""
+    from spawnpoint.audit.chain import tenant_of
+    from spawnpoint.audit.service import chain_ids, verify_chain
+
+    settings = load_settings()
+    key = _signing_key(settings)
+
+    async def run(database: Database) -> bool:
+        chains = [_chain_option(tenant)] if tenant is not None else await chain_ids(database)
+        valid = True
+        for chain_id in chains:
+            result = await verify_chain(database, key, chain_id)
+            line = {
+                "valid": result.valid,
+                "checked": result.checked,
+                "first_invalid_seq": result.first_invalid_seq,
+                "reason": result.reason,
+            }
+            if tenant is None:
+                line = {"tenant_id": str(tenant_of(chain_id)), **line}
+            typer.echo(json.dumps(line))
+            valid = valid and result.valid
+        return valid
+
+    if not asyncio.run(_with_database(settings, run)):
+        raise typer.Exit(1)
+
+
+@audit_app.command("checkpoint")
+def audit_checkpoint() -> None:
+    """Sign a checkpoint of every chain head that moved since its last one."""
+    from spawnpoint.audit.service import write_checkpoints
+
+    settings = load_settings()
+    key = _signing_key(settings)
+
+    async def run(database: Database) -> int:
+        async with database.transaction(write=True) as session:
+            return len(await write_checkpoints(session, key))
+
+    typer.echo(f"{asyncio.run(_with_database(settings, run))} checkpoints signed")
+
+
+@audit_app.command("export")
+def audit_export(
+    tenant: TenantOption,
+    since: Annotated[
+        str | None, typer.Option(help="Entries at or after this time (ISO 8601; UTC if bare).")
+    ] = None,
+    until: Annotated[
+        str | None,
+        typer.Option(help="Up to the checkpoint covering the last entry before this time."),
+    ] = None,
+) -> None:
+    """Write a chain's entries and the signed checkpoint covering them as JSON lines."""
+    from spawnpoint.audit.service import export_chain
+
+    settings = load_settings()
+    key = _signing_key(settings)
+    chain_id = _chain_option(tenant)
+    start, end = _time_option(since), _time_option(until)
+
+    async def run(database: Database) -> int:
+        exported = await export_chain(
+            database, key, chain_id, write=sys.stdout.write, since=start, until=end
+        )
+        return exported.entries
+
+    count = asyncio.run(_with_database(settings, run))
+    typer.echo(f"{count} entries exported", err=True)
+
+
+@audit_app.command("partitions")
+def audit_partitions(
+    ahead: Annotated[int, typer.Option(min=0, max=120, help="Months after this one.")] = 3,
+) -> None:
+    """Create the audit log's monthly partitions ahead (PostgreSQL; nothing to do on SQLite)."""
+    from spawnpoint.audit.archive import create_partitions_ahead
+
+    settings = load_settings()
+
+    async def run(database: Database) -> list[str]:
+        async with database.transaction(write=True) as session:
+            return await create_partitions_ahead(session, now=utcnow(), ahead=ahead)
+
+    names = asyncio.run(_with_database(settings, run))
+    typer.echo("\n".join(names) if names else "no partitions: the database is not PostgreSQL")
+
+
+@audit_app.command("archive")
+def audit_archive() -> None:
+    """Archive the months past AUDIT_RETENTION_DAYS to DATA_DIR/audit-archive, then drop them."""
+    from spawnpoint.audit.archive import archive_expired
+
+    settings = load_settings()
+    key = _signing_key(settings)
+
+    async def run(database: Database) -> tuple[list[str], int]:
+        async with database.transaction(write=True) as session:
+            report = await archive_expired(
+                session,
+                key,
+                data_dir=settings.data_dir,
+                retention_days=settings.audit_retention_days,
+                now=utcnow(),
+            )
+        return report.months, report.entries
+
+    months, entries = asyncio.run(_with_database(settings, run))
+    typer.echo(
+        f"{entries} entries of {len(months)} months archived"
+        + (f": {', '.join(months)}" if months else "")
     )
 
 

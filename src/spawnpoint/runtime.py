@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from spawnpoint.audit.service import audit_tasks
 from spawnpoint.config import Settings
 from spawnpoint.jobs.scheduler import PeriodicTask, default_tasks
 from spawnpoint.provisioners import ProvisionerRegistry
@@ -14,8 +15,8 @@ def periodic_tasks(
     settings: Settings, *, rescue_interval: timedelta = timedelta(seconds=5)
 ) -> list[PeriodicTask]:
     """The scheduler's tasks: lease rescue, idle stop, maximum lifetime, lost processes,
-    key expiry."""
+    key expiry; audit checkpoints, partitions and retention."""
     sweeps = workspace_tasks(
         provisioners=ProvisionerRegistry.from_entry_points(), settings=settings
     )
-    return [*default_tasks(rescue_interval=rescue_interval), *sweeps]
+    return [*default_tasks(rescue_interval=rescue_interval), *sweeps, *audit_tasks(settings)]

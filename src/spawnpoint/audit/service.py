@@ -10,21 +10,31 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from spawnpoint.audit.archive import checkpoint_record, entry_record, record_line
+from spawnpoint.audit.archive import (
+    archive_expired,
+    checkpoint_record,
+    create_partitions_ahead,
+    entry_record,
+    record_line,
+)
 from spawnpoint.audit.chain import GENESIS_HASH, ChainVerifier, Link, VerifyResult, tenant_of
 from spawnpoint.audit.keys import SigningKey, checkpoint_problem, sign_checkpoint
 from spawnpoint.audit.repository import AuditFilters, AuditLog
+from spawnpoint.config import Settings
 from spawnpoint.db import Database
+from spawnpoint.jobs.scheduler import PeriodicTask
 from spawnpoint.kit.clock import utcnow
 from spawnpoint.kit.errors import field_error
 from spawnpoint.kit.pagination import PageParams
 from spawnpoint.models import AuditCheckpoint, AuditEntry
 from spawnpoint.models.audit import PLATFORM_CHAIN
 from spawnpoint.scope import TenantScope
+
+DAILY = timedelta(days=1)
 
 
 def readable_chain(scope: TenantScope, tenant_id: uuid.UUID | None) -> uuid.UUID:
@@ -194,3 +204,38 @@ def as_utc(value: datetime | None, pointer: str) -> datetime | None:
         return value.astimezone(UTC)
     except OverflowError as exc:
         raise field_error(pointer, "The time is outside the years 1 to 9999 in UTC.") from exc
+
+
+def audit_tasks(settings: Settings) -> list[PeriodicTask]:
+    """The scheduler's audit tasks: checkpoints every AUDIT_CHECKPOINT_INTERVAL_SECONDS;
+    daily, partitions three months ahead and retention.
+
+    Raises:
+        SigningKeyError: no signing key is configured (production) or it is unreadable.
+    """
+    key = SigningKey.from_settings(settings)
+
+    async def checkpoints(session: AsyncSession, now: datetime) -> None:
+        await write_checkpoints(session, key, now=now)
+
+    async def partitions(session: AsyncSession, now: datetime) -> None:
+        await create_partitions_ahead(session, now=now)
+
+    async def retention(session: AsyncSession, now: datetime) -> None:
+        await archive_expired(
+            session,
+            key,
+            data_dir=settings.data_dir,
+            retention_days=settings.audit_retention_days,
+            now=now,
+        )
+
+    return [
+        PeriodicTask(
+            "audit.checkpoints",
+            timedelta(seconds=settings.audit_checkpoint_interval_seconds),
+            checkpoints,
+        ),
+        PeriodicTask("audit.partitions", DAILY, partitions),
+        PeriodicTask("audit.retention", DAILY, retention),
+    ]
