@@ -3,33 +3,27 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, select, union_all
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import ColumnElement, select, union_all
 from sqlalchemy.orm import aliased
 
 from spawnpoint.events.schemas import EventFilters
 from spawnpoint.kit.pagination import PageParams, decode_cursor, fetch_page
-from spawnpoint.kit.repository import Repository
+from spawnpoint.kit.repository import ScopedRepository
 from spawnpoint.models import OutboxEvent
 from spawnpoint.scope import TenantScope
 
 
-class EventRepository(Repository[OutboxEvent]):
+class EventRepository(ScopedRepository[OutboxEvent]):
     """The outbox, read one tenant at a time.
 
-    Unlike the other tenant tables, an operator's scope does not widen this one to every
-    tenant: an operator reads another tenant's events by naming it (`for_tenant`).
+    Unlike most tenant tables, an operator's scope does not widen this one to every
+    tenant (`operators_see_all = False`): an operator reads another tenant's events by
+    naming it (`for_tenant`).
     """
 
     model = OutboxEvent
     noun = "event"
-
-    def __init__(self, session: AsyncSession, scope: TenantScope) -> None:
-        super().__init__(session)
-        self.scope = scope
-
-    def readable(self) -> Select[OutboxEvent]:
-        return select(OutboxEvent).where(OutboxEvent.tenant_id == self.scope.tenant_id)
+    operators_see_all = False
 
     def for_tenant(self, tenant_id: uuid.UUID) -> EventRepository:
         """The same repository over another tenant's events; operators only.
