@@ -226,3 +226,31 @@ async def test_an_append_that_rolls_back_leaves_no_gap(
     rows = await entries(database, tenant_id)
     assert [(row.seq, row.resource_id) for row in rows][-1] == (3, "ws-8")
     assert await verify(database, backend_settings, tenant_id) == (True, None)
+
+
+async def test_any_text_hashes_alike_in_the_database_and_in_python(
+    database: Database, backend_settings: Settings
+) -> None:
+    """Quotes, backslashes, control characters, non-ASCII and astral characters."""
+    tricky = 'a"b\\c\n\t\x01\x1f\x7f é ✓ \u2028 😀 </script>'
+    tenant_id = uuid.uuid4()
+    await append(
+        database,
+        [
+            draft(
+                tenant_id,
+                1,
+                actor_id=tricky,
+                reason=tricky,
+                user_agent=tricky,
+                ip=None,
+                request_id=tricky,
+                details={tricky: [tricky, 1.5, -0.0, 10**18, None, {"z": 1, "a": {}}]},
+            )
+        ],
+    )
+    result = await verify_chain(database, key(backend_settings), tenant_id)
+    assert (result.valid, result.checked) == (True, 1)
+    [row] = await entries(database, tenant_id)
+    assert row.reason == tricky
+    assert row.details == {tricky: [tricky, 1.5, -0.0, 10**18, None, {"z": 1, "a": {}}]}

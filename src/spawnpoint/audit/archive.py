@@ -24,6 +24,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import orjson
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from spawnpoint.audit.chain import ENTRY_COLUMNS_WITH_HASHES, json_time
@@ -37,14 +38,10 @@ PARTITIONS_AHEAD = 3
 
 
 def entry_record(row: Sequence[Any]) -> dict[str, Any]:
-    """An entry as an export line: every column, times and ids as JSON strings."""
+    """An entry as an export line, from a row of `AuditLog.stream` (canonical form)."""
     record: dict[str, Any] = {"type": "entry"}
-    for name, value in zip(ENTRY_COLUMNS_WITH_HASHES, row, strict=True):
-        if isinstance(value, datetime):
-            value = json_time(value)
-        elif isinstance(value, uuid.UUID):
-            value = str(value)
-        record[name] = value
+    record.update(zip(ENTRY_COLUMNS_WITH_HASHES, row, strict=True))
+    record["details"] = orjson.loads(record["details"])
     return record
 
 

@@ -22,6 +22,8 @@ from datetime import UTC, datetime
 from json import encoder as json_encoder
 from typing import Any
 
+import orjson
+
 from spawnpoint.kit.clock import utcnow
 from spawnpoint.models.audit import PLATFORM_CHAIN
 
@@ -157,19 +159,32 @@ class Link:
     hash: str
 
 
-class ChainVerifier:
-    """Recomputes one chain from rows fed in `seq` order, stopping at the first break.
+def _quoted(value: str | None) -> str:
+    return "null" if value is None else _encode_string(value)
 
-    Rows are tuples in `ENTRY_COLUMNS_WITH_HASHES` order. The chain starts after `start`
-    (the genesis, or the last archived link); `checkpoint` is the latest signed head and
-    `head` what `audit_heads` says, both checked once every row is in (`finish`).
+
+_encode_string = json_encoder.encode_basestring
+
+
+class ChainVerifier:
+    """Checks one chain from rows fed in `seq` order, stopping at the first break.
+
+    Rows are tuples in `ENTRY_COLUMNS_WITH_HASHES` order, in the form `AuditLog.stream`
+    reads them: `time` and `tenant_id` as the strings the hash covers, `details` as its
+    stored JSON text. The canonical JSON is put together from them as `json.dumps` would
+    write it (strings escaped by the same encoder), with `details` as stored: `append`
+    stores it canonical. Only when a hash does not match is `details` parsed and
+    re-encoded, in case it was stored in another layout, before the entry counts as
+    altered. The chain starts after `start` (the genesis, or the last archived link);
+    `checkpoint` is the latest signed head and `head` what `audit_heads` says, both
+    checked once every row is in (`finish`).
 
     Each kind of tampering is reported where it happened: an edited entry at its own
     `seq` (its hash no longer matches), a deleted one at the `seq` that is missing, an
     entry inserted with renumbered successors at its own `seq` (its successor links past
     it to the same predecessor), a duplicated `seq` where it repeats, entries moved at the
-    first position whose link breaks, and a truncated tail at the first `seq` the signed
-    checkpoint (or the head) still counts.
+    first position whose link breaks, an entry still stored though archived, and a
+    truncated tail at the first `seq` the signed checkpoint (or the head) still counts.
     """
 
     def __init__(
@@ -180,8 +195,8 @@ class ChainVerifier:
         checkpoint: Link | None,
         head: Link | None,
     ) -> None:
-        self.tenant_id = tenant_id
-        self._tenant_text = None if tenant_id is None else str(tenant_id)
+        self.tenant_text = None if tenant_id is None else str(tenant_id)
+        self.start = start
         self.checkpoint = checkpoint
         self.head = head
         self.expected = start.seq + 1
@@ -201,52 +216,67 @@ class ChainVerifier:
         if self.failure is not None:
             return False
         sha256 = hashlib.sha256
-        encode = encode_document
-        tenant_text = self._tenant_text
+        quoted = _quoted
+        string = _encode_string
+        tenant_text = self.tenant_text
+        tenant_json = quoted(tenant_text)
         checkpoint = self.checkpoint
         for row in rows:
             (seq, time, action, actor_id, actor_type, details, ip, reason, request_id) = row[:9]
             (resource_id, resource_type, result, tenant_id, user_agent, prev_hash, hash_) = row[9:]
-            expected = self.expected
-            if seq != expected:
-                if seq < expected:
-                    return self._fail(seq, f"entry {seq} appears more than once")
-                return self._fail(expected, f"entry {expected} is missing")
-            if prev_hash != self.prev:
-                if prev_hash == self.prev_prev:
-                    return self._fail(
-                        seq - 1,
-                        f"entry {seq - 1} was inserted: entry {seq} links past it",
-                    )
-                return self._fail(seq, f"entry {seq} does not link to entry {seq - 1}")
-            if (None if tenant_id is None else str(tenant_id)) != tenant_text:
-                return self._fail(seq, f"entry {seq} belongs to another chain")
-            document = {
-                "action": action,
-                "actor_id": actor_id,
-                "actor_type": actor_type,
-                "details": details,
-                "ip": ip,
-                "reason": reason,
-                "request_id": request_id,
-                "resource_id": resource_id,
-                "resource_type": resource_type,
-                "result": result,
-                "seq": seq,
-                "tenant_id": tenant_text,
-                "time": time.astimezone(UTC).isoformat(timespec="microseconds"),
-                "user_agent": user_agent,
-            }
-            computed = sha256(prev_hash.encode("ascii") + encode(document).encode("utf-8"))
-            if computed.hexdigest() != hash_:
-                return self._fail(seq, f"entry {seq} was altered: its hash does not match")
+            if seq != self.expected or prev_hash != self.prev or tenant_id != tenant_text:
+                return self._broken(seq, tenant_id, prev_hash)
+            head = (
+                '{"action":'
+                + string(action)
+                + ',"actor_id":'
+                + quoted(actor_id)
+                + ',"actor_type":'
+                + string(actor_type)
+                + ',"details":'
+            )
+            tail = (
+                ',"ip":' + quoted(ip)
+                + ',"reason":' + string(reason)
+                + ',"request_id":' + quoted(request_id)
+                + ',"resource_id":' + quoted(resource_id)
+                + ',"resource_type":' + string(resource_type)
+                + ',"result":' + string(result)
+                + ',"seq":' + str(seq)
+                + ',"tenant_id":' + tenant_json
+                + ',"time":"' + time
+                + '","user_agent":' + quoted(user_agent)
+                + "}"
+            )  # fmt: skip
+            if sha256((prev_hash + head + details + tail).encode()).hexdigest() != hash_:
+                relaid = encode_document(orjson.loads(details))
+                if sha256((prev_hash + head + relaid + tail).encode()).hexdigest() != hash_:
+                    return self._fail(seq, f"entry {seq} was altered: its hash does not match")
             if checkpoint is not None and seq == checkpoint.seq and hash_ != checkpoint.hash:
                 return self._fail(seq, f"entry {seq} differs from the signed checkpoint")
             self.prev_prev = prev_hash
             self.prev = hash_
-            self.expected = expected + 1
+            self.expected = seq + 1
             self.checked += 1
         return True
+
+    def _broken(self, seq: int, tenant_id: str | None, prev_hash: str) -> bool:
+        expected = self.expected
+        if seq <= self.start.seq:
+            return self._fail(
+                seq, f"entry {seq} is stored though archived (up to {self.start.seq})"
+            )
+        if seq < expected:
+            return self._fail(seq, f"entry {seq} appears more than once")
+        if seq > expected:
+            return self._fail(expected, f"entry {expected} is missing")
+        if prev_hash != self.prev:
+            if prev_hash == self.prev_prev:
+                return self._fail(
+                    seq - 1, f"entry {seq - 1} was inserted: entry {seq} links past it"
+                )
+            return self._fail(seq, f"entry {seq} does not link to entry {seq - 1}")
+        return self._fail(seq, f"entry {seq} belongs to another chain")
 
     def finish(self) -> VerifyResult:
         if self.failure is not None:

@@ -19,18 +19,25 @@ from typing import Any, NamedTuple, cast
 
 from pydantic_core import to_jsonable_python
 from sqlalchemy import (
+    JSON,
     ColumnElement,
+    Integer,
     Row,
+    String,
     Table,
+    Text,
     and_,
     bindparam,
     delete,
     func,
     insert,
+    literal_column,
     select,
     text,
+    type_coerce,
     update,
 )
+from sqlalchemy import cast as sql_cast
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
@@ -42,6 +49,7 @@ from spawnpoint.audit.chain import (
     GENESIS_HASH,
     AuditDraft,
     chain_of,
+    encode_document,
     entry_hash,
 )
 from spawnpoint.db import DriverStatement, pipelined
@@ -107,7 +115,14 @@ def statements(dialect: Dialect) -> _Statements:
         .where(_HEADS.c.chain_id == chain_id)
         .with_for_update()
     )
-    insert_entry = insert(_LOG).values({c.key: _param(f"new_{c.key}", c) for c in _LOG.c})
+    entry_values: dict[str, Any] = {c.key: _param(f"new_{c.key}", c) for c in _LOG.c}
+    # `details` is stored as its canonical JSON text, so verification can hash the stored
+    # text as it is (PostgreSQL's `json` keeps text verbatim; SQLite stores text anyway).
+    details_text = bindparam("new_details", type_=Text(), required=False)
+    entry_values["details"] = (
+        sql_cast(details_text, JSON()) if dialect.name == "postgresql" else details_text
+    )
+    insert_entry = insert(_LOG).values(entry_values)
     move_head = (
         update(_HEADS)
         .where(_HEADS.c.chain_id == chain_id)
@@ -259,6 +274,7 @@ class AuditLog:
             }
             hash_ = entry_hash(head.hash, fields)
             row = {**fields, "chain_id": chain_id, "prev_hash": head.hash, "hash": hash_}
+            row["details"] = encode_document(fields["details"])
             steps.append((st.insert_entry, {f"new_{name}": value for name, value in row.items()}))
             current[chain_id] = Head(chain_id, head.seq + 1, hash_, time)
         for chain_id, head in current.items():
@@ -349,10 +365,14 @@ class AuditLog:
     ) -> AsyncIterator[Sequence[Row[Any]]]:
         """A chain's entries in `seq` order, in batches, with bounded memory.
 
-        Rows are in `ENTRY_COLUMNS_WITH_HASHES` order. A server-side cursor on
-        PostgreSQL (call `snapshot` first); SQLite reads batch by batch.
+        Rows are in `ENTRY_COLUMNS_WITH_HASHES` order and in their canonical form already:
+        `time` and `tenant_id` as the strings the hash covers (the database formats them),
+        `details` as its stored JSON text. No column goes through SQLAlchemy's type
+        processing, which would cost more than recomputing the hash. A server-side cursor
+        on PostgreSQL (call `snapshot` first, or read in a write transaction).
         """
-        statement = select(*(_LOG.c[name] for name in ENTRY_COLUMNS_WITH_HASHES)).where(
+        columns = _canonical_columns(self.dialect.name)
+        statement = select(*(columns[name] for name in ENTRY_COLUMNS_WITH_HASHES)).where(
             _LOG.c.chain_id == chain_id, _LOG.c.seq >= first_seq
         )
         if last_seq is not None:
@@ -525,6 +545,40 @@ class AuditLog:
             .where(AuditHead.chain_id == chain_id, AuditHead.archived_seq < seq)
             .values(archived_seq=seq, archived_hash=hash)
         )
+
+
+@functools.lru_cache(maxsize=4)
+def _canonical_columns(dialect_name: str) -> dict[str, ColumnElement[Any]]:
+    """The entry columns as `stream` reads them on `dialect_name`: no result processing.
+
+    PostgreSQL formats the time in UTC and the UUID itself. SQLite holds what SQLAlchemy
+    stored: times as `YYYY-MM-DD HH:MM:SS.ffffff` in UTC (microseconds always written),
+    UUIDs as 32 hex digits; both are rearranged into the canonical form in SQL.
+    """
+    columns: dict[str, ColumnElement[Any]] = {
+        name: type_coerce(_LOG.c[name], String()) for name in ENTRY_COLUMNS_WITH_HASHES
+    }
+    columns["seq"] = type_coerce(_LOG.c.seq, Integer())
+    if dialect_name == "postgresql":
+        columns["time"] = literal_column(
+            "to_char(audit_log.time AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"+00:00\"')",
+            String(),
+        )
+        columns["tenant_id"] = literal_column("CAST(audit_log.tenant_id AS TEXT)", String())
+        columns["details"] = literal_column("CAST(audit_log.details AS TEXT)", String())
+        return columns
+    columns["time"] = literal_column(
+        "substr(audit_log.time, 1, 10) || 'T' || substr(audit_log.time, 12) || '+00:00'",
+        String(),
+    )
+    parts = [(1, 8), (9, 4), (13, 4), (17, 4), (21, 12)]
+    columns["tenant_id"] = literal_column(
+        "lower("
+        + " || '-' || ".join(f"substr(audit_log.tenant_id, {a}, {n})" for a, n in parts)
+        + ")",
+        String(),
+    )
+    return columns
 
 
 def _clause(statement: DriverStatement) -> Executable:

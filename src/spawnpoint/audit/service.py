@@ -21,7 +21,13 @@ from spawnpoint.audit.archive import (
     entry_record,
     record_line,
 )
-from spawnpoint.audit.chain import GENESIS_HASH, ChainVerifier, Link, VerifyResult, tenant_of
+from spawnpoint.audit.chain import (
+    GENESIS_HASH,
+    ChainVerifier,
+    Link,
+    VerifyResult,
+    tenant_of,
+)
 from spawnpoint.audit.keys import SigningKey, checkpoint_problem, sign_checkpoint
 from spawnpoint.audit.repository import AuditFilters, AuditLog
 from spawnpoint.config import Settings
