@@ -157,7 +157,7 @@ async def populate(client: httpx.AsyncClient, world: World) -> Rows:
 
 
 def queries(filters: list[Filter], ids: list[uuid.UUID]) -> list[dict[str, str]]:
-    """No filter, then each filter alone with each value: every uuid filter gets every id."""
+    """No filter, then each filter alone with each value: every id filter gets every id."""
     found: list[dict[str, str]] = [{}]
     for f in filters:
         if f.kind == "uuid":
@@ -169,7 +169,8 @@ def queries(filters: list[Filter], ids: list[uuid.UUID]) -> list[dict[str, str]]
         elif f.kind == "boolean":
             values = ["true", "false"]
         else:
-            values = list(TEXT_VALUES)
+            # Text filters may hold ids too (`resource_id`, `actor_id` as strings).
+            values = [*TEXT_VALUES, *(str(i) for i in ids)]
         found += [{f.name: value} for value in values]
     return found
 
