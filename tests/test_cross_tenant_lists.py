@@ -31,9 +31,10 @@ from spawnpoint.kit.errors import NotFound
 from spawnpoint.kit.inserts import with_defaults
 from spawnpoint.kit.pagination import PageParams
 from spawnpoint.migrations import downgrade, upgrade
-from spawnpoint.models import Role, Template, TemplateVersion, WorkspaceEvent, WorkspaceState
+from spawnpoint.models import Role, Template, TemplateVersion, User, WorkspaceEvent, WorkspaceState
 from spawnpoint.scope import TenantScope
 from spawnpoint.templates.repository import TemplateRepository
+from spawnpoint.users.repository import AccountRepository
 from spawnpoint.workspaces.repository import WorkspaceRepository
 
 PAGE_SIZE = 2
@@ -365,3 +366,20 @@ def test_migration_0009_copies_each_versions_tenant_from_its_template(
         assert "tenant_id" not in columns
     finally:
         engine.dispose()
+
+
+async def test_sign_in_lookups_are_unscoped_on_purpose(world: World) -> None:
+    """Before a caller is known there is no tenant to scope by: the lookups find anyone's."""
+    org = await world.org()
+    user_id = org.users[Role.viewer]
+    async with world.database.transaction(write=False) as session:
+        accounts = AccountRepository(session)
+        row = await accounts.account(user_id)
+        assert row is not None
+        assert row[0] == org.tenant_id
+        user = await session.get(User, user_id)
+        assert user is not None
+        found = await accounts.by_email(user.email.upper())
+        assert found is not None
+        assert found.id == user_id
+        assert await accounts.account(uuid.uuid4()) is None

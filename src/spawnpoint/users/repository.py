@@ -40,3 +40,8 @@ class AccountRepository(PlatformRepository[User]):
             )
         ).one_or_none()
         return None if found is None else (found[0], found[1], found[2], found[3])
+
+    async def by_email(self, email: str) -> User | None:
+        """The account an address signs in with (stored lower-case), whatever its tenant."""
+        statement = self.readable().where(User.email == email.lower())
+        return (await self.session.execute(statement)).scalar_one_or_none()
