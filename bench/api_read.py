@@ -145,6 +145,7 @@ def seed(db: ScratchDatabase) -> dict[str, int]:
                 version_rows.extend(
                     (
                         template_id,
+                        owner,
                         version,
                         "local",
                         json.dumps(spec_for(i, version)),
@@ -155,8 +156,8 @@ def seed(db: ScratchDatabase) -> dict[str, int]:
                 )
         # One COPY at a time: a connection cannot interleave two.
         with conn.cursor().copy(
-            "COPY template_versions (template_id, version, provisioner, spec, created_by, "
-            "created_at) FROM STDIN"
+            "COPY template_versions (template_id, tenant_id, version, provisioner, spec, "
+            "created_by, created_at) FROM STDIN"
         ) as copy:
             for row in version_rows:
                 copy.write_row(row)

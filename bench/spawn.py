@@ -162,9 +162,9 @@ def seed(db: ScratchDatabase, rounds: int) -> list[TenantSeed]:
                 (t.template_id, t.tenant_id, now, now),
             )
             conn.execute(
-                "INSERT INTO template_versions (template_id, version, provisioner, spec,"
-                " created_by, created_at) VALUES (%s, 1, 'dry-run', %s, NULL, %s)",
-                (t.template_id, json.dumps(SPEC), now),
+                "INSERT INTO template_versions (template_id, tenant_id, version, provisioner,"
+                " spec, created_by, created_at) VALUES (%s, %s, 1, 'dry-run', %s, NULL, %s)",
+                (t.template_id, t.tenant_id, json.dumps(SPEC), now),
             )
         conn.commit()
     with psycopg.connect(db.url, autocommit=True) as conn:

@@ -69,20 +69,20 @@ def rows_and_job(
 
 
 async def write(
-    database: Database, tenant_id: uuid.UUID, workspace: dict[str, Any], *, commit: bool
+    database: Database, tenant_id: uuid.UUID, workspace: dict[str, Any], *, final: bool
 ) -> dict[str, Any]:
     """Write a workspace, its creation event and a job together; return the job's values."""
     rows, job = rows_and_job(tenant_id, workspace)
     async with database.transaction(write=True) as session:
-        await enqueue_with(session, rows, job, commit=commit)
+        await enqueue_with(session, rows, job, final=final)
     return job
 
 
-@pytest.mark.parametrize("commit", [False, True])
-async def test_rows_written_together_read_back_as_written(world: World, commit: bool) -> None:
+@pytest.mark.parametrize("final", [False, True])
+async def test_rows_written_together_read_back_as_written(world: World, final: bool) -> None:
     org = await world.org()
     workspace = workspace_row(org.tenant_id, org.template_id)
-    job = await write(world.database, org.tenant_id, workspace, commit=commit)
+    job = await write(world.database, org.tenant_id, workspace, final=final)
 
     async with world.database.transaction(write=False) as session:
         stored = await session.get(Workspace, workspace["id"])
@@ -108,7 +108,7 @@ async def test_commit_rides_with_the_rows_on_postgresql(world: World, backend: s
     org = await world.org()
     rows, job = rows_and_job(org.tenant_id, workspace_row(org.tenant_id, org.template_id))
     async with world.database.transaction(write=True) as session:
-        await enqueue_with(session, rows, job, commit=True)
+        await enqueue_with(session, rows, job, final=True)
         seen_inside = await count(world.database, Workspace, org.tenant_id)
     # PostgreSQL commits in the insert's round trip; SQLite when the block ends.
     assert seen_inside == (1 if backend == "postgres" else 0)
@@ -116,17 +116,17 @@ async def test_commit_rides_with_the_rows_on_postgresql(world: World, backend: s
     assert await count(world.database, Job, org.tenant_id) == 1
 
 
-@pytest.mark.parametrize("commit", [False, True])
+@pytest.mark.parametrize("final", [False, True])
 async def test_a_conflict_writes_none_of_the_rows(
-    world: World, commit: bool, caplog: pytest.LogCaptureFixture
+    world: World, final: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
     org = await world.org()
     first = workspace_row(org.tenant_id, org.template_id, external_ref="permit-1")
-    await write(world.database, org.tenant_id, first, commit=commit)
+    await write(world.database, org.tenant_id, first, final=final)
 
     duplicate = workspace_row(org.tenant_id, org.template_id, external_ref="permit-1")
     with pytest.raises(IntegrityError):
-        await write(world.database, org.tenant_id, duplicate, commit=commit)
+        await write(world.database, org.tenant_id, duplicate, final=final)
     assert await count(world.database, Workspace, org.tenant_id) == 1
     assert await count(world.database, WorkspaceEvent, org.tenant_id) == 1
     assert await count(world.database, Job, org.tenant_id) == 1

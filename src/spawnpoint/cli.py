@@ -13,13 +13,13 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, NoReturn, TypeVar
 
 import typer
-from sqlalchemy import select
 
 from spawnpoint.config import Settings, UnsafeSettingsError
 from spawnpoint.db import Database
 from spawnpoint.kit.clock import utcnow
 from spawnpoint.models import User
 from spawnpoint.security import mint_token
+from spawnpoint.users.repository import AccountRepository
 
 if TYPE_CHECKING:
     from spawnpoint.audit.keys import SigningKey
@@ -131,10 +131,7 @@ async def _user_by_email(settings: Settings, email: str) -> User | None:
     database = Database(settings.sqlalchemy_url, pool_size=1)
     try:
         async with database.transaction(write=False) as session:
-            found: User | None = (
-                await session.execute(select(User).where(User.email == email.lower()))
-            ).scalar_one_or_none()
-            return found
+            return await AccountRepository(session).by_email(email)
     finally:
         await database.dispose()
 

@@ -6,12 +6,13 @@ concurrent writers queue on the lock instead of failing with "database is locked
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 import psycopg
@@ -30,6 +31,10 @@ from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import ClauseElement
 from sqlalchemy.types import TypeDecorator
+
+if TYPE_CHECKING:
+    from spawnpoint.kit.auditing import RequestAudit
+    from spawnpoint.uow import UnitOfWork
 
 from spawnpoint.kit.clock import utcnow
 from spawnpoint.kit.ids import uuid7
@@ -50,6 +55,7 @@ CONNECT_TIMEOUT_SECONDS = 5
 # SQLSTATEs that say the server is going away, starting up or out of connection slots, or
 # that it closed this idle session: any statement would fail the same way (class 08, the
 # connection exceptions, is recognised by its prefix).
+log = logging.getLogger("spawnpoint.db")
 _UNAVAILABLE_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "57P05", "53300"})
 
 
@@ -162,8 +168,38 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     )
 
 
+Wakeup = Callable[[], None]
+
+
+class Wakeups:
+    """Callbacks to run after a commit that made jobs due (in-process workers listen here).
+
+    One per `Database`: where there is no NOTIFY (SQLite), an in-process worker registers
+    so a job enqueued by the API starts at once instead of at the next poll.
+    """
+
+    def __init__(self) -> None:
+        self._callbacks: set[Wakeup] = set()
+
+    def add(self, callback: Wakeup) -> None:
+        self._callbacks.add(callback)
+
+    def discard(self, callback: Wakeup) -> None:
+        self._callbacks.discard(callback)
+
+    def fire(self) -> None:
+        for callback in list(self._callbacks):
+            try:
+                callback()
+            except Exception:
+                log.exception("job wake-up callback failed")
+
+
 class Database:
-    """One engine per process with separate session factories for reads and writes."""
+    """One engine per process with separate session factories for reads and writes.
+
+    `wakeups` are the in-process workers to poke after a commit that made jobs due.
+    """
 
     def __init__(self, url: str, *, pool_size: int = 10) -> None:
         self.url = url
@@ -177,31 +213,35 @@ class Database:
         self._writer = async_sessionmaker(
             self.engine.execution_options(**{WRITE_OPTION: True}), expire_on_commit=False
         )
+        self.wakeups = Wakeups()
 
     @property
     def is_sqlite(self) -> bool:
         return self.engine.dialect.name == "sqlite"
 
     @asynccontextmanager
-    async def transaction(self, *, write: bool) -> AsyncIterator[AsyncSession]:
-        """Yield a session inside one transaction: committed on success, rolled back on error."""
+    async def unit_of_work(
+        self, *, write: bool, request: RequestAudit | None = None
+    ) -> AsyncIterator[UnitOfWork]:
+        """Own one transaction: committed on success (then its callbacks run), else rolled back.
+
+        See `spawnpoint.uow`: the unit of work is the only code that commits. `request` is
+        the audit entry of the API request it serves.
+        """
+        # Imported here: the unit of work builds on this module's pipelines.
+        from spawnpoint.uow import UnitOfWork
+
         factory = self._writer if write else self._reader
-        async with factory() as session, session.begin():
-            yield session
+        async with UnitOfWork(
+            database=self, session=factory(), write=write, request=request
+        ) as uow:
+            yield uow
 
     @asynccontextmanager
-    async def single_statement(self) -> AsyncIterator[AsyncSession]:
-        """A session for one self-contained write statement.
-
-        On PostgreSQL it runs in autocommit, which saves the BEGIN and COMMIT round trips;
-        on SQLite it is a write (IMMEDIATE) transaction, which serialises it with others.
-        """
-        if self.is_sqlite:
-            async with self.transaction(write=True) as session:
-                yield session
-            return
-        async with self._reader() as session, session.begin():
-            yield session
+    async def transaction(self, *, write: bool) -> AsyncIterator[AsyncSession]:
+        """`unit_of_work`, for callers that need only its session."""
+        async with self.unit_of_work(write=write) as uow:
+            yield uow.session
 
     async def ping(self) -> None:
         conn: AsyncConnection
@@ -271,10 +311,10 @@ async def pipelined(
     """Run `steps` in `session`'s transaction in one round trip, then maybe commit with them.
 
     PostgreSQL runs each statement when the one before it is done, each with a fresh
-    snapshot (READ COMMITTED), while the client waits only once. With `commit`, the
-    transaction commits in the same round trip; SQLAlchemy's own commit then finds nothing
-    to do, so the caller must write nothing more. Errors surface as psycopg exceptions.
-    Returns a cursor per step, its rows ready to fetch.
+    snapshot (READ COMMITTED), while the client waits only once. `commit` is for the unit
+    of work alone (`UnitOfWork.pipelined(final=True)`), which then knows the transaction is
+    over. Errors surface as psycopg exceptions. Returns a cursor per step, its rows ready
+    to fetch.
     """
     raw = await driver_connection(session)
     failure: psycopg.Error | None = None

@@ -14,6 +14,7 @@ from spawnpoint.kit.errors import Forbidden
 from spawnpoint.models import Role
 from spawnpoint.scope import TenantScope
 from spawnpoint.security import AccountCache, Principal, authenticate
+from spawnpoint.uow import UnitOfWork
 
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # Every dependency is `async def`: FastAPI runs plain `def` dependencies in a thread pool,
@@ -31,7 +32,15 @@ async def get_database(request: Request) -> Database:
 
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
-    """One transaction per request, committed before the response is sent."""
+    """The request's one transaction, committed before the response is sent.
+
+    A mutating route's unit of work is opened by its route (`kit/routing.py`), which also
+    commits it; a read gets a read-only transaction here.
+    """
+    uow: UnitOfWork | None = getattr(request.state, "uow", None)
+    if uow is not None:
+        yield uow.session
+        return
     database: Database = request.app.state.database
     async with database.transaction(write=request.method not in READ_METHODS) as session:
         yield session
@@ -47,9 +56,21 @@ Session = Annotated[AsyncSession, Depends(get_session, scope="function")]
 
 async def get_principal(session: Session, request: Request) -> Principal:
     state = request.app.state
-    return await authenticate(
+    principal = await authenticate(
         state.settings, session, state.accounts, request.headers.get("authorization")
     )
+    uow: UnitOfWork | None = getattr(request.state, "uow", None)
+    if uow is not None and uow.request is not None:
+        uow.request.principal = principal
+    return principal
+
+
+async def get_unit_of_work(request: Request) -> UnitOfWork:
+    """The mutating request's unit of work (for `on_commit`, `describe`, `emit`)."""
+    uow: UnitOfWork | None = getattr(request.state, "uow", None)
+    if uow is None:
+        raise RuntimeError("only a mutating route has a unit of work")
+    return uow
 
 
 CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
@@ -90,3 +111,4 @@ async def get_account_cache(request: Request) -> AccountCache:
 
 
 Accounts = Annotated[AccountCache, Depends(get_account_cache)]
+Work = Annotated[UnitOfWork, Depends(get_unit_of_work)]

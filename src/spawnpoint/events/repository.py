@@ -1,12 +1,16 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, select, union_all
+from sqlalchemy import ColumnElement, insert, select, union_all
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
+from spawnpoint.db import DriverStatement
 from spawnpoint.events.schemas import EventFilters
+from spawnpoint.kit.inserts import row_params, rows_statement
 from spawnpoint.kit.pagination import PageParams, decode_cursor, fetch_page
 from spawnpoint.kit.repository import ScopedRepository
 from spawnpoint.models import OutboxEvent
@@ -104,3 +108,23 @@ class EventRepository(ScopedRepository[OutboxEvent]):
             descending=True,
         )
         return [row[0] for row in rows], cursor
+
+
+class OutboxWriter:
+    """Writes the outbox rows a unit of work collected, in its transaction (system code)."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def insert(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Insert `rows` (complete column values from `events.outbox`) in one statement."""
+        if rows:
+            await self.session.execute(insert(OutboxEvent), list(rows))
+
+    def insert_steps(self, rows: Sequence[dict[str, Any]]) -> list[tuple[DriverStatement, Any]]:
+        """The same insert as a pipelined step (PostgreSQL), to ride with a commit."""
+        if not rows:
+            return []
+        pairs = [(OutboxEvent, row) for row in rows]
+        shape = tuple((model, tuple(values)) for model, values in pairs)
+        return [(rows_statement(self.session.get_bind().dialect, shape), row_params(pairs))]

@@ -13,13 +13,15 @@ tests can drive expiry; leases are long compared with the clock skew of NTP-sync
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import random
 import secrets
 import socket
 import uuid
-from collections.abc import Callable, Collection, Sequence
+from collections import namedtuple
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -27,13 +29,12 @@ from typing import Any, cast
 import orjson
 from sqlalchemy import (
     ColumnElement,
-    Row,
+    Integer,
     Select,
     Table,
     Text,
     bindparam,
     case,
-    event,
     func,
     insert,
     literal,
@@ -41,14 +42,18 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import Session, SessionTransaction
+from sqlalchemy.orm import SessionTransaction
 
+from spawnpoint.db import DriverStatement
 from spawnpoint.jobs.errors import StaleLease
+from spawnpoint.kit.auditing import system_action
 from spawnpoint.kit.clock import utcnow
 from spawnpoint.kit.inserts import NewRow, insert_together, with_defaults
 from spawnpoint.models.jobs import Job, JobLog, JobState
+from spawnpoint.uow import unit_of
 
 log = logging.getLogger("spawnpoint.jobs")
 
@@ -56,6 +61,7 @@ CHANNEL = "spawnpoint_jobs"
 """PostgreSQL LISTEN/NOTIFY channel that wakes workers when jobs are committed."""
 
 _ANNOUNCED = "spawnpoint.jobs.announced"
+_WAKE = "spawnpoint.jobs.wake"
 _jitter = random.SystemRandom()
 # A job whose token reached the column's limit can be claimed no more: the next claim's
 # `fencing_token + 1` would overflow (PostgreSQL refuses it) and fail the whole batch.
@@ -152,42 +158,10 @@ def _storable(text: str) -> str:
     return text.replace("\x00", "\ufffd")
 
 
-class LocalWakeups:
-    """Callbacks run after any local commit that enqueued jobs.
-
-    In-process workers (`spawnpoint serve` on SQLite, where there is no NOTIFY) register
-    here so a job enqueued by the API starts at once instead of at the next poll.
-    """
-
-    def __init__(self) -> None:
-        self._callbacks: set[Callable[[], None]] = set()
-
-    def add(self, callback: Callable[[], None]) -> None:
-        self._callbacks.add(callback)
-
-    def discard(self, callback: Callable[[], None]) -> None:
-        self._callbacks.discard(callback)
-
-    def fire(self) -> None:
-        for callback in list(self._callbacks):
-            try:
-                callback()
-            except Exception:
-                log.exception("local job wake-up callback failed")
-
-
-local_wakeups = LocalWakeups()
-
-
-@event.listens_for(Session, "after_commit")
-def _after_commit(session: Session) -> None:
-    if session.info.pop(_ANNOUNCED, None) is not None:
-        local_wakeups.fire()
-
-
-@event.listens_for(Session, "after_rollback")
-def _after_rollback(session: Session) -> None:
-    session.info.pop(_ANNOUNCED, None)
+def _wake_workers_on_commit(session: AsyncSession) -> None:
+    """Have the in-process workers woken once the caller's transaction commits."""
+    uow = unit_of(session)
+    uow.on_commit(uow.database.wakeups.fire, key=_WAKE)
 
 
 async def _announce(session: AsyncSession) -> None:
@@ -195,32 +169,26 @@ async def _announce(session: AsyncSession) -> None:
 
     NOTIFY is transactional on PostgreSQL: it is delivered on commit and dropped on rollback.
     One per transaction is enough, except inside a savepoint, which may still roll back.
+    In-process workers are woken by the unit of work's after-commit callback.
     """
     root: SessionTransaction | None = session.sync_session.get_transaction()
-    if (
-        not session.in_nested_transaction()
-        and root is not None
-        and session.info.get(_ANNOUNCED) is root
-    ):
+    nested = session.in_nested_transaction()
+    if not nested and root is not None and session.info.get(_ANNOUNCED) is root:
         return
     if _dialect(session) == "postgresql":
         await session.execute(select(func.pg_notify(CHANNEL, "")))
-    _wake_local_workers_on_commit(session)
+    if not nested:
+        session.info[_ANNOUNCED] = root
+    _wake_workers_on_commit(session)
 
 
 async def announce_on_commit(session: AsyncSession) -> None:
     """Wake workers when the caller's transaction commits, for jobs enqueued in savepoints.
 
-    `enqueue` inside a savepoint cannot count on the transaction committing it, so it arranges
-    no local wake-up; a caller that enqueued in savepoints calls this once outside them.
+    A NOTIFY sent inside a savepoint is dropped if the savepoint rolls back; a caller that
+    enqueued in savepoints calls this once outside them.
     """
     await _announce(session)
-
-
-def _wake_local_workers_on_commit(session: AsyncSession) -> None:
-    """Have `local_wakeups` fire when the session's transaction commits (not in a savepoint)."""
-    if not session.in_nested_transaction():
-        session.info[_ANNOUNCED] = session.sync_session.get_transaction()
 
 
 async def find_by_idempotency_key(
@@ -331,15 +299,15 @@ def queued_job(
 
 
 async def enqueue_with(
-    session: AsyncSession, rows: Sequence[NewRow], job: dict[str, Any], *, commit: bool = False
+    session: AsyncSession, rows: Sequence[NewRow], job: dict[str, Any], *, final: bool = False
 ) -> None:
     """Insert `rows` and then the job `job` (from `queued_job`) in one round trip.
 
     The job's NOTIFY goes out in the same statement on PostgreSQL; in-process workers are
-    woken after the commit, as with `enqueue`. `commit` as in `insert_together`.
+    woken after the commit, as with `enqueue`. `final` as in `insert_together`.
     """
-    await insert_together(session, [*rows, (Job, job)], notify=CHANNEL, commit=commit)
-    _wake_local_workers_on_commit(session)
+    _wake_workers_on_commit(session)
+    await insert_together(session, [*rows, (Job, job)], notify=CHANNEL, final=final)
 
 
 def _payload(text: str | None) -> tuple[dict[str, Any], str | None]:
@@ -353,7 +321,7 @@ def _payload(text: str | None) -> tuple[dict[str, Any], str | None]:
     return payload, None
 
 
-def _claimed(row: Row[Any]) -> ClaimedJob:
+def _claimed(row: Any) -> ClaimedJob:
     payload, payload_error = _payload(row.payload)
     return ClaimedJob(
         id=row.id,
@@ -406,38 +374,71 @@ async def claim(
     if limit < 1 or (job_types is not None and not job_types):
         return []
     now = now or utcnow()
+    types = None if job_types is None else tuple(sorted(job_types))
+    values = {
+        "claim_owner": owner,
+        "claim_now": now,
+        "claim_until": now + lease,
+        "claim_limit": limit,
+    }
+    uow = unit_of(session)
+    if uow.is_postgres:
+        # BEGIN, the claim and COMMIT in one round trip, as cheap as autocommit.
+        statement = _claim_statement(session.get_bind().dialect, types)
+        (cursor,) = await uow.pipelined([(statement, values)], final=True)
+        rows = [_ClaimedRow(*row) for row in await cursor.fetchall()]
+    else:
+        rows = [
+            _ClaimedRow(*row)
+            for row in (await session.execute(_claim(types, postgres=False), values)).all()
+        ]
+    return sorted((_claimed(row) for row in rows), key=lambda job: job.id)
+
+
+_ClaimedRow = namedtuple("_ClaimedRow", [column.key for column in _CLAIMED_COLUMNS])  # type: ignore[misc]
+
+
+def _bind(name: str, column: Any) -> Any:
+    return bindparam(name, type_=column.type, required=False)
+
+
+def _claim(job_types: tuple[str, ...] | None, *, postgres: bool) -> Any:
+    """The claim statement (see `claim`), its values bound by name."""
     due = (
         select(Job.id)
         .where(
             _state_is(JobState.queued),
-            Job.run_after <= now,
+            Job.run_after <= _bind("claim_now", _jobs.c.run_after),
             Job.fencing_token < MAX_FENCING_TOKEN,
         )
         .order_by(Job.run_after, Job.id)
-        .limit(limit)
+        .limit(bindparam("claim_limit", type_=Integer, required=False))
     )
     if job_types is not None:
-        due = due.where(Job.type.in_(sorted(job_types)))
-    if _dialect(session) == "postgresql":
+        due = due.where(Job.type.in_(job_types))
+    if postgres:
         due = due.with_for_update(skip_locked=True)
     candidates = due.cte("due").prefix_with("MATERIALIZED")
-    statement = (
+    return (
         update(Job)
         .where(Job.id == candidates.c.id, _state_is(JobState.queued))
         .values(
             state=JobState.running,
-            lease_owner=owner,
-            lease_expires_at=now + lease,
+            lease_owner=_bind("claim_owner", _jobs.c.lease_owner),
+            lease_expires_at=_bind("claim_until", _jobs.c.lease_expires_at),
             attempts=Job.attempts + 1,
             fencing_token=Job.fencing_token + 1,
-            started_at=now,
-            updated_at=now,
+            started_at=_bind("claim_now", _jobs.c.started_at),
+            updated_at=_bind("claim_now", _jobs.c.updated_at),
         )
         .returning(*_CLAIMED_COLUMNS)
         .execution_options(synchronize_session=False)
     )
-    rows = (await session.execute(statement)).all()
-    return sorted((_claimed(row) for row in rows), key=lambda job: job.id)
+
+
+@functools.lru_cache(maxsize=16)
+def _claim_statement(dialect: Dialect, job_types: tuple[str, ...] | None) -> DriverStatement:
+    return DriverStatement(_claim(job_types, postgres=True), dialect)
 
 
 async def heartbeat_many(
@@ -766,13 +767,28 @@ async def rescue_expired(session: AsyncSession, *, now: datetime | None = None) 
             finished_at=case((Job.cancel_requested, now), (retry, None), else_=now),
             **_settled(now),
         )
+        .returning(Job.id, Job.tenant_id, Job.type, Job.state, Job.error)
         .execution_options(synchronize_session=False)
     )
-    rescued: int = (await session.execute(statement)).rowcount  # type: ignore[attr-defined]
+    rescued = (await session.execute(statement)).all()
     if rescued:
-        log.warning("rescued %d job(s) whose lease expired", rescued)
+        log.warning("rescued %d job(s) whose lease expired", len(rescued))
         await _announce(session)  # they are due now; do not leave them to the next poll
-    return rescued
+    uow = unit_of(session)
+    for row in rescued:
+        uow.record(
+            system_action(
+                tenant_id=row.tenant_id,
+                action="job.rescue",
+                resource_type="job",
+                resource_id=row.id,
+                reason=row.error,
+                at=now,
+                job_type=row.type,
+                state=row.state,
+            )
+        )
+    return len(rescued)
 
 
 async def append_logs(session: AsyncSession, *, lines: Sequence[LogLine]) -> None:

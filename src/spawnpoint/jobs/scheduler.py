@@ -31,6 +31,7 @@ from spawnpoint.jobs.queue import new_owner_id, rescue_expired
 from spawnpoint.kit.clock import utcnow
 from spawnpoint.kit.metrics import SWEEP_ROW_ERRORS
 from spawnpoint.models.jobs import LeaderLeaseRow
+from spawnpoint.uow import unit_of
 
 log = logging.getLogger("spawnpoint.jobs.scheduler")
 
@@ -68,7 +69,7 @@ async def isolated(
         What `work` returned (whether it acted on the row); False when it failed.
     """
     try:
-        async with session.begin_nested():
+        async with unit_of(session).savepoint():
             return await work()
     except Exception:
         logger.exception("%s: %s skipped: processing it failed", task, row)

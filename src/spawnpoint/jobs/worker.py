@@ -54,7 +54,6 @@ from spawnpoint.jobs.queue import (
     complete_many,
     fail,
     heartbeat_many,
-    local_wakeups,
     mark_cancelled,
     new_owner_id,
     release,
@@ -182,7 +181,7 @@ class Worker:
         ]
         if not self.database.is_sqlite:
             helpers.append(asyncio.create_task(self._listen_loop(), name="jobs listen"))
-        local_wakeups.add(poke_from_commit)
+        self.database.wakeups.add(poke_from_commit)
         log.info(
             "worker %s started: concurrency %d, %d job type(s)",
             self.worker_id,
@@ -193,7 +192,7 @@ class Worker:
             await self._claim_loop(stop)
             await self._drain()
         finally:
-            local_wakeups.discard(poke_from_commit)
+            self.database.wakeups.discard(poke_from_commit)
             # Normally empty; when run() itself is cancelled, handlers must not outlive it.
             handlers = [a.task for a in self._running.values() if a.task is not None]
             for task in [*handlers, *helpers]:
@@ -219,8 +218,8 @@ class Worker:
                 # Cleared before the claim: a wake-up that arrives during it sets it again.
                 self._more = False
                 try:
-                    # The claim is one UPDATE ... RETURNING: no transaction block needed.
-                    async with self.database.single_statement() as session:
+                    # One UPDATE ... RETURNING; on PostgreSQL it commits in the same round trip.
+                    async with self.database.transaction(write=True) as session:
                         claimed = await claim(
                             session,
                             owner=self.worker_id,

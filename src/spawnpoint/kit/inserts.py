@@ -19,7 +19,8 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from spawnpoint.db import Base, DriverStatement, pipelined
+from spawnpoint.db import Base, DriverStatement
+from spawnpoint.uow import unit_of
 
 NewRow = tuple[type[Base], dict[str, Any]]
 
@@ -68,17 +69,16 @@ async def insert_together(
     rows: Sequence[NewRow],
     *,
     notify: str | None = None,
-    commit: bool = False,
+    final: bool = False,
 ) -> None:
     """Insert `rows` (complete column values, parents first) in the session's transaction.
 
     Args:
         notify: on PostgreSQL, a channel to `pg_notify` in the same statement (delivered
             when the transaction commits); ignored elsewhere.
-        commit: on PostgreSQL, also commit the transaction, pipelined with the insert so
-            both take one round trip; SQLAlchemy's own commit then finds nothing to do.
-            Elsewhere the session commits as usual. Only for a caller that writes nothing
-            more in this transaction.
+        final: the caller writes nothing more in this transaction, so on PostgreSQL the
+            unit of work that owns it may send its own rows and the COMMIT in the same
+            round trip (`UnitOfWork.pipelined`). Elsewhere it commits as usual.
     """
     dialect = session.get_bind().dialect
     if dialect.name != "postgresql":
@@ -89,7 +89,7 @@ async def insert_together(
         dialect, tuple((model, tuple(values)) for model, values in rows), notify
     )
     try:
-        await pipelined(session, [(statement, row_params(rows))], commit=commit)
+        await unit_of(session).pipelined([(statement, row_params(rows))], final=final)
     except psycopg.IntegrityError as exc:
         raise IntegrityError(statement.sql, None, exc) from exc
 

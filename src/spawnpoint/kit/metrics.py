@@ -13,3 +13,8 @@ SWEEP_ROW_ERRORS = Counter(
     "Rows a periodic sweep could not process: logged, skipped, and tried again next tick.",
     ["task"],
 )
+
+UNAUTHENTICATED_WRITES = Counter(
+    "spawnpoint_unauthenticated_writes",
+    "Mutating API requests refused before the caller was known (no tenant chain to log to).",
+)

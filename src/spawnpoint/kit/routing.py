@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import email.message
 import json
+import logging
 import math
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -20,11 +21,19 @@ from fastapi import Request, Response
 from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from spawnpoint.db import is_unavailable
+from spawnpoint.kit.auditing import REQUEST_ID, AuditedAction, RequestAudit, audited_action
 from spawnpoint.kit.errors import ProblemError
+from spawnpoint.kit.metrics import UNAUTHENTICATED_WRITES
 from spawnpoint.kit.schemas import json_field_limit
+from spawnpoint.security import authenticate
 
+log = logging.getLogger("spawnpoint.audit")
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+# Refusals of the caller's rights or quota; any other failure is recorded as `failed`.
+DENIED = frozenset({403, 429})
 NON_FINITE = "numbers must be finite: no NaN, no Infinity, nothing past a double's range"
 
 
@@ -135,36 +144,133 @@ async def _check_body(request: StrictJSONRequest, *, max_depth: int) -> None:
 
 
 class StrictRoute(APIRoute):
+    """Strict bodies and query strings; a mutating route's request owns a unit of work.
+
+    The unit of work opened here is the request's only transaction (`deps.get_session`
+    hands out its session): it commits once the handler has produced the response, with
+    the request's audit entry (`kit/auditing.py`) in the same commit. When the request
+    fails, it rolls back and the refusal's entry is written in a transaction of its own.
+    """
+
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
         known = query_names(self.dependant)
         takes_body = self.body_field is not None
+        what = audited_action(self)
 
         async def strict_handler(request: Request) -> Response:
             strict = StrictJSONRequest(request.scope, request.receive)
             settings = request.app.state.settings
-            errors = [
-                _error(("query", name), "unknown_parameter", "this route has no such parameter")
-                for name in strict.query_params
-                if name not in known
-            ]
-            errors += [
-                _error((source, name), "string_nul", "may not contain NUL")
-                for source, values in (
-                    ("query", strict.query_params.multi_items()),
-                    ("path", strict.path_params.items()),
-                )
-                for name, value in values
-                if "\x00" in value
-            ]
-            if errors:
-                raise RequestValidationError(errors)
-            if takes_body and await strict.body():
-                await _check_body(strict, max_depth=settings.max_json_depth)
             token = json_field_limit.set(settings.max_json_field_bytes)
             try:
-                return await handler(strict)
+                if what is None:
+                    await _check(strict, known=known, takes_body=takes_body)
+                    return await handler(strict)
+                return await _audited(strict, handler, what, known=known, takes_body=takes_body)
             finally:
                 json_field_limit.reset(token)
 
         return strict_handler
+
+
+async def _check(request: StrictJSONRequest, *, known: frozenset[str], takes_body: bool) -> None:
+    errors = [
+        _error(("query", name), "unknown_parameter", "this route has no such parameter")
+        for name in request.query_params
+        if name not in known
+    ]
+    errors += [
+        _error((source, name), "string_nul", "may not contain NUL")
+        for source, values in (
+            ("query", request.query_params.multi_items()),
+            ("path", request.path_params.items()),
+        )
+        for name, value in values
+        if "\x00" in value
+    ]
+    if errors:
+        raise RequestValidationError(errors)
+    if takes_body and await request.body():
+        await _check_body(request, max_depth=request.app.state.settings.max_json_depth)
+
+
+async def _audited(
+    request: StrictJSONRequest,
+    handler: Callable[[Request], Coroutine[Any, Any, Response]],
+    what: AuditedAction,
+    *,
+    known: frozenset[str],
+    takes_body: bool,
+) -> Response:
+    """Run a mutating request in its own unit of work, audited whatever the outcome."""
+    audit = RequestAudit.start(
+        what,
+        path_params=dict(request.path_params),
+        headers=request.headers,
+        client_host=request.client.host if request.client else None,
+    )
+    database = request.app.state.database
+    refusals: list[dict[str, Any]] = []
+    try:
+        await _check(request, known=known, takes_body=takes_body)
+        async with database.unit_of_work(write=True, request=audit) as uow:
+            request.state.uow = uow
+            refusals = uow.refusals
+            response = await handler(request)
+    except Exception as exc:
+        await _record_refusal(request, audit, exc, refusals)
+        raise
+    finally:
+        request.state.uow = None
+    response.headers[REQUEST_ID] = audit.request_id
+    return response
+
+
+def _status(exc: Exception) -> int:
+    if isinstance(exc, ProblemError):
+        return exc.status
+    if isinstance(exc, StarletteHTTPException):
+        return exc.status_code
+    if isinstance(exc, RequestValidationError):
+        return 422
+    return 500
+
+
+async def _record_refusal(
+    request: StrictJSONRequest, audit: RequestAudit, exc: Exception, refusals: list[dict[str, Any]]
+) -> None:
+    """Write the audit entry (and outbox rows) of a request that failed, in a new transaction.
+
+    Never raises: the caller's own error is what the client must see. Nothing is written
+    when the database itself is what failed, or for a caller who is not authenticated
+    (counted in `spawnpoint_unauthenticated_writes_total` instead: no tenant to log it to).
+    """
+    status = _status(exc)
+    if is_unavailable(exc):
+        return
+    state = request.app.state
+    try:
+        async with state.database.unit_of_work(write=True) as uow:
+            if audit.principal is None:
+                try:
+                    audit.principal = await authenticate(
+                        state.settings,
+                        uow.session,
+                        state.accounts,
+                        request.headers.get("authorization"),
+                    )
+                except ProblemError:
+                    UNAUTHENTICATED_WRITES.inc()
+                    return
+            for row in refusals:
+                uow.emit(row)
+            detail = exc.detail if isinstance(exc, ProblemError) else type(exc).__name__
+            uow.record(
+                audit.draft(
+                    "denied" if status in DENIED else "failed",
+                    status=status,
+                    detail=str(detail)[:500],
+                )
+            )
+    except Exception:
+        log.exception("could not record the audit entry of a failed %s", audit.what.action)

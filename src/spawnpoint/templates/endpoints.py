@@ -144,6 +144,7 @@ async def list_template_versions(
 
 @router.post(
     "/{template_id}/versions",
+    openapi_extra={"x-audit-action": "template.publish"},
     status_code=status.HTTP_201_CREATED,
     summary="Create template version",
 )

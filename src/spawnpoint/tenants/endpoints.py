@@ -5,7 +5,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Response, status
 
-from spawnpoint.deps import Accounts, RequireAdmin, RequireOperator, Scope, Session
+from spawnpoint.deps import Accounts, RequireAdmin, RequireOperator, Scope, Session, Work
 from spawnpoint.kit.pagination import Page, Pagination
 from spawnpoint.kit.routing import StrictRoute
 from spawnpoint.plans.repository import PlanRepository
@@ -55,12 +55,14 @@ async def update_tenant(
     _: RequireOperator,
     tenants: Tenants,
     accounts: Accounts,
+    work: Work,
     tenant_id: uuid.UUID,
     tenant_in: TenantUpdate,
 ) -> TenantRead:
     """Update a tenant's fields; fields left out keep their values."""
     tenant = await tenants.update(tenant_id=tenant_id, tenant_in=tenant_in)
-    accounts.clear()
+    # Sessions elsewhere may still hold the old row: drop the cache once this commits.
+    work.on_commit(accounts.clear, key="accounts.clear")
     return TenantRead.model_validate(tenant)
 
 
@@ -69,16 +71,22 @@ async def delete_tenant(
     actor: RequireOperator,
     tenants: Tenants,
     accounts: Accounts,
+    work: Work,
     tenant_id: uuid.UUID,
     cascade: Cascade = False,
 ) -> Response:
     """Delete a tenant with its users, projects and templates, once no workspace is live."""
     started = await tenants.delete(actor=actor, tenant_id=tenant_id, cascade=cascade)
-    accounts.clear()
+    # Sessions elsewhere may still hold the old row: drop the cache once this commits.
+    work.on_commit(accounts.clear, key="accounts.clear")
     return teardown_response(started)
 
 
-@router.post("/{tenant_id}/plans/{plan_id}", summary="Assign plan to tenant")
+@router.post(
+    "/{tenant_id}/plans/{plan_id}",
+    summary="Assign plan to tenant",
+    openapi_extra={"x-audit-action": "tenant.assign_plan"},
+)
 async def assign_plan(
     _: RequireOperator, tenants: Tenants, tenant_id: uuid.UUID, plan_id: uuid.UUID
 ) -> TenantRead:

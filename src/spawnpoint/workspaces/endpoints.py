@@ -96,6 +96,7 @@ def accepted(console: Console, workspace: Workspace, job: Job | None) -> Workspa
     "/api/spawn",
     status_code=status.HTTP_202_ACCEPTED,
     summary="Spawn scenario with OPA enforcement",
+    openapi_extra={"x-audit-action": "workspace.spawn"},
     response_model=SpawnAccepted | SpawnCheck,
     responses={
         200: {"model": SpawnCheck, "description": "dry_run=true: what a spawn would decide."},
@@ -126,8 +127,8 @@ async def spawn(
         stored = await keys.claim(fingerprint)
         if stored is not None:
             return JSONResponse(stored.body, status_code=stored.status, headers={REPLAYED: "true"})
-    # Without a key nothing more is written, so the spawn may commit with its rows.
-    workspace, job_id = await workspaces.spawn(actor=actor, spawn_in=spawn_in, commit=keys is None)
+    # Without a key nothing more is written: the unit of work may commit with the rows.
+    workspace, job_id = await workspaces.spawn(actor=actor, spawn_in=spawn_in, final=keys is None)
     body = SpawnAccepted(
         workspace=console.read(workspace), job_id=job_id, console_url=console.url(workspace.id)
     ).model_dump(mode="json")

@@ -12,27 +12,20 @@ not get them, so a document stored before the edge refused it cannot stop provis
 
 from __future__ import annotations
 
-import functools
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy import bindparam, select, update
-from sqlalchemy.engine import Dialect
-from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import defer
 
 from spawnpoint.config import Settings
-from spawnpoint.db import Database, DriverStatement, pipelined
+from spawnpoint.db import Database
 from spawnpoint.jobs.context import JobContext
-from spawnpoint.jobs.errors import PermanentJobError, StaleLease
-from spawnpoint.jobs.queue import hold_lease, lease_statement
+from spawnpoint.jobs.errors import PermanentJobError
+from spawnpoint.jobs.queue import hold_lease
 from spawnpoint.jobs.registry import HandlerRegistry
-from spawnpoint.kit.clock import utcnow
-from spawnpoint.kit.inserts import row_params, rows_statement
-from spawnpoint.models import Job, TemplateVersion, Workspace, WorkspaceEvent, WorkspaceState
+from spawnpoint.models import Workspace, WorkspaceState
 from spawnpoint.provisioners import (
     AnyProvisioner,
     LogSink,
@@ -43,7 +36,7 @@ from spawnpoint.provisioners import (
     WorkspaceRef,
 )
 from spawnpoint.workspaces.lifecycle import SYSTEM, can_move, move, transition
-from spawnpoint.workspaces.repository import with_spec
+from spawnpoint.workspaces.repository import JobRows
 
 S = WorkspaceState
 DriverCall = Callable[[AnyProvisioner, ProvisionContext], Awaitable[ProvisionResult | None]]
@@ -146,15 +139,20 @@ class WorkspaceHandlers:
         # attempt makes it; only the outcome written below must be fenced.
         try:
             async with database.transaction(write=True) as session:
-                loaded = await _load(session, workspace_id)
+                rows = JobRows(session)
+                loaded = await rows.load(workspace_id)
                 if loaded is None:
                     return {"skipped": "workspace no longer exists"}
                 workspace, spec = loaded
                 if workspace.state in step.enter_from:
                     event = transition(
-                        workspace, step.working, actor=SYSTEM, reason=f"{step.job_type} started"
+                        session,
+                        workspace,
+                        step.working,
+                        actor=SYSTEM,
+                        reason=f"{step.job_type} started",
                     )
-                    await _save(session, workspace, event)
+                    await rows.save(workspace, event)
                 elif workspace.state != step.working:
                     # Another action overtook this job (a delete during provisioning, say).
                     return {"skipped": f"workspace is {workspace.state}"}
@@ -186,7 +184,8 @@ class WorkspaceHandlers:
             raise
 
         async with database.transaction(write=True) as session:
-            loaded = await _load(session, workspace_id, lease=(ctx.job_id, ctx.fencing_token))
+            rows = JobRows(session)
+            loaded = await rows.load(workspace_id, lease=(ctx.job_id, ctx.fencing_token))
             if loaded is None:
                 return {"skipped": "workspace no longer exists"}
             workspace, _ = loaded
@@ -199,12 +198,12 @@ class WorkspaceHandlers:
             done: dict[str, Any] | None = None
             if workspace.state == step.working and can_move(workspace.state, step.done):
                 done = transition(
-                    workspace, step.done, actor=SYSTEM, reason=f"{step.job_type} done"
+                    session, workspace, step.done, actor=SYSTEM, reason=f"{step.job_type} done"
                 )
                 workspace.error = None
                 if step.done == S.running:
                     workspace.started_at = workspace.last_activity_at = done["at"]
-            await _save(session, workspace, done)
+            await rows.save(workspace, done)
             return {"state": workspace.state}
 
     async def _record_failure(
@@ -220,14 +219,7 @@ class WorkspaceHandlers:
         async with ctx.database.transaction(write=True) as session:
             await hold_lease(session, job_id=ctx.job_id, fencing_token=ctx.fencing_token)
             # The documents are not read: this must work when one of them cannot be.
-            workspace = (
-                await session.execute(
-                    select(Workspace)
-                    .options(*(defer(c, raiseload=True) for c in DOCUMENT_COLUMNS))
-                    .where(Workspace.id == workspace_id)
-                    .with_for_update()
-                )
-            ).scalar_one_or_none()
+            workspace = await JobRows(session).lock_for_failure(workspace_id)
             if workspace is None:
                 return
             workspace.error = message
@@ -244,121 +236,6 @@ class WorkspaceHandlers:
                     actor=SYSTEM,
                     reason=f"{step.job_type} failed after {ctx.attempt} attempts: {message}",
                 )
-
-
-# The columns a handler may change; `_save` writes them all back on PostgreSQL.
-SAVED = ("state", "driver_state", "connection", "error", "started_at", "last_activity_at")
-# Everything but `parameters`, which no driver gets.
-WORKSPACE_COLUMNS = tuple(c for c in Workspace.__table__.c if c.key != "parameters")
-DOCUMENT_COLUMNS = (Workspace.parameters, Workspace.connection, Workspace.driver_state)
-
-
-@dataclass(frozen=True)
-class _Statements:
-    load: DriverStatement
-    lease: DriverStatement
-    save: DriverStatement
-    event: DriverStatement
-
-
-@functools.lru_cache(maxsize=8)
-def _statements(dialect: Dialect) -> _Statements:
-    """The handlers' PostgreSQL statements, compiled once."""
-    table = Workspace.__table__
-    workspace_id = bindparam("workspace_id", type_=table.c.id.type, required=False)
-    load = (
-        select(*WORKSPACE_COLUMNS, TemplateVersion.__table__.c.spec)
-        .outerjoin(
-            TemplateVersion,
-            (TemplateVersion.template_id == Workspace.template_id)
-            & (TemplateVersion.version == Workspace.template_version),
-        )
-        .where(Workspace.id == workspace_id)
-        .with_for_update(of=Workspace)
-    )
-    lease = lease_statement(
-        bindparam("job_id", type_=Job.__table__.c.id.type, required=False),
-        bindparam("fencing_token", type_=Job.__table__.c.fencing_token.type, required=False),
-    )
-    save = (
-        update(Workspace)
-        .where(Workspace.id == workspace_id)
-        .values(
-            {
-                name: bindparam(name, type_=table.c[name].type, required=False)
-                for name in (*SAVED, "updated_at")
-            }
-        )
-    )
-    event_shape = ((WorkspaceEvent, tuple(c.key for c in WorkspaceEvent.__table__.c)),)
-    return _Statements(
-        load=DriverStatement(load, dialect),
-        lease=DriverStatement(lease, dialect),
-        save=DriverStatement(save, dialect),
-        event=rows_statement(dialect, event_shape),
-    )
-
-
-async def _load(
-    session: AsyncSession, workspace_id: uuid.UUID, *, lease: tuple[uuid.UUID, int] | None = None
-) -> tuple[Workspace, dict[str, Any] | None] | None:
-    """The workspace, locked, with its template version's spec; None when it is gone.
-
-    With `lease` (job id, fencing token), first check that the job's lease is still held
-    and lock the job row (`hold_lease`). On PostgreSQL both statements and the BEGIN go out
-    in one round trip, and the workspace is a detached copy that `_save` writes back.
-
-    Raises:
-        StaleLease: `lease` is no longer held.
-    """
-    dialect = session.get_bind().dialect
-    if dialect.name != "postgresql":
-        if lease is not None:
-            await hold_lease(session, job_id=lease[0], fencing_token=lease[1])
-        row = (
-            await session.execute(
-                with_spec()
-                .options(defer(Workspace.parameters, raiseload=True))
-                .where(Workspace.id == workspace_id)
-                .with_for_update(of=Workspace)
-            )
-        ).one_or_none()
-        return None if row is None else (row[0], row[1])
-    statements = _statements(dialect)
-    steps: list[tuple[DriverStatement, dict[str, Any]]] = [
-        (statements.load, {"workspace_id": workspace_id})
-    ]
-    if lease is not None:
-        values = {"job_id": lease[0], "fencing_token": lease[1]}
-        steps.insert(0, (statements.lease, values))
-    cursors = await pipelined(session, steps)
-    if lease is not None and await cursors[0].fetchone() is None:
-        raise StaleLease(lease[0], lease[1])
-    found = await cursors[-1].fetchone()
-    if found is None:
-        return None
-    columns = zip(WORKSPACE_COLUMNS, found[:-1], strict=True)
-    return Workspace(**{c.key: value for c, value in columns}), found[-1]
-
-
-async def _save(session: AsyncSession, workspace: Workspace, event: dict[str, Any] | None) -> None:
-    """Record a handler's changes to `workspace` (from `_load`) and its event, if any.
-
-    On PostgreSQL the update, the event and the COMMIT go out in one round trip; the
-    caller's transaction is then over. Elsewhere the session flushes them when it commits.
-    """
-    dialect = session.get_bind().dialect
-    if dialect.name != "postgresql":
-        if event is not None:
-            session.add(WorkspaceEvent(**event))
-        return
-    statements = _statements(dialect)
-    values = {name: getattr(workspace, name) for name in SAVED}
-    values["updated_at"] = utcnow()
-    steps = [(statements.save, {"workspace_id": workspace.id, **values})]
-    if event is not None:
-        steps.append((statements.event, row_params([(WorkspaceEvent, event)])))
-    await pipelined(session, steps, commit=True)
 
 
 def _workspace_id(payload: dict[str, Any]) -> uuid.UUID:

@@ -1,4 +1,9 @@
-"""The workspace lifecycle: one transition table, one function that moves a workspace."""
+"""The workspace lifecycle: one transition table, one function that moves a workspace.
+
+Every transition writes its `workspace_events` row and its outbox event
+(`workspace.<new state>`) in the transaction of the change, through the unit of work that
+owns the session.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +13,13 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from spawnpoint.events.outbox import workspace_event
 from spawnpoint.kit.clock import utcnow
 from spawnpoint.kit.errors import Conflict
 from spawnpoint.kit.ids import uuid7
 from spawnpoint.models import Workspace, WorkspaceEvent
 from spawnpoint.models import WorkspaceState as S
+from spawnpoint.uow import unit_of
 
 TRANSITIONS: dict[S, frozenset[S]] = {
     S.pending: frozenset({S.provisioning, S.deleting, S.failed}),
@@ -39,6 +46,7 @@ def can_move(current: str, target: S) -> bool:
 
 
 def transition(
+    session: AsyncSession,
     workspace: Workspace,
     target: S,
     *,
@@ -47,7 +55,9 @@ def transition(
     reason: str = "",
     now: datetime | None = None,
 ) -> dict[str, Any]:
-    """Set `workspace.state` to `target`; return the column values of its event, or raise 409.
+    """Set `workspace.state` to `target` and emit its outbox event; return its event's values.
+
+    The caller writes the returned `workspace_events` row (`move` adds it to the session).
 
     Args:
         actor: "user" for a person, "system" for the scheduler and workers.
@@ -67,6 +77,7 @@ def transition(
         at=now or utcnow(),
     )
     workspace.state = target
+    announce(session, workspace.external_ref, event)
     return event
 
 
@@ -81,10 +92,18 @@ def move(
     now: datetime | None = None,
 ) -> WorkspaceEvent:
     """`transition` a workspace of `session` and add its event to the session."""
-    values = transition(workspace, target, actor=actor, actor_id=actor_id, reason=reason, now=now)
+    values = transition(
+        session, workspace, target, actor=actor, actor_id=actor_id, reason=reason, now=now
+    )
     event = WorkspaceEvent(**values)
     session.add(event)
     return event
+
+
+def announce(session: AsyncSession, external_ref: str | None, event: dict[str, Any]) -> None:
+    """Emit the outbox event of a workspace event (its column values) in `session`'s commit."""
+    columns = {k: v for k, v in event.items() if k != "id"}
+    unit_of(session).emit(workspace_event(external_ref=external_ref, **columns))
 
 
 def creation_event(

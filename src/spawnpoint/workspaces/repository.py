@@ -1,22 +1,42 @@
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, select
+from sqlalchemy import ColumnElement, Select, bindparam, insert, select, text, tuple_, update
+from sqlalchemy import inspect as sa_inspect
+from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import InstrumentedAttribute, defer
+from sqlalchemy.orm.attributes import set_committed_value
 
-from spawnpoint.kit.errors import NotFound
+from spawnpoint.db import DriverStatement
+from spawnpoint.jobs.errors import StaleLease
+from spawnpoint.jobs.queue import enqueue_with, hold_lease, lease_statement
+from spawnpoint.kit.clock import utcnow
+from spawnpoint.kit.errors import Conflict, NotFound
+from spawnpoint.kit.inserts import row_params, rows_statement
 from spawnpoint.kit.pagination import PageParams, fetch_page
 from spawnpoint.kit.repository import ScopedRepository
 from spawnpoint.models import (
+    Job,
+    Plan,
+    Project,
     TemplateVersion,
+    Tenant,
     TenantUsage,
     Workspace,
     WorkspaceEvent,
     WorkspaceState,
 )
+from spawnpoint.models.workspaces import IDLE_SWEEP_PREDICATE
+from spawnpoint.uow import unit_of
 from spawnpoint.workspaces.schemas import Usage
 
 
@@ -117,3 +137,327 @@ class WorkspaceRepository(ScopedRepository[Workspace]):
             self.session, statement, key=WorkspaceEvent.id, params=params
         )
         return [row[0] for row in rows], cursor
+
+
+# The hot paths' statements. Where PostgreSQL gets a pipelined shape, both shapes sit in
+# the same method and tests/workspaces/test_hot_path_contract.py runs both.
+
+TENANT_COLUMNS = tuple(Tenant.__table__.c)
+PLAN_COLUMNS = tuple(Plan.__table__.c)
+# Everything but `parameters`, which no driver gets.
+JOB_COLUMNS = tuple(c for c in Workspace.__table__.c if c.key != "parameters")
+DOCUMENTS = (Workspace.parameters, Workspace.connection, Workspace.driver_state)
+
+
+def _tenant_lock(tenant_id: uuid.UUID | ColumnElement[uuid.UUID]) -> Select[Any]:
+    """The tenant row, locked, with its plan.
+
+    FOR NO KEY UPDATE serialises spawns per tenant on PostgreSQL without blocking the
+    key-share locks that foreign-key checks take: a plain FOR UPDATE made every worker
+    inserting a workspace event wait for the spawn holding its tenant. On SQLite the write
+    transaction already began IMMEDIATE, which serialises every writer.
+    """
+    return (
+        select(*TENANT_COLUMNS, *PLAN_COLUMNS)
+        .join_from(Tenant, Plan, Plan.id == Tenant.plan_id)
+        .where(Tenant.id == tenant_id)
+        .with_for_update(of=Tenant, key_share=True)
+    )
+
+
+def _tenant_and_plan(row: Sequence[Any]) -> tuple[Tenant, Plan]:
+    """Detached rows read by `_tenant_lock`."""
+    split = len(TENANT_COLUMNS)
+    tenant = Tenant(**{c.key: v for c, v in zip(TENANT_COLUMNS, row[:split], strict=True)})
+    plan = Plan(**{c.key: v for c, v in zip(PLAN_COLUMNS, row[split:], strict=True)})
+    return tenant, plan
+
+
+def _job_load(workspace_id: uuid.UUID | ColumnElement[uuid.UUID]) -> Select[Any]:
+    """A workspace's columns (but `parameters`), locked, with its version's spec."""
+    return (
+        select(*JOB_COLUMNS, TemplateVersion.__table__.c.spec)
+        .outerjoin(
+            TemplateVersion,
+            (TemplateVersion.template_id == Workspace.template_id)
+            & (TemplateVersion.version == Workspace.template_version),
+        )
+        .where(Workspace.id == workspace_id)
+        .with_for_update(of=Workspace)
+    )
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    lock: DriverStatement
+    usage: DriverStatement
+    load: DriverStatement
+    lease: DriverStatement
+    event: DriverStatement
+
+
+@functools.lru_cache(maxsize=8)
+def _compiled(dialect: Dialect) -> _Compiled:
+    """The pipelined statements, compiled once per dialect."""
+    tenant_id = bindparam("tenant_id", type_=Tenant.__table__.c.id.type, required=False)
+    workspace_id = bindparam("workspace_id", type_=Workspace.__table__.c.id.type, required=False)
+    lease = lease_statement(
+        bindparam("job_id", type_=Job.__table__.c.id.type, required=False),
+        bindparam("fencing_token", type_=Job.__table__.c.fencing_token.type, required=False),
+    )
+    event_shape = ((WorkspaceEvent, tuple(c.key for c in WorkspaceEvent.__table__.c)),)
+    return _Compiled(
+        lock=DriverStatement(_tenant_lock(tenant_id), dialect),
+        usage=DriverStatement(usage_statement(tenant_id), dialect),
+        load=DriverStatement(_job_load(workspace_id), dialect),
+        lease=DriverStatement(lease, dialect),
+        event=rows_statement(dialect, event_shape),
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _update_statement(dialect: Dialect, columns: tuple[str, ...]) -> DriverStatement:
+    """UPDATE of exactly `columns` (and `updated_at`) of one workspace, compiled once."""
+    table = Workspace.__table__
+    values = {
+        name: bindparam(name, type_=table.c[name].type, required=False)
+        for name in (*columns, "updated_at")
+    }
+    workspace_id = bindparam("workspace_id", type_=table.c.id.type, required=False)
+    return DriverStatement(
+        update(Workspace).where(Workspace.id == workspace_id).values(values), dialect
+    )
+
+
+def _clean(columns: Sequence[Any], values: Sequence[Any]) -> Workspace:
+    """A detached workspace whose loaded values count as stored: what changes is tracked."""
+    workspace = Workspace()
+    for column, value in zip(columns, values, strict=True):
+        set_committed_value(workspace, column.key, value)
+    return workspace
+
+
+def changed_columns(workspace: Workspace) -> dict[str, Any]:
+    """Every mapped column of `workspace` set since it was loaded, with its new value."""
+    state = sa_inspect(workspace)
+    return {
+        attr.key: attr.value
+        for attr in state.attrs
+        if attr.key in Workspace.__table__.c and attr.history.has_changes()
+    }
+
+
+class SpawnRows:
+    """What a spawn reads under the tenant lock and the rows it writes."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def lock_tenant(self, tenant_id: uuid.UUID) -> tuple[Tenant, Plan]:
+        """The tenant (locked until the transaction ends) and its plan, as detached rows."""
+        row = (await self.session.execute(_tenant_lock(tenant_id))).one_or_none()
+        if row is None:
+            raise NotFound("Tenant not found.")
+        return _tenant_and_plan(row)
+
+    async def lock_tenant_with_usage(self, tenant_id: uuid.UUID) -> tuple[Tenant, Plan, Usage]:
+        """`lock_tenant`, and the usage counters as of the moment the lock is held.
+
+        On PostgreSQL both statements go out in one pipeline, so the counters are read the
+        moment the lock is granted instead of one event-loop turn later: the lock is held
+        for that much less time, and spawns of one tenant, which queue on it, go through
+        that much faster. Each statement takes its own snapshot (READ COMMITTED), so the
+        usage counts every spawn committed before the lock was granted. (A workspace that
+        stops meanwhile may still be counted until it commits: the check errs on the safe
+        side.)
+        """
+        if not unit_of(self.session).is_postgres:
+            tenant, plan = await self.lock_tenant(tenant_id)
+            found = (await self.session.execute(usage_statement(tenant_id))).one_or_none()
+            return tenant, plan, usage_from_row(found)
+        compiled = _compiled(self.session.get_bind().dialect)
+        values = {"tenant_id": tenant_id}
+        locked, measured = await unit_of(self.session).pipelined(
+            [(compiled.lock, values), (compiled.usage, values)]
+        )
+        row = await locked.fetchone()
+        if row is None:
+            raise NotFound("Tenant not found.")
+        return (*_tenant_and_plan(row), usage_from_row(await measured.fetchone()))
+
+    async def project(self, tenant_id: uuid.UUID, project_id: uuid.UUID) -> Project | None:
+        """The tenant's project `project_id`, or None."""
+        statement = select(Project).where(Project.id == project_id, Project.tenant_id == tenant_id)
+        found: Project | None = (await self.session.execute(statement)).scalar_one_or_none()
+        return found
+
+    async def insert(
+        self,
+        workspace: dict[str, Any],
+        event: dict[str, Any],
+        job: dict[str, Any],
+        *,
+        final: bool,
+    ) -> None:
+        """Insert the workspace, its first event and its job in one round trip.
+
+        With `final` the caller writes nothing more, so on PostgreSQL the unit of work may
+        commit in the same round trip (with its outbox rows and audit entries).
+
+        Raises:
+            Conflict: the external_ref is taken, or the project or owner went meanwhile.
+        """
+        try:
+            await enqueue_with(
+                self.session, [(Workspace, workspace), (WorkspaceEvent, event)], job, final=final
+            )
+        except IntegrityError as exc:
+            if "external_ref" in str(exc.orig) or "UNIQUE" in str(exc.orig):
+                raise Conflict("A workspace with this external_ref already exists.") from exc
+            # A foreign key: the project or the owner went while this spawn was checked.
+            raise Conflict(
+                "The project or the user of this spawn was deleted meanwhile; nothing was created."
+            ) from exc
+
+
+class JobRows:
+    """The workspace rows a job handler reads and writes, fenced by the job's lease."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def load(
+        self, workspace_id: uuid.UUID, *, lease: tuple[uuid.UUID, int] | None = None
+    ) -> tuple[Workspace, dict[str, Any] | None] | None:
+        """The workspace, locked, with its template version's spec; None when it is gone.
+
+        The workspace is detached: `save` writes back exactly the columns set on it since.
+        With `lease` (job id, fencing token), first check that the job's lease is still
+        held and lock the job row (`hold_lease`); on PostgreSQL both statements and the
+        BEGIN go out in one round trip.
+
+        Raises:
+            StaleLease: `lease` is no longer held.
+        """
+        uow = unit_of(self.session)
+        if not uow.is_postgres:
+            if lease is not None:
+                await hold_lease(self.session, job_id=lease[0], fencing_token=lease[1])
+            found = (await self.session.execute(_job_load(workspace_id))).one_or_none()
+        else:
+            compiled = _compiled(self.session.get_bind().dialect)
+            steps: list[tuple[DriverStatement, dict[str, Any]]] = [
+                (compiled.load, {"workspace_id": workspace_id})
+            ]
+            if lease is not None:
+                steps.insert(0, (compiled.lease, {"job_id": lease[0], "fencing_token": lease[1]}))
+            cursors = await uow.pipelined(steps)
+            if lease is not None and await cursors[0].fetchone() is None:
+                raise StaleLease(lease[0], lease[1])
+            found = await cursors[-1].fetchone()
+        if found is None:
+            return None
+        return _clean(JOB_COLUMNS, found[:-1]), found[-1]
+
+    async def save(self, workspace: Workspace, event: dict[str, Any] | None) -> None:
+        """Write the columns set on `workspace` (from `load`) and its event; the last write.
+
+        On PostgreSQL the update, the event, the unit of work's outbox rows and the COMMIT
+        go out in one round trip.
+        """
+        changes = changed_columns(workspace)
+        changes["updated_at"] = utcnow()
+        uow = unit_of(self.session)
+        if not uow.is_postgres:
+            await self.session.execute(
+                update(Workspace).where(Workspace.id == workspace.id).values(changes)
+            )
+            if event is not None:
+                await self.session.execute(insert(WorkspaceEvent).values(event))
+            return
+        dialect = self.session.get_bind().dialect
+        columns = tuple(sorted(name for name in changes if name != "updated_at"))
+        steps = [(_update_statement(dialect, columns), {"workspace_id": workspace.id, **changes})]
+        if event is not None:
+            steps.append((_compiled(dialect).event, row_params([(WorkspaceEvent, event)])))
+        await uow.pipelined(steps, final=True)
+
+    async def lock_for_failure(self, workspace_id: uuid.UUID) -> Workspace | None:
+        """The workspace, locked and attached, its documents not read (they may be unreadable)."""
+        statement = (
+            select(Workspace)
+            .options(*(defer(c, raiseload=True) for c in DOCUMENTS))
+            .where(Workspace.id == workspace_id)
+            .with_for_update()
+        )
+        found: Workspace | None = (await self.session.execute(statement)).scalar_one_or_none()
+        return found
+
+
+def idle_candidates(now: datetime) -> Select[Workspace]:
+    """Running workspaces with an idle timeout, idle for a minute at least."""
+    return select(Workspace).where(
+        # Spelled as the partial index's predicate, so PostgreSQL can use the index
+        # (a bound parameter for the state would not match it).
+        text(IDLE_SWEEP_PREDICATE),
+        # Cheap prefilter on the index: nobody idles for less than a minute.
+        Workspace.last_activity_at < now - timedelta(minutes=1),
+    )
+
+
+def expired_candidates(now: datetime) -> Select[Workspace]:
+    """Workspaces past their maximum lifetime, not being deleted yet."""
+    return select(Workspace).where(
+        Workspace.expires_at.is_not(None),
+        Workspace.expires_at <= now,
+        Workspace.state.not_in([WorkspaceState.deleting, WorkspaceState.deleted]),
+    )
+
+
+def running_on(provisioners: Sequence[str]) -> Select[Workspace]:
+    """Running workspaces of the given drivers."""
+    return select(Workspace).where(
+        Workspace.state == WorkspaceState.running, Workspace.provisioner.in_(list(provisioners))
+    )
+
+
+class SweepRows:
+    """The scheduler's sweeps over every tenant's workspaces (system code, unscoped)."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def batch(
+        self,
+        candidates: Select[Workspace],
+        *,
+        key: tuple[InstrumentedAttribute[Any], ...],
+        after: tuple[Any, ...] | None,
+        limit: int,
+    ) -> list[Workspace]:
+        """The next `limit` candidates after `after` in `key` order, locked, skipping
+        rows another transaction holds; their documents are not read."""
+        statement = candidates.options(*(defer(c, raiseload=True) for c in DOCUMENTS))
+        if after is not None:
+            statement = statement.where(tuple_(*key) > after)
+        found = await self.session.execute(
+            statement.order_by(*key).limit(limit).with_for_update(of=Workspace, skip_locked=True)
+        )
+        return list(found.scalars())
+
+    async def driver_state_and_spec(
+        self, workspace_id: uuid.UUID
+    ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """A workspace's driver state and its version's spec, read on their own."""
+        row = (
+            await self.session.execute(
+                select(Workspace.driver_state, TemplateVersion.spec)
+                .outerjoin(
+                    TemplateVersion,
+                    (TemplateVersion.template_id == Workspace.template_id)
+                    & (TemplateVersion.version == Workspace.template_version),
+                )
+                .where(Workspace.id == workspace_id)
+            )
+        ).one()
+        return row[0], row[1]

@@ -7,20 +7,14 @@ commits in the same round trip as its rows).
 
 from __future__ import annotations
 
-import functools
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import ColumnElement, Select, bindparam, select
-from sqlalchemy.engine import Dialect
-from sqlalchemy.exc import IntegrityError
 
-from spawnpoint.db import DriverStatement, pipelined
-from spawnpoint.jobs.queue import enqueue, enqueue_with, queued_job
+from spawnpoint.events.outbox import spawn_refused
+from spawnpoint.jobs.queue import enqueue, queued_job
 from spawnpoint.kit.clock import utcnow
 from spawnpoint.kit.errors import (
     Conflict,
@@ -35,13 +29,11 @@ from spawnpoint.kit.inserts import with_defaults
 from spawnpoint.models import (
     Job,
     Plan,
-    Project,
     Role,
     Template,
     TemplateVersion,
     Tenant,
     Workspace,
-    WorkspaceEvent,
     WorkspaceState,
 )
 from spawnpoint.policy.engine import Decision, PolicyEngine, PolicyUnavailable
@@ -58,8 +50,9 @@ from spawnpoint.policy.input import (
 from spawnpoint.security import Principal
 from spawnpoint.templates.repository import TemplateRepository
 from spawnpoint.templates.schemas import TemplateSpec
-from spawnpoint.workspaces.lifecycle import creation_event, move
-from spawnpoint.workspaces.repository import WorkspaceRepository, usage_from_row, usage_statement
+from spawnpoint.uow import unit_of
+from spawnpoint.workspaces.lifecycle import announce, creation_event, move
+from spawnpoint.workspaces.repository import SpawnRows, WorkspaceRepository
 from spawnpoint.workspaces.schemas import SpawnCheck, SpawnRequest, Usage
 
 S = WorkspaceState
@@ -142,44 +135,6 @@ class Evaluation:
     decision: Decision
 
 
-TENANT_COLUMNS = tuple(Tenant.__table__.c)
-PLAN_COLUMNS = tuple(Plan.__table__.c)
-
-
-def _tenant_lock(tenant_id: uuid.UUID | ColumnElement[uuid.UUID]) -> Select[Any]:
-    """The tenant row, locked, with its plan.
-
-    FOR NO KEY UPDATE serialises spawns per tenant on PostgreSQL without blocking the
-    key-share locks that foreign-key checks take: a plain FOR UPDATE made every worker
-    inserting a workspace event wait for the spawn holding its tenant. On SQLite the write
-    transaction already began IMMEDIATE, which serialises every writer.
-    """
-    return (
-        select(*TENANT_COLUMNS, *PLAN_COLUMNS)
-        .join_from(Tenant, Plan, Plan.id == Tenant.plan_id)
-        .where(Tenant.id == tenant_id)
-        .with_for_update(of=Tenant, key_share=True)
-    )
-
-
-def _tenant_and_plan(row: Sequence[Any]) -> tuple[Tenant, Plan]:
-    """Detached rows read by `_tenant_lock`."""
-    split = len(TENANT_COLUMNS)
-    tenant = Tenant(**{c.key: v for c, v in zip(TENANT_COLUMNS, row[:split], strict=True)})
-    plan = Plan(**{c.key: v for c, v in zip(PLAN_COLUMNS, row[split:], strict=True)})
-    return tenant, plan
-
-
-@functools.lru_cache(maxsize=8)
-def _lock_and_measure_statements(dialect: Dialect) -> tuple[DriverStatement, DriverStatement]:
-    """`_tenant_lock` and the usage counters, for the parameter `tenant_id`, compiled once."""
-    tenant_id = bindparam("tenant_id", type_=Tenant.__table__.c.id.type, required=False)
-    return (
-        DriverStatement(_tenant_lock(tenant_id), dialect),
-        DriverStatement(usage_statement(tenant_id), dialect),
-    )
-
-
 class WorkspaceService:
     def __init__(
         self,
@@ -191,34 +146,10 @@ class WorkspaceService:
     ) -> None:
         self.repository = repository
         self.session = repository.session
+        self.rows = SpawnRows(repository.session)
         self.templates = templates
         self.policy = policy
         self.max_job_attempts = max_job_attempts
-
-    async def _lock_tenant(self, tenant_id: uuid.UUID) -> tuple[Tenant, Plan]:
-        return _tenant_and_plan((await self.session.execute(_tenant_lock(tenant_id))).one())
-
-    async def _lock_and_measure(self, tenant_id: uuid.UUID) -> tuple[Tenant, Plan, Usage]:
-        """Lock the tenant, then read its plan and its usage as of the moment the lock is held.
-
-        On PostgreSQL both statements go out in one pipeline, so the usage counters are read
-        the moment the lock is granted instead of one event-loop turn later: the lock is held
-        for that much less time, and spawns of one tenant, which queue on it, go through
-        that much faster. Each statement takes its own snapshot (READ COMMITTED), so the
-        usage counts every spawn committed before the lock was granted. (A workspace that
-        stops meanwhile may still be counted until it commits: the check errs on the safe side.)
-        """
-        dialect = self.session.get_bind().dialect
-        if dialect.name != "postgresql":
-            tenant, plan = await self._lock_tenant(tenant_id)
-            return tenant, plan, await self.repository.usage(tenant_id)
-        lock, usage = _lock_and_measure_statements(dialect)
-        values = {"tenant_id": tenant_id}
-        locked, measured = await pipelined(self.session, [(lock, values), (usage, values)])
-        row = await locked.fetchone()
-        if row is None:
-            raise NotFound("Tenant not found.")
-        return (*_tenant_and_plan(row), usage_from_row(await measured.fetchone()))
 
     async def _version(
         self, template_id: uuid.UUID, version: int | None
@@ -247,12 +178,12 @@ class WorkspaceService:
         if template.deletion_requested_at is not None:
             raise Conflict("The template is being deleted; nothing can be spawned from it.")
         if spawn_in.project_id is not None:
-            project = await self.session.get(Project, spawn_in.project_id)
-            if project is None or project.tenant_id != actor.tenant_id:
+            project = await self.rows.project(actor.tenant_id, spawn_in.project_id)
+            if project is None:
                 raise field_error("#/project_id", "No project of your tenant has this id.")
             if project.deletion_requested_at is not None:
                 raise Conflict("The project is being deleted; nothing can be spawned into it.")
-        tenant, plan, usage = await self._lock_and_measure(actor.tenant_id)
+        tenant, plan, usage = await self.rows.lock_tenant_with_usage(actor.tenant_id)
         # Read under the tenant lock, which a cascading delete of the tenant conflicts with.
         if tenant.deletion_requested_at is not None:
             raise Conflict("The tenant is being deleted; nothing can be spawned in it.")
@@ -321,17 +252,38 @@ class WorkspaceService:
         return SpawnCheck(allowed=allowed, reasons=reasons, usage=evaluation.usage)
 
     async def spawn(
-        self, *, actor: Principal, spawn_in: SpawnRequest, commit: bool = False
+        self, *, actor: Principal, spawn_in: SpawnRequest, final: bool = False
     ) -> tuple[Workspace, uuid.UUID]:
         """Create the pending workspace, its first event and its provisioning job.
 
-        The three rows go out in one round trip (`enqueue_with`) while the tenant lock is
-        held; with `commit`, the commit that releases the lock rides in the same round trip
-        on PostgreSQL. Returns the workspace (not attached to the session) and the job's id.
+        The three rows go out in one round trip while the tenant lock is held. With `final`
+        (the caller writes nothing more), the unit of work may send its outbox rows, audit
+        entries and the COMMIT that releases the lock in the same round trips on
+        PostgreSQL. Returns the workspace (not attached to the session) and the job's id.
         """
-        evaluation = await self._evaluate(actor=actor, spawn_in=spawn_in, dry_run=False)
+        uow = unit_of(self.session)
+        try:
+            evaluation = await self._evaluate(actor=actor, spawn_in=spawn_in, dry_run=False)
+        except QuotaExceeded as exc:
+            uow.emit_if_refused(
+                spawn_refused(
+                    tenant_id=actor.tenant_id,
+                    template_id=spawn_in.template_id,
+                    reasons=[exc.detail],
+                    usage=exc.extra["usage"],
+                )
+            )
+            raise
         if not evaluation.decision.allow:
             reasons = evaluation.decision.reasons or ["the policy did not allow this spawn"]
+            uow.emit_if_refused(
+                spawn_refused(
+                    tenant_id=actor.tenant_id,
+                    template_id=spawn_in.template_id,
+                    reasons=reasons,
+                    usage=evaluation.usage,
+                )
+            )
             raise Forbidden("Policy denied the spawn: " + "; ".join(reasons) + ".", reasons=reasons)
         now = utcnow()
         spec = evaluation.spec
@@ -378,17 +330,14 @@ class WorkspaceService:
             project_id=spawn_in.project_id,
             max_attempts=self.max_job_attempts,
         )
-        try:
-            await enqueue_with(
-                self.session, [(Workspace, workspace), (WorkspaceEvent, event)], job, commit=commit
-            )
-        except IntegrityError as exc:
-            if "external_ref" in str(exc.orig) or "UNIQUE" in str(exc.orig):
-                raise Conflict("A workspace with this external_ref already exists.") from exc
-            # A foreign key: the project or the owner went while this spawn was checked.
-            raise Conflict(
-                "The project or the user of this spawn was deleted meanwhile; nothing was created."
-            ) from exc
+        announce(self.session, workspace["external_ref"], event)
+        uow.describe(
+            resource_id=workspace["id"],
+            template_id=evaluation.template.id,
+            version=evaluation.version.version,
+            job_id=job["id"],
+        )
+        await self.rows.insert(workspace, event, job, final=final)
         return Workspace(**workspace), job["id"]
 
     async def _enqueue(self, workspace: Workspace, job_type: str, actor: Principal | None) -> Job:
@@ -428,7 +377,7 @@ class WorkspaceService:
         self, *, actor: Principal, workspace_id: uuid.UUID
     ) -> tuple[Workspace, Job | None]:
         tenant_id = (await self.repository.get(workspace_id)).tenant_id
-        _, plan = await self._lock_tenant(tenant_id)
+        _, plan = await self.rows.lock_tenant(tenant_id)
         workspace = await self._actionable(actor, workspace_id)
         if workspace.state in (S.starting, S.running):
             return workspace, None

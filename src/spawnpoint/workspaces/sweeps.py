@@ -21,31 +21,37 @@ from abc import ABC, abstractmethod
 from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
-from sqlalchemy import ColumnElement, Select, select, text, tuple_
+from sqlalchemy import Select
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import InstrumentedAttribute, defer
+from sqlalchemy.orm import InstrumentedAttribute
 from sqlalchemy.orm.attributes import set_committed_value
 
 from spawnpoint.config import Settings
 from spawnpoint.jobs.queue import announce_on_commit, enqueue
 from spawnpoint.jobs.scheduler import PeriodicTask, isolated
+from spawnpoint.kit.auditing import system_action
 from spawnpoint.kit.idempotency import purge_expired
-from spawnpoint.models import TemplateVersion, Workspace, WorkspaceState
-from spawnpoint.models.workspaces import IDLE_SWEEP_PREDICATE
+from spawnpoint.models import Workspace, WorkspaceState
 from spawnpoint.provisioners import (
     AnyProvisioner,
     ProvisionerRegistry,
 )
 from spawnpoint.teardown.service import PendingDeletions
+from spawnpoint.uow import unit_of
 from spawnpoint.workspaces.handlers import provision_context
 from spawnpoint.workspaces.lifecycle import SYSTEM, move
+from spawnpoint.workspaces.repository import (
+    SweepRows,
+    expired_candidates,
+    idle_candidates,
+    running_on,
+)
 
 log = logging.getLogger("spawnpoint.workspaces.sweeps")
 
 S = WorkspaceState
 BATCH = 200
 MAX_BATCHES = 10
-DOCUMENTS = (Workspace.parameters, Workspace.connection, Workspace.driver_state)
 
 
 async def enqueue_for(session: AsyncSession, workspace: Workspace, job_type: str) -> None:
@@ -89,18 +95,11 @@ class WorkspaceSweep(ABC):
     async def __call__(self, session: AsyncSession, now: datetime) -> int:
         acted = 0
         after = self._resume
+        rows_of = SweepRows(session)
         for _ in range(self.max_batches):
-            statement = self.candidates(now).options(*(defer(c, raiseload=True) for c in DOCUMENTS))
-            if after is not None:
-                statement = statement.where(tuple_(*self.key) > after)
-            batch = (
-                await session.execute(
-                    statement.order_by(*self.key)
-                    .limit(self.batch_size)
-                    .with_for_update(of=Workspace, skip_locked=True)
-                )
-            ).scalars()
-            rows = list(batch)
+            rows = await rows_of.batch(
+                self.candidates(now), key=self.key, after=after, limit=self.batch_size
+            )
             for workspace in rows:
                 # Read before processing: a row whose savepoint rolled back is expired.
                 after = tuple(getattr(workspace, column.key) for column in self.key)
@@ -132,13 +131,7 @@ class IdleStop(WorkspaceSweep):
     key = (Workspace.last_activity_at, Workspace.id)
 
     def candidates(self, now: datetime) -> Select[Workspace]:
-        return select(Workspace).where(
-            # Spelled as the partial index's predicate, so PostgreSQL can use the index
-            # (a bound parameter for the state would not match it).
-            text(IDLE_SWEEP_PREDICATE),
-            # Cheap prefilter on the index: nobody idles for less than a minute.
-            Workspace.last_activity_at < now - timedelta(minutes=1),
-        )
+        return idle_candidates(now)
 
     def due(self, workspace: Workspace, now: datetime) -> bool:
         assert workspace.idle_timeout_minutes is not None
@@ -147,15 +140,10 @@ class IdleStop(WorkspaceSweep):
         return (now - idle_since) / timedelta(minutes=1) >= workspace.idle_timeout_minutes
 
     async def process(self, session: AsyncSession, workspace: Workspace, now: datetime) -> bool:
-        move(
-            session,
-            workspace,
-            S.stopping,
-            actor=SYSTEM,
-            reason=f"idle for more than {workspace.idle_timeout_minutes} minutes",
-            now=now,
-        )
+        reason = f"idle for more than {workspace.idle_timeout_minutes} minutes"
+        move(session, workspace, S.stopping, actor=SYSTEM, reason=reason, now=now)
         await enqueue_for(session, workspace, "workspace.stop")
+        record_system_action(session, workspace, "workspace.stop", reason, now)
         return True
 
 
@@ -166,17 +154,13 @@ class ExpiredDelete(WorkspaceSweep):
     key = (Workspace.expires_at, Workspace.id)
 
     def candidates(self, now: datetime) -> Select[Workspace]:
-        return select(Workspace).where(
-            Workspace.expires_at.is_not(None),
-            Workspace.expires_at <= now,
-            Workspace.state.not_in([S.deleting, S.deleted]),
-        )
+        return expired_candidates(now)
 
     async def process(self, session: AsyncSession, workspace: Workspace, now: datetime) -> bool:
-        move(
-            session, workspace, S.deleting, actor=SYSTEM, reason="maximum lifetime reached", now=now
-        )
+        reason = "maximum lifetime reached"
+        move(session, workspace, S.deleting, actor=SYSTEM, reason=reason, now=now)
         await enqueue_for(session, workspace, "workspace.destroy")
+        record_system_action(session, workspace, "workspace.delete", reason, now)
         return True
 
 
@@ -212,9 +196,7 @@ class LostProcessSweep(WorkspaceSweep):
         }
 
     def candidates(self, now: datetime) -> Select[Workspace]:
-        return select(Workspace).where(
-            Workspace.state == S.running, Workspace.provisioner.in_(list(self.drivers))
-        )
+        return running_on(sorted(self.drivers))
 
     async def __call__(self, session: AsyncSession, now: datetime) -> int:
         if not self.drivers:
@@ -224,13 +206,7 @@ class LostProcessSweep(WorkspaceSweep):
     async def process(self, session: AsyncSession, workspace: Workspace, now: datetime) -> bool:
         # The documents are read row by row, here, where one that cannot be decoded fails
         # this row only.
-        driver_state, spec = (
-            await session.execute(
-                select(Workspace.driver_state, TemplateVersion.spec)
-                .outerjoin(TemplateVersion, _version_of_workspace())
-                .where(Workspace.id == workspace.id)
-            )
-        ).one()
+        driver_state, spec = await SweepRows(session).driver_state_and_spec(workspace.id)
         set_committed_value(workspace, "driver_state", driver_state)
         status = await self.drivers[workspace.provisioner].status(
             provision_context(
@@ -246,12 +222,23 @@ class LostProcessSweep(WorkspaceSweep):
         workspace.error = f"the workspace process is not running: {status.detail}"
         workspace.connection = None
         move(session, workspace, S.failed, actor=SYSTEM, reason=workspace.error, now=now)
+        record_system_action(session, workspace, "workspace.fail", workspace.error, now)
         return True
 
 
-def _version_of_workspace() -> ColumnElement[bool]:
-    return (TemplateVersion.template_id == Workspace.template_id) & (
-        TemplateVersion.version == Workspace.template_version
+def record_system_action(
+    session: AsyncSession, workspace: Workspace, action: str, reason: str, now: datetime
+) -> None:
+    """Audit what the scheduler did to `workspace`, in the sweep row's savepoint."""
+    unit_of(session).record(
+        system_action(
+            tenant_id=workspace.tenant_id,
+            action=action,
+            resource_type="workspace",
+            resource_id=workspace.id,
+            reason=reason,
+            at=now,
+        )
     )
 
 

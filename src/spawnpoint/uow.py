@@ -1,0 +1,233 @@
+"""The unit of work: the one owner of a transaction, and the only code that commits.
+
+Requests, job handlers, the scheduler and the CLI all open one (`Database.unit_of_work`, or
+`Database.transaction` for callers that want only the session). Code below it adds rows to
+the session, may ask it for a pipelined fast path on PostgreSQL, and hands it three kinds of
+work that belong to the commit:
+
+- outbox events (`emit`) and audit entries (`record`): rows written in the same commit as
+  the change they describe, never before, never after;
+- `on_commit` callbacks (worker wake-ups, cache invalidation): run only once the commit
+  succeeded, never after a rollback.
+
+A fast path that wants its last statements to ride with the COMMIT asks for it with
+`pipelined(steps, final=True)`: the unit of work then sends the outbox rows, the audit
+entries and the COMMIT in the same round trips, so nothing it was given is left out.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import AsyncIterator, Callable, Hashable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from spawnpoint.db import DriverStatement, pipelined
+
+if TYPE_CHECKING:
+    from spawnpoint.audit.chain import AuditDraft
+    from spawnpoint.db import Database
+    from spawnpoint.kit.auditing import RequestAudit
+
+log = logging.getLogger("spawnpoint.uow")
+Step = tuple[DriverStatement, dict[str, Any]]
+Callback = Callable[[], object]
+_OWNER = "spawnpoint.unit_of_work"
+
+
+class NoUnitOfWork(RuntimeError):
+    """A session that no unit of work owns was asked for one."""
+
+
+def unit_of(session: AsyncSession) -> UnitOfWork:
+    """The unit of work that owns `session`.
+
+    Lets code that is handed a session (a lifecycle transition, a periodic task) add its
+    outbox event or audit entry to the same commit without another parameter.
+    """
+    owner = session.info.get(_OWNER)
+    if owner is None:
+        raise NoUnitOfWork("this session is not owned by a unit of work")
+    assert isinstance(owner, UnitOfWork)
+    return owner
+
+
+@dataclass
+class UnitOfWork:
+    """One transaction: its session, the rows that ride in its commit, its callbacks."""
+
+    database: Database
+    session: AsyncSession
+    write: bool
+    # The entry of the API request this unit of work serves, completed as it runs.
+    request: RequestAudit | None = None
+    outbox: list[dict[str, Any]] = field(default_factory=list)
+    audit: list[AuditDraft] = field(default_factory=list)
+    # Outbox rows that describe a refusal: written, in a transaction of their own, only
+    # when this one rolls back (a refused spawn changes nothing else).
+    refusals: list[dict[str, Any]] = field(default_factory=list)
+    _callbacks: dict[Hashable, Callback] = field(default_factory=dict)
+    _committed: bool = False
+    _finished: bool = False
+
+    def __post_init__(self) -> None:
+        self.session.info[_OWNER] = self
+        if self.request is not None:
+            self.request.watch(self.session.sync_session)
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.session.get_bind().dialect.name == "postgresql"
+
+    @property
+    def committed(self) -> bool:
+        return self._committed
+
+    def on_commit(self, callback: Callback, *, key: Hashable | None = None) -> None:
+        """Run `callback` after a successful commit; never after a rollback.
+
+        Callbacks under the same `key` run once per transaction (the last one given).
+        A coroutine function is awaited. Errors are logged, not raised: the commit is done.
+        """
+        self._callbacks[key if key is not None else object()] = callback
+
+    def emit(self, event: dict[str, Any]) -> None:
+        """Add an outbox row (complete column values, `events.outbox.outbox_event`)."""
+        self._check_open()
+        self.outbox.append(event)
+
+    def emit_if_refused(self, event: dict[str, Any]) -> None:
+        """Keep an outbox row for the refusal about to be raised (see `refusals`)."""
+        self.refusals.append(event)
+
+    def describe(self, *, resource_id: object = None, **details: Any) -> None:
+        """Name the request's resource (a create's new id) and add details to its entry."""
+        if self.request is None:
+            return
+        if resource_id is not None:
+            self.request.resource_id = str(resource_id)
+        self.request.details.update(details)
+
+    def record(self, draft: AuditDraft) -> None:
+        """Append an audit entry to its tenant's chain in this transaction's commit."""
+        self._check_open()
+        self.audit.append(draft)
+
+    @asynccontextmanager
+    async def savepoint(self) -> AsyncIterator[None]:
+        """A savepoint whose rollback also forgets the outbox events and audit entries
+        given inside it."""
+        marks = (len(self.outbox), len(self.audit))
+        try:
+            async with self.session.begin_nested():
+                yield
+        except BaseException:
+            del self.outbox[marks[0] :]
+            del self.audit[marks[1] :]
+            raise
+
+    def _check_open(self) -> None:
+        if self._committed:
+            raise RuntimeError("this unit of work has already committed")
+
+    def _drafts(self) -> list[AuditDraft]:
+        if not self._finished:
+            self._finished = True
+            if self.request is not None and self.request.principal is not None:
+                self.audit.append(self.request.draft("success"))
+        return self.audit
+
+    async def pipelined(self, steps: Sequence[Step], *, final: bool = False) -> list[Any]:
+        """Run `steps` in this transaction in one round trip (PostgreSQL only).
+
+        With `final`, the caller writes nothing more: the ORM's pending changes are flushed
+        first, then the outbox rows, the audit entries and the COMMIT go out with `steps`
+        (one round trip more when there are audit entries: their chain heads must be read
+        under lock before the entries' hashes exist). Returns a cursor per step of `steps`.
+        """
+        self._check_open()
+        if not final:
+            return await pipelined(self.session, steps)
+        await self.session.flush()
+        drafts = self._drafts()
+        tail = self._outbox_steps()
+        if not drafts:
+            cursors = await pipelined(self.session, [*steps, *tail], commit=True)
+            self._committed = True
+            return cursors[: len(steps)]
+        from spawnpoint.audit.chain import chain_of
+        from spawnpoint.audit.repository import AuditLog
+
+        chains = AuditLog(self.session)
+        lock = chains.lock_steps(sorted({chain_of(d.tenant_id) for d in drafts}, key=str))
+        cursors = await pipelined(self.session, [*steps, *tail, *lock])
+        heads = await chains.heads_from(cursors[len(steps) + len(tail) :])
+        await pipelined(self.session, chains.write_steps(heads, drafts), commit=True)
+        self._committed = True
+        return cursors[: len(steps)]
+
+    def _outbox_steps(self) -> list[Step]:
+        from spawnpoint.events.repository import OutboxWriter
+
+        return OutboxWriter(self.session).insert_steps(self.outbox)
+
+    async def commit(self) -> None:
+        """Write what rides in the commit, then commit (unless a final pipeline did)."""
+        if not self._committed:
+            drafts = self._drafts()
+            if self.is_postgres and (drafts or self.outbox):
+                await self.pipelined([], final=True)
+            else:
+                if self.outbox:
+                    from spawnpoint.events.repository import OutboxWriter
+
+                    await OutboxWriter(self.session).insert(self.outbox)
+                if drafts:
+                    from spawnpoint.audit.repository import AuditLog
+
+                    await AuditLog(self.session).append(drafts)
+                await self.session.commit()
+                self._committed = True
+                return
+        if self.session.new or self.session.dirty or self.session.deleted:
+            raise RuntimeError("rows were added after this unit of work committed")
+        # The COMMIT went out with the final pipeline; this only ends SQLAlchemy's own
+        # transaction (psycopg sends nothing for a connection already idle).
+        await self.session.commit()
+
+    async def run_callbacks(self) -> None:
+        for callback in self._callbacks.values():
+            try:
+                outcome = callback()
+                if inspect.isawaitable(outcome):
+                    await outcome
+            except Exception:
+                log.exception("after-commit callback %r failed", callback)
+        self._callbacks.clear()
+
+    async def __aenter__(self) -> UnitOfWork:
+        await self.session.__aenter__()
+        await self.session.begin()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            if exc is None:
+                await self.commit()
+            else:
+                await self.session.rollback()
+        finally:
+            self.session.info.pop(_OWNER, None)
+            await self.session.close()
+        if exc is None:
+            await self.run_callbacks()
