@@ -149,3 +149,19 @@ async def test_verify_checkpoints_and_the_public_key(
         "/api/audit/verify", params={"tenant_id": str(org.tenant_id)}, headers=world.dev
     )
     assert operator.json() == broken
+
+
+async def test_times_must_be_date_times_with_an_offset(
+    client: httpx.AsyncClient, world: World
+) -> None:
+    org = await world.org(roles=(Role.auditor,))
+    for value in ("0.5", "1700000000", "2024-06-01T00:00:00"):
+        response = await client.get(
+            "/api/audit", params={"until": value}, headers=org.headers[Role.auditor]
+        )
+        assert response.status_code == 422, (value, response.text)
+        assert response.json()["errors"][0]["pointer"] == "#/query/until"
+    ok = await client.get(
+        "/api/audit", params={"until": "2024-06-01T00:00:00Z"}, headers=org.headers[Role.auditor]
+    )
+    assert ok.status_code == 200

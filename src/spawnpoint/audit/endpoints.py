@@ -4,7 +4,7 @@ import uuid
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query
-from pydantic import AwareDatetime
+from pydantic import AwareDatetime, BeforeValidator
 
 from spawnpoint.audit.keys import SigningKey
 from spawnpoint.audit.repository import AuditFilters, AuditLog
@@ -27,6 +27,20 @@ router = APIRouter(route_class=StrictRoute, prefix="/api/audit", tags=["audit"])
 # Not a rank: a member or publisher, who can change things, must not read the trail.
 AUDIT_READERS = frozenset({Role.admin, Role.auditor})
 TEXT_FILTER_LENGTH = 500
+
+
+def _not_a_number(value: object) -> object:
+    # pydantic reads a bare number as Unix time; the schema says date-time, so refuse it.
+    if isinstance(value, str):
+        try:
+            float(value)
+        except ValueError:
+            return value
+        raise ValueError("must be an RFC 3339 date-time with an offset, not a number")
+    return value
+
+
+Time = Annotated[AwareDatetime, BeforeValidator(_not_a_number)]
 
 
 async def require_audit_reader(principal: CurrentPrincipal) -> Principal:
@@ -58,11 +72,11 @@ async def list_audit_entries(
     audit: Audit,
     page: Pagination,
     since: Annotated[
-        AwareDatetime | None,
+        Time | None,
         Query(description="Only entries at or after this time (with a UTC offset)."),
     ] = None,
     until: Annotated[
-        AwareDatetime | None,
+        Time | None,
         Query(description="Only entries before this time (with a UTC offset)."),
     ] = None,
     actor_id: Annotated[
