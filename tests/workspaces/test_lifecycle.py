@@ -70,6 +70,17 @@ async def lifecycle(
         ("deleting", "deleted"),
     ]
     assert {e["actor"] for e in events} == {"user", "system"}
+
+    # The same steps left through the outbox, newest first, each in its change's commit.
+    published = await client.get(
+        "/api/events", params={"type": "workspace.", "limit": 200}, headers=member
+    )
+    assert published.status_code == 200, published.text
+    mine = [e for e in published.json()["items"] if e["key"] == workspace_id]
+    assert [(e["payload"]["from"], e["payload"]["to"]) for e in reversed(mine)] == [
+        (e["from_state"], e["to_state"]) for e in events
+    ]
+    assert [e["type"] for e in reversed(mine)] == [f"workspace.{e['to_state']}" for e in events]
     return seen
 
 

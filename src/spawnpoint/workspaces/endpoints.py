@@ -55,13 +55,6 @@ async def get_workspace_service(
 Workspaces = Annotated[WorkspaceService, Depends(get_workspace_service)]
 
 
-async def get_workspace_repository(session: Session, scope: Scope) -> WorkspaceRepository:
-    return WorkspaceRepository(session, scope)
-
-
-WorkspaceRows = Annotated[WorkspaceRepository, Depends(get_workspace_repository)]
-
-
 class Console:
     def __init__(self, base_url: str) -> None:
         self.base = base_url.rstrip("/")
@@ -140,7 +133,7 @@ async def spawn(
 @router.get("/api/workspaces", summary="List workspaces")
 async def list_workspaces(
     _: RequireViewer,
-    rows: WorkspaceRows,
+    workspaces: Workspaces,
     console: ConsoleLinks,
     page: Pagination,
     state: Annotated[WorkspaceState | None, Query()] = None,
@@ -149,7 +142,7 @@ async def list_workspaces(
     project: Annotated[uuid.UUID | None, Query(description="Project id.")] = None,
 ) -> Page[WorkspaceRead]:
     """List the tenant's workspaces, newest last, filtered by state, owner, template, project."""
-    items, cursor = await rows.page_filtered(
+    items, cursor = await workspaces.page(
         page, state=state, owner_id=owner, template_id=template, project_id=project
     )
     return Page(items=[console.read(w) for w in items], next_cursor=cursor)
@@ -157,10 +150,10 @@ async def list_workspaces(
 
 @router.get("/api/workspaces/{workspace_id}", summary="Retrieve workspace")
 async def read_workspace(
-    _: RequireViewer, rows: WorkspaceRows, console: ConsoleLinks, workspace_id: uuid.UUID
+    _: RequireViewer, workspaces: Workspaces, console: ConsoleLinks, workspace_id: uuid.UUID
 ) -> WorkspaceRead:
     """Retrieve one workspace with its state and connection."""
-    return console.read(await rows.get(workspace_id))
+    return console.read(await workspaces.get(workspace_id))
 
 
 @router.post(
@@ -214,18 +207,19 @@ async def record_activity(
 
 @router.get("/api/workspaces/{workspace_id}/events", summary="List workspace events")
 async def list_workspace_events(
-    _: RequireViewer, rows: WorkspaceRows, workspace_id: uuid.UUID, page: Pagination
+    _: RequireViewer, workspaces: Workspaces, workspace_id: uuid.UUID, page: Pagination
 ) -> Page[WorkspaceEventRead]:
     """List every lifecycle transition of a workspace: from, to, actor, reason, time."""
-    await rows.get(workspace_id)
-    items, cursor = await rows.page_events(workspace_id, page)
+    items, cursor = await workspaces.events(workspace_id, page)
     return Page(items=[WorkspaceEventRead.model_validate(e) for e in items], next_cursor=cursor)
 
 
 @router.get("/api/v1/workspaces/{permit_id}/status", summary="Workspace status by permit")
-async def permit_status(_: RequireViewer, rows: WorkspaceRows, permit_id: PermitId) -> PermitStatus:
+async def permit_status(
+    _: RequireViewer, workspaces: Workspaces, permit_id: PermitId
+) -> PermitStatus:
     """Runtime status of the workspace spawned for a permit (its `external_ref`)."""
-    workspace = await rows.by_external_ref(permit_id)
+    workspace = await workspaces.by_permit(permit_id)
     return PermitStatus(
         permit_id=permit_id,
         workspace_id=workspace.id,
@@ -237,10 +231,10 @@ async def permit_status(_: RequireViewer, rows: WorkspaceRows, permit_id: Permit
 
 @router.get("/api/v1/workspaces/{permit_id}/connection", summary="Workspace connection by permit")
 async def permit_connection(
-    _: RequireViewer, rows: WorkspaceRows, permit_id: PermitId
+    _: RequireViewer, workspaces: Workspaces, permit_id: PermitId
 ) -> PermitConnection:
     """Connection details of the workspace spawned for a permit (its `external_ref`)."""
-    workspace = await rows.by_external_ref(permit_id)
+    workspace = await workspaces.by_permit(permit_id)
     return PermitConnection(
         permit_id=permit_id,
         workspace_id=workspace.id,

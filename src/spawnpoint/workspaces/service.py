@@ -26,6 +26,7 @@ from spawnpoint.kit.errors import (
 )
 from spawnpoint.kit.ids import uuid7
 from spawnpoint.kit.inserts import with_defaults
+from spawnpoint.kit.pagination import PageParams
 from spawnpoint.models import (
     Job,
     Plan,
@@ -34,6 +35,7 @@ from spawnpoint.models import (
     TemplateVersion,
     Tenant,
     Workspace,
+    WorkspaceEvent,
     WorkspaceState,
 )
 from spawnpoint.policy.engine import Decision, PolicyEngine, PolicyUnavailable
@@ -150,6 +152,32 @@ class WorkspaceService:
         self.templates = templates
         self.policy = policy
         self.max_job_attempts = max_job_attempts
+
+    async def get(self, workspace_id: uuid.UUID) -> Workspace:
+        return await self.repository.get(workspace_id)
+
+    async def page(
+        self,
+        params: PageParams,
+        *,
+        state: WorkspaceState | None = None,
+        owner_id: uuid.UUID | None = None,
+        template_id: uuid.UUID | None = None,
+        project_id: uuid.UUID | None = None,
+    ) -> tuple[list[Workspace], str | None]:
+        return await self.repository.page_filtered(
+            params, state=state, owner_id=owner_id, template_id=template_id, project_id=project_id
+        )
+
+    async def events(
+        self, workspace_id: uuid.UUID, params: PageParams
+    ) -> tuple[list[WorkspaceEvent], str | None]:
+        """A workspace's transitions, oldest first; 404 when the caller cannot see it."""
+        await self.repository.get(workspace_id)
+        return await self.repository.page_events(workspace_id, params)
+
+    async def by_permit(self, permit_id: str) -> Workspace:
+        return await self.repository.by_external_ref(permit_id)
 
     async def _version(
         self, template_id: uuid.UUID, version: int | None
