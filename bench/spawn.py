@@ -1023,6 +1023,17 @@ def parse_args() -> argparse.Namespace:
         help="py-spy command (default: py-spy on PATH), e.g. 'uv tool run py-spy'",
     )
     parser.add_argument(
+        "--json",
+        type=Path,
+        default=None,
+        help="also write the medians (the table's figures) to this JSON file",
+    )
+    parser.add_argument(
+        "--result-name",
+        default="spawn.md",
+        help="the file under bench/results/ the table goes to (default spawn.md)",
+    )
+    parser.add_argument(
         "--spawnpoint",
         default=None,
         help="the spawnpoint command to benchmark (default: the one next to this Python), "
@@ -1214,7 +1225,9 @@ def main() -> int:
     if not results.spawn:
         raise RuntimeError("no round completed")
     report = render(results, args, code_version(spawnpoint))
-    path = write_result("spawn.md", report)
+    if args.json is not None:
+        args.json.write_text(json.dumps({**summary(results), "goals_met": goals_met(results)}))
+    path = write_result(args.result_name, report)
     print()
     print(report)
     print(f"written to {path}")

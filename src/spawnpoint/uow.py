@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import uuid
 from collections.abc import AsyncIterator, Callable, Hashable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -72,6 +73,8 @@ class UnitOfWork:
     # when this one rolls back (a refused spawn changes nothing else).
     refusals: list[dict[str, Any]] = field(default_factory=list)
     _callbacks: dict[Hashable, Callback] = field(default_factory=dict)
+    # Audit chain heads locked in this transaction (PostgreSQL fast paths), by chain id.
+    _heads: dict[uuid.UUID, Any] = field(default_factory=dict)
     _committed: bool = False
     _finished: bool = False
 
@@ -164,12 +167,40 @@ class UnitOfWork:
         from spawnpoint.audit.repository import AuditLog
 
         chains = AuditLog(self.session)
-        lock = chains.lock_steps(sorted({chain_of(d.tenant_id) for d in drafts}, key=str))
-        cursors = await pipelined(self.session, [*steps, *tail, *lock])
-        heads = await chains.heads_from(cursors[len(steps) + len(tail) :])
-        await pipelined(self.session, chains.write_steps(heads, drafts), commit=True)
+        missing = sorted({chain_of(d.tenant_id) for d in drafts} - self._heads.keys())
+        if missing:
+            lock = chains.lock_steps(missing)
+            cursors = await pipelined(self.session, [*steps, *tail, *lock])
+            self._heads.update(await chains.heads_from(cursors[len(steps) + len(tail) :]))
+            await pipelined(self.session, chains.write_steps(self._heads, drafts), commit=True)
+        else:
+            write = chains.write_steps(self._heads, drafts)
+            cursors = await pipelined(self.session, [*steps, *tail, *write], commit=True)
         self._committed = True
         return cursors[: len(steps)]
+
+    def head_lock_steps(self) -> list[Step]:
+        """Steps that lock the audit chain heads this unit of work will write (PostgreSQL).
+
+        A fast path that already holds a lock every writer of the chain would wait for (a
+        spawn holds its tenant's) sends them in an early round trip and hands the cursors
+        to `keep_heads`; the final pipeline then writes the entries and commits in one
+        round trip instead of two, which is one round trip less under that lock.
+        """
+        from spawnpoint.audit.chain import chain_of
+        from spawnpoint.audit.repository import AuditLog
+
+        chains = {chain_of(d.tenant_id) for d in self.audit}
+        if self.request is not None and self.request.principal is not None:
+            chains.add(chain_of(self.request.chain()))
+        missing = sorted(chains - self._heads.keys())
+        return AuditLog(self.session).lock_steps(missing) if missing else []
+
+    async def keep_heads(self, cursors: Sequence[Any]) -> None:
+        """Remember the heads locked by `head_lock_steps` (their cursors)."""
+        from spawnpoint.audit.repository import AuditLog
+
+        self._heads.update(await AuditLog(self.session).heads_from(cursors))
 
     def _outbox_steps(self) -> list[Step]:
         from spawnpoint.events.repository import OutboxWriter

@@ -135,9 +135,22 @@ async def _on_http(_: Request, exc: Exception) -> JSONResponse:
     return problem_response(problem_document(exc.status_code, detail), dict(exc.headers or {}))
 
 
+def _contended(error: BaseException) -> bool:
+    """A deadlock or serialisation failure: the database undid this request to let a
+    concurrent one through. Nothing was written; the same request may succeed if retried."""
+    if isinstance(error, DBAPIError) and error.orig is not None:
+        error = error.orig
+    return isinstance(error, psycopg.Error) and error.sqlstate in {"40P01", "40001"}
+
+
 async def _on_database_error(request: Request, exc: Exception) -> JSONResponse:
-    # A restart or failover is the caller's to retry, not a bug: 503, one log line. Any
-    # other database error stays unexpected (500 with its traceback, below).
+    # A restart or failover is the caller's to retry, not a bug: 503, one log line. So is
+    # losing a race the database broke (409). Any other database error stays unexpected
+    # (500 with its traceback, below).
+    if _contended(exc):
+        log.warning("%s %s lost a race: %s", request.method, request.url.path, first_line(exc))
+        conflict = Conflict("A concurrent change got in the way; nothing was written, retry.")
+        return problem_response(conflict.document(), conflict.headers)
     if not is_unavailable(exc):
         raise exc
     log.warning(

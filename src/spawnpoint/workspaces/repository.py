@@ -277,9 +277,14 @@ class SpawnRows:
             return tenant, plan, usage_from_row(found)
         compiled = _compiled(self.session.get_bind().dialect)
         values = {"tenant_id": tenant_id}
-        locked, measured = await unit_of(self.session).pipelined(
-            [(compiled.lock, values), (compiled.usage, values)]
+        uow = unit_of(self.session)
+        # The audit chain's head is locked in the same round trip: the tenant lock already
+        # serialises this tenant's spawns, and the commit then needs no round trip of its own.
+        heads = uow.head_lock_steps()
+        locked, measured, *held = await uow.pipelined(
+            [(compiled.lock, values), (compiled.usage, values), *heads]
         )
+        await uow.keep_heads(held)
         row = await locked.fetchone()
         if row is None:
             raise NotFound("Tenant not found.")
