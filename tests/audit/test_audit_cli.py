@@ -37,6 +37,8 @@ async def cli(settings: Settings, *args: str) -> Result:
         "DATA_DIR": str(settings.data_dir),
         "JWT_SECRET": settings.jwt_secret or "",
         "ENVIRONMENT": "development",
+        # The tests' key, configured or generated under DATA_DIR: the CLI must sign alike.
+        "AUDIT_SIGNING_KEY": settings.audit_key_material or "",
     }
     return await asyncio.to_thread(CliRunner().invoke, app, ["audit", *args], env=env)
 
