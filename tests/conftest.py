@@ -29,6 +29,8 @@ PG_URL = os.environ.get(
 )
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 JWT_SECRET = "test-secret-" + "x" * 40
+# A fixed Ed25519 key (base64 of 32 bytes), so production-mode settings are complete.
+AUDIT_SIGNING_KEY = "dGVzdC1hdWRpdC1rZXktMzItYnl0ZXMtbG9uZy4uLi4="
 DRY_RUN_SPEC: dict[str, object] = {
     "command": None,
     "image": "example/scenario:1",
@@ -82,6 +84,7 @@ def make_settings(database_url: str, data_dir: Path, **overrides: object) -> Set
         "database_url": database_url,
         "data_dir": data_dir,
         "jwt_secret": JWT_SECRET,
+        "audit_signing_key": AUDIT_SIGNING_KEY,
         "environment": "development",
     }
     values.update(overrides)

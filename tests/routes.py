@@ -24,6 +24,7 @@ from factories import (
 from spawnpoint.models import Role
 
 PUBLIC = None  # no credentials needed
+AUDIT_READERS = frozenset({Role.admin, Role.auditor})
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,14 @@ class Rule:
     role: Role | None  # least role allowed; None = public
     success: int
     body: Callable[[Org], dict[str, Any]] | None = None
+    # Exactly these roles (and operators), for a grant that is not a rank: the audit log.
+    roles: frozenset[Role] | None = None
+
+    def allows(self, caller: Role) -> bool:
+        if self.roles is not None:
+            return caller in self.roles or caller == Role.operator
+        assert self.role is not None
+        return caller.rank >= self.role.rank
 
 
 def _plan_body(_: Org) -> dict[str, Any]:
@@ -96,6 +105,15 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/api/v1/workspaces/{permit_id}/status"): Rule(Role.viewer, 200),
     ("GET", "/api/v1/workspaces/{permit_id}/connection"): Rule(Role.viewer, 200),
     ("GET", "/api/events"): Rule(Role.viewer, 200),
+    **{
+        ("GET", path): Rule(Role.auditor, 200, roles=AUDIT_READERS)
+        for path in (
+            "/api/audit",
+            "/api/audit/verify",
+            "/api/audit/checkpoints",
+            "/api/audit/public-key",
+        )
+    },
 }
 
 

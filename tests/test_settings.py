@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import AUDIT_SIGNING_KEY
+
 from spawnpoint.app import create_app
 from spawnpoint.config import Settings, UnsafeSettingsError, is_loopback
 
@@ -76,8 +78,16 @@ def test_database_url_defaults_to_sqlite_under_data_dir(tmp_path: Path) -> None:
         ({"jwt_secret": "short"}, "JWT_SECRET"),
         ({"jwt_secret": "s" * 31, "dev_bypass_token": ""}, "JWT_SECRET"),
         ({"jwt_secret": STRONG, "dev_bypass_token": "", "database_url": None}, "DATABASE_URL"),
+        ({"jwt_secret": STRONG, "dev_bypass_token": ""}, "AUDIT_SIGNING_KEY"),
     ],
-    ids=["dev-bypass", "missing-secret", "short-secret", "31-bytes", "missing-database-url"],
+    ids=[
+        "dev-bypass",
+        "missing-secret",
+        "short-secret",
+        "31-bytes",
+        "missing-database-url",
+        "missing-audit-key",
+    ],
 )
 def test_production_refuses_unsafe_settings(values: dict[str, object], named: str) -> None:
     unsafe = settings(environment="production", **{"database_url": PG, **values})
@@ -92,7 +102,11 @@ def test_development_falls_back_to_sqlite_without_complaint() -> None:
 
 def test_production_accepts_safe_settings() -> None:
     safe = settings(
-        environment="production", jwt_secret=STRONG, dev_bypass_token="", database_url=PG
+        environment="production",
+        jwt_secret=STRONG,
+        dev_bypass_token="",
+        database_url=PG,
+        audit_signing_key=AUDIT_SIGNING_KEY,
     )
     assert safe.unsafe_reasons() == []
     assert not safe.dev_bypass_active

@@ -12,7 +12,7 @@ from spawnpoint.db import Database
 from spawnpoint.events.outbox import outbox_event
 from spawnpoint.kit.auditing import system_action
 from spawnpoint.models import AuditEntry, OutboxEvent, Tenant
-from spawnpoint.uow import NoUnitOfWork, unit_of
+from spawnpoint.uow import NoUnitOfWork, UnitOfWork, unit_of
 
 pytestmark = pytest.mark.usefixtures("backend")
 
@@ -35,6 +35,16 @@ async def _entries(database: Database, resource_id: str) -> int:
             select(func.count()).where(AuditEntry.resource_id == resource_id)
         )
         return int(count or 0)
+
+
+def _event_and_entry(uow: UnitOfWork, tenant_id: uuid.UUID, kind: str, key: uuid.UUID) -> None:
+    """An outbox event and an audit entry, both named `kind` and keyed by `key`."""
+    uow.emit(outbox_event(tenant_id=tenant_id, type=kind, key=key, payload={}))
+    uow.record(
+        system_action(
+            tenant_id=tenant_id, action=kind, resource_type="test", resource_id=key, reason="test"
+        )
+    )
 
 
 async def test_on_commit_runs_after_the_commit_and_never_after_a_rollback(
@@ -78,18 +88,7 @@ async def test_outbox_rows_and_audit_entries_commit_with_the_change_or_not_at_al
     for key, fail in ((kept, False), (lost, True)):
         try:
             async with world.database.unit_of_work(write=True) as uow:
-                uow.emit(
-                    outbox_event(tenant_id=org.tenant_id, type="test.done", key=key, payload={})
-                )
-                uow.record(
-                    system_action(
-                        tenant_id=org.tenant_id,
-                        action="test.done",
-                        resource_type="test",
-                        resource_id=key,
-                        reason="test",
-                    )
-                )
+                _event_and_entry(uow, org.tenant_id, "test.done", key)
                 if fail:
                     raise Boom
         except Boom:
@@ -108,18 +107,7 @@ async def test_a_rolled_back_savepoint_forgets_its_events_and_entries(world: Wor
 
         async def fail() -> None:
             async with uow.savepoint():
-                uow.emit(
-                    outbox_event(tenant_id=org.tenant_id, type="test.inner", key=inner, payload={})
-                )
-                uow.record(
-                    system_action(
-                        tenant_id=org.tenant_id,
-                        action="test.inner",
-                        resource_type="test",
-                        resource_id=inner,
-                        reason="test",
-                    )
-                )
+                _event_and_entry(uow, org.tenant_id, "test.inner", inner)
                 raise Boom
 
         with pytest.raises(Boom):
