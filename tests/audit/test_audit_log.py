@@ -8,15 +8,26 @@ import itertools
 import uuid
 from datetime import timedelta
 
+import pytest
 from audit_support import append, chain, checkpoint, draft, edit, entries, key, move_head, remove
 from sqlalchemy import update
 
+from spawnpoint.audit import service
 from spawnpoint.audit.chain import GENESIS_HASH, entry_hash
 from spawnpoint.audit.repository import AuditLog
 from spawnpoint.audit.service import verify_chain, write_checkpoints
 from spawnpoint.config import Settings
 from spawnpoint.db import Database
 from spawnpoint.models import AuditCheckpoint, AuditEntry, AuditHead
+
+
+@pytest.fixture(autouse=True, params=[1, 3], ids=["one-pass", "three-ranges"])
+def ranges(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> int:
+    """Every check also in three ranges (in this process), as long chains are verified:
+    a break must be reported at the same `seq` whichever range finds it."""
+    parts: int = request.param
+    monkeypatch.setattr(service, "split_for", lambda span: (parts, False))
+    return parts
 
 
 async def verify(database: Database, settings: Settings, tenant_id: uuid.UUID) -> tuple:
@@ -254,3 +265,18 @@ async def test_any_text_hashes_alike_in_the_database_and_in_python(
     [row] = await entries(database, tenant_id)
     assert row.reason == tricky
     assert row.details == {tricky: [tricky, 1.5, -0.0, 10**18, None, {"z": 1, "a": {}}]}
+
+
+async def test_a_chain_verified_in_processes_agrees_with_one_pass(
+    database: Database, backend_settings: Settings
+) -> None:
+    tenant_id = await chain(database, 9)
+    one = await verify_chain(database, key(backend_settings), tenant_id, ranges=1)
+    split = await verify_chain(database, key(backend_settings), tenant_id, ranges=2, processes=True)
+    assert one == split
+    assert (split.valid, split.checked) == (True, 9)
+    await edit(database, tenant_id, 7, details={"n": 7, "name": "forged"})
+    broken = await verify_chain(
+        database, key(backend_settings), tenant_id, ranges=2, processes=True
+    )
+    assert (broken.valid, broken.first_invalid_seq, broken.checked) == (False, 7, 6)

@@ -7,8 +7,12 @@ read a whole chain in one snapshot, batch by batch, so memory stays flat however
 
 from __future__ import annotations
 
+import asyncio
+import multiprocessing
+import os
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -78,8 +82,27 @@ async def write_checkpoints(
     return written
 
 
-async def verify_chain(database: Database, key: SigningKey, chain_id: uuid.UUID) -> VerifyResult:
-    """Recompute `chain_id` from its first stored entry to its head, in one snapshot."""
+# Chains this long are verified in several processes, one contiguous range of `seq` each.
+PARALLEL_MIN_ENTRIES = 200_000
+
+
+async def verify_chain(
+    database: Database,
+    key: SigningKey,
+    chain_id: uuid.UUID,
+    *,
+    ranges: int | None = None,
+    processes: bool | None = None,
+) -> VerifyResult:
+    """Recompute `chain_id` from its first stored entry to its head.
+
+    An entry's hash covers its predecessor's hash, which it stores, so a chain can be
+    checked in contiguous ranges of `seq` independently: each range is checked from the
+    stored hash of the entry before it, which the range before it proves genuine. A long
+    chain (`PARALLEL_MIN_ENTRIES`) is split into one range per CPU, each verified in its own
+    process; the first break, in `seq` order, is the one reported, exactly as a single pass
+    would report it. `ranges` (and `processes`) override `split_for`'s choice.
+    """
     async with database.transaction(write=False) as session:
         log = AuditLog(session)
         await log.snapshot()
@@ -107,17 +130,118 @@ async def verify_chain(database: Database, key: SigningKey, chain_id: uuid.UUID)
                 return VerifyResult(
                     valid=False, checked=0, first_invalid_seq=checkpoint.seq, reason=problem
                 )
+        # A chain without a head never had an entry appended: any entry is forged.
+        last = Link(0, GENESIS_HASH) if head is None else Link(head.seq, head.hash)
+        signed = None if checkpoint is None else Link(checkpoint.seq, checkpoint.hash)
+        span = last.seq - start.seq
+        parts, use_processes = split_for(span) if ranges is None else (ranges, bool(processes))
+        parts = max(1, min(parts, span))
+        bounds = [start.seq + span * i // parts for i in range(parts + 1)]
+        plans: list[_Range] = []
+        for i in range(parts):
+            first_link, before = start, None
+            if i > 0:
+                # The stored link where the range starts; the range before it vouches for it
+                # (a missing or altered entry there is that range's first break).
+                entry = await log.entry(chain_id, bounds[i])
+                first_link = Link(bounds[i], "" if entry is None else entry.hash)
+                before = None if entry is None else entry.prev_hash
+            plans.append(
+                _Range(
+                    chain_id=chain_id,
+                    start=first_link,
+                    before=before,
+                    last_seq=None if i == parts - 1 else bounds[i + 1],
+                    checkpoint=signed,
+                    head=last if i == parts - 1 else None,
+                )
+            )
+    if len(plans) == 1 or not use_processes:
+        results = [await _verify_range(database, plan) for plan in plans]
+    else:
+        results = await _in_processes(database.url, plans)
+    checked = 0
+    for result in results:
+        if not result.valid:
+            return VerifyResult(
+                valid=False,
+                checked=checked + result.checked,
+                first_invalid_seq=result.first_invalid_seq,
+                reason=result.reason,
+            )
+        checked += result.checked
+    return VerifyResult(valid=True, checked=checked, first_invalid_seq=None, reason=None)
+
+
+def split_for(span: int) -> tuple[int, bool]:
+    """How many ranges a chain of `span` entries is verified in, and whether in processes."""
+    if span >= PARALLEL_MIN_ENTRIES:
+        return os.cpu_count() or 1, True
+    return 1, False
+
+
+@dataclass(frozen=True)
+class _Range:
+    """One contiguous run of a chain to verify: after `start` up to `last_seq` (None: the
+    end); `before` is the hash preceding `start`'s (to tell an insertion from a break)."""
+
+    chain_id: uuid.UUID
+    start: Link
+    before: str | None
+    last_seq: int | None
+    checkpoint: Link | None
+    head: Link | None
+
+
+async def _verify_range(database: Database, plan: _Range) -> VerifyResult:
+    async with database.transaction(write=False) as session:
+        log = AuditLog(session)
+        await log.snapshot()
         verifier = ChainVerifier(
-            tenant_id=tenant_of(chain_id),
-            start=start,
-            checkpoint=None if checkpoint is None else Link(checkpoint.seq, checkpoint.hash),
-            # A chain without a head never had an entry appended: any entry is forged.
-            head=Link(0, GENESIS_HASH) if head is None else Link(head.seq, head.hash),
+            tenant_id=tenant_of(plan.chain_id),
+            start=plan.start,
+            checkpoint=plan.checkpoint,
+            head=plan.head,
         )
-        async for batch in log.stream(chain_id):
+        verifier.prev_prev = plan.before
+        async for batch in log.stream(
+            plan.chain_id, first_seq=plan.start.seq + 1, last_seq=plan.last_seq
+        ):
             if not verifier.feed(batch):
                 break
-        return verifier.finish()
+        if plan.last_seq is None or verifier.failure is not None:
+            return verifier.finish()
+        if verifier.expected - 1 < plan.last_seq:
+            missing = verifier.expected
+            return VerifyResult(
+                valid=False,
+                checked=verifier.checked,
+                first_invalid_seq=missing,
+                reason=f"entry {missing} is missing",
+            )
+        return VerifyResult(
+            valid=True, checked=verifier.checked, first_invalid_seq=None, reason=None
+        )
+
+
+def _verify_range_in_process(url: str, plan: _Range) -> VerifyResult:
+    async def run() -> VerifyResult:
+        database = Database(url, pool_size=1)
+        try:
+            return await _verify_range(database, plan)
+        finally:
+            await database.dispose()
+
+    return asyncio.run(run())
+
+
+async def _in_processes(url: str, plans: list[_Range]) -> list[VerifyResult]:
+    # "spawn": a fresh interpreter, not a fork of one with an event loop, threads and pools.
+    context = multiprocessing.get_context("spawn")
+    loop = asyncio.get_running_loop()
+    with ProcessPoolExecutor(max_workers=len(plans), mp_context=context) as pool:
+        futures = [loop.run_in_executor(pool, _verify_range_in_process, url, p) for p in plans]
+        return list(await asyncio.gather(*futures))
 
 
 async def chain_ids(database: Database) -> list[uuid.UUID]:
