@@ -41,6 +41,7 @@ bench: sync
 	$(BIN)/python bench/job_queue.py
 	$(BIN)/python bench/policy.py
 	$(BIN)/python bench/spawn.py
+	$(BIN)/python bench/audit.py
 
 clean:
 	rm -rf .tools $(VENV) .mypy_cache .ruff_cache .pytest_cache

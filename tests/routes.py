@@ -21,10 +21,10 @@ from factories import (
     make_workspace,
     unique,
 )
+from spawnpoint.deps import AUDIT_READERS
 from spawnpoint.models import Role
 
 PUBLIC = None  # no credentials needed
-AUDIT_READERS = frozenset({Role.admin, Role.auditor})
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from conftest import AUDIT_SIGNING_KEY
-
 from spawnpoint.app import create_app
 from spawnpoint.config import Settings, UnsafeSettingsError, is_loopback
 

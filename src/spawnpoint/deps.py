@@ -91,11 +91,22 @@ async def require_operator(principal: CurrentPrincipal) -> Principal:
     return principal
 
 
+# Reading the audit log is not a rank: a member outranks an auditor but may not read it.
+AUDIT_READERS = frozenset({Role.admin, Role.auditor})
+
+
+async def require_audit_reader(principal: CurrentPrincipal) -> Principal:
+    if principal.operator or principal.role in AUDIT_READERS:
+        return principal
+    raise Forbidden("Reading the audit log needs the admin or auditor role.")
+
+
 RequireViewer = Annotated[Principal, Depends(require(Role.viewer))]
 RequireMember = Annotated[Principal, Depends(require(Role.member))]
 RequirePublisher = Annotated[Principal, Depends(require(Role.publisher))]
 RequireAdmin = Annotated[Principal, Depends(require(Role.admin))]
 RequireOperator = Annotated[Principal, Depends(require_operator)]
+RequireAuditReader = Annotated[Principal, Depends(require_audit_reader)]
 
 
 async def get_scope(principal: CurrentPrincipal) -> TenantScope:

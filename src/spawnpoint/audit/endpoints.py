@@ -14,18 +14,14 @@ from spawnpoint.audit.schemas import (
     AuditPublicKeyRead,
     AuditVerifyRead,
 )
-from spawnpoint.audit.service import AuditService, as_utc, readable_chain, verify_chain
-from spawnpoint.deps import DB, AppSettings, CurrentPrincipal, Scope, Session
-from spawnpoint.kit.errors import Forbidden
+from spawnpoint.audit.service import AuditService, readable_chain, verify_chain
+from spawnpoint.deps import DB, AppSettings, RequireAuditReader, Scope, Session
+from spawnpoint.kit.errors import as_utc
 from spawnpoint.kit.pagination import Page, Pagination
 from spawnpoint.kit.routing import StrictRoute
-from spawnpoint.models import Role
 from spawnpoint.models.audit import ACTION_LENGTH, RESOURCE_TYPE_LENGTH
-from spawnpoint.security import Principal
 
 router = APIRouter(route_class=StrictRoute, prefix="/api/audit", tags=["audit"])
-# Not a rank: a member or publisher, who can change things, must not read the trail.
-AUDIT_READERS = frozenset({Role.admin, Role.auditor})
 TEXT_FILTER_LENGTH = 500
 
 
@@ -43,13 +39,6 @@ def _not_a_number(value: object) -> object:
 Time = Annotated[AwareDatetime, BeforeValidator(_not_a_number)]
 
 
-async def require_audit_reader(principal: CurrentPrincipal) -> Principal:
-    if principal.operator or principal.role in AUDIT_READERS:
-        return principal
-    raise Forbidden("Reading the audit log needs the admin or auditor role.")
-
-
-RequireAuditReader = Annotated[Principal, Depends(require_audit_reader)]
 TenantChain = Annotated[
     uuid.UUID | None,
     Query(

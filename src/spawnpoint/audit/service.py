@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -324,16 +324,6 @@ class AuditService:
         self, *, tenant_id: uuid.UUID | None, params: PageParams
     ) -> tuple[list[AuditCheckpoint], str | None]:
         return await self.log.page_checkpoints(readable_chain(self.scope, tenant_id), params)
-
-
-def as_utc(value: datetime | None, pointer: str) -> datetime | None:
-    """`value` in UTC; a 422 when that falls outside the calendar (year 1 at +14:00)."""
-    if value is None:
-        return None
-    try:
-        return value.astimezone(UTC)
-    except OverflowError as exc:
-        raise field_error(pointer, "The time is outside the years 1 to 9999 in UTC.") from exc
 
 
 def audit_tasks(settings: Settings) -> list[PeriodicTask]:

@@ -1,23 +1,13 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import datetime
 
 from spawnpoint.events.repository import EventRepository
 from spawnpoint.events.schemas import EventFilters
-from spawnpoint.kit.errors import field_error
+from spawnpoint.kit.errors import as_utc, field_error
 from spawnpoint.kit.pagination import PageParams
 from spawnpoint.models import OutboxEvent
-
-
-def as_utc(value: datetime | None, pointer: str) -> datetime | None:
-    """`value` in UTC; a 422 when that falls outside the calendar (year 1 at +14:00)."""
-    if value is None:
-        return None
-    try:
-        return value.astimezone(UTC)
-    except OverflowError as exc:
-        raise field_error(pointer, "The time is outside the years 1 to 9999 in UTC.") from exc
 
 
 class EventService:

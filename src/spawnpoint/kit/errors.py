@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import Any
 
@@ -183,3 +184,13 @@ def field_error(pointer: str, detail: str) -> Unprocessable:
         "The request is invalid; see errors.",
         errors=[{"pointer": pointer, "detail": detail, "type": "value_error"}],
     )
+
+
+def as_utc(value: datetime | None, pointer: str) -> datetime | None:
+    """`value` in UTC; a 422 when that falls outside the calendar (year 1 at +14:00)."""
+    if value is None:
+        return None
+    try:
+        return value.astimezone(UTC)
+    except OverflowError as exc:
+        raise field_error(pointer, "The time is outside the years 1 to 9999 in UTC.") from exc
