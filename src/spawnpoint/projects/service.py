@@ -51,6 +51,7 @@ class ProjectService:
         self, *, actor: Principal, project_id: uuid.UUID, cascade: bool
     ) -> TeardownAccepted | None:
         """Delete the project, or (`cascade`) tear its live workspaces down first."""
+        await self.teardown.hold_spawns((await self.repository.get(project_id)).tenant_id)
         project = await self.repository.get_locked(project_id)
         return await self.teardown.delete(
             kind=PROJECT, parent=project, actor=actor, cascade=cascade

@@ -63,6 +63,12 @@ class TeardownRepository(PlatformRepository[Workspace]):
     the caller's."""
 
     model = Workspace
+
+    async def hold_spawns(self, tenant_id: uuid.UUID) -> None:
+        """Take the tenant's spawn lock (FOR NO KEY UPDATE, as a spawn does) until commit."""
+        await self.session.execute(
+            select(Tenant.id).where(Tenant.id == tenant_id).with_for_update(key_share=True)
+        )
     noun = "workspace"
 
     async def live_summary(

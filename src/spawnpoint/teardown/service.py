@@ -57,6 +57,19 @@ class WorkspaceTeardown:
         self.session = session
         self.repository = TeardownRepository(session)
 
+    async def hold_spawns(self, tenant_id: uuid.UUID | None) -> None:
+        """Wait for the tenant's spawns in flight, and hold new ones until this commits.
+
+        Call before locking a parent row a spawn may refer to. A spawn takes its tenant's
+        lock, then its audit chain head, then (inserting) key-share locks on the template,
+        project and user it names; a delete that locked the parent first and then wanted
+        the head at its commit would wait on the spawn while the spawn waited on it. Taking
+        the tenant lock first puts both in the same order. A platform template (no tenant)
+        is shared by every tenant's spawns: there is no one lock to take.
+        """
+        if tenant_id is not None:
+            await self.repository.hold_spawns(tenant_id)
+
     async def delete(
         self, *, kind: ParentKind, parent: Parent, actor: Principal, cascade: bool
     ) -> TeardownAccepted | None:

@@ -167,6 +167,7 @@ class TemplateService:
 
         Its deleted workspaces' rows go with it: they refer to it (ON DELETE RESTRICT).
         """
+        await self.teardown.hold_spawns((await self.repository.get(template_id)).tenant_id)
         template, _ = await self._writable(actor, template_id)
         return await self.teardown.delete(
             kind=TEMPLATE, parent=template, actor=actor, cascade=cascade

@@ -78,6 +78,7 @@ class UserService:
 
         While the deletion waits for them, the account is disabled.
         """
+        await self.teardown.hold_spawns((await self.repository.get(user_id)).tenant_id)
         user = await self._editable(actor, user_id, for_update=True)
         if user.id == actor.user_id:
             raise Conflict("You cannot delete your own account.")
