@@ -69,6 +69,7 @@ class TeardownRepository(PlatformRepository[Workspace]):
         await self.session.execute(
             select(Tenant.id).where(Tenant.id == tenant_id).with_for_update(key_share=True)
         )
+
     noun = "workspace"
 
     async def live_summary(
