@@ -91,6 +91,17 @@ def make_settings(database_url: str, data_dir: Path, **overrides: object) -> Set
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
 
 
+@pytest.fixture(params=BACKENDS)
+def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Settings]:
+    """Settings for a database of this test's own, not migrated (migration tests)."""
+    if request.param == "sqlite":
+        yield make_settings(f"sqlite+aiosqlite:///{tmp_path / 'm.db'}", tmp_path)
+        return
+    postgres_or_skip()
+    with PostgresDatabase(prefix="spawnpoint_empty") as pg:
+        yield make_settings(pg.url, tmp_path)
+
+
 @pytest.fixture(scope="session", params=BACKENDS)
 def backend_settings(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory

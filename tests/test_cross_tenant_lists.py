@@ -10,10 +10,8 @@ random ids before B existed: whether B exists is not observable through a list.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -22,7 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy import create_engine, select
 from sqlalchemy.engine import make_url
 
-from conftest import Org, PostgresDatabase, World, make_settings, postgres_or_skip
+from conftest import Org, World
 from factories import make_project, make_template, make_user, plant_workspace, unique
 from routes import api_routes, own_params
 from spawnpoint.app import create_app
@@ -310,16 +308,6 @@ async def test_platform_template_versions_have_no_tenant_and_every_tenant_reads_
             select(TemplateVersion.tenant_id).where(TemplateVersion.template_id == platform)
         )
         assert stored is None
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Settings]:
-    if request.param == "sqlite":
-        yield make_settings(f"sqlite+aiosqlite:///{tmp_path / 'm.db'}", tmp_path)
-        return
-    postgres_or_skip()
-    with PostgresDatabase(prefix="spawnpoint_scoped") as pg:
-        yield make_settings(pg.url, tmp_path)
 
 
 def test_migration_0009_copies_each_versions_tenant_from_its_template(

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -13,7 +11,6 @@ from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, insert, inspect, select
 from sqlalchemy.engine import Engine, make_url
 
-from conftest import PostgresDatabase, make_settings, postgres_or_skip
 from spawnpoint import models  # noqa: F401  (registers every table)
 from spawnpoint.config import Settings
 from spawnpoint.db import Base
@@ -24,16 +21,6 @@ from spawnpoint.workspaces.lifecycle import ACTIVE_STATES
 
 DEMO_TENANT = uuid.UUID("00000000-0000-0000-0000-000000000001")
 DEMO_TEMPLATE = uuid.UUID("00000000-0000-0000-0000-000000000100")
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Settings]:
-    if request.param == "sqlite":
-        yield make_settings(f"sqlite+aiosqlite:///{tmp_path / 'm.db'}", tmp_path)
-        return
-    postgres_or_skip()
-    with PostgresDatabase(prefix="spawnpoint_migrations") as pg:
-        yield make_settings(pg.url, tmp_path)
 
 
 def sync_engine(settings: Settings) -> Engine:

@@ -122,4 +122,13 @@ async def get_account_cache(request: Request) -> AccountCache:
 
 
 Accounts = Annotated[AccountCache, Depends(get_account_cache)]
-Work = Annotated[UnitOfWork, Depends(get_unit_of_work)]
+
+
+async def forget_accounts_on_commit(request: Request) -> None:
+    """For a route that changes users or tenants: once its unit of work commits, drop the
+    cached account rows (sessions elsewhere may still hold the old ones)."""
+    uow = await get_unit_of_work(request)
+    uow.on_commit(request.app.state.accounts.clear, key="accounts.clear")
+
+
+ChangesAccounts = Annotated[None, Depends(forget_accounts_on_commit)]

@@ -5,7 +5,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Response, status
 
-from spawnpoint.deps import Accounts, RequireAdmin, RequireOperator, Scope, Session, Work
+from spawnpoint.deps import ChangesAccounts, RequireAdmin, RequireOperator, Scope, Session
 from spawnpoint.kit.pagination import Page, Pagination
 from spawnpoint.kit.routing import StrictRoute
 from spawnpoint.plans.repository import PlanRepository
@@ -54,15 +54,12 @@ async def read_tenant(_: RequireAdmin, tenants: Tenants, tenant_id: uuid.UUID) -
 async def update_tenant(
     _: RequireOperator,
     tenants: Tenants,
-    accounts: Accounts,
-    work: Work,
+    _accounts: ChangesAccounts,
     tenant_id: uuid.UUID,
     tenant_in: TenantUpdate,
 ) -> TenantRead:
     """Update a tenant's fields; fields left out keep their values."""
     tenant = await tenants.update(tenant_id=tenant_id, tenant_in=tenant_in)
-    # Sessions elsewhere may still hold the old row: drop the cache once this commits.
-    work.on_commit(accounts.clear, key="accounts.clear")
     return TenantRead.model_validate(tenant)
 
 
@@ -70,15 +67,12 @@ async def update_tenant(
 async def delete_tenant(
     actor: RequireOperator,
     tenants: Tenants,
-    accounts: Accounts,
-    work: Work,
+    _accounts: ChangesAccounts,
     tenant_id: uuid.UUID,
     cascade: Cascade = False,
 ) -> Response:
     """Delete a tenant with its users, projects and templates, once no workspace is live."""
     started = await tenants.delete(actor=actor, tenant_id=tenant_id, cascade=cascade)
-    # Sessions elsewhere may still hold the old row: drop the cache once this commits.
-    work.on_commit(accounts.clear, key="accounts.clear")
     return teardown_response(started)
 
 

@@ -5,7 +5,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Response, status
 
-from spawnpoint.deps import Accounts, RequireAdmin, Scope, Session, Work
+from spawnpoint.deps import ChangesAccounts, RequireAdmin, Scope, Session
 from spawnpoint.kit.pagination import Page, Pagination
 from spawnpoint.kit.routing import StrictRoute
 from spawnpoint.teardown.endpoints import Cascade, teardown_delete, teardown_response
@@ -57,15 +57,12 @@ async def read_user(_: RequireAdmin, users: Users, user_id: uuid.UUID) -> UserRe
 async def update_user(
     actor: RequireAdmin,
     users: Users,
-    accounts: Accounts,
-    work: Work,
+    _accounts: ChangesAccounts,
     user_id: uuid.UUID,
     user_in: UserUpdate,
 ) -> UserRead:
     """Update a user's fields; fields left out keep their values."""
     user = await users.update(actor=actor, user_id=user_id, user_in=user_in)
-    # Sessions elsewhere may still hold the old row: drop the cache once this commits.
-    work.on_commit(accounts.clear, key="accounts.clear")
     return UserRead.model_validate(user)
 
 
@@ -73,13 +70,10 @@ async def update_user(
 async def delete_user(
     actor: RequireAdmin,
     users: Users,
-    accounts: Accounts,
-    work: Work,
+    _accounts: ChangesAccounts,
     user_id: uuid.UUID,
     cascade: Cascade = False,
 ) -> Response:
     """Delete a user, once none of the workspaces they own is live."""
     started = await users.delete(actor=actor, user_id=user_id, cascade=cascade)
-    # Sessions elsewhere may still hold the old row: drop the cache once this commits.
-    work.on_commit(accounts.clear, key="accounts.clear")
     return teardown_response(started)
