@@ -474,6 +474,21 @@ class Timeline:
     running: dict[uuid.UUID, float]  # workspace -> wall time of provisioning -> running
 
 
+TABLE_READS = "rows read: "
+TABLE_ROWS = 8  # the busiest tables shown
+
+
+def db_rows(rounds: Sequence[SpawnRound]) -> list[str]:
+    """The database-wide counters, then the tables read most per spawn."""
+    names = list(rounds[0].db_per_spawn)
+    tables = sorted(
+        (n for n in names if n.startswith(TABLE_READS)),
+        key=lambda n: median([r.db_per_spawn.get(n, 0.0) for r in rounds]),
+        reverse=True,
+    )
+    return [n for n in names if not n.startswith(TABLE_READS)] + tables[:TABLE_ROWS]
+
+
 def db_counters(conn: psycopg.Connection[Any]) -> dict[str, float]:
     conn.execute("SELECT pg_stat_clear_snapshot()")
     row = conn.execute(
@@ -482,7 +497,15 @@ def db_counters(conn: psycopg.Connection[Any]) -> dict[str, float]:
     ).fetchone()
     assert row is not None
     keys = ("commits", "rollbacks", "inserted", "updated", "deleted", "returned", "fetched")
-    return {k: float(v) for k, v in zip(keys, row, strict=True)}
+    counters = {k: float(v) for k, v in zip(keys, row, strict=True)}
+    # Per table: rows read by sequential scans and fetched through indexes (a scan that
+    # should have been an index lookup shows up here).
+    for relname, seq_read, idx_fetch in conn.execute(
+        "SELECT relname, seq_tup_read, coalesce(idx_tup_fetch, 0) FROM pg_stat_user_tables"
+    ).fetchall():
+        counters[f"{TABLE_READS}{relname} (seq)"] = float(seq_read)
+        counters[f"{TABLE_READS}{relname} (index)"] = float(idx_fetch)
+    return counters
 
 
 def drain(
@@ -1433,7 +1456,7 @@ def render(results: Rounds, args: argparse.Namespace, code: str) -> str:
         ["database counter", "per accepted spawn"],
         [
             (name, f"{median([r.db_per_spawn[name] for r in spawn]):.1f}")
-            for name in spawn[0].db_per_spawn
+            for name in db_rows(spawn)
         ],
     )
     keys = {k for r in spawn for k in r.activity}
