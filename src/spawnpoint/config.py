@@ -60,6 +60,43 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Log level of the server and workers."
     )
+    log_format: Literal["json", "console"] = Field(
+        "json",
+        description="`json`: one JSON object per line (structlog), with request id, tenant, "
+        "actor, route and reason; `console`: the same fields, aligned for a terminal.",
+    )
+    access_log: bool = Field(
+        True, description="Log one line per HTTP request (method, route, status, duration)."
+    )
+    redis_url: str | None = Field(
+        None, description="Redis URL (optional); when set, /healthz and /readyz check it."
+    )
+    rabbitmq_url: str | None = Field(
+        None, description="RabbitMQ URL (optional); when set, /healthz and /readyz check it."
+    )
+    health_check_timeout_seconds: float = Field(
+        2.0, gt=0, le=60, description="How long one dependency check of /healthz may take."
+    )
+    slow_request_ms: float = Field(
+        500.0, gt=0, description="A request slower than this is listed by /healthz and /readyz."
+    )
+    slow_request_max: int = Field(
+        5,
+        ge=0,
+        le=10_000,
+        description="/readyz answers 503 while more slow requests than this fall within "
+        "SLOW_REQUEST_WINDOW_SECONDS.",
+    )
+    slow_request_window_seconds: float = Field(
+        60.0, gt=0, le=86_400, description="How far back /readyz counts slow requests."
+    )
+    metrics_cache_seconds: float = Field(
+        5.0,
+        ge=0,
+        le=3600,
+        description="How long the database-derived gauges of /metrics (queue depth, "
+        "workspaces by state, quota usage) are reused between scrapes.",
+    )
     max_body_bytes: int = Field(
         1_048_576, ge=1, description="Largest request body accepted (413 beyond it)."
     )
