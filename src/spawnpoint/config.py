@@ -109,6 +109,13 @@ class Settings(BaseSettings):
         description="Largest free-form JSON field (spawn parameters), in bytes of JSON.",
     )
 
+    artifact_max_bytes: int = Field(
+        1_073_741_824,
+        ge=1,
+        description="Largest artifact content accepted (413 beyond it, refused while the "
+        "upload streams in).",
+    )
+
     orchestrator_url: str = Field(
         "http://orchestrator:8080", description="Base URL of the orchestrator service."
     )
@@ -172,6 +179,72 @@ class Settings(BaseSettings):
         300.0, gt=0, description="How often the scheduler signs a checkpoint of every chain."
     )
 
+    registration: Literal["open", "invite", "closed"] | None = Field(
+        None,
+        description="Who may register: `open` (anyone; a new tenant on DEFAULT_PLAN_ID with "
+        "the person as its admin), `invite` (a tenant admin's invite token is needed) or "
+        "`closed`. Unset: `open` in development, `invite` in production.",
+    )
+    default_plan_id: uuid.UUID = Field(
+        uuid.UUID("00000000-0000-0000-0000-000000000010"),
+        description="The plan of tenants created by open registration.",
+    )
+    access_token_minutes: int = Field(
+        15, ge=1, le=1440, description="Lifetime of the access tokens login and refresh issue."
+    )
+    refresh_token_days: int = Field(
+        14, ge=1, le=365, description="Lifetime of a refresh token (each use issues a new one)."
+    )
+    invite_days: int = Field(7, ge=1, le=90, description="How long an invite token is valid.")
+    password_token_hours: int = Field(
+        72,
+        ge=1,
+        le=720,
+        description="How long a set-password token (users made by admins) is valid.",
+    )
+    password_hash_memory_kib: int = Field(
+        19_456,
+        ge=19_456,
+        le=4_194_304,
+        description="argon2id memory cost in KiB (OWASP's minimum, 19 MiB, or more); stored "
+        "hashes with lower parameters are rehashed at the next login.",
+    )
+    password_hash_time_cost: int = Field(
+        2, ge=2, le=64, description="argon2id iterations (at least 2)."
+    )
+    password_hash_parallelism: int = Field(
+        1, ge=1, le=64, description="argon2id lanes (at least 1)."
+    )
+    login_failures_per_account: int = Field(
+        5, ge=1, description="Failed logins per account per LOGIN_THROTTLE_MINUTES before 429."
+    )
+    login_failures_per_ip: int = Field(
+        50, ge=1, description="Failed logins per client IP per LOGIN_THROTTLE_MINUTES before 429."
+    )
+    login_throttle_minutes: int = Field(
+        15, ge=1, le=1440, description="The window failed logins are counted in."
+    )
+    rate_limit_per_minute: int = Field(
+        1200,
+        ge=0,
+        description="Requests per minute per principal (user or API key) on authenticated "
+        "routes; 0 turns rate limiting off. Shared through Redis when REDIS_URL is set.",
+    )
+    rate_limit_tenant_per_minute: int = Field(
+        6000, ge=0, description="Requests per minute per tenant on authenticated routes; 0: none."
+    )
+    rate_limit_key_prefix: str = Field(
+        "spawnpoint",
+        min_length=1,
+        max_length=100,
+        description="Prefix of the rate-limit and login-throttle keys in Redis.",
+    )
+    cors_origins: str = Field(
+        "",
+        description="Comma-separated origins allowed to call the API from a browser "
+        "(CORS); empty: none.",
+    )
+
     demo_tenant_id: uuid.UUID = Field(
         uuid.UUID("00000000-0000-0000-0000-000000000001"),
         description="UUID for the seeded demo tenant.",
@@ -201,6 +274,16 @@ class Settings(BaseSettings):
             if url.startswith(plain):
                 return async_prefix + url.removeprefix(plain)
         return url
+
+    @property
+    def registration_mode(self) -> str:
+        if self.registration is not None:
+            return self.registration
+        return "open" if self.is_development else "invite"
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
 
     @property
     def dev_bypass_active(self) -> bool:
