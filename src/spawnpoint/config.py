@@ -90,6 +90,14 @@ class Settings(BaseSettings):
     slow_request_window_seconds: float = Field(
         60.0, gt=0, le=86_400, description="How far back /readyz counts slow requests."
     )
+    otel_exporter_otlp_endpoint: str | None = Field(
+        None,
+        description="OTLP/HTTP collector URL (e.g. http://collector:4318); when set and the "
+        "otel extra is installed, request and job spans are exported there.",
+    )
+    otel_service_name: str = Field(
+        "spawnpoint", description="The service.name resource attribute of exported spans."
+    )
     metrics_cache_seconds: float = Field(
         5.0,
         ge=0,
