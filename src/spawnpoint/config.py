@@ -146,6 +146,19 @@ class Settings(BaseSettings):
     provisioner: str = Field(
         "local", description="Default provisioner driver for templates that name none."
     )
+    job_log_follow_idle_seconds: float = Field(
+        60.0,
+        gt=0,
+        le=3600,
+        description="`GET /api/jobs/{id}/logs?follow=true` ends after this long without a "
+        "new line, even while the job still runs.",
+    )
+    job_log_poll_seconds: float = Field(
+        0.25,
+        gt=0,
+        le=60,
+        description="How often a followed job log is checked for new lines.",
+    )
 
     jwt_secret: str | None = Field(
         None, description="Symmetric signing secret for JWT validation (at least 32 bytes)."
