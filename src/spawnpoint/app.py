@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
@@ -12,6 +13,9 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from fastapi_offline import FastAPIOffline
 
+from spawnpoint.artifacts.blobstore import attach_blob_store, blob_store_for_settings
+from spawnpoint.artifacts.endpoints import router as artifacts_router
+from spawnpoint.artifacts.upload import MULTIPART_OVERHEAD_BYTES
 from spawnpoint.audit.endpoints import router as audit_router
 from spawnpoint.config import Settings
 from spawnpoint.db import Database
@@ -44,8 +48,13 @@ ROUTERS = (
     workspaces_router,
     events_router,
     audit_router,
+    artifacts_router,
 )
 log = logging.getLogger("spawnpoint")
+UPLOAD_ROUTES = (
+    ("POST", re.compile(r"^/api/artifacts$")),
+    ("PUT", re.compile(r"^/api/artifacts/[^/]+$")),
+)
 
 
 def create_app(
@@ -65,11 +74,14 @@ def create_app(
     settings.check_safe()
     database = database or Database(settings.sqlalchemy_url, pool_size=settings.database_pool_size)
     policy = policy or build_policy_engine(settings, timeout=settings.policy_timeout_seconds)
+    blobs = blob_store_for_settings(settings)
+    attach_blob_store(database, blobs)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         if settings.dev_bypass_active:
             log.warning(settings.dev_bypass_warning)
+        await asyncio.to_thread(blobs.sweep_staging)
         stop = asyncio.Event()
         worker = None
         if run_worker:
@@ -93,11 +105,18 @@ def create_app(
     app.state.settings = settings
     app.state.database = database
     app.state.policy = policy
+    app.state.blobs = blobs
     app.state.accounts = AccountCache(settings.auth_cache_seconds)
     app.state.provisioners = provisioners or ProvisionerRegistry.from_entry_points()
     install_problem_handlers(app)
     install_method_semantics(app)
-    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        limit=settings.max_body_bytes,
+        # Artifact content streams to the blob store; its route enforces ARTIFACT_MAX_BYTES.
+        uploads=UPLOAD_ROUTES,
+        upload_limit=settings.artifact_max_bytes + MULTIPART_OVERHEAD_BYTES,
+    )
     for router in ROUTERS:
         app.include_router(router)
     document_bearer_auth(app)

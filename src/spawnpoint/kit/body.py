@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
+
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -26,19 +29,38 @@ class BodyLimitMiddleware:
     the limit, so nothing larger is ever buffered or parsed. (FastAPI's own `max_body_size`
     answers a plain-text 413 when a route that reads no body meets a large Content-Length;
     this answers a problem document on every route.)
+
+    `uploads` names the routes (method, path pattern) that stream large bodies to storage
+    rather than parse them (artifact content): those get `upload_limit` instead.
     """
 
-    def __init__(self, app: ASGIApp, *, limit: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        limit: int,
+        uploads: Sequence[tuple[str, re.Pattern[str]]] = (),
+        upload_limit: int = 0,
+    ) -> None:
         self.app = app
-        self.limit = limit
+        self.default_limit = limit
+        self.uploads = uploads
+        self.upload_limit = upload_limit
+
+    def limit_for(self, scope: Scope) -> int:
+        for method, pattern in self.uploads:
+            if scope["method"] == method and pattern.match(scope["path"]):
+                return max(self.upload_limit, self.default_limit)
+        return self.default_limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.limit_for(scope)
         declared = Headers(scope=scope).get("content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
-            detail = _too_large(self.limit) if declared.isdigit() else "Bad Content-Length."
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            detail = _too_large(limit) if declared.isdigit() else "Bad Content-Length."
             status = 413 if declared.isdigit() else 400
             await problem_response(problem_document(status, detail))(scope, receive, send)
             return
@@ -49,8 +71,8 @@ class BodyLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.limit:
-                    raise BodyTooLarge(self.limit)
+                if received > limit:
+                    raise BodyTooLarge(limit)
             return message
 
         await self.app(scope, counted, send)

@@ -1,5 +1,6 @@
 """ORM tables, one module per aggregate; importing this package registers them all."""
 
+from spawnpoint.models.artifacts import Artifact
 from spawnpoint.models.audit import AuditCheckpoint, AuditEntry, AuditHead
 from spawnpoint.models.jobs import Job, JobLog, JobState, LeaderLeaseRow
 from spawnpoint.models.outbox import OutboxEvent
@@ -14,6 +15,7 @@ from spawnpoint.models.workspaces import (
 )
 
 __all__ = [
+    "Artifact",
     "AuditCheckpoint",
     "AuditEntry",
     "AuditHead",

@@ -1,0 +1,309 @@
+"""Where artifact content lives: a small blob-store interface and its filesystem default.
+
+Content is written to a staged (temporary) blob while it is hashed, and published under its
+key only once the row that points to it has committed (`ArtifactService` registers the
+publish as an `on_commit` step), so an upload that fails or is aborted leaves no row and no
+blob, and a row never points to content that was not completely written. Blobs are
+removed only after the commit that deleted or replaced their row.
+
+The filesystem store keeps staged blobs in `<root>/staging/` and published ones in
+`<root>/blobs/<key>`, on one filesystem, so publishing is one atomic rename. File I/O runs
+in worker threads in chunks of `CHUNK_BYTES`; hashing releases the GIL there too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import time
+import uuid
+import weakref
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import anyio.to_thread
+
+from spawnpoint.kit.ids import uuid7
+
+if TYPE_CHECKING:
+    from spawnpoint.config import Settings
+    from spawnpoint.db import Database
+
+log = logging.getLogger("spawnpoint.artifacts")
+CHUNK_BYTES = 1024 * 1024
+# Staged blobs older than this belong to a process that died mid-upload (or to a job whose
+# transaction rolled back): the store removes them when it is opened.
+STALE_STAGING_SECONDS = 24 * 3600
+ARTIFACTS_DIR = "artifacts"
+
+
+class BlobMissing(LookupError):
+    """No published blob has this key."""
+
+
+class StagedBlob(ABC):
+    """Content being written: hashed as it arrives, invisible until published."""
+
+    size: int = 0
+    sha256: str = ""
+
+    @abstractmethod
+    async def write(self, chunk: bytes) -> None:
+        """Append `chunk` (buffered; flushed to storage in chunks of `CHUNK_BYTES`)."""
+
+    @abstractmethod
+    async def finish(self) -> None:
+        """Write what is buffered and make it durable; `size` and `sha256` are then final."""
+
+    @abstractmethod
+    async def discard(self) -> None:
+        """Remove the staged content; a no-op once published or already discarded."""
+
+
+class BlobReader(ABC):
+    """One published blob, opened: it stays readable even if it is deleted meanwhile."""
+
+    size: int
+
+    @abstractmethod
+    def iter_range(self, start: int, stop: int) -> AsyncIterator[bytes]:
+        """Bytes `start` up to (not including) `stop`, in chunks; closes the reader at the end."""
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+
+class BlobStore(ABC):
+    """The contract a content store implements (the filesystem is the default).
+
+    Keys are opaque strings of at most 500 characters chosen by `new_key`; a key is written
+    once and never reused, so a replaced artifact's old blob can be removed safely.
+    """
+
+    def new_key(self, *, tenant_id: uuid.UUID, artifact_id: uuid.UUID) -> str:
+        return f"{tenant_id}/{artifact_id}/{uuid7().hex}"
+
+    @abstractmethod
+    async def stage(self) -> StagedBlob:
+        """Start a staged blob."""
+
+    @abstractmethod
+    async def publish(self, staged: StagedBlob, key: str) -> None:
+        """Make the finished `staged` blob readable under `key`."""
+
+    @abstractmethod
+    async def open(self, key: str) -> BlobReader:
+        """Open the blob under `key`. Raises `BlobMissing`."""
+
+    @abstractmethod
+    async def delete(self, key: str) -> None:
+        """Remove the blob under `key`; a no-op when there is none."""
+
+
+class _FileStaged(StagedBlob):
+    def __init__(self, path: Path, descriptor: int) -> None:
+        self.path = path
+        self._fd: int | None = descriptor
+        self._hash = hashlib.sha256()
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
+        self.published = False
+
+    def _write_sync(self, chunks: list[bytes]) -> None:
+        assert self._fd is not None
+        for chunk in chunks:
+            self._hash.update(chunk)
+            view = memoryview(chunk)
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+
+    async def _flush(self) -> None:
+        chunks, self._pending, self._pending_bytes = self._pending, [], 0
+        if chunks:
+            await anyio.to_thread.run_sync(self._write_sync, chunks)
+
+    async def write(self, chunk: bytes) -> None:
+        if self._fd is None:
+            raise RuntimeError("this staged blob is finished")
+        if not chunk:
+            return
+        self._pending.append(bytes(chunk))
+        self._pending_bytes += len(chunk)
+        self.size += len(chunk)
+        if self._pending_bytes >= CHUNK_BYTES:
+            await self._flush()
+
+    async def finish(self) -> None:
+        await self._flush()
+        fd, self._fd = self._fd, None
+        if fd is not None:
+
+            def close() -> None:
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+
+            await anyio.to_thread.run_sync(close)
+        self.sha256 = self._hash.hexdigest()
+
+    async def discard(self) -> None:
+        self._pending, self._pending_bytes = [], 0
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+        if not self.published:
+            with contextlib.suppress(FileNotFoundError):
+                await anyio.to_thread.run_sync(self.path.unlink)
+
+
+class _FileReader(BlobReader):
+    def __init__(self, descriptor: int, size: int) -> None:
+        self._fd: int | None = descriptor
+        self.size = size
+
+    async def iter_range(self, start: int, stop: int) -> AsyncIterator[bytes]:
+        try:
+            offset = start
+            while offset < stop and self._fd is not None:
+                chunk = await anyio.to_thread.run_sync(
+                    os.pread, self._fd, min(CHUNK_BYTES, stop - offset), offset
+                )
+                if not chunk:
+                    break
+                offset += len(chunk)
+                yield chunk
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+
+class FilesystemBlobStore(BlobStore):
+    """Blobs as files under `root` (default `DATA_DIR/artifacts`)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.staging = root / "staging"
+        self.blobs = root / "blobs"
+
+    def path_of(self, key: str) -> Path:
+        parts = key.split("/")
+        if not key or any(part in {"", ".", ".."} for part in parts):
+            raise ValueError(f"not a blob key: {key!r}")
+        return self.blobs.joinpath(*parts)
+
+    async def stage(self) -> StagedBlob:
+        def create() -> tuple[Path, int]:
+            self.staging.mkdir(parents=True, exist_ok=True)
+            path = self.staging / f"{uuid.uuid4().hex}.part"
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+            return path, os.open(path, flags, 0o600)
+
+        path, descriptor = await anyio.to_thread.run_sync(create)
+        return _FileStaged(path, descriptor)
+
+    async def publish(self, staged: StagedBlob, key: str) -> None:
+        assert isinstance(staged, _FileStaged)
+        target = self.path_of(key)
+
+        def rename() -> None:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staged.path, target)
+
+        await anyio.to_thread.run_sync(rename)
+        staged.published = True
+
+    async def open(self, key: str) -> BlobReader:
+        path = self.path_of(key)
+
+        def open_file() -> tuple[int, int]:
+            descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            return descriptor, os.fstat(descriptor).st_size
+
+        try:
+            descriptor, size = await anyio.to_thread.run_sync(open_file)
+        except FileNotFoundError as exc:
+            raise BlobMissing(key) from exc
+        return _FileReader(descriptor, size)
+
+    async def delete(self, key: str) -> None:
+        path = self.path_of(key)
+
+        def remove() -> None:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            # Empty per-artifact and per-tenant folders go too; a non-empty one stays.
+            for parent in (path.parent, path.parent.parent):
+                if parent == self.blobs:
+                    break
+                try:
+                    parent.rmdir()
+                except OSError:
+                    break
+
+        await anyio.to_thread.run_sync(remove)
+
+    def sweep_staging(self, *, older_than: float = STALE_STAGING_SECONDS) -> int:
+        """Remove staged blobs older than `older_than` seconds; returns how many."""
+        removed = 0
+        cutoff = time.time() - older_than
+        try:
+            entries = list(os.scandir(self.staging))
+        except FileNotFoundError:
+            return 0
+        for entry in entries:
+            try:
+                if entry.is_file() and entry.stat().st_mtime < cutoff:
+                    os.unlink(entry.path)
+                    removed += 1
+            except FileNotFoundError:
+                continue
+        if removed:
+            log.info("removed %d abandoned staged blobs under %s", removed, self.staging)
+        return removed
+
+    def staged_files(self) -> list[Path]:
+        """The staged blobs now present (for tests and diagnostics)."""
+        try:
+            return sorted(self.staging.iterdir())
+        except FileNotFoundError:
+            return []
+
+    def published_files(self) -> list[Path]:
+        """Every published blob (for tests and diagnostics)."""
+        if not self.blobs.exists():
+            return []
+        return sorted(p for p in self.blobs.rglob("*") if p.is_file())
+
+
+# The store each database's artifacts use, so code holding only a unit of work (a job
+# handler) writes where the API reads. `create_app` attaches one; a process that attached
+# none (a standalone worker) uses the store its environment's settings name.
+_stores: weakref.WeakKeyDictionary[Database, BlobStore] = weakref.WeakKeyDictionary()
+
+
+def blob_store_for_settings(settings: Settings) -> FilesystemBlobStore:
+    return FilesystemBlobStore(settings.data_dir / ARTIFACTS_DIR)
+
+
+def attach_blob_store(database: Database, store: BlobStore) -> None:
+    _stores[database] = store
+
+
+def blob_store_of(database: Database) -> BlobStore:
+    store = _stores.get(database)
+    if store is None:
+        from spawnpoint.config import Settings
+
+        store = blob_store_for_settings(Settings())
+        _stores[database] = store
+    return store
