@@ -21,6 +21,8 @@ from factories import (
     make_workspace,
     unique,
 )
+from spawnpoint.artifacts.blobstore import blob_store_for_settings
+from spawnpoint.artifacts.service import create_artifact_from_bytes
 from spawnpoint.deps import AUDIT_READERS
 from spawnpoint.models import Role
 
@@ -105,6 +107,18 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/api/v1/workspaces/{permit_id}/status"): Rule(Role.viewer, 200),
     ("GET", "/api/v1/workspaces/{permit_id}/connection"): Rule(Role.viewer, 200),
     ("GET", "/api/events"): Rule(Role.viewer, 200),
+    ("GET", "/api/artifacts"): Rule(Role.viewer, 200),
+    ("POST", "/api/artifacts"): Rule(
+        Role.publisher,
+        201,
+        lambda _: {"name": unique("artifact"), "type": "note", "content": "aGVsbG8="},
+    ),
+    ("GET", "/api/artifacts/{artifact_id}"): Rule(Role.viewer, 200),
+    ("PUT", "/api/artifacts/{artifact_id}"): Rule(
+        Role.publisher, 200, lambda _: {"metadata": {"reviewed": True}}
+    ),
+    ("DELETE", "/api/artifacts/{artifact_id}"): Rule(Role.publisher, 204),
+    ("GET", "/api/artifacts/{artifact_id}/download"): Rule(Role.viewer, 200),
     **{
         ("GET", path): Rule(Role.auditor, 200, roles=AUDIT_READERS)
         for path in (
@@ -153,6 +167,7 @@ async def own_params(
         "workspace_id": lambda: make_workspace(
             world.database, org.tenant_id, org.template_id, owner_id=owner
         ),
+        "artifact_id": lambda: make_artifact(world, org.tenant_id),
     }
     for name, make in makers.items():
         if "{" + name + "}" in path:
@@ -164,3 +179,17 @@ async def own_params(
 
 async def _const(value: uuid.UUID) -> uuid.UUID:
     return value
+
+
+async def make_artifact(world: World, tenant_id: uuid.UUID, content: bytes = b"x") -> uuid.UUID:
+    async with world.database.unit_of_work(write=True) as uow:
+        return await create_artifact_from_bytes(
+            uow,
+            tenant_id=tenant_id,
+            name=unique("artifact"),
+            type="note",
+            content=content,
+            content_type="text/plain",
+            metadata={},
+            store=blob_store_for_settings(world.settings),
+        )

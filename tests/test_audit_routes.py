@@ -37,6 +37,9 @@ ACTIONS = {
     ("POST", "/api/workspaces/{workspace_id}/stop"): "workspace.stop",
     ("DELETE", "/api/workspaces/{workspace_id}"): "workspace.delete",
     ("POST", "/api/workspaces/{workspace_id}/activity"): "workspace.activity",
+    ("POST", "/api/artifacts"): "artifact.create",
+    ("PUT", "/api/artifacts/{artifact_id}"): "artifact.update",
+    ("DELETE", "/api/artifacts/{artifact_id}"): "artifact.delete",
 }
 MUTATING = sorted(route for route in RULES if route[0] in {"POST", "PUT", "PATCH", "DELETE"})
 
