@@ -2,12 +2,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from spawnpoint.deps import DB
+from spawnpoint.health.service import HealthService, SnapshotCollector
 from spawnpoint.kit.errors import problem_document, problem_response
+from spawnpoint.kit.metrics import CONTENT_TYPE_LATEST, exposition
 from spawnpoint.kit.routing import StrictRoute
 
 router = APIRouter(route_class=StrictRoute, tags=["health"])
@@ -52,6 +53,68 @@ async def ready(database: DB) -> Any:
     response_class=PlainTextResponse,
     responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},
 )
-async def metrics() -> Response:
-    """Expose this process's metrics in the Prometheus text format."""
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+async def metrics(request: Request) -> Response:
+    """Expose the metrics in the Prometheus text format, with gauges read from the database."""
+    health: HealthService = request.app.state.health
+    registry = getattr(request.app.state, "job_registry", None)
+    service_types = registry.service_types() if registry is not None else ()
+    snapshot = await health.snapshot(service_types=service_types)
+    return Response(exposition([SnapshotCollector(snapshot)]), media_type=CONTENT_TYPE_LATEST)
+
+
+HEALTH_EXAMPLE: dict[str, Any] = {
+    "status": "ok",
+    "checks": {
+        "database": {"status": "ok", "latency_ms": 0.8},
+        "policy_engine": {"status": "ok", "latency_ms": 0.2},
+    },
+    "queue_depth": 3,
+    "queue_depth_by_job_type": {"plan-build": 2, "workspace.provision": 1},
+    "slow_requests": [
+        {
+            "method": "POST",
+            "route": "/api/spawn",
+            "status": 202,
+            "duration_ms": 742.1,
+            "time": "2026-12-01T14:00:00+00:00",
+        }
+    ],
+    "slow_request_policy": {
+        "threshold_ms": 500.0,
+        "max_in_window": 5,
+        "window_seconds": 60.0,
+        "in_window": 1,
+    },
+    "reasons": [],
+    "time": "2026-12-01T14:00:05+00:00",
+}
+
+
+@router.get(
+    "/healthz",
+    summary="Health with dependency checks, queue depth and slow requests",
+    openapi_extra=PUBLIC,
+    responses={200: {"content": {"application/json": {"example": HEALTH_EXAMPLE}}}},
+)
+async def healthz(request: Request) -> JSONResponse:
+    """Report dependency checks, queue depth and recent slow requests (always 200)."""
+    health: HealthService = request.app.state.health
+    _, document = await health.report()
+    return JSONResponse(document)
+
+
+@router.get(
+    "/readyz",
+    summary="Readiness gate: dependencies answer and few requests are slow",
+    openapi_extra=PUBLIC,
+    responses={
+        200: {"content": {"application/json": {"example": HEALTH_EXAMPLE}}},
+        503: {"description": "A dependency check failed, or too many requests were slow."},
+    },
+)
+async def readyz(request: Request) -> JSONResponse:
+    """Answer 200 when ready; 503 `not-ready` while a check fails or requests are slow."""
+    health: HealthService = request.app.state.health
+    ready, document = await health.report()
+    document["status"] = "ready" if ready else "not-ready"
+    return JSONResponse(document, status_code=200 if ready else 503)
