@@ -17,6 +17,7 @@ import typer
 from spawnpoint.config import Settings, UnsafeSettingsError
 from spawnpoint.db import Database
 from spawnpoint.kit.clock import utcnow
+from spawnpoint.logs import configure_logging
 from spawnpoint.models import User
 from spawnpoint.security import mint_token
 from spawnpoint.users.repository import AccountRepository
@@ -77,8 +78,6 @@ def serve(
     ] = True,
 ) -> None:
     """Serve the API with uvicorn (uvloop, httptools)."""
-    import logging
-
     import uvicorn
 
     from spawnpoint.app import create_app
@@ -92,9 +91,7 @@ def serve(
         refuse_to_start(exc)
     if migrate if migrate is not None else settings.sqlalchemy_url.startswith("sqlite"):
         upgrade(settings)
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    configure_logging(settings)
     app_ = create_app(settings, run_worker=worker)
     # Everything built so far lives for the whole process: move it out of the garbage
     # collector's sight, so full collections stay short under load.
@@ -107,6 +104,10 @@ def serve(
         loop="uvloop",
         http="httptools",
         log_level=settings.log_level,
+        # Logs go through logs.configure_logging's handler; the request middleware writes
+        # the access log, with the request id and route template.
+        log_config=None,
+        access_log=False,
         proxy_headers=True,
     )
 
@@ -180,16 +181,12 @@ def worker(
     ] = None,
 ) -> None:
     """Run background jobs and the scheduler until SIGTERM or SIGINT."""
-    import logging
-
     from spawnpoint.jobs.registry import default_registry
     from spawnpoint.jobs.worker import serve_worker
     from spawnpoint.runtime import periodic_tasks
 
     settings = load_settings()
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    configure_logging(settings)
     registry = default_registry(settings)
     for reference in handlers or []:
         registry.load_reference(reference)

@@ -11,6 +11,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from spawnpoint.config import Settings
 from spawnpoint.db import Database
 from spawnpoint.kit.errors import Forbidden
+from spawnpoint.kit.ratelimit import RateLimiter, refuse, remember
+from spawnpoint.logs import bind_principal
 from spawnpoint.models import Role
 from spawnpoint.scope import TenantScope
 from spawnpoint.security import AccountCache, Principal, authenticate
@@ -55,13 +57,29 @@ Session = Annotated[AsyncSession, Depends(get_session, scope="function")]
 
 
 async def get_principal(session: Session, request: Request) -> Principal:
+    """The caller, from a bearer JWT or an API key; each call counts in its rate limits."""
     state = request.app.state
+    headers = request.headers
     principal = await authenticate(
-        state.settings, session, state.accounts, request.headers.get("authorization")
+        state.settings,
+        session,
+        state.accounts,
+        headers.get("authorization"),
+        headers.get("x-api-key"),
     )
     uow: UnitOfWork | None = getattr(request.state, "uow", None)
     if uow is not None and uow.request is not None:
         uow.request.principal = principal
+    bind_principal(principal)
+    if principal.api_key_id is not None:
+        state.key_usage.touch(principal.api_key_id)
+    limiter: RateLimiter = state.rate_limiter
+    if limiter.enabled:
+        window = await limiter.hit(principal.limit_key, str(principal.tenant_id))
+        if window is not None:
+            remember(request.scope, window)
+            if window.exceeded:
+                raise refuse(window)
     return principal
 
 

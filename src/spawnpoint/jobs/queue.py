@@ -47,6 +47,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import SessionTransaction
 
+from spawnpoint import tracing
 from spawnpoint.db import DriverStatement
 from spawnpoint.jobs.errors import StaleLease
 from spawnpoint.kit.auditing import system_action
@@ -201,6 +202,7 @@ async def find_by_idempotency_key(
     return found
 
 
+@tracing.traced("job.enqueue", tracing.enqueue_attributes)
 async def enqueue(
     session: AsyncSession,
     *,
@@ -298,6 +300,7 @@ def queued_job(
     )
 
 
+@tracing.traced("job.enqueue", tracing.enqueue_attributes)
 async def enqueue_with(
     session: AsyncSession, rows: Sequence[NewRow], job: dict[str, Any], *, final: bool = False
 ) -> None:
@@ -702,24 +705,43 @@ async def _write_fenced(
         raise StaleLease(job_id, fencing_token)
 
 
+class _AnyTenant:
+    """`request_cancel`'s default: system code, which may cancel any tenant's job."""
+
+
+ANY_TENANT = _AnyTenant()
+
+
 async def request_cancel(
-    session: AsyncSession, *, job_id: uuid.UUID, now: datetime | None = None
+    session: AsyncSession,
+    *,
+    job_id: uuid.UUID,
+    tenant_id: uuid.UUID | None | _AnyTenant = ANY_TENANT,
+    now: datetime | None = None,
 ) -> JobState | None:
     """Ask for a job to be cancelled; a queued job is cancelled at once.
 
     A running job keeps running until its handler notices `ctx.cancel_requested` (refreshed
     on each heartbeat) and raises `JobCancelled`; if it fails instead, it is not retried.
-    The caller checks the job belongs to its tenant first.
+
+    Args:
+        tenant_id: The tenant the job must belong to (None: a platform job); only system
+            code leaves it out. A job of another tenant is left alone, as a missing one.
 
     Returns:
         The job's state afterwards (cancelled or running), or None when the job does not
-        exist or had already finished.
+        exist, belongs to another tenant or had already finished.
     """
     now = now or utcnow()
     queued = _state_is(JobState.queued)
+    owner: list[ColumnElement[bool]] = []
+    if isinstance(tenant_id, uuid.UUID):
+        owner.append(Job.tenant_id == tenant_id)
+    elif tenant_id is None:
+        owner.append(Job.tenant_id.is_(None))
     statement = (
         update(Job)
-        .where(Job.id == job_id, Job.state.in_([JobState.queued, JobState.running]))
+        .where(Job.id == job_id, Job.state.in_([JobState.queued, JobState.running]), *owner)
         .values(
             cancel_requested=True,
             state=case((queued, literal(JobState.cancelled.value)), else_=Job.state),

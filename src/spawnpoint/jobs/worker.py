@@ -27,6 +27,7 @@ import contextlib
 import json
 import logging
 import signal
+import time
 import traceback
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -39,10 +40,12 @@ import psycopg
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from spawnpoint import logs, tracing
 from spawnpoint.config import Settings
 from spawnpoint.db import CONNECT_TIMEOUT_SECONDS, Database
 from spawnpoint.jobs.context import JobContext
 from spawnpoint.jobs.errors import JobCancelled, PermanentJobError, StaleLease
+from spawnpoint.jobs.events import JOB_COMPLETED, JOB_FAILED, job_event
 from spawnpoint.jobs.outages import Outage
 from spawnpoint.jobs.queue import (
     CHANNEL,
@@ -61,6 +64,9 @@ from spawnpoint.jobs.queue import (
 from spawnpoint.jobs.registry import HandlerRegistry
 from spawnpoint.jobs.scheduler import PeriodicTask, Scheduler, default_tasks
 from spawnpoint.kit.clock import utcnow
+from spawnpoint.uow import unit_of
+from spawnpoint.kit.metrics import JOB_DURATION, JOB_RETRIES
+from spawnpoint.models.jobs import JobState
 
 log = logging.getLogger("spawnpoint.jobs.worker")
 
@@ -76,6 +82,17 @@ class _Kind(Enum):
     permanent = "permanent"
     cancelled = "cancelled"
     released = "released"
+
+
+# The `outcome` label of service_job_duration_ms: an attempt that raised is an `error`
+# (retried or not, as `fail` decides), a PermanentJobError a `failed`.
+OUTCOME_LABELS = {
+    _Kind.succeeded: "succeeded",
+    _Kind.retry: "error",
+    _Kind.permanent: "failed",
+    _Kind.cancelled: "cancelled",
+    _Kind.released: "released",
+}
 
 
 @dataclass(eq=False)
@@ -261,13 +278,25 @@ class Worker:
     async def _execute(self, attempt: _Attempt) -> None:
         outcome: _Outcome | None = None
         ctx = attempt.ctx
+        job = attempt.job
+        # This task's own context: its log lines name the job (see logs.py).
+        logs.current.set(logs.job_log_context(job))
+        started = time.perf_counter()
         try:
-            handler = self.registry.get(attempt.job.type)
+            handler = self.registry.get(job.type)
             if handler is None:
-                raise PermanentJobError(f"no handler for job type {attempt.job.type!r}")
-            if attempt.job.payload_error is not None:
-                raise PermanentJobError(attempt.job.payload_error)
-            result = await handler(ctx)
+                raise PermanentJobError(f"no handler for job type {job.type!r}")
+            if job.payload_error is not None:
+                raise PermanentJobError(job.payload_error)
+            with tracing.span(
+                "job.execute",
+                tenant_id=job.tenant_id,
+                project_id=job.project_id,
+                job_type=job.type,
+                job_id=job.id,
+                attempt=job.attempt,
+            ):
+                result = await handler(ctx)
             outcome = self._success(attempt, result)
         except JobCancelled as exc:
             outcome = _Outcome(attempt, _Kind.cancelled, error=str(exc) or None)
@@ -286,6 +315,8 @@ class Worker:
                 # Lease lost (or the worker itself was cancelled): there is nothing to record.
                 self._forget(attempt)
             else:
+                elapsed_ms = (time.perf_counter() - started) * 1000
+                JOB_DURATION.labels(job.type, OUTCOME_LABELS[outcome.kind]).observe(elapsed_ms)
                 self._outcomes.append(outcome)
                 self._settle_wake.set()
 
@@ -343,6 +374,9 @@ class Worker:
             )
             rejected_keys = {(c.job_id, c.fencing_token) for c in rejected}
             stale.extend(o.attempt for o in successes if o.attempt.key in rejected_keys)
+            for o in successes:
+                if o.attempt.key not in rejected_keys:
+                    self._govern(session, o.attempt.job, JOB_COMPLETED, now, result=o.result)
             for outcome in batch:
                 if outcome.kind is _Kind.succeeded:
                     continue
@@ -379,6 +413,10 @@ class Worker:
                 backoff=self.backoff,
                 now=now,
             )
+            if state is JobState.queued:
+                JOB_RETRIES.labels(job.type).inc()
+            elif state is JobState.failed:
+                self._govern(session, job, JOB_FAILED, now, error=outcome.error)
             log.info(
                 "job %s (%s) attempt %d/%d failed (%s): %s",
                 job.id,
@@ -388,6 +426,41 @@ class Worker:
                 state.value,
                 outcome.error,
             )
+
+    def _govern(
+        self,
+        session: AsyncSession,
+        job: ClaimedJob,
+        event_type: str,
+        now: datetime,
+        *,
+        result: dict[str, Any] | None = None,
+        error: str | None = None,
+    ) -> None:
+        """Write a service job's governance event in the transaction recording its outcome.
+
+        Only a tenant's jobs of service types have them (`HandlerRegistry.service_types`);
+        workspace jobs have their workspace's events, platform jobs none.
+        """
+        if job.tenant_id is None or not self.registry.is_service(job.type):
+            return
+        finished = "succeeded" if event_type == JOB_COMPLETED else "failed"
+        unit_of(session).emit(
+            job_event(
+                event_type,
+                job_id=job.id,
+                job_type=job.type,
+                tenant_id=job.tenant_id,
+                project_id=job.project_id,
+                actor_id=job.actor_id,
+                state=finished,
+                attempts=job.attempt,
+                max_attempts=job.max_attempts,
+                error=error,
+                artifact_id=(result or {}).get("artifact_id"),
+                now=now,
+            )
+        )
 
     @contextlib.asynccontextmanager
     async def _logged_write(self, attempts: Sequence[_Attempt]) -> AsyncIterator[AsyncSession]:

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from spawnpoint.audit.chain import AuditDraft
 from spawnpoint.kit.clock import utcnow
-from spawnpoint.kit.ids import uuid7
+from spawnpoint.logs import accepted_request_id
 
 if TYPE_CHECKING:
     from spawnpoint.security import Principal
@@ -122,8 +122,10 @@ class RequestAudit:
         path_params: dict[str, str],
         headers: Any,
         client_host: str | None,
+        request_id: str | None = None,
     ) -> RequestAudit:
-        request_id = _header(headers.get(REQUEST_ID)) or str(uuid7())
+        """`request_id`: the one the request middleware accepted or made (see `logs.py`)."""
+        request_id = request_id or accepted_request_id(headers.get(REQUEST_ID))
         return cls(
             what=what,
             path_params=path_params,
@@ -147,10 +149,11 @@ class RequestAudit:
 
     def draft(self, result: str, **details: Any) -> AuditDraft:
         assert self.principal is not None
+        key = self.principal.api_key_id
         return AuditDraft(
             tenant_id=self.chain(),
-            actor_type="user",
-            actor_id=str(self.principal.user_id),
+            actor_type="user" if key is None else "api_key",
+            actor_id=str(self.principal.user_id if key is None else key),
             action=self.what.action,
             resource_type=self.what.resource_type,
             resource_id=self.resource_id,

@@ -28,6 +28,7 @@ from spawnpoint.kit.auditing import REQUEST_ID, AuditedAction, RequestAudit, aud
 from spawnpoint.kit.errors import ProblemError
 from spawnpoint.kit.metrics import UNAUTHENTICATED_WRITES
 from spawnpoint.kit.schemas import json_field_limit
+from spawnpoint.logs import request_context
 from spawnpoint.security import authenticate
 
 log = logging.getLogger("spawnpoint.audit")
@@ -157,8 +158,12 @@ class StrictRoute(APIRoute):
         known = query_names(self.dependant)
         takes_body = self.body_field is not None
         what = audited_action(self)
+        template = self.path
 
         async def strict_handler(request: Request) -> Response:
+            context = request_context()
+            if context is not None:
+                context.route = template  # the metrics' and logs' route label
             strict = StrictJSONRequest(request.scope, request.receive)
             settings = request.app.state.settings
             token = json_field_limit.set(settings.max_json_field_bytes)
@@ -208,6 +213,7 @@ async def _audited(
         path_params=dict(request.path_params),
         headers=request.headers,
         client_host=request.client.host if request.client else None,
+        request_id=getattr(request.state, "request_id", None),
     )
     database = request.app.state.database
     refusals: list[dict[str, Any]] = []
@@ -222,6 +228,7 @@ async def _audited(
         raise
     finally:
         request.state.uow = None
+    # The request middleware (kit/telemetry.py) puts the same id on every response.
     response.headers[REQUEST_ID] = audit.request_id
     return response
 
@@ -258,6 +265,7 @@ async def _record_refusal(
                         uow.session,
                         state.accounts,
                         request.headers.get("authorization"),
+                        request.headers.get("x-api-key"),
                     )
                 except ProblemError:
                     UNAUTHENTICATED_WRITES.inc()

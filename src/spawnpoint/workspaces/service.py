@@ -26,6 +26,7 @@ from spawnpoint.kit.errors import (
 )
 from spawnpoint.kit.ids import uuid7
 from spawnpoint.kit.inserts import with_defaults
+from spawnpoint.kit.metrics import SPAWN_REFUSALS
 from spawnpoint.kit.pagination import PageParams
 from spawnpoint.models import (
     Job,
@@ -292,7 +293,11 @@ class WorkspaceService:
         uow = unit_of(self.session)
         try:
             evaluation = await self._evaluate(actor=actor, spawn_in=spawn_in, dry_run=False)
+        except ServiceUnavailable:
+            SPAWN_REFUSALS.labels("policy_unavailable").inc()
+            raise
         except QuotaExceeded as exc:
+            SPAWN_REFUSALS.labels("quota").inc()
             uow.emit_if_refused(
                 spawn_refused(
                     tenant_id=actor.tenant_id,
@@ -304,6 +309,7 @@ class WorkspaceService:
             raise
         if not evaluation.decision.allow:
             reasons = evaluation.decision.reasons or ["the policy did not allow this spawn"]
+            SPAWN_REFUSALS.labels("policy").inc()
             uow.emit_if_refused(
                 spawn_refused(
                     tenant_id=actor.tenant_id,
