@@ -1,12 +1,18 @@
 from __future__ import annotations
 
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
+from fastapi import FastAPI
 
-from conftest import make_settings
+from conftest import World, make_settings
 from spawnpoint.app import create_app
+from spawnpoint.config import Settings
 from spawnpoint.db import Database
+from spawnpoint.jobs.queue import enqueue
 
 
 async def test_health_live_ready(client: httpx.AsyncClient) -> None:
@@ -38,3 +44,148 @@ async def test_metrics_expose_the_sweep_error_counter(client: httpx.AsyncClient)
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
     assert 'spawnpoint_sweep_row_errors_total{task="test.metrics"}' in response.text
+
+
+class FakeClock:
+    """Monotonic seconds that move only when a test says so."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@asynccontextmanager
+async def probe_client(
+    backend_settings: Settings, database: Database, **overrides: object
+) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+    settings = backend_settings.model_copy(update=overrides)
+    app = create_app(settings, database=database)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        yield app, client
+
+
+async def test_healthz_reports_checks_with_latency_and_the_queue_depth(
+    client: httpx.AsyncClient, database: Database
+) -> None:
+    job_type = f"health.{uuid.uuid4().hex[:8]}"
+    async with database.transaction(write=True) as session:
+        for _ in range(3):
+            await enqueue(session, job_type=job_type, payload={}, tenant_id=None)
+    response = await client.get("/healthz")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "ok"
+    assert set(body["checks"]) == {"database", "policy_engine"}
+    for check in body["checks"].values():
+        assert check["status"] == "ok"
+        assert check["latency_ms"] >= 0
+    assert body["queue_depth_by_job_type"][job_type] == 3
+    assert body["queue_depth"] >= 3
+    assert isinstance(body["slow_requests"], list)
+    assert body["slow_request_policy"]["threshold_ms"] == 500
+
+
+async def test_readyz_flips_to_503_on_slow_requests_and_back_when_they_age_out(
+    backend_settings: Settings, database: Database, world: World
+) -> None:
+    clock = FakeClock()
+    # Every request is "slow" at a threshold of a microsecond: three real requests through
+    # the middleware are more than SLOW_REQUEST_MAX=2 within the window.
+    async with probe_client(
+        backend_settings,
+        database,
+        slow_request_ms=0.001,
+        slow_request_max=2,
+        slow_request_window_seconds=30,
+    ) as (app, client):
+        app.state.slow_requests.clock = clock
+        assert (await client.get("/readyz")).status_code == 200
+        plan_id = str(backend_settings.demo_plan_id)
+        await client.get("/api/plans", headers=world.dev)
+        await client.get(f"/api/plans/{plan_id}", headers=world.dev)
+        clock.now += 10
+        assert (await client.get("/readyz")).status_code == 200  # two: not more than two
+        await client.get("/api/plans", headers=world.dev)
+
+        refused = await client.get("/readyz")
+        assert refused.status_code == 503
+        body = refused.json()
+        assert body["status"] == "not-ready"
+        assert body["slow_request_policy"]["in_window"] == 3
+        newest = body["slow_requests"][0]
+        assert (newest["method"], newest["route"], newest["status"]) == ("GET", "/api/plans", 200)
+        assert "/api/plans/{plan_id}" in {entry["route"] for entry in body["slow_requests"]}
+        assert all(plan_id not in entry["route"] for entry in body["slow_requests"])
+        # /healthz reports the same, but stays 200: it is no liveness failure.
+        health = await client.get("/healthz")
+        assert health.status_code == 200
+        assert health.json()["status"] == "degraded"
+
+        clock.now += 25  # the first two are now older than the window: one is left
+        back = await client.get("/readyz")
+        assert back.status_code == 200, back.json()
+        assert back.json()["status"] == "ready"
+        assert back.json()["slow_request_policy"]["in_window"] == 1
+        # The probes themselves are never counted as slow.
+        assert all(entry["route"] != "/readyz" for entry in back.json()["slow_requests"])
+
+
+async def test_readyz_checks_redis_and_rabbitmq_when_configured(
+    backend_settings: Settings, database: Database
+) -> None:
+    async with probe_client(
+        backend_settings,
+        database,
+        redis_url="redis://127.0.0.1:6379/0",
+        rabbitmq_url="amqp://guest:guest@127.0.0.1:5672/",
+    ) as (_, client):
+        response = await client.get("/readyz")
+    assert response.status_code == 200, response.json()
+    checks = response.json()["checks"]
+    assert checks["redis"]["status"] == "ok"
+    assert checks["rabbitmq"]["status"] == "ok"
+    assert checks["rabbitmq"]["latency_ms"] > 0
+
+
+async def test_readyz_is_503_when_a_configured_dependency_is_down(
+    backend_settings: Settings, database: Database
+) -> None:
+    async with probe_client(
+        backend_settings,
+        database,
+        redis_url="redis://127.0.0.1:1/0",
+        rabbitmq_url="amqp://guest:guest@127.0.0.1:1/",
+        health_check_timeout_seconds=2,
+    ) as (_, client):
+        ready = await client.get("/readyz")
+        health = await client.get("/healthz")
+    assert ready.status_code == 503
+    body = ready.json()
+    assert body["status"] == "not-ready"
+    assert body["checks"]["redis"]["status"] == "failed"
+    assert body["checks"]["rabbitmq"]["status"] == "failed"
+    assert body["checks"]["database"]["status"] == "ok"
+    assert "the redis check failed" in body["reasons"]
+    assert health.status_code == 200
+    assert health.json()["status"] == "degraded"
+
+
+async def test_healthz_and_readyz_when_the_database_is_unreachable(tmp_path: Path) -> None:
+    url = "postgresql+psycopg://postgres@127.0.0.1:1/none?connect_timeout=2"
+    database = Database(url)
+    app = create_app(make_settings(url, tmp_path), database=database)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        ready = await client.get("/readyz")
+        health = await client.get("/healthz")
+        metrics = await client.get("/metrics")
+    await database.dispose()
+    assert ready.status_code == 503
+    assert ready.json()["checks"]["database"]["status"] == "failed"
+    assert ready.json()["queue_depth"] is None
+    assert health.status_code == 200
+    assert metrics.status_code == 200
+    assert "spawnpoint_metrics_database_up 0.0" in metrics.text
