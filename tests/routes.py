@@ -21,9 +21,22 @@ from factories import (
     make_workspace,
     unique,
 )
+from identity_factories import (
+    KNOWN_PASSWORD,
+    OTHER_PASSWORD,
+    PENDING,
+    login_account,
+    login_email,
+    make_api_key,
+    make_invite,
+    make_password_token,
+    make_refresh_token,
+    set_password,
+)
 from spawnpoint.artifacts.blobstore import blob_store_for_settings
 from spawnpoint.artifacts.service import create_artifact_from_bytes
 from spawnpoint.deps import AUDIT_READERS
+from spawnpoint.jobs.queue import enqueue
 from spawnpoint.models import Role
 
 PUBLIC = None  # no credentials needed
@@ -107,6 +120,55 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/api/v1/workspaces/{permit_id}/status"): Rule(Role.viewer, 200),
     ("GET", "/api/v1/workspaces/{permit_id}/connection"): Rule(Role.viewer, 200),
     ("GET", "/api/events"): Rule(Role.viewer, 200),
+    ("POST", "/api/v1/auth/register"): Rule(
+        PUBLIC,
+        201,
+        lambda _: {"email": f"{unique('reg')}@example.test", "password": KNOWN_PASSWORD},
+    ),
+    ("POST", "/api/v1/auth/login"): Rule(
+        PUBLIC,
+        200,
+        lambda org: {"email": login_email(org.tenant_id), "password": KNOWN_PASSWORD},
+    ),
+    ("POST", "/api/v1/auth/refresh"): Rule(
+        PUBLIC, 200, lambda org: {"refresh_token": PENDING.pop(org.tenant_id)}
+    ),
+    ("POST", "/api/v1/auth/logout"): Rule(
+        PUBLIC, 204, lambda org: {"refresh_token": PENDING.pop(org.tenant_id)}
+    ),
+    ("POST", "/api/v1/auth/set-password"): Rule(
+        PUBLIC, 204, lambda org: {"token": PENDING.pop(org.tenant_id), "password": OTHER_PASSWORD}
+    ),
+    ("GET", "/api/v1/auth/me"): Rule(Role.viewer, 200),
+    ("POST", "/api/v1/auth/password"): Rule(
+        Role.viewer,
+        204,
+        lambda _: {"old_password": KNOWN_PASSWORD, "new_password": OTHER_PASSWORD},
+    ),
+    ("GET", "/api/invites"): Rule(Role.admin, 200),
+    ("POST", "/api/invites"): Rule(
+        Role.admin, 201, lambda _: {"email": f"{unique('inv')}@example.test", "role": "member"}
+    ),
+    ("DELETE", "/api/invites/{invite_id}"): Rule(Role.admin, 204),
+    ("GET", "/api/api-keys"): Rule(Role.viewer, 200),
+    ("POST", "/api/api-keys"): Rule(
+        Role.viewer, 201, lambda _: {"name": unique("key"), "role": "viewer"}
+    ),
+    ("GET", "/api/api-keys/{api_key_id}"): Rule(Role.viewer, 200),
+    ("DELETE", "/api/api-keys/{api_key_id}"): Rule(Role.viewer, 204),
+    ("GET", "/api/v1/projects"): Rule(Role.viewer, 200),
+    ("POST", "/api/v1/projects"): Rule(Role.admin, 201, lambda _: {"name": unique("project")}),
+    ("GET", "/api/v1/projects/{project_id}"): Rule(Role.viewer, 200),
+    ("PATCH", "/api/v1/projects/{project_id}"): Rule(
+        Role.admin, 200, lambda _: {"description": "x"}
+    ),
+    ("DELETE", "/api/v1/projects/{project_id}"): Rule(Role.admin, 204),
+    ("GET", "/api/jobs"): Rule(Role.viewer, 200),
+    ("POST", "/api/jobs"): Rule(Role.member, 202, lambda _: {"job_type": "noop", "payload": {}}),
+    ("GET", "/api/jobs/{job_id}"): Rule(Role.viewer, 200),
+    ("GET", "/api/jobs/{job_id}/logs"): Rule(Role.viewer, 200),
+    ("POST", "/api/jobs/{job_id}/cancel"): Rule(Role.member, 202),
+    ("GET", "/api/quotas"): Rule(Role.viewer, 200),
     ("GET", "/api/artifacts"): Rule(Role.viewer, 200),
     ("POST", "/api/artifacts"): Rule(
         Role.publisher,
@@ -147,6 +209,7 @@ async def own_params(
     """
     values: dict[str, str] = {}
     owner = org.users.get(caller) if caller else None
+    await _identity_state(world, org, path, owner)
     if "{permit_id}" in path:
         permit = unique("permit")
         await make_workspace(
@@ -168,6 +231,11 @@ async def own_params(
             world.database, org.tenant_id, org.template_id, owner_id=owner
         ),
         "artifact_id": lambda: make_artifact(world, org.tenant_id),
+        # The caller's own key: only admins reach other users' keys.
+        "api_key_id": lambda: _api_key(world, org, owner),
+        "invite_id": lambda: _invite(world, org),
+        # A queued job the caller enqueued, since members cancel their own jobs only.
+        "job_id": lambda: _job(world, org, owner),
     }
     for name, make in makers.items():
         if "{" + name + "}" in path:
@@ -179,6 +247,40 @@ async def own_params(
 
 async def _const(value: uuid.UUID) -> uuid.UUID:
     return value
+
+
+async def _identity_state(world: World, org: Org, path: str, owner: uuid.UUID | None) -> None:
+    """What an auth route's body refers to: an account with a password, a fresh token."""
+    database = world.database
+    if path == "/api/v1/auth/login":
+        await login_account(database, org.tenant_id)
+    elif path == "/api/v1/auth/password" and owner is not None:
+        await set_password(database, owner)
+    elif path in {"/api/v1/auth/refresh", "/api/v1/auth/logout"}:
+        user = await make_user(database, org.tenant_id)
+        PENDING[org.tenant_id] = await make_refresh_token(database, user)
+    elif path == "/api/v1/auth/set-password":
+        user = await make_user(database, org.tenant_id)
+        PENDING[org.tenant_id] = await make_password_token(database, user)
+
+
+async def _api_key(world: World, org: Org, owner: uuid.UUID | None) -> uuid.UUID:
+    user = owner or next(iter(org.users.values()))
+    key_id, _ = await make_api_key(world.database, org.tenant_id, user)
+    return key_id
+
+
+async def _invite(world: World, org: Org) -> uuid.UUID:
+    invite_id, _ = await make_invite(world.database, org.tenant_id)
+    return invite_id
+
+
+async def _job(world: World, org: Org, owner: uuid.UUID | None) -> uuid.UUID:
+    async with world.database.transaction(write=True) as session:
+        job = await enqueue(
+            session, job_type="noop", payload={}, tenant_id=org.tenant_id, actor_id=owner
+        )
+        return job.id
 
 
 async def make_artifact(world: World, tenant_id: uuid.UUID, content: bytes = b"x") -> uuid.UUID:

@@ -15,10 +15,10 @@ from fastapi.telemetry import TelemetryConfig
 from fastapi_offline import FastAPIOffline
 
 from spawnpoint import tracing
+from spawnpoint.apikeys.endpoints import router as api_keys_router
 from spawnpoint.artifacts.blobstore import attach_blob_store, blob_store_for_settings
 from spawnpoint.artifacts.endpoints import router as artifacts_router
 from spawnpoint.artifacts.upload import MULTIPART_OVERHEAD_BYTES
-from spawnpoint.apikeys.endpoints import router as api_keys_router
 from spawnpoint.audit.endpoints import router as audit_router
 from spawnpoint.auth.endpoints import invites_router
 from spawnpoint.auth.endpoints import router as auth_router

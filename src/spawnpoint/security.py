@@ -1,4 +1,4 @@
-"""Who is calling: bearer JWTs, the development bypass token, and the principal."""
+"""Who is calling: bearer JWTs, API keys, the development bypass token, and the principal."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from typing import Any
 import jwt
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from spawnpoint.apikeys.keys import key_hash, looks_like_key, well_formed
+from spawnpoint.apikeys.repository import ApiKeyLookup, KeyRow
 from spawnpoint.config import Settings
 from spawnpoint.kit.clock import utcnow
 from spawnpoint.kit.errors import Forbidden, Unauthorized
@@ -24,15 +26,27 @@ DEMO_ADMIN_EMAIL = "admin@demo.local"
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """The authenticated caller. The role always comes from the database."""
+    """The authenticated caller. The role always comes from the database.
+
+    A caller with an API key acts as the key's creator (`user_id`), with the key's role
+    capped by the creator's current one; `api_key_id` names the key. `session_id` is the
+    login session (refresh token family) an access token was issued for.
+    """
 
     user_id: uuid.UUID
     tenant_id: uuid.UUID
     role: Role
     operator: bool = False
+    api_key_id: uuid.UUID | None = None
+    session_id: uuid.UUID | None = None
 
     def has(self, role: Role) -> bool:
         return self.operator or self.role.rank >= role.rank
+
+    @property
+    def limit_key(self) -> str:
+        """Whose rate-limit counter this caller's requests count in."""
+        return f"key:{self.api_key_id}" if self.api_key_id else f"user:{self.user_id}"
 
 
 def dev_principal(settings: Settings) -> Principal:
@@ -48,6 +62,7 @@ def mint_token(
     user_id: uuid.UUID,
     tenant_id: uuid.UUID | None = None,
     ttl: timedelta = timedelta(hours=1),
+    session_id: uuid.UUID | None = None,
 ) -> str:
     secret = settings.signing_secret
     if not secret:
@@ -56,6 +71,8 @@ def mint_token(
     claims: dict[str, Any] = {"sub": str(user_id), "iat": now, "nbf": now, "exp": now + ttl}
     if tenant_id is not None:
         claims["tenant_id"] = str(tenant_id)
+    if session_id is not None:
+        claims["sid"] = str(session_id)
     if settings.jwt_audience:
         claims["aud"] = settings.jwt_audience
     if settings.jwt_issuer:
@@ -107,6 +124,8 @@ class AccountCache:
         self._rows: dict[uuid.UUID, tuple[float, AccountRow | None]] = {}
         # Verified claims by token, so a client's burst verifies its signature once.
         self._claims: dict[str, tuple[float, dict[str, Any]]] = {}
+        # API keys by hash, with their creator's account.
+        self._keys: dict[str, tuple[float, KeyRow | None]] = {}
 
     def get(self, user_id: uuid.UUID) -> tuple[bool, AccountRow | None]:
         entry = self._rows.get(user_id)
@@ -124,6 +143,20 @@ class AccountCache:
     def clear(self) -> None:
         self._rows.clear()
         self._claims.clear()
+        self._keys.clear()
+
+    def key(self, digest: str) -> tuple[bool, KeyRow | None]:
+        entry = self._keys.get(digest)
+        if entry is None or entry[0] < time.monotonic():
+            return False, None
+        return True, entry[1]
+
+    def put_key(self, digest: str, row: KeyRow | None) -> None:
+        if self.ttl <= 0:
+            return
+        if len(self._keys) >= self.max_entries:
+            self._keys.clear()
+        self._keys[digest] = (time.monotonic() + self.ttl, row)
 
     def claims(self, token: str) -> dict[str, Any] | None:
         """Claims of a token verified within `ttl` seconds and not yet expired."""
@@ -155,14 +188,53 @@ async def _account(
     return row
 
 
+async def _key_principal(session: AsyncSession, cache: AccountCache, key: str) -> Principal:
+    if not well_formed(key):
+        # A typo or a truncated key: refused without a database read.
+        raise Unauthorized("Invalid API key.")
+    digest = key_hash(key)
+    hit, row = cache.key(digest)
+    if not hit:
+        row = await ApiKeyLookup(session).by_hash(digest)
+        cache.put_key(digest, row)
+    if row is None:
+        raise Unauthorized("Invalid API key.")
+    if row.revoked_at is not None:
+        raise Unauthorized("The API key has been revoked.")
+    if row.expires_at is not None and row.expires_at <= utcnow():
+        raise Unauthorized("The API key has expired.")
+    if row.user_status != UserStatus.active:
+        raise Unauthorized("The API key's user is not active.")
+    # Never more than the creator has now: a demoted creator's keys are demoted too.
+    role = min(Role(row.role), Role(row.user_role), key=lambda r: r.rank)
+    principal = Principal(
+        user_id=row.user_id,
+        tenant_id=row.tenant_id,
+        role=role,
+        operator=role == Role.operator,
+        api_key_id=row.id,
+    )
+    if row.tenant_status != TenantStatus.active and not principal.operator:
+        raise Forbidden("The tenant is suspended.")
+    return principal
+
+
 async def authenticate(
-    settings: Settings, session: AsyncSession, cache: AccountCache, authorization: str | None
+    settings: Settings,
+    session: AsyncSession,
+    cache: AccountCache,
+    authorization: str | None,
+    api_key: str | None = None,
 ) -> Principal:
-    """Turn an Authorization header into a principal, or raise 401/403."""
+    """Turn an Authorization (or X-API-Key) header into a principal, or raise 401/403."""
+    if authorization is None and api_key is not None:
+        authorization = f"Bearer {api_key}"
     scheme, _, token = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized()
     token = token.strip()
+    if looks_like_key(token):
+        return await _key_principal(session, cache, token)
     if settings.dev_bypass_active and hmac.compare_digest(
         token.encode(), settings.dev_bypass_token.encode()
     ):
@@ -182,7 +254,11 @@ async def authenticate(
     if "tenant_id" in claims and _uuid_claim(claims, "tenant_id") != tenant_id:
         raise Unauthorized("Invalid token: tenant_id does not match the user's tenant.")
     principal = Principal(
-        user_id=user_id, tenant_id=tenant_id, role=Role(role), operator=role == Role.operator
+        user_id=user_id,
+        tenant_id=tenant_id,
+        role=Role(role),
+        operator=role == Role.operator,
+        session_id=_uuid_claim(claims, "sid") if "sid" in claims else None,
     )
     if tenant_status != TenantStatus.active and not principal.operator:
         raise Forbidden("The tenant is suspended.")

@@ -2,6 +2,7 @@
 
 from spawnpoint.models.artifacts import Artifact
 from spawnpoint.models.audit import AuditCheckpoint, AuditEntry, AuditHead
+from spawnpoint.models.identity import ApiKey, Credential, Invite, PasswordToken, RefreshToken
 from spawnpoint.models.jobs import Job, JobLog, JobState, LeaderLeaseRow
 from spawnpoint.models.outbox import OutboxEvent
 from spawnpoint.models.templates import Template, TemplateVersion
@@ -15,18 +16,23 @@ from spawnpoint.models.workspaces import (
 )
 
 __all__ = [
+    "ApiKey",
     "Artifact",
     "AuditCheckpoint",
     "AuditEntry",
     "AuditHead",
+    "Credential",
     "IdempotencyRecord",
+    "Invite",
     "Job",
     "JobLog",
     "JobState",
     "LeaderLeaseRow",
     "OutboxEvent",
+    "PasswordToken",
     "Plan",
     "Project",
+    "RefreshToken",
     "Role",
     "Template",
     "TemplateVersion",

@@ -5,7 +5,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Response, status
 
-from spawnpoint.deps import ChangesAccounts, RequireAdmin, Scope, Session
+from spawnpoint.auth.repository import PasswordTokenRepository
+from spawnpoint.auth.schemas import UserCreated
+from spawnpoint.auth.service import issue_password_token
+from spawnpoint.deps import AppSettings, ChangesAccounts, RequireAdmin, Scope, Session
 from spawnpoint.kit.pagination import Page, Pagination
 from spawnpoint.kit.routing import StrictRoute
 from spawnpoint.teardown.endpoints import Cascade, teardown_delete, teardown_response
@@ -42,9 +45,21 @@ async def list_users(
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, summary="Create user")
-async def create_user(actor: RequireAdmin, users: Users, user_in: UserCreate) -> UserRead:
-    """Create a user in the caller's tenant."""
-    return UserRead.model_validate(await users.create(actor=actor, user_in=user_in))
+async def create_user(
+    actor: RequireAdmin, users: Users, user_in: UserCreate, session: Session, settings: AppSettings
+) -> UserCreated:
+    """Create a user in the caller's tenant, with a one-time token to set their password."""
+    user = await users.create(actor=actor, user_in=user_in)
+    token, row = await issue_password_token(
+        PasswordTokenRepository(session), user_id=user.id, settings=settings
+    )
+    return UserCreated.model_validate(
+        {
+            **UserRead.model_validate(user).model_dump(),
+            "set_password_token": token,
+            "set_password_expires_at": row.expires_at,
+        }
+    )
 
 
 @router.get("/{user_id}", summary="Retrieve user")

@@ -1,0 +1,200 @@
+"""Rate limits and login throttling, counted in the `limits` library's storage.
+
+Windows are fixed and aligned to the clock (a minute for rate limits, LOGIN_THROTTLE_MINUTES
+for failed logins), so a window's reset time is known without asking the storage and one
+hit is one round trip (Redis: INCRBY and EXPIRE in one script). Memory storage counts for
+one process; with REDIS_URL every replica counts in the same keys.
+
+Every authenticated request hits two counters, the principal's (a user or an API key) and
+its tenant's, at once; the answer carries the IETF draft's `RateLimit-Limit`,
+`RateLimit-Remaining` and `RateLimit-Reset` of the tighter one, and a refusal is a 429
+with `Retry-After`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from limits import RateLimitItemPerSecond
+from limits.aio.storage import MemoryStorage, RedisStorage, Storage
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from spawnpoint.config import Settings
+from spawnpoint.kit.errors import ProblemError
+
+STATE_KEY = "spawnpoint.ratelimit"
+MINUTE = 60
+
+
+class TooManyRequests(ProblemError):
+    status = 429
+    slug = "too-many-requests"
+
+    def __init__(self, detail: str, *, retry_after: int, **extra: Any) -> None:
+        super().__init__(detail, **extra)
+        self.headers = {"Retry-After": str(max(1, retry_after))}
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """One counter's state after a hit: its limit, what is left, seconds until it resets."""
+
+    limit: int
+    remaining: int
+    reset: int
+    key: str = ""
+
+    @property
+    def exceeded(self) -> bool:
+        return self.remaining < 0
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        return [
+            (b"ratelimit-limit", str(self.limit).encode()),
+            (b"ratelimit-remaining", str(max(0, self.remaining)).encode()),
+            (b"ratelimit-reset", str(self.reset).encode()),
+        ]
+
+
+def build_storage(settings: Settings) -> Storage:
+    """Redis storage when REDIS_URL is set (shared by replicas), else this process's memory."""
+    if settings.redis_url:
+        return RedisStorage(
+            "async+" + settings.redis_url,
+            implementation="redispy",
+            key_prefix=settings.rate_limit_key_prefix,
+        )
+    return MemoryStorage()
+
+
+class Counters:
+    """Fixed, clock-aligned windows over a `limits` storage."""
+
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+
+    @staticmethod
+    def _key(name: str, identifier: str, limit: int, seconds: int, now: float) -> str:
+        window = int(now // seconds)
+        return RateLimitItemPerSecond(limit, seconds).key_for(name, identifier, str(window))
+
+    @staticmethod
+    def _reset(seconds: int, now: float) -> int:
+        return max(1, math.ceil(seconds - now % seconds))
+
+    async def hit(
+        self, name: str, identifier: str, *, limit: int, seconds: int, cost: int = 1
+    ) -> Window:
+        now = time.time()
+        key = self._key(name, identifier, limit, seconds, now)
+        count = await self.storage.incr(key, seconds + 1, amount=cost)
+        return Window(limit, limit - count, self._reset(seconds, now), key)
+
+    async def give_back(self, window: Window, *, seconds: int) -> None:
+        """Undo one hit of `window` (its own key: the window it was counted in)."""
+        await self.storage.incr(window.key, seconds + 1, amount=-1)
+
+    async def peek(self, name: str, identifier: str, *, limit: int, seconds: int) -> Window:
+        now = time.time()
+        count = await self.storage.get(self._key(name, identifier, limit, seconds, now))
+        return Window(limit, limit - count, self._reset(seconds, now))
+
+
+class RateLimiter:
+    """RATE_LIMIT_PER_MINUTE per principal and RATE_LIMIT_TENANT_PER_MINUTE per tenant."""
+
+    def __init__(self, settings: Settings, counters: Counters) -> None:
+        self.per_principal = settings.rate_limit_per_minute
+        self.per_tenant = settings.rate_limit_tenant_per_minute
+        self.counters = counters
+
+    @property
+    def enabled(self) -> bool:
+        return self.per_principal > 0 or self.per_tenant > 0
+
+    async def hit(self, principal_key: str, tenant_key: str) -> Window | None:
+        """Count one request; the tighter window, or None when no limit is configured."""
+        hits = []
+        if self.per_principal > 0:
+            hits.append(
+                self.counters.hit("rate", principal_key, limit=self.per_principal, seconds=MINUTE)
+            )
+        if self.per_tenant > 0:
+            hits.append(
+                self.counters.hit("tenant", tenant_key, limit=self.per_tenant, seconds=MINUTE)
+            )
+        if not hits:
+            return None
+        windows = await asyncio.gather(*hits) if len(hits) > 1 else [await hits[0]]
+        return min(windows, key=lambda w: (w.remaining, -w.reset))
+
+
+def refuse(window: Window) -> TooManyRequests:
+    return TooManyRequests(
+        f"Too many requests: the limit is {window.limit} per minute; retry after {window.reset} s.",
+        retry_after=window.reset,
+    )
+
+
+def remember(scope: Scope, window: Window) -> None:
+    """Keep the request's window for `RateLimitHeaders` to put on the answer."""
+    scope.setdefault("state", {})[STATE_KEY] = window
+
+
+class RateLimitHeaders:
+    """Add the RateLimit-* headers of the request's window (if any) to its answer.
+
+    Pure ASGI, so they reach every answer: models, plain responses and problem documents.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                window = scope.get("state", {}).get(STATE_KEY)
+                if isinstance(window, Window):
+                    message["headers"] = [*message.get("headers", []), *window.headers()]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+class LoginThrottle:
+    """Failed logins per account and per client IP, in LOGIN_THROTTLE_MINUTES windows."""
+
+    def __init__(self, settings: Settings, counters: Counters) -> None:
+        self.per_account = settings.login_failures_per_account
+        self.per_ip = settings.login_failures_per_ip
+        self.seconds = settings.login_throttle_minutes * MINUTE
+        self.counters = counters
+
+    async def attempt(self, *, account: str, ip: str) -> tuple[int | None, list[Window]]:
+        """Count a login attempt before its password is checked, so parallel guesses
+        cannot overrun the limit.
+
+        Returns:
+            Seconds to wait when the account or the IP has no attempts left (else None),
+            and the windows counted, for `succeeded` to give the attempt back.
+        """
+        windows = list(
+            await asyncio.gather(
+                self.counters.hit("login", account, limit=self.per_account, seconds=self.seconds),
+                self.counters.hit("login-ip", ip, limit=self.per_ip, seconds=self.seconds),
+            )
+        )
+        waits = [w.reset for w in windows if w.exceeded]
+        return (max(waits) if waits else None), windows
+
+    async def succeeded(self, windows: list[Window]) -> None:
+        """A successful login does not count against the account or the IP."""
+        await asyncio.gather(*(self.counters.give_back(w, seconds=self.seconds) for w in windows))
