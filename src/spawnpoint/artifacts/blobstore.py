@@ -63,6 +63,10 @@ class StagedBlob(ABC):
     async def discard(self) -> None:
         """Remove the staged content; a no-op once published or already discarded."""
 
+    @abstractmethod
+    def abandon(self) -> None:
+        """`discard`, synchronously: for a rollback hook, which cannot await."""
+
 
 class BlobReader(ABC):
     """One published blob, opened: it stays readable even if it is deleted meanwhile."""
@@ -153,13 +157,16 @@ class _FileStaged(StagedBlob):
         self.sha256 = self._hash.hexdigest()
 
     async def discard(self) -> None:
+        await anyio.to_thread.run_sync(self.abandon)
+
+    def abandon(self) -> None:
         self._pending, self._pending_bytes = [], 0
         fd, self._fd = self._fd, None
         if fd is not None:
             os.close(fd)
         if not self.published:
             with contextlib.suppress(FileNotFoundError):
-                await anyio.to_thread.run_sync(self.path.unlink)
+                self.path.unlink()
 
 
 class _FileReader(BlobReader):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from sqlalchemy import event
+
 from spawnpoint.artifacts.blobstore import (
     BlobMissing,
     BlobReader,
@@ -67,12 +69,19 @@ async def stage_bytes(store: BlobStore, content: bytes) -> StagedBlob:
 def _publish_on_commit(
     uow: UnitOfWork, store: BlobStore, staged: StagedBlob, key: str, *, replaces: str | None
 ) -> None:
+    """Publish `staged` under `key` once `uow` commits (then remove what it replaces);
+    remove it if `uow` rolls back."""
+
     async def publish() -> None:
         await store.publish(staged, key)
         if replaces is not None:
             await store.delete(replaces)
 
+    def abandon(_session: object, *_: object) -> None:
+        staged.abandon()
+
     uow.on_commit(publish)
+    event.listen(uow.session.sync_session, "after_rollback", abandon, once=True)
 
 
 def _set_content(
