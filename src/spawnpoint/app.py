@@ -27,9 +27,9 @@ from spawnpoint.config import Settings
 from spawnpoint.db import Database
 from spawnpoint.events.endpoints import router as events_router
 from spawnpoint.health.endpoints import router as health_router
-from spawnpoint.jobs.endpoints import router as jobs_router
 from spawnpoint.health.service import HealthService
 from spawnpoint.health.slow import SlowRequestTracker
+from spawnpoint.jobs.endpoints import router as jobs_router
 from spawnpoint.jobs.registry import HandlerRegistry, default_registry
 from spawnpoint.jobs.worker import run_worker_in_process
 from spawnpoint.kit.body import BodyLimitMiddleware

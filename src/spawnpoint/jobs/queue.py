@@ -716,7 +716,7 @@ async def request_cancel(
     session: AsyncSession,
     *,
     job_id: uuid.UUID,
-    tenant_id: uuid.UUID | None | _AnyTenant = ANY_TENANT,
+    tenant_id: uuid.UUID | _AnyTenant | None = ANY_TENANT,
     now: datetime | None = None,
 ) -> JobState | None:
     """Ask for a job to be cancelled; a queued job is cancelled at once.

@@ -9,7 +9,13 @@ taking the registry::
     reports = "acme_reports.jobs:register"
 
     def register(registry: HandlerRegistry) -> None:
-        registry.register("acme.report", build_report)
+        registry.register("acme.report", build_report, payload=ReportPayload)
+
+A job type registered with a `payload` model is a *service* job type: callers may enqueue it
+through `POST /api/jobs` (the payload is validated against the model there, so a payload
+that does not fit is a 422, not a failed job), it counts against the plan's job quotas, and
+its jobs write the `service_job_*` governance events. A type without one (the
+`workspace.*` handlers) is enqueued only by the code that owns it.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ import logging
 from collections.abc import Awaitable, Callable, Iterator
 from importlib.metadata import entry_points
 from typing import Any, overload
+
+from pydantic import BaseModel, ConfigDict
 
 from spawnpoint.config import Settings
 from spawnpoint.jobs.context import JobContext
@@ -36,18 +44,33 @@ class HandlerRegistry:
 
     def __init__(self) -> None:
         self._handlers: dict[str, Handler] = {}
+        self._payloads: dict[str, type[BaseModel]] = {}
         self._closers: list[Callable[[], Awaitable[None]]] = []
 
     @overload
-    def register(self, job_type: str, handler: Handler) -> Handler: ...
+    def register(
+        self, job_type: str, handler: Handler, *, payload: type[BaseModel] | None = None
+    ) -> Handler: ...
 
     @overload
-    def register(self, job_type: str, handler: None = None) -> Callable[[Handler], Handler]: ...
+    def register(
+        self, job_type: str, handler: None = None, *, payload: type[BaseModel] | None = None
+    ) -> Callable[[Handler], Handler]: ...
 
     def register(
-        self, job_type: str, handler: Handler | None = None
+        self,
+        job_type: str,
+        handler: Handler | None = None,
+        *,
+        payload: type[BaseModel] | None = None,
     ) -> Handler | Callable[[Handler], Handler]:
         """Register `handler` for `job_type`; without a handler, return a decorator.
+
+        Args:
+            job_type: The name jobs are enqueued under.
+            handler: The coroutine function that runs one attempt.
+            payload: The pydantic model a payload must fit; makes `job_type` a service job
+                type (see the module's docstring).
 
         Raises:
             ValueError: `job_type` already has a handler (two plug-ins claiming one type
@@ -58,6 +81,8 @@ class HandlerRegistry:
             if job_type in self._handlers:
                 raise ValueError(f"job type {job_type!r} already has a handler")
             self._handlers[job_type] = fn
+            if payload is not None:
+                self._payloads[job_type] = payload
             return fn
 
         return add if handler is None else add(handler)
@@ -84,6 +109,17 @@ class HandlerRegistry:
 
     def job_types(self) -> frozenset[str]:
         return frozenset(self._handlers)
+
+    def payload_model(self, job_type: str) -> type[BaseModel] | None:
+        """The payload model of a service job type; None for any other type."""
+        return self._payloads.get(job_type)
+
+    def service_types(self) -> frozenset[str]:
+        """The job types callers may enqueue through the API (registered with a payload)."""
+        return frozenset(self._payloads)
+
+    def is_service(self, job_type: str) -> bool:
+        return job_type in self._payloads
 
     def __contains__(self, job_type: object) -> bool:
         return job_type in self._handlers
@@ -123,13 +159,24 @@ class HandlerRegistry:
         registration(self)
 
 
+class NoopPayload(BaseModel):
+    """`noop` takes nothing."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
 async def noop(ctx: JobContext) -> None:
     """Do nothing: the built-in job type for smoke tests and the queue benchmark."""
 
 
 def default_registry(settings: Settings) -> HandlerRegistry:
     """The built-in handlers plus those of every `spawnpoint.jobs` entry point."""
+    # Imported here: the built-ins read templates, policies and the audit log, which import
+    # the queue and so, indirectly, this module.
+    from spawnpoint.jobs.builtin import register_builtins
+
     registry = HandlerRegistry()
-    registry.register("noop", noop)
+    registry.register("noop", noop, payload=NoopPayload)
+    register_builtins(registry)
     registry.load_entry_points()
     return registry

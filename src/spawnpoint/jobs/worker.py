@@ -64,9 +64,9 @@ from spawnpoint.jobs.queue import (
 from spawnpoint.jobs.registry import HandlerRegistry
 from spawnpoint.jobs.scheduler import PeriodicTask, Scheduler, default_tasks
 from spawnpoint.kit.clock import utcnow
-from spawnpoint.uow import unit_of
 from spawnpoint.kit.metrics import JOB_DURATION, JOB_RETRIES
 from spawnpoint.models.jobs import JobState
+from spawnpoint.uow import unit_of
 
 log = logging.getLogger("spawnpoint.jobs.worker")
 

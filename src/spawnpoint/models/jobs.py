@@ -63,6 +63,10 @@ class Job(IdMixin, TimestampMixin, Base):
             postgresql_where=text(RUNNING),
         ),
         Index("ix_jobs_tenant_id_id", "tenant_id", "id"),
+        # The filters of GET /api/jobs, and the quota counts (by type, by active state).
+        Index("ix_jobs_tenant_id_type_id", "tenant_id", "type", "id"),
+        Index("ix_jobs_tenant_id_state_id", "tenant_id", "state", "id"),
+        Index("ix_jobs_tenant_id_project_id_id", "tenant_id", "project_id", "id"),
         # NULLs are distinct in unique indexes on both backends, so platform jobs (no tenant)
         # need their own index for the idempotency key to be unique among them too.
         Index(

@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
+
+from spawnpoint.deps import RequireViewer, Scope, Session
+from spawnpoint.jobs.endpoints import JobRegistry
+from spawnpoint.jobs.repository import JobRepository
+from spawnpoint.kit.routing import StrictRoute
+from spawnpoint.plans.repository import PlanRepository
+from spawnpoint.quotas.schemas import QuotasRead
+from spawnpoint.quotas.service import QuotaService
+from spawnpoint.tenants.repository import TenantRepository
+from spawnpoint.workspaces.repository import WorkspaceRepository
+
+router = APIRouter(route_class=StrictRoute, prefix="/api/quotas", tags=["quotas"])
+
+
+async def get_quota_service(session: Session, scope: Scope, registry: JobRegistry) -> QuotaService:
+    return QuotaService(
+        jobs=JobRepository(session, scope),
+        workspaces=WorkspaceRepository(session, scope),
+        tenants=TenantRepository(session, scope),
+        plans=PlanRepository(session, scope),
+        service_types=registry.service_types(),
+    )
+
+
+Quotas = Annotated[QuotaService, Depends(get_quota_service)]
+
+
+@router.get("", summary="Read quotas")
+async def read_quotas(actor: RequireViewer, quotas: Quotas) -> QuotasRead:
+    """The tenant's plan limits and current usage: limit, used and ratio of each quota."""
+    return await quotas.read(actor=actor)
