@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
 
@@ -80,3 +82,16 @@ def test_naive_times_are_refused() -> None:
         time=datetime(2024, 1, 1, tzinfo=UTC),
         key_id="k",
     )
+
+
+def test_the_range_worker_imports_no_orm_and_no_web_framework() -> None:
+    """A long chain is verified in worker processes; each must start in a fraction of a
+    second, so `spawnpoint.audit.ranges` stays off SQLAlchemy, FastAPI and the models."""
+    code = (
+        "import sys, spawnpoint.audit.ranges; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & "
+        "{'sqlalchemy', 'fastapi', 'starlette', 'pydantic', 'aiosqlite'}) + "
+        "[m for m in sys.modules if m.startswith('spawnpoint.models')])"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

@@ -25,9 +25,12 @@ from typing import Any
 import orjson
 
 from spawnpoint.kit.clock import utcnow
-from spawnpoint.models.audit import PLATFORM_CHAIN
+
+# Light on purpose (the standard library, orjson and the clock): the worker processes that
+# verify a long chain in ranges import this module, and start in a fraction of a second.
 
 GENESIS_HASH = "0" * 64
+PLATFORM_CHAIN = uuid.UUID(int=0)  # the chain of entries that belong to no tenant
 HASHED_FIELDS = (
     "action",
     "actor_id",
@@ -164,6 +167,7 @@ def _quoted(value: str | None) -> str:
 
 
 _encode_string = json_encoder.encode_basestring
+MEMO_SIZE = 4_096
 
 
 class ChainVerifier:
@@ -204,6 +208,14 @@ class ChainVerifier:
         self.prev_prev: str | None = None
         self.checked = 0
         self.failure: VerifyResult | None = None
+        self._memo: dict[str | None, str] = {}
+
+    def _remember(self, *values: str | None) -> tuple[str, ...]:
+        """The JSON of each of `values`, kept for the next rows (up to `MEMO_SIZE` values)."""
+        encoded = tuple(_quoted(value) for value in values)
+        if len(self._memo) < MEMO_SIZE:
+            self._memo.update(zip(values, encoded, strict=True))
+        return encoded
 
     def _fail(self, seq: int, reason: str) -> bool:
         self.failure = VerifyResult(
@@ -216,39 +228,41 @@ class ChainVerifier:
         if self.failure is not None:
             return False
         sha256 = hashlib.sha256
-        quoted = _quoted
         string = _encode_string
+        # Most fields take few values (actions, actor types, results, reasons, agents):
+        # each is encoded once. The ids are unique and encoded directly.
+        memo = self._memo
         tenant_text = self.tenant_text
-        tenant_json = quoted(tenant_text)
+        tenant_json = _quoted(tenant_text)
         checkpoint = self.checkpoint
         for row in rows:
             (seq, time, action, actor_id, actor_type, details, ip, reason, request_id) = row[:9]
             (resource_id, resource_type, result, tenant_id, user_agent, prev_hash, hash_) = row[9:]
             if seq != self.expected or prev_hash != self.prev or tenant_id != tenant_text:
                 return self._broken(seq, tenant_id, prev_hash)
+            common: tuple[str, ...]
+            try:
+                common = (
+                    memo[action], memo[actor_type], memo[ip], memo[reason],
+                    memo[resource_type], memo[result], memo[user_agent],
+                )  # fmt: skip
+            except KeyError:
+                common = self._remember(
+                    action, actor_type, ip, reason, resource_type, result, user_agent
+                )
             head = (
-                '{"action":'
-                + string(action)
-                + ',"actor_id":'
-                + quoted(actor_id)
-                + ',"actor_type":'
-                + string(actor_type)
-                + ',"details":'
+                f'{{"action":{common[0]},'
+                f'"actor_id":{"null" if actor_id is None else string(actor_id)},'
+                f'"actor_type":{common[1]},"details":'
             )
             tail = (
-                ',"ip":' + quoted(ip)
-                + ',"reason":' + string(reason)
-                + ',"request_id":' + quoted(request_id)
-                + ',"resource_id":' + quoted(resource_id)
-                + ',"resource_type":' + string(resource_type)
-                + ',"result":' + string(result)
-                + ',"seq":' + str(seq)
-                + ',"tenant_id":' + tenant_json
-                + ',"time":"' + time
-                + '","user_agent":' + quoted(user_agent)
-                + "}"
-            )  # fmt: skip
-            if sha256((prev_hash + head + details + tail).encode()).hexdigest() != hash_:
+                f',"ip":{common[2]},"reason":{common[3]},'
+                f'"request_id":{"null" if request_id is None else string(request_id)},'
+                f'"resource_id":{"null" if resource_id is None else string(resource_id)},'
+                f'"resource_type":{common[4]},"result":{common[5]},"seq":{seq},'
+                f'"tenant_id":{tenant_json},"time":"{time}","user_agent":{common[6]}}}'
+            )
+            if sha256(f"{prev_hash}{head}{details}{tail}".encode()).hexdigest() != hash_:
                 relaid = encode_document(orjson.loads(details))
                 if sha256((prev_hash + head + relaid + tail).encode()).hexdigest() != hash_:
                     return self._fail(seq, f"entry {seq} was altered: its hash does not match")

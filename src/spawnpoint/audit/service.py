@@ -8,14 +8,17 @@ read a whole chain in one snapshot, batch by batch, so memory stays flat however
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
 import os
+import pickle
+import sys
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
 
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from spawnpoint.audit.archive import (
@@ -27,12 +30,11 @@ from spawnpoint.audit.archive import (
 )
 from spawnpoint.audit.chain import (
     GENESIS_HASH,
-    ChainVerifier,
     Link,
     VerifyResult,
-    tenant_of,
 )
 from spawnpoint.audit.keys import SigningKey, checkpoint_problem, sign_checkpoint
+from spawnpoint.audit.ranges import ChainRange, RangeSource, verify_range
 from spawnpoint.audit.repository import AuditFilters, AuditLog
 from spawnpoint.config import Settings
 from spawnpoint.db import Database
@@ -137,7 +139,7 @@ async def verify_chain(
         parts, use_processes = split_for(span) if ranges is None else (ranges, bool(processes))
         parts = max(1, min(parts, span))
         bounds = [start.seq + span * i // parts for i in range(parts + 1)]
-        plans: list[_Range] = []
+        plans: list[tuple[RangeSource, ChainRange]] = []
         for i in range(parts):
             first_link, before = start, None
             if i > 0:
@@ -146,20 +148,21 @@ async def verify_chain(
                 entry = await log.entry(chain_id, bounds[i])
                 first_link = Link(bounds[i], "" if entry is None else entry.hash)
                 before = None if entry is None else entry.prev_hash
-            plans.append(
-                _Range(
-                    chain_id=chain_id,
-                    start=first_link,
-                    before=before,
-                    last_seq=None if i == parts - 1 else bounds[i + 1],
-                    checkpoint=signed,
-                    head=last if i == parts - 1 else None,
-                )
+            last_seq = None if i == parts - 1 else bounds[i + 1]
+            sql, params = log.range_query(chain_id, first_seq=first_link.seq + 1, last_seq=last_seq)
+            plan = ChainRange(
+                chain_id=chain_id,
+                start=first_link,
+                before=before,
+                last_seq=last_seq,
+                checkpoint=signed,
+                head=last if i == parts - 1 else None,
             )
+            plans.append((_source(database, sql, params), plan))
     if len(plans) == 1 or not use_processes:
-        results = [await _verify_range(database, plan) for plan in plans]
+        results = [await asyncio.to_thread(verify_range, *plan) for plan in plans]
     else:
-        results = await _in_processes(database.url, plans)
+        results = await _in_processes(plans)
     checked = 0
     for result in results:
         if not result.valid:
@@ -180,68 +183,36 @@ def split_for(span: int) -> tuple[int, bool]:
     return 1, False
 
 
-@dataclass(frozen=True)
-class _Range:
-    """One contiguous run of a chain to verify: after `start` up to `last_seq` (None: the
-    end); `before` is the hash preceding `start`'s (to tell an insertion from a break)."""
-
-    chain_id: uuid.UUID
-    start: Link
-    before: str | None
-    last_seq: int | None
-    checkpoint: Link | None
-    head: Link | None
+def _source(database: Database, sql: str, params: dict[str, Any]) -> RangeSource:
+    """Where a worker reads a range from: the same database, through its driver alone."""
+    url = make_url(database.url)
+    if database.is_sqlite:
+        return RangeSource("sqlite", str(Path(url.database or "").resolve()), sql, params)
+    address = url.set(drivername="postgresql").render_as_string(hide_password=False)
+    return RangeSource("postgresql", address, sql, params)
 
 
-async def _verify_range(database: Database, plan: _Range) -> VerifyResult:
-    async with database.transaction(write=False) as session:
-        log = AuditLog(session)
-        await log.snapshot()
-        verifier = ChainVerifier(
-            tenant_id=tenant_of(plan.chain_id),
-            start=plan.start,
-            checkpoint=plan.checkpoint,
-            head=plan.head,
-        )
-        verifier.prev_prev = plan.before
-        async for batch in log.stream(
-            plan.chain_id, first_seq=plan.start.seq + 1, last_seq=plan.last_seq
-        ):
-            if not verifier.feed(batch):
-                break
-        if plan.last_seq is None or verifier.failure is not None:
-            return verifier.finish()
-        if verifier.expected - 1 < plan.last_seq:
-            missing = verifier.expected
-            return VerifyResult(
-                valid=False,
-                checked=verifier.checked,
-                first_invalid_seq=missing,
-                reason=f"entry {missing} is missing",
-            )
-        return VerifyResult(
-            valid=True, checked=verifier.checked, first_invalid_seq=None, reason=None
-        )
+async def _in_processes(plans: list[tuple[RangeSource, ChainRange]]) -> list[VerifyResult]:
+    return list(await asyncio.gather(*(_in_process(plan) for plan in plans)))
 
 
-def _verify_range_in_process(url: str, plan: _Range) -> VerifyResult:
-    async def run() -> VerifyResult:
-        database = Database(url, pool_size=1)
-        try:
-            return await _verify_range(database, plan)
-        finally:
-            await database.dispose()
-
-    return asyncio.run(run())
-
-
-async def _in_processes(url: str, plans: list[_Range]) -> list[VerifyResult]:
-    # "spawn": a fresh interpreter, not a fork of one with an event loop, threads and pools.
-    context = multiprocessing.get_context("spawn")
-    loop = asyncio.get_running_loop()
-    with ProcessPoolExecutor(max_workers=len(plans), mp_context=context) as pool:
-        futures = [loop.run_in_executor(pool, _verify_range_in_process, url, p) for p in plans]
-        return list(await asyncio.gather(*futures))
+async def _in_process(plan: tuple[RangeSource, ChainRange]) -> VerifyResult:
+    """One range, verified by `python -m spawnpoint.audit.ranges` (see that module)."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "spawnpoint.audit.ranges",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await process.communicate(pickle.dumps(plan))
+    if process.returncode != 0:
+        raise RuntimeError(f"verifying a range of the chain failed: {err.decode()[-2000:]}")
+    result = pickle.loads(out)  # noqa: S301 -- our own child's answer
+    if not isinstance(result, VerifyResult):
+        raise TypeError(f"not a verification result: {type(result).__name__}")
+    return result
 
 
 async def chain_ids(database: Database) -> list[uuid.UUID]:

@@ -21,10 +21,10 @@ from typing import Any
 from sqlalchemy import JSON, BigInteger, CheckConstraint, Index, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
+from spawnpoint.audit.chain import PLATFORM_CHAIN as PLATFORM_CHAIN
 from spawnpoint.db import Base, IdMixin
 from spawnpoint.kit.clock import utcnow
 
-PLATFORM_CHAIN = uuid.UUID(int=0)
 HASH_LENGTH = 64  # SHA-256, hex
 ACTOR_TYPES = ("user", "api_key", "system")
 RESULTS = ("success", "denied", "failed")
