@@ -47,6 +47,7 @@ class RequestContext:
     route: str | None = None
     tenant_id: str | None = None
     actor_id: str | None = None
+    span: Any = None  # the request's server span, when tracing
 
     def fields(self) -> dict[str, Any]:
         found = {
@@ -115,11 +116,12 @@ def request_context() -> RequestContext | None:
 def bind_principal(principal: Principal) -> None:
     """Name the authenticated caller on the lines the current request logs from now on."""
     found = request_context()
-    if found is not None:
-        found.tenant_id = str(principal.tenant_id)
-        found.actor_id = str(principal.user_id)
-    if tracing.enabled():
-        tracing.annotate(tenant_id=principal.tenant_id, actor_id=principal.user_id)
+    if found is None:
+        return
+    found.tenant_id = str(principal.tenant_id)
+    found.actor_id = str(principal.user_id)
+    if found.span is not None:
+        tracing.annotate(found.span, tenant_id=principal.tenant_id, actor_id=principal.user_id)
 
 
 def add_context(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:

@@ -118,15 +118,26 @@ def span(name: str, **attributes: Any) -> Iterator[None]:
         yield
 
 
-def annotate(**attributes: Any) -> None:
-    """Add attributes (tenant_id, actor_id, ...) to the current span, if one is recording."""
+def request_span(scope: Mapping[str, Any]) -> Any:
+    """The server span FastAPI opened for the request of `scope` (None when not tracing).
+
+    FastAPI keeps it in the scope rather than making it the current span.
+    """
+    telemetry = scope.get("fastapi.telemetry")
+    return getattr(telemetry, "span", None)
+
+
+def annotate(target: Any = None, **attributes: Any) -> None:
+    """Add attributes (tenant_id, actor_id, ...) to `target` (default: the current span),
+    if it is recording."""
     if _tracer is None:
         return
-    from opentelemetry import trace
+    if target is None:
+        from opentelemetry import trace
 
-    current = trace.get_current_span()
-    if current.is_recording():
-        current.set_attributes(_attributes(**attributes))
+        target = trace.get_current_span()
+    if target.is_recording():
+        target.set_attributes(_attributes(**attributes))
 
 
 def traced(

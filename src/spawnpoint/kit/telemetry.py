@@ -64,6 +64,10 @@ class RequestTelemetry:
             request_id=request_id, method=scope["method"], path=scope["path"], reason=reason
         )
         scope.setdefault("state", {})["request_id"] = request_id
+        if tracing.enabled():
+            context.span = tracing.request_span(scope)
+            if context.span is not None:
+                tracing.annotate(context.span, request_id=request_id)
         token = current.set(context)
         header = (REQUEST_ID_HEADER, request_id.encode("latin-1"))
         status = 500
@@ -85,8 +89,6 @@ class RequestTelemetry:
             observe_request(context.method, route, status, elapsed)
             if route not in UNTRACKED_ROUTES:
                 self.slow.observe(context.method, route, status, elapsed)
-            if tracing.enabled():
-                tracing.annotate(request_id=request_id)
             if self.log_requests and access_log.isEnabledFor(logging.INFO):
                 duration_ms = round(elapsed * 1000, 3)
                 access_log.info(
