@@ -18,7 +18,7 @@ from spawnpoint.config import Settings, UnsafeSettingsError
 from spawnpoint.db import Database
 from spawnpoint.kit.clock import utcnow
 from spawnpoint.logs import configure_logging
-from spawnpoint.models import User
+from spawnpoint.models import Role, User
 from spawnpoint.security import mint_token
 from spawnpoint.users.repository import AccountRepository
 
@@ -32,6 +32,10 @@ app = typer.Typer(
 )
 token_app = typer.Typer(help="Mint access tokens for local use.", no_args_is_help=True)
 app.add_typer(token_app, name="token")
+user_app = typer.Typer(help="Manage user accounts.", no_args_is_help=True)
+app.add_typer(user_app, name="user")
+api_key_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
+app.add_typer(api_key_app, name="api-key")
 audit_app = typer.Typer(
     help="Verify, checkpoint, export and archive the tamper-evident audit log.",
     no_args_is_help=True,
@@ -153,6 +157,112 @@ def token_create(
         typer.echo("spawnpoint: JWT_SECRET is not set", err=True)
         raise typer.Exit(1)
     typer.echo(mint_token(settings, user_id=found.id, tenant_id=found.tenant_id, ttl=lifetime))
+
+
+RoleOption = Annotated[
+    str, typer.Option("--role", help="viewer, auditor, member, publisher, admin or operator.")
+]
+
+
+def _role(value: str) -> Role:
+    try:
+        return Role(value.strip().lower())
+    except ValueError as exc:
+        raise typer.BadParameter(
+            f"unknown role {value!r}; use one of {[r.value for r in Role]}"
+        ) from exc
+
+
+def _fail(message: str) -> NoReturn:
+    typer.echo(f"spawnpoint: {message}", err=True)
+    raise typer.Exit(1)
+
+
+@user_app.command("create")
+def user_create(
+    email: Annotated[str, typer.Option("--email", help="The user's email (their login).")],
+    tenant: Annotated[str, typer.Option("--tenant", help="Tenant id or slug.")],
+    role: RoleOption = "member",
+    password_prompt: Annotated[
+        bool,
+        typer.Option(
+            "--password-prompt",
+            help="Ask for the password (hidden, twice); else print a one-time set-password "
+            "token for POST /api/v1/auth/set-password.",
+        ),
+    ] = False,
+    display_name: Annotated[str, typer.Option(help="Shown name.")] = "",
+) -> None:
+    """Create a user in a tenant (audited as the system actor `cli`)."""
+    from spawnpoint.auth.passwords import MAX_PASSWORD, MIN_PASSWORD, Passwords
+    from spawnpoint.auth.service import AccountAdmin
+    from spawnpoint.kit.errors import ProblemError
+
+    settings = load_settings()
+    chosen = _role(role)
+    password_hash = None
+    if password_prompt:
+        password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+        if not MIN_PASSWORD <= len(password) <= MAX_PASSWORD:
+            _fail(f"a password has {MIN_PASSWORD} to {MAX_PASSWORD} characters")
+        password_hash = Passwords(settings).hasher.hash(password)
+
+    async def run(database: Database) -> tuple[User, str | None]:
+        async with database.unit_of_work(write=True) as uow:
+            return await AccountAdmin(uow, settings=settings).create_user(
+                email=email,
+                role=chosen,
+                tenant=tenant,
+                password_hash=password_hash,
+                display_name=display_name,
+            )
+
+    try:
+        user, token = asyncio.run(_with_database(settings, run))
+    except (LookupError, ProblemError, ValueError) as exc:
+        _fail(str(getattr(exc, "detail", exc)))
+    typer.echo(
+        json.dumps(
+            {
+                "id": str(user.id),
+                "email": user.email,
+                "role": user.role,
+                "tenant_id": str(user.tenant_id),
+            }
+        )
+    )
+    if token is not None:
+        typer.echo(f"set-password token (shown once): {token}", err=True)
+
+
+@api_key_app.command("create")
+def api_key_create(
+    user: Annotated[str, typer.Option("--user", help="Email of the user the key acts for.")],
+    name: Annotated[str, typer.Option("--name", help="What the key is for.")],
+    role: Annotated[
+        str | None,
+        typer.Option("--role", help="The key's role, no higher than the user's; default theirs."),
+    ] = None,
+) -> None:
+    """Create an API key for a user and print its secret (shown this once)."""
+    from spawnpoint.auth.service import AccountAdmin
+    from spawnpoint.kit.errors import ProblemError
+
+    settings = load_settings()
+    chosen = _role(role) if role is not None else None
+
+    async def run(database: Database) -> str:
+        async with database.unit_of_work(write=True) as uow:
+            _, secret = await AccountAdmin(uow, settings=settings).create_api_key(
+                email=user, name=name, role=chosen
+            )
+            return secret
+
+    try:
+        secret = asyncio.run(_with_database(settings, run))
+    except (LookupError, ProblemError, ValueError) as exc:
+        _fail(str(getattr(exc, "detail", exc)))
+    typer.echo(secret)
 
 
 @app.command()

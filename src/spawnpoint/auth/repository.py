@@ -89,6 +89,14 @@ class RegistrationRepository(PlatformRepository[Tenant]):
             await self.session.execute(select(Plan.id).where(Plan.id == plan_id))
         ).first() is not None
 
+    async def by_reference(self, reference: str) -> Tenant | None:
+        """A tenant by id or slug (the CLI's --tenant)."""
+        try:
+            condition = Tenant.id == uuid.UUID(reference)
+        except ValueError:
+            condition = Tenant.slug == reference
+        return (await self.session.execute(self.readable().where(condition))).scalar_one_or_none()
+
     async def add_tenant(self, tenant: Tenant) -> Tenant:
         self.session.add(tenant)
         try:

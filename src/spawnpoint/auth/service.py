@@ -13,6 +13,9 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
+from spawnpoint.apikeys.repository import ApiKeyRepository
+from spawnpoint.apikeys.schemas import ApiKeyCreate
+from spawnpoint.apikeys.service import ApiKeyService
 from spawnpoint.audit.chain import AuditDraft
 from spawnpoint.auth.passwords import Passwords, new_token, token_hash
 from spawnpoint.auth.repository import (
@@ -25,6 +28,7 @@ from spawnpoint.auth.repository import (
 )
 from spawnpoint.auth.schemas import InviteCreate, RegisterIn, TokenRead
 from spawnpoint.config import Settings
+from spawnpoint.kit.auditing import system_action
 from spawnpoint.kit.clock import utcnow
 from spawnpoint.kit.errors import (
     Conflict,
@@ -37,6 +41,7 @@ from spawnpoint.kit.ids import uuid7
 from spawnpoint.kit.pagination import PageParams
 from spawnpoint.kit.ratelimit import LoginThrottle, TooManyRequests
 from spawnpoint.models import (
+    ApiKey,
     Invite,
     PasswordToken,
     RefreshToken,
@@ -46,6 +51,7 @@ from spawnpoint.models import (
     User,
     UserStatus,
 )
+from spawnpoint.scope import TenantScope
 from spawnpoint.security import Principal, mint_token
 from spawnpoint.tenants.service import slugify
 from spawnpoint.uow import UnitOfWork
@@ -378,3 +384,83 @@ async def issue_password_token(
     )
     await repository.add(row)
     return token, row
+
+
+class AccountAdmin:
+    """What the CLI does to accounts, as the system, audited on the tenant's chain."""
+
+    def __init__(self, uow: UnitOfWork, *, settings: Settings) -> None:
+        self.uow = uow
+        self.settings = settings
+        self.registration = RegistrationRepository(uow.session)
+        self.signin = SignInRepository(uow.session)
+        self.accounts = AccountRepository(uow.session)
+
+    def _record(
+        self,
+        tenant_id: uuid.UUID,
+        action: str,
+        resource_type: str,
+        resource_id: object,
+        **details: Any,
+    ) -> None:
+        self.uow.record(
+            system_action(
+                tenant_id=tenant_id,
+                action=action,
+                resource_type=resource_type,
+                resource_id=resource_id,
+                reason="cli",
+                actor_id="cli",
+                **details,
+            )
+        )
+
+    async def create_user(
+        self,
+        *,
+        email: str,
+        role: Role,
+        tenant: str,
+        password_hash: str | None,
+        display_name: str = "",
+    ) -> tuple[User, str | None]:
+        """The new user, and a set-password token unless a password was given."""
+        found = await self.registration.by_reference(tenant)
+        if found is None:
+            raise LookupError(f"no tenant with id or slug {tenant!r}")
+        if await self.signin.email_taken(email):
+            raise Conflict(f"a user with email {email!r} exists")
+        user = await self.registration.add_user(
+            User(tenant_id=found.id, email=email.lower(), display_name=display_name, role=role)
+        )
+        token = None
+        if password_hash is not None:
+            await self.signin.set_password(user.id, password_hash, now=utcnow())
+        else:
+            token, _ = await issue_password_token(
+                PasswordTokenRepository(self.uow.session), user_id=user.id, settings=self.settings
+            )
+        self._record(found.id, "user.create", "user", user.id, email=user.email, role=role.value)
+        return user, token
+
+    async def create_api_key(
+        self, *, email: str, name: str, role: Role | None
+    ) -> tuple[ApiKey, str]:
+        user = await self.accounts.by_email(email)
+        if user is None:
+            raise LookupError(f"no user with email {email!r}")
+        creator = Principal(
+            user_id=user.id,
+            tenant_id=user.tenant_id,
+            role=Role(user.role),
+            operator=user.role == Role.operator,
+        )
+        scope = TenantScope.of(creator)
+        key, secret = await ApiKeyService(ApiKeyRepository(self.uow.session, scope)).create(
+            actor=creator, key_in=ApiKeyCreate(name=name, role=role)
+        )
+        self._record(
+            user.tenant_id, "api_key.create", "api_key", key.id, user_id=str(user.id), role=key.role
+        )
+        return key, secret
