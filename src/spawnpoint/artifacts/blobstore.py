@@ -13,10 +13,12 @@ in worker threads in chunks of `CHUNK_BYTES`; hashing releases the GIL there too
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import logging
 import os
+import threading
 import time
 import uuid
 import weakref
@@ -109,27 +111,48 @@ class BlobStore(ABC):
 
 
 class _FileStaged(StagedBlob):
+    """A staged file, written and hashed by worker threads while the next chunk arrives.
+
+    At most one chunk is in flight (so memory stays at two chunks): its write and its hash
+    run in two threads at once, and the next chunk waits for both, which keeps the hash in
+    order. `_io` guards the descriptor against a discard while a write is running.
+    """
+
     def __init__(self, path: Path, descriptor: int) -> None:
         self.path = path
         self._fd: int | None = descriptor
+        self._io = threading.Lock()
         self._hash = hashlib.sha256()
         self._pending: list[bytes] = []
         self._pending_bytes = 0
+        self._inflight: asyncio.Future[tuple[None, None]] | None = None
         self.published = False
 
-    def _write_sync(self, chunks: list[bytes]) -> None:
-        assert self._fd is not None
-        for chunk in chunks:
-            self._hash.update(chunk)
-            view = memoryview(chunk)
+    def _write_sync(self, data: bytes) -> None:
+        with self._io:
+            if self._fd is None:
+                raise RuntimeError("this staged blob was discarded")
+            view = memoryview(data)
             while view:
                 written = os.write(self._fd, view)
                 view = view[written:]
 
+    async def _settle(self) -> None:
+        inflight, self._inflight = self._inflight, None
+        if inflight is not None:
+            await inflight
+
     async def _flush(self) -> None:
+        await self._settle()
         chunks, self._pending, self._pending_bytes = self._pending, [], 0
-        if chunks:
-            await anyio.to_thread.run_sync(self._write_sync, chunks)
+        if not chunks:
+            return
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        loop = asyncio.get_running_loop()
+        self._inflight = asyncio.gather(
+            loop.run_in_executor(None, self._write_sync, data),
+            loop.run_in_executor(None, self._hash.update, data),
+        )
 
     async def write(self, chunk: bytes) -> None:
         if self._fd is None:
@@ -144,26 +167,31 @@ class _FileStaged(StagedBlob):
 
     async def finish(self) -> None:
         await self._flush()
-        fd, self._fd = self._fd, None
-        if fd is not None:
+        await self._settle()
 
-            def close() -> None:
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+        def close() -> None:
+            with self._io:
+                fd, self._fd = self._fd, None
+                if fd is not None:
+                    try:
+                        os.fsync(fd)
+                    finally:
+                        os.close(fd)
 
-            await anyio.to_thread.run_sync(close)
+        await anyio.to_thread.run_sync(close)
         self.sha256 = self._hash.hexdigest()
 
     async def discard(self) -> None:
+        with contextlib.suppress(Exception):
+            await self._settle()
         await anyio.to_thread.run_sync(self.abandon)
 
     def abandon(self) -> None:
         self._pending, self._pending_bytes = [], 0
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            os.close(fd)
+        with self._io:
+            fd, self._fd = self._fd, None
+            if fd is not None:
+                os.close(fd)
         if not self.published:
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()

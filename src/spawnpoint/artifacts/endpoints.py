@@ -87,13 +87,20 @@ def _body_schema(model: type[Any], *, file_required: bool) -> dict[str, Any]:
         "required": [*json_schema.get("required", []), *(["file"] if file_required else [])],
     }
     return {
+        "responses": {
+            "400": {"description": "The multipart body is malformed, or was cut off."},
+            "413": {
+                "description": "The body is larger than MAX_BODY_BYTES (JSON) or the content "
+                "larger than ARTIFACT_MAX_BYTES (multipart)."
+            },
+        },
         "requestBody": {
             "required": True,
             "content": {
                 "application/json": {"schema": json_schema},
                 "multipart/form-data": {"schema": form},
             },
-        }
+        },
     }
 
 
@@ -237,6 +244,7 @@ def _unsatisfiable(size: int) -> RangeNotSatisfiable:
         200: {"content": {"application/octet-stream": {}}, "description": "The content."},
         206: {"content": {"application/octet-stream": {}}, "description": "The range asked."},
         304: {"description": "Unchanged: the ETag matches If-None-Match."},
+        416: {"description": "The range asked for lies outside the content."},
     },
 )
 async def download_artifact(
