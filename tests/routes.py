@@ -66,6 +66,8 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/live"): Rule(PUBLIC, 200),
     ("GET", "/ready"): Rule(PUBLIC, 200),
     ("GET", "/metrics"): Rule(PUBLIC, 200),
+    ("GET", "/healthz"): Rule(PUBLIC, 200),
+    ("GET", "/readyz"): Rule(PUBLIC, 200),
     ("GET", "/api/plans"): Rule(Role.admin, 200),
     ("POST", "/api/plans"): Rule(Role.operator, 201, _plan_body),
     ("GET", "/api/plans/{plan_id}"): Rule(Role.admin, 200),
