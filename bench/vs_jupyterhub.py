@@ -122,6 +122,7 @@ GOAL_LOCAL_FLOOR, GOAL_LOCAL_TARGET = 1.0, 2.0
 GOAL_P99_MS = 100.0
 GOAL_P99_CONCURRENCY = 10
 GOAL_BURST_SECONDS = 10.0
+BURST_DRAIN_SECONDS = 30.0  # how long the exactly-once check waits for stragglers
 MAX_ERRORS_KEPT = 5
 
 
@@ -600,8 +601,8 @@ class Started:
     process: subprocess.Popen[bytes]
     log_path: Path
 
-    def tail(self) -> str:
-        return log_tail(self.log_path)
+    def tail(self, chars: int = 4000) -> str:
+        return log_tail(self.log_path, chars)
 
 
 def stop_group(process: subprocess.Popen[bytes], grace: float = 10.0) -> None:
@@ -823,10 +824,7 @@ def run_jupyterhub(ctx: Context, scenario: str, concurrency: int) -> Run:
                 kill_workspace_processes(str(ctx.tiny))
         if hub.process.poll() is not None:
             raise RuntimeError(f"JupyterHub died during the run:\n{hub.tail()}")
-    if run.clean:
-        shutil.rmtree(workdir, ignore_errors=True)
-    else:
-        print(f"  JupyterHub's files kept for a look: {workdir}", flush=True)
+    finish(workdir, hub, run.clean, f"JupyterHub {scenario} C={concurrency}")
     return run
 
 
@@ -868,7 +866,8 @@ async def spawnpoint_setup(conn: Connection, scenario: str, ctx: Context, quota:
 
 
 @contextlib.contextmanager
-def spawnpoint_server(ctx: Context, label: str) -> Iterator[tuple[Started, int]]:
+def spawnpoint_server(ctx: Context, label: str) -> Iterator[tuple[Started, int, Path]]:
+    """`spawnpoint serve` on a fresh DATA_DIR; the caller removes the directory it yields."""
     workdir = Path(tempfile.mkdtemp(prefix=f"sp-{label}-", dir=ctx.root))
     port = free_port()
     env = clean_env(
@@ -885,15 +884,23 @@ def spawnpoint_server(ctx: Context, label: str) -> Iterator[tuple[Started, int]]
         cwd=workdir,
         ready_url=f"http://{LOCALHOST}:{port}/ready",
     ) as server:
-        yield server, port
+        yield server, port, workdir
         if server.process.poll() is not None:
             raise RuntimeError(f"spawnpoint died during the run:\n{server.tail()}")
-    shutil.rmtree(workdir, ignore_errors=True)
+
+
+def finish(run_dir: Path, server: Started, clean: bool, what: str) -> None:
+    """Remove a clean run's directory; keep an unclean one's and show its server's log."""
+    if clean:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return
+    print(f"  {what} was not clean; files kept in {run_dir}; its log ends:", file=sys.stderr)
+    print(server.tail(3000), file=sys.stderr, flush=True)
 
 
 def run_spawnpoint(ctx: Context, scenario: str, concurrency: int) -> Run:
     args = ctx.args
-    with spawnpoint_server(ctx, f"{scenario}-c{concurrency}") as (server, port):
+    with spawnpoint_server(ctx, f"{scenario}-c{concurrency}") as (server, port, workdir):
         system = SpawnpointSystem(port, template_id="")
 
         async def main() -> Run:
@@ -914,6 +921,7 @@ def run_spawnpoint(ctx: Context, scenario: str, concurrency: int) -> Run:
         finally:
             if scenario == "local":
                 kill_workspace_processes(str(ctx.tiny))
+    finish(workdir, server, run.clean, f"spawnpoint {scenario} C={concurrency}")
     return run
 
 
@@ -931,7 +939,8 @@ class Burst:
     server_all_running_s: float = math.nan  # the last running event, from the first send
     not_running: list[str] = field(default_factory=list)
     duplicates: list[str] = field(default_factory=list)  # refs with != 1 workspace
-    running_twice: list[str] = field(default_factory=list)  # workspaces with != 1 running event
+    never_running: list[str] = field(default_factory=list)  # accepted, no running event
+    running_twice: list[str] = field(default_factory=list)  # more than one running event
     refused_but_created: list[str] = field(default_factory=list)
     poll_errors: int = 0
     samples: list[str] = field(default_factory=list)
@@ -967,11 +976,18 @@ class Burst:
             ),
             (
                 "burst: each accepted spawn one workspace, `running` exactly once; none refused",
-                not (self.duplicates or self.running_twice or self.refused_but_created)
+                not (
+                    self.duplicates
+                    or self.never_running
+                    or self.running_twice
+                    or self.refused_but_created
+                )
                 and self.poll_errors == 0,
-                f"{len(self.duplicates)} duplicated, {len(self.running_twice)} not once, "
+                f"{len(self.duplicates)} refs with other than one workspace, "
+                f"{len(self.never_running)} never running (after a {BURST_DRAIN_SECONDS:g} s "
+                f"drain), {len(self.running_twice)} running twice, "
                 f"{len(self.refused_but_created)} refused but created, "
-                f"{self.poll_errors} poll errors",
+                f"{self.poll_errors} clients gave up polling",
             ),
         ]
 
@@ -989,7 +1005,8 @@ class Burst:
             "server_all_running_seconds": round(self.server_all_running_s, 3),
             "not_running": self.not_running[:MAX_ERRORS_KEPT],
             "duplicates": self.duplicates[:MAX_ERRORS_KEPT],
-            "running_not_once": self.running_twice[:MAX_ERRORS_KEPT],
+            "never_running": self.never_running[:MAX_ERRORS_KEPT],
+            "running_twice": self.running_twice[:MAX_ERRORS_KEPT],
             "refused_but_created": self.refused_but_created[:MAX_ERRORS_KEPT],
             "poll_errors": self.poll_errors,
             "samples": self.samples,
@@ -1060,21 +1077,29 @@ async def verify_burst(
     refused: set[str],
     wall_begin: float,
 ) -> None:
-    """Exactly once: the tenant's workspaces of the template, and each one's transitions."""
+    """Exactly once: the tenant's workspaces of the template, and each one's transitions.
+
+    Checked once every accepted workspace is `running`, or after BURST_DRAIN_SECONDS more.
+    """
     conn = system.connection()
-    seen: Counter[str] = Counter()
-    states: dict[str, str] = {}
-    cursor: str | None = ""
-    while cursor is not None:
-        query = f"?template={system.template_id}&limit=200" + (
-            f"&cursor={cursor}" if cursor else ""
-        )
-        _, page = await expect(conn, "GET", "/api/workspaces" + query, ok=(200,))
-        for workspace in page["items"]:
-            ref = workspace.get("external_ref") or f"(no ref) {workspace['id']}"
-            seen[ref] += 1
-            states[str(workspace["id"])] = workspace["state"]
-        cursor = page["next_cursor"]
+    drain_until = time.monotonic() + BURST_DRAIN_SECONDS
+    while True:
+        seen: Counter[str] = Counter()
+        states: dict[str, str] = {}
+        cursor: str | None = ""
+        while cursor is not None:
+            query = f"?template={system.template_id}&limit=200"
+            query += f"&cursor={cursor}" if cursor else ""
+            _, page = await expect(conn, "GET", "/api/workspaces" + query, ok=(200,))
+            for workspace in page["items"]:
+                ref = workspace.get("external_ref") or f"(no ref) {workspace['id']}"
+                seen[ref] += 1
+                states[str(workspace["id"])] = workspace["state"]
+            cursor = page["next_cursor"]
+        settled = all(states.get(h) == "running" for h in refs.values())
+        if settled or time.monotonic() > drain_until:
+            break
+        await asyncio.sleep(0.5)
     await conn.close()
     burst.duplicates = sorted(ref for ref in refs if seen[ref] != 1)
     burst.refused_but_created = sorted(ref for ref in seen if ref not in refs)
@@ -1091,7 +1116,9 @@ async def verify_burst(
                     conn, "GET", f"/api/workspaces/{handle}/events?limit=200", ok=(200,)
                 )
                 running = [e for e in events["items"] if e["to_state"] == "running"]
-                if len(running) != 1:
+                if not running:
+                    burst.never_running.append(handle)
+                elif len(running) > 1:
                     burst.running_twice.append(handle)
                 for event in running:
                     last_running[0] = max(last_running[0], parse_time(event["at"]))
@@ -1107,7 +1134,7 @@ def run_burst(ctx: Context) -> Burst:
     args = ctx.args
     quota = args.burst_quota if args.burst_quota is not None else 10 * args.burst
     burst = Burst(n=args.burst, quota=quota, window_s=1.0)
-    with spawnpoint_server(ctx, "burst") as (_, port):
+    with spawnpoint_server(ctx, "burst") as (server, port, workdir):
         system = SpawnpointSystem(port, template_id="")
 
         async def main() -> None:
@@ -1117,6 +1144,7 @@ def run_burst(ctx: Context) -> Burst:
             await burst_load(system, burst, args.poll_ms / 1000)
 
         run_asyncio(main())
+    finish(workdir, server, all(ok for _, ok, _ in burst.goals()), "the burst")
     return burst
 
 
@@ -1136,7 +1164,7 @@ def fmt_ratio(value: float) -> str:
 
 
 def report(
-    runs: list[Run], burst: Burst | None, meta: dict[str, Any]
+    runs: list[Run], burst: Burst | None, meta: dict[str, Any], failures: list[str]
 ) -> tuple[str, list[tuple[str, bool, str]]]:
     lines = [
         "# spawnpoint vs JupyterHub, embedded defaults side by side",
@@ -1201,8 +1229,6 @@ def report(
                 + "; ".join(inside)
                 + ".",
             ]
-        lines += ["", "Ratios spawnpoint / JupyterHub (above 1 is better for spawns/s and stops/s;"]
-        lines += ["below 1 is better for latency and CPU):", ""]
         ratio_rows = []
         for (scenario, c), pair in by_key.items():
             sp, jh = pair.get("spawnpoint"), pair.get("JupyterHub")
@@ -1229,12 +1255,17 @@ def report(
                     fmt_ratio(ratio(sp.cpu_ms_per_spawn, jh.cpu_ms_per_spawn)),
                 ]
             )
-        lines.append(
-            markdown_table(
-                ["scenario", "C", "spawns/s", "ready p50", "ready p99", "stops/s", "CPU / spawn"],
-                ratio_rows,
-            )
-        )
+        if ratio_rows:
+            lines += [
+                "",
+                "Ratios spawnpoint / JupyterHub (above 1 is better for spawns/s and stops/s, "
+                "below 1 for latency and CPU):",
+                "",
+                markdown_table(
+                    ["scenario", "C", "spawns/s", "ready p50", "ready p99", "stops/s", "CPU/spawn"],
+                    ratio_rows,
+                ),
+            ]
         errors = [
             f"- {run.system} {run.scenario} C={run.concurrency}: {sample}"
             for run in runs
@@ -1266,14 +1297,20 @@ def report(
         ]
         if burst.samples:
             lines += ["", "Burst errors (first few):", "", *(f"- {s}" for s in burst.samples)]
+    if failures:
+        lines += ["", "Runs that could not be measured:", ""]
+        lines += [f"- {failure.splitlines()[0][:300]}" for failure in failures]
     goals = goal_rows(by_key, runs, burst)
-    lines += [
-        "",
-        markdown_table(
-            ["goal", "met", "measured"],
-            [[name, "✔" if ok else "✘", measured] for name, ok, measured in goals],
-        ),
-    ]
+    if failures:
+        goals.append(("every run measured", False, f"{len(failures)} failed"))
+    if goals:
+        lines += [
+            "",
+            markdown_table(
+                ["goal", "met", "measured"],
+                [[name, "✔" if ok else "✘", measured] for name, ok, measured in goals],
+            ),
+        ]
     return "\n".join(lines) + "\n", goals
 
 
@@ -1377,6 +1414,12 @@ def parse_args() -> argparse.Namespace:
         help="send JupyterHub's API calls to its public port through configurable-http-proxy "
         "(default, what its users do) or to the hub's own port",
     )
+    parser.add_argument(
+        "--system",
+        choices=("both", "jupyterhub", "spawnpoint"),
+        default="both",
+        help="run only one side (for a look; the ratios need both)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     parser.add_argument(
         "--cache-dir",
@@ -1418,43 +1461,59 @@ def main() -> int:
     spawnpoint = shlex.split(args.spawnpoint) if args.spawnpoint else venv_command("spawnpoint")
     runs: list[Run] = []
     burst: Burst | None = None
-    with tempfile.TemporaryDirectory(prefix="bench-vs-jupyterhub-") as tmp:
-        root = Path(tmp)
-        tiny = root / f"tiny-server-{uuid.uuid4().hex[:8]}.py"
-        shutil.copyfile(TINY_SERVER, tiny)
-        ctx = Context(
-            args=args,
-            install=install,  # type: ignore[arg-type]  # only read when scenarios run
-            spawnpoint=spawnpoint,
-            tiny=tiny,
-            python=sys.executable,
-            root=root,
-        )
-        try:
-            order = 0
-            for scenario in scenarios:
-                for c in args.concurrency:
-                    runners = [("JupyterHub", run_jupyterhub), ("spawnpoint", run_spawnpoint)]
-                    if order % 2:
-                        runners.reverse()
-                    order += 1
-                    for name, runner in runners:
-                        print(f"{scenario} C={c}: {name} ...", flush=True)
+    failures: list[str] = []
+    root = Path(tempfile.mkdtemp(prefix="bench-vs-jupyterhub-"))
+    tiny = root / f"tiny-server-{uuid.uuid4().hex[:8]}.py"
+    shutil.copyfile(TINY_SERVER, tiny)
+    ctx = Context(
+        args=args,
+        install=install,  # type: ignore[arg-type]  # only read when scenarios run
+        spawnpoint=spawnpoint,
+        tiny=tiny,
+        python=sys.executable,
+        root=root,
+    )
+    runners: list[tuple[str, Callable[[Context, str, int], Run]]] = [
+        (name, runner)
+        for name, runner in (("JupyterHub", run_jupyterhub), ("spawnpoint", run_spawnpoint))
+        if args.system in ("both", name.lower())
+    ]
+    try:
+        order = 0
+        for scenario in scenarios:
+            for c in args.concurrency:
+                for name, runner in runners[::-1] if order % 2 else runners:
+                    print(f"{scenario} C={c}: {name} ...", flush=True)
+                    try:
                         run = runner(ctx, scenario, c)
-                        runs.append(run)
-                        print(
-                            f"  {run.spawn.rate:6.1f} spawns/s  ready p50 "
-                            f"{percentile(run.spawn.latencies_ms, 50):7.1f} ms  p99 "
-                            f"{percentile(run.spawn.latencies_ms, 99):7.1f} ms  "
-                            f"{run.stop.rate:6.1f} stops/s  CPU {run.cpu_s:5.2f} s  "
-                            f"errors {run.spawn.errors + run.stop.errors}",
-                            flush=True,
-                        )
-            if args.burst:
-                print(f"burst: {args.burst} spawns within 1 s on spawnpoint ...", flush=True)
+                    except (RuntimeError, BenchError, OSError) as exc:
+                        failures.append(f"{name} {scenario} C={c}: {exc}")
+                        print(f"  failed: {exc}", file=sys.stderr, flush=True)
+                        continue
+                    runs.append(run)
+                    print(
+                        f"  {run.spawn.rate:6.1f} spawns/s  ready p50 "
+                        f"{percentile(run.spawn.latencies_ms, 50):7.1f} ms  p99 "
+                        f"{percentile(run.spawn.latencies_ms, 99):7.1f} ms  "
+                        f"{run.stop.rate:6.1f} stops/s  CPU {run.cpu_s:5.2f} s  "
+                        f"errors {run.spawn.errors + run.stop.errors}",
+                        flush=True,
+                    )
+                order += 1
+        if args.burst:
+            print(f"burst: {args.burst} spawns within 1 s on spawnpoint ...", flush=True)
+            try:
                 burst = run_burst(ctx)
-        finally:
-            kill_workspace_processes(str(tiny))
+            except (RuntimeError, BenchError, OSError) as exc:
+                failures.append(f"burst: {exc}")
+                print(f"  failed: {exc}", file=sys.stderr, flush=True)
+    finally:
+        kill_workspace_processes(str(tiny))
+        tiny.unlink()
+        if any(root.iterdir()):
+            print(f"unclean runs' files (logs, databases) kept in {root}", file=sys.stderr)
+        else:
+            root.rmdir()
     busy_after = system_cpu_seconds()
     wall = busy_after[1] - busy_before[1]
     meta = {
@@ -1475,7 +1534,7 @@ def main() -> int:
         "n": args.n,
         "poll_ms": args.poll_ms,
     }
-    text, goals = report(runs, burst, meta)
+    text, goals = report(runs, burst, meta, failures)
     print()
     print(text)
     path = write_result("vs_jupyterhub.md", text)
@@ -1486,6 +1545,7 @@ def main() -> int:
                 {
                     **{k: v for k, v in meta.items()},
                     "runs": [run.summary() for run in runs],
+                    "failures": failures,
                     "burst": burst.summary() if burst else None,
                     "goals": [{"goal": g, "met": ok, "measured": m} for g, ok, m in goals],
                     "goals_met": all(ok for _, ok, _ in goals),
@@ -1494,6 +1554,8 @@ def main() -> int:
                 default=str,
             )
         )
+    if failures:
+        return 2
     return 0 if all(ok for _, ok, _ in goals) else 1
 
 
