@@ -42,6 +42,7 @@ bench: sync
 	$(BIN)/python bench/policy.py
 	$(BIN)/python bench/spawn.py
 	$(BIN)/python bench/audit.py
+	$(BIN)/python bench/vs_jupyterhub.py --burst 300
 
 clean:
 	rm -rf .tools $(VENV) .mypy_cache .ruff_cache .pytest_cache
