@@ -69,7 +69,8 @@ async def enqueue_job(
         stored = await keys.claim(fingerprint)
         if stored is not None:
             return JSONResponse(stored.body, status_code=stored.status, headers={REPLAYED: "true"})
-    job = await jobs.enqueue(actor=actor, job_in=job_in)
+    # Without a key nothing more is written: the unit of work may commit with the job.
+    job = await jobs.enqueue(actor=actor, job_in=job_in, final=keys is None)
     body = job_read(job).model_dump(mode="json")
     if keys is not None and fingerprint is not None:
         keys.store(fingerprint, StoredResponse(status=status.HTTP_202_ACCEPTED, body=body))

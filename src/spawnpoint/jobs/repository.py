@@ -77,25 +77,17 @@ class JobRepository(ScopedRepository[Job]):
         )
         return [(row.id, row.line) for row in await self.session.execute(statement)]
 
-    async def count_active(self, job_types: Collection[str]) -> int:
-        """The caller's tenant's jobs of `job_types` that are queued or running (for
-        operators too: a quota is one tenant's)."""
+    async def job_counts(self, job_types: Collection[str], since: datetime) -> tuple[int, int]:
+        """The caller's tenant's jobs of `job_types` (for operators too: a quota is one
+        tenant's): how many are queued or running, and how many were created at or after
+        `since`. One statement, two index range scans."""
         if not job_types:
-            return 0
-        statement = select(func.count()).where(
-            self.tenant_condition(Job.tenant_id),
-            Job.state.in_(ACTIVE),
-            Job.type.in_(sorted(job_types)),
-        )
-        return int(await self.session.scalar(statement) or 0)
-
-    async def count_since(self, job_types: Collection[str], since: datetime) -> int:
-        """The caller's tenant's jobs of `job_types` created at or after `since`."""
-        if not job_types:
-            return 0
-        statement = select(func.count()).where(
-            self.tenant_condition(Job.tenant_id),
-            Job.type.in_(sorted(job_types)),
-            Job.id >= first_id_at(since),
-        )
-        return int(await self.session.scalar(statement) or 0)
+            return 0, 0
+        types = sorted(job_types)
+        own = self.tenant_condition(Job.tenant_id)
+        active = select(func.count()).where(own, Job.state.in_(ACTIVE), Job.type.in_(types))
+        recent = select(func.count()).where(own, Job.type.in_(types), Job.id >= first_id_at(since))
+        row = (
+            await self.session.execute(select(active.scalar_subquery(), recent.scalar_subquery()))
+        ).one()
+        return int(row[0] or 0), int(row[1] or 0)

@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from spawnpoint.jobs.events import JOB_ENQUEUED, job_event, log_url, quota_exceeded
-from spawnpoint.jobs.queue import enqueue, request_cancel
+from spawnpoint.jobs.queue import enqueue_with, queued_job, request_cancel
 from spawnpoint.jobs.registry import HandlerRegistry
 from spawnpoint.jobs.repository import JobRepository
 from spawnpoint.jobs.schemas import JobCreate, JobRead
@@ -101,8 +101,11 @@ class JobService:
         # Stored as sent (defaults are the handler's to apply): what was asked reads back.
         return job_in.payload
 
-    async def enqueue(self, *, actor: Principal, job_in: JobCreate) -> Job:
+    async def enqueue(self, *, actor: Principal, job_in: JobCreate, final: bool = False) -> Job:
         """Queue a service job for the caller's tenant, within its plan's job quotas.
+
+        Returns the job (not attached to the session). With `final`, the caller writes
+        nothing more in this transaction: on PostgreSQL it commits with the job's insert.
 
         Raises:
             Unprocessable: unknown job type, a payload that does not fit, a project that
@@ -162,8 +165,7 @@ class JobService:
                 usage=usage.as_dict(),
                 plan=PolicyPlan.model_validate(plan).model_dump(mode="json"),
             )
-        job = await enqueue(
-            self.session,
+        job = queued_job(
             job_type=job_in.job_type,
             payload=payload,
             tenant_id=tenant_id,
@@ -174,19 +176,23 @@ class JobService:
         uow.emit(
             job_event(
                 JOB_ENQUEUED,
-                job_id=job.id,
-                job_type=job.type,
+                job_id=job["id"],
+                job_type=job["type"],
                 tenant_id=tenant_id,
-                project_id=job.project_id,
-                actor_id=job.actor_id,
-                state=job.state,
-                attempts=job.attempts,
-                max_attempts=job.max_attempts,
-                now=job.created_at,
+                project_id=job["project_id"],
+                actor_id=job["actor_id"],
+                state=job["state"],
+                attempts=job["attempts"],
+                max_attempts=job["max_attempts"],
+                now=job["created_at"],
             )
         )
-        uow.describe(resource_id=job.id, job_type=job.type, project_id=job.project_id)
-        return job
+        uow.describe(resource_id=job["id"], job_type=job["type"], project_id=job["project_id"])
+        # With `final` (the caller writes nothing more), PostgreSQL sends the job, its
+        # NOTIFY, the event, the audit entry and the COMMIT that releases the tenant lock in
+        # as few round trips as a spawn.
+        await enqueue_with(self.session, [], job, final=final)
+        return Job(**job)
 
     async def page(
         self,

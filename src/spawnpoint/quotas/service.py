@@ -61,10 +61,8 @@ async def job_usage(
 ) -> JobUsage:
     """The caller's tenant's service jobs: active now, and enqueued today."""
     now = now or utcnow()
-    return JobUsage(
-        concurrent_jobs=await jobs.count_active(service_types),
-        jobs_today=await jobs.count_since(service_types, day_start(now)),
-    )
+    active, today = await jobs.job_counts(service_types, day_start(now))
+    return JobUsage(concurrent_jobs=active, jobs_today=today)
 
 
 def job_quota_breaches(
