@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("spawnpoint.artifacts")
 CHUNK_BYTES = 1024 * 1024
+# Pieces per vectored write: well under IOV_MAX (1024 on Linux), whatever sizes arrive.
+MAX_PENDING_CHUNKS = 256
 # Staged blobs older than this belong to a process that died mid-upload (or to a job whose
 # transaction rolled back): the store removes them when it is opened.
 STALE_STAGING_SECONDS = 24 * 3600
@@ -128,14 +130,22 @@ class _FileStaged(StagedBlob):
         self._inflight: asyncio.Future[tuple[None, None]] | None = None
         self.published = False
 
-    def _write_sync(self, data: bytes) -> None:
+    def _write_sync(self, chunks: list[bytes]) -> None:
         with self._io:
             if self._fd is None:
                 raise RuntimeError("this staged blob was discarded")
-            view = memoryview(data)
-            while view:
-                written = os.write(self._fd, view)
-                view = view[written:]
+            views = [memoryview(chunk) for chunk in chunks]
+            while views:
+                written = os.writev(self._fd, views)
+                while views and written >= len(views[0]):
+                    written -= len(views[0])
+                    views.pop(0)
+                if views and written:
+                    views[0] = views[0][written:]
+
+    def _hash_sync(self, chunks: list[bytes]) -> None:
+        for chunk in chunks:
+            self._hash.update(chunk)
 
     async def _settle(self) -> None:
         inflight, self._inflight = self._inflight, None
@@ -147,11 +157,10 @@ class _FileStaged(StagedBlob):
         chunks, self._pending, self._pending_bytes = self._pending, [], 0
         if not chunks:
             return
-        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         loop = asyncio.get_running_loop()
         self._inflight = asyncio.gather(
-            loop.run_in_executor(None, self._write_sync, data),
-            loop.run_in_executor(None, self._hash.update, data),
+            loop.run_in_executor(None, self._write_sync, chunks),
+            loop.run_in_executor(None, self._hash_sync, chunks),
         )
 
     async def write(self, chunk: bytes) -> None:
@@ -159,10 +168,10 @@ class _FileStaged(StagedBlob):
             raise RuntimeError("this staged blob is finished")
         if not chunk:
             return
-        self._pending.append(bytes(chunk))
+        self._pending.append(chunk)
         self._pending_bytes += len(chunk)
         self.size += len(chunk)
-        if self._pending_bytes >= CHUNK_BYTES:
+        if self._pending_bytes >= CHUNK_BYTES or len(self._pending) >= MAX_PENDING_CHUNKS:
             await self._flush()
 
     async def finish(self) -> None:

@@ -1,0 +1,397 @@
+"""Artifact content benchmark: a 200 MB upload and download through `spawnpoint serve`
+against a plain file copy on the same disk, and the server's peak memory meanwhile.
+
+    .venv/bin/python bench/artifacts.py [--size-mb 200] [--rounds 3] [--database sqlite|postgres]
+
+What it does, all on 127.0.0.1:
+
+1. writes SIZE MB of random bytes to a work directory, and times a plain copy of it on the
+   same filesystem (`shutil.copyfile` then `fsync`, as the server makes an upload durable
+   before its row commits): the baseline, best of ROUNDS;
+2. starts `spawnpoint serve` (one uvicorn process, uvloop + httptools, the in-process worker
+   off) with DATA_DIR in that work directory: the embedded SQLite default, or with
+   `--database postgres` a scratch PostgreSQL database (SPAWNPOINT_BENCH_PG_URL, else
+   SPAWNPOINT_TEST_PG_URL, else postgresql://postgres@127.0.0.1:5432/postgres), dropped after;
+3. each round uploads the file as `multipart/form-data` (POST /api/artifacts, a `file` part,
+   sent from the file in 1 MiB blocks with a Content-Length) and downloads it again
+   (GET /api/artifacts/{id}/download, read in 1 MiB blocks), timing each from the first
+   byte sent to the last byte received; the best round counts;
+4. checks the upload's recorded size and SHA-256 against the file's, and one more download
+   (untimed) byte for byte by SHA-256;
+5. samples the server's resident memory (VmRSS) every 20 ms during the transfers, and
+   reads its peak (VmHWM) at the end: content streams, so the peak must stay flat, far
+   below the file's size;
+6. prints a Markdown table (MB/s, ratio to the copy, peak RSS, machine load) and writes it
+   to bench/results/artifacts.md.
+
+Goals: upload and download each at least 0.5 of the copy's throughput; server peak RSS
+under 200 MB. Exit status: 0 when both are met, 1 when not, 2 on error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import http.client
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from _common import (
+    LOCALHOST,
+    Server,
+    clean_env,
+    free_port,
+    markdown_table,
+    median,
+    migrated_deployment,
+    process_cpu_seconds,
+    raise_on_sigterm,
+    server_process,
+    system_cpu_seconds,
+    venv_command,
+    write_result,
+)
+
+MB = 1024 * 1024
+BLOCK = MB
+DEV_TOKEN = "DEV-LOCAL-TOKEN"  # the development bypass token, public by design
+JWT_SECRET = "bench-artifacts-" + "s" * 40
+BOUNDARY = "spawnpoint-bench-boundary"
+RATIO_GOAL = 0.5
+RSS_GOAL_MB = 200.0
+WATCHDOG_SECONDS = 900
+
+
+@dataclass
+class RssSampler:
+    """VmRSS of one process every `every` seconds, on a thread, between start and stop."""
+
+    pid: int
+    every: float = 0.02
+    peak_kb: int = 0
+    samples: int = 0
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak_kb = max(self.peak_kb, status_kb(self.pid, "VmRSS"))
+            self.samples += 1
+            self._stop.wait(self.every)
+
+    def __enter__(self) -> RssSampler:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+
+def status_kb(pid: int, key: str) -> int:
+    """A `kB` field of /proc/PID/status (VmRSS: resident now; VmHWM: the peak so far)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{key}:"):
+            return int(line.split()[1])
+    raise KeyError(key)
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        while chunk := file.read(BLOCK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def timed_copy(source: Path, target: Path, *, durable: bool) -> float:
+    """Seconds to copy `source` to `target` (and, `durable`, to fsync the copy)."""
+    target.unlink(missing_ok=True)
+    started = time.perf_counter()
+    shutil.copyfile(source, target)
+    if durable:
+        descriptor = os.open(target, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+    elapsed = time.perf_counter() - started
+    target.unlink()
+    return elapsed
+
+
+def multipart_parts(path: Path, name: str) -> tuple[bytes, bytes]:
+    head = (
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="name"\r\n\r\n{name}\r\n'
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="type"\r\n\r\nbench\r\n'
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="{path.name}"'
+        "\r\nContent-Type: application/octet-stream\r\n\r\n"
+    ).encode()
+    return head, f"\r\n--{BOUNDARY}--\r\n".encode()
+
+
+def body_blocks(head: bytes, path: Path, tail: bytes) -> Iterator[bytes]:
+    yield head
+    with path.open("rb") as file:
+        while chunk := file.read(BLOCK):
+            yield chunk
+    yield tail
+
+
+def upload(server: Server, path: Path, name: str) -> tuple[float, dict[str, object]]:
+    """POST the file as multipart; (seconds, the created record)."""
+    head, tail = multipart_parts(path, name)
+    length = len(head) + path.stat().st_size + len(tail)
+    connection = http.client.HTTPConnection(LOCALHOST, server.port, timeout=300, blocksize=BLOCK)
+    try:
+        started = time.perf_counter()
+        connection.request(
+            "POST",
+            "/api/artifacts",
+            body=body_blocks(head, path, tail),
+            headers={
+                "Authorization": f"Bearer {DEV_TOKEN}",
+                "Content-Type": f"multipart/form-data; boundary={BOUNDARY}",
+                "Content-Length": str(length),
+            },
+        )
+        response = connection.getresponse()
+        body = response.read()
+        elapsed = time.perf_counter() - started
+    finally:
+        connection.close()
+    if response.status != 201:
+        raise RuntimeError(f"upload answered {response.status}: {body[:500]!r}")
+    record: dict[str, object] = json.loads(body)
+    return elapsed, record
+
+
+def download(server: Server, artifact_id: str, *, verify: bool = False) -> tuple[float, int, str]:
+    """GET the content; (seconds, bytes, SHA-256 when `verify` else "")."""
+    connection = http.client.HTTPConnection(LOCALHOST, server.port, timeout=300)
+    digest = hashlib.sha256()
+    buffer = bytearray(BLOCK)
+    view = memoryview(buffer)
+    received = 0
+    try:
+        started = time.perf_counter()
+        connection.request(
+            "GET",
+            f"/api/artifacts/{artifact_id}/download",
+            headers={"Authorization": f"Bearer {DEV_TOKEN}"},
+        )
+        response = connection.getresponse()
+        if response.status != 200:
+            raise RuntimeError(f"download answered {response.status}: {response.read()[:500]!r}")
+        while count := response.readinto(buffer):
+            received += count
+            if verify:
+                digest.update(view[:count])
+        elapsed = time.perf_counter() - started
+    finally:
+        connection.close()
+    return elapsed, received, digest.hexdigest() if verify else ""
+
+
+def delete(server: Server, artifact_id: str) -> None:
+    connection = http.client.HTTPConnection(LOCALHOST, server.port, timeout=60)
+    try:
+        connection.request(
+            "DELETE",
+            f"/api/artifacts/{artifact_id}",
+            headers={"Authorization": f"Bearer {DEV_TOKEN}"},
+        )
+        response = connection.getresponse()
+        response.read()
+    finally:
+        connection.close()
+    if response.status != 204:
+        raise RuntimeError(f"delete answered {response.status}")
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size-mb", type=int, default=200, help="artifact size (default 200)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds; the best counts")
+    parser.add_argument("--database", choices=("sqlite", "postgres"), default="sqlite")
+    parser.add_argument("--result-name", default="artifacts.md", help="file in bench/results/")
+    return parser.parse_args()
+
+
+def main() -> int:
+    args = parse_args()
+    raise_on_sigterm(deadline=WATCHDOG_SECONDS)
+    spawnpoint = venv_command("spawnpoint")
+    size = args.size_mb * MB
+    with contextlib.ExitStack() as stack:
+        if args.database == "postgres":
+            deployment = migrated_deployment(
+                stack, "artifacts", spawnpoint, jwt_secret=JWT_SECRET, pool_size=5
+            )
+            workdir, env = deployment.workdir, deployment.env
+        else:
+            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-art-")))
+            env = clean_env(
+                ENVIRONMENT="development",
+                JWT_SECRET=JWT_SECRET,
+                LOG_LEVEL="warning",
+                DATA_DIR=str(workdir / "data"),
+                HOST=LOCALHOST,
+            )
+        env["ARTIFACT_MAX_BYTES"] = str(size + MB)
+        source = workdir / "source.bin"
+        with source.open("wb") as file:
+            for _ in range(args.size_mb):
+                file.write(os.urandom(MB))
+        digest = sha256_of(source)
+        target = workdir / "data-copy.bin"
+        copy_seconds = min(timed_copy(source, target, durable=False) for _ in range(args.rounds))
+        synced_seconds = min(timed_copy(source, target, durable=True) for _ in range(args.rounds))
+        print(
+            f"plain copy: {size / MB / copy_seconds:,.0f} MB/s, with fsync "
+            f"{size / MB / synced_seconds:,.0f} MB/s (best of {args.rounds})"
+        )
+
+        port = free_port()
+        server = stack.enter_context(
+            server_process(
+                "spawnpoint",
+                [*spawnpoint, "serve", "--no-worker", "--host", LOCALHOST, "--port", str(port)],
+                env={**env, "PORT": str(port)},
+                port=port,
+                cwd=workdir,
+                ready_path="/health",
+                timeout=60,
+            )
+        )
+        pid = server.process.pid
+        idle_rss_kb = status_kb(pid, "VmRSS")
+        uploads: list[float] = []
+        downloads: list[float] = []
+        upload_cpu: list[float] = []
+        download_cpu: list[float] = []
+        busy0, total0 = system_cpu_seconds()
+        with RssSampler(pid) as sampler:
+            last_id = ""
+            for round_no in range(args.rounds):
+                cpu = process_cpu_seconds(pid)
+                seconds, record = upload(server, source, f"bench-{round_no}.bin")
+                upload_cpu.append(process_cpu_seconds(pid) - cpu)
+                if record["size"] != size or record["sha256"] != digest:
+                    raise RuntimeError(f"the server recorded {record}, not {size} bytes {digest}")
+                uploads.append(seconds)
+                artifact_id = str(record["id"])
+                cpu = process_cpu_seconds(pid)
+                seconds, received, _ = download(server, artifact_id)
+                download_cpu.append(process_cpu_seconds(pid) - cpu)
+                if received != size:
+                    raise RuntimeError(f"downloaded {received} bytes of {size}")
+                downloads.append(seconds)
+                if last_id:
+                    delete(server, last_id)
+                last_id = artifact_id
+                print(
+                    f"round {round_no + 1}: upload {size / MB / uploads[-1]:,.0f} MB/s, "
+                    f"download {size / MB / downloads[-1]:,.0f} MB/s, server CPU "
+                    f"{upload_cpu[-1]:.2f} s / {download_cpu[-1]:.2f} s, "
+                    f"server RSS peak so far {sampler.peak_kb / 1024:,.0f} MB",
+                    flush=True,
+                )
+            _, _, downloaded_digest = download(server, last_id, verify=True)
+        busy1, total1 = system_cpu_seconds()
+        if downloaded_digest != digest:
+            raise RuntimeError("the downloaded content differs from the uploaded file")
+        peak_kb = status_kb(pid, "VmHWM")
+        if server.process.poll() is not None:
+            raise RuntimeError(f"the server died:\n{server.log_tail()}")
+
+    copy_rate = size / MB / copy_seconds
+    synced_rate = size / MB / synced_seconds
+    up_rate = size / MB / min(uploads)
+    down_rate = size / MB / min(downloads)
+    load = (busy1 - busy0) / (total1 - total0) if total1 > total0 else float("nan")
+    load_avg = os.getloadavg()[0]
+    rows = [
+        [
+            "plain file copy (copyfile)",
+            f"{copy_rate:,.0f}",
+            "1.00",
+            f"{copy_rate / synced_rate:.2f}",
+        ],
+        [
+            "durable copy (copyfile + fsync)",
+            f"{synced_rate:,.0f}",
+            f"{synced_rate / copy_rate:.2f}",
+            "1.00",
+        ],
+        [
+            "upload (multipart POST, fsync before commit)",
+            f"{up_rate:,.0f}",
+            f"{up_rate / copy_rate:.2f}",
+            f"{up_rate / synced_rate:.2f}",
+        ],
+        [
+            "download (GET .../download)",
+            f"{down_rate:,.0f}",
+            f"{down_rate / copy_rate:.2f}",
+            f"{down_rate / synced_rate:.2f}",
+        ],
+    ]
+    peak_mb = peak_kb / 1024
+    text = "\n".join(
+        [
+            f"# Artifact content: {args.size_mb} MB through `spawnpoint serve` ({args.database})",
+            "",
+            markdown_table(
+                ["transfer", "MB/s (best round)", "ratio to copy", "ratio to durable copy"], rows
+            ),
+            "",
+            markdown_table(
+                ["server memory", "MB"],
+                [
+                    ["RSS before the transfers", f"{idle_rss_kb / 1024:,.0f}"],
+                    ["RSS peak, sampled every 20 ms during them", f"{sampler.peak_kb / 1024:,.0f}"],
+                    ["peak RSS of the process (VmHWM)", f"{peak_mb:,.0f}"],
+                ],
+            ),
+            "",
+            f"Server CPU per transfer (median): upload {median(upload_cpu):.2f} s, download "
+            f"{median(download_cpu):.2f} s, for {args.size_mb} MB.",
+            f"Rounds: {args.rounds}; each uploads the file, downloads it, and deletes the "
+            "previous round's artifact; the last download is checked by SHA-256.",
+            f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, load average "
+            f"{load_avg:.2f} at the end, CPU busy {load:.0%} during the transfers.",
+            f"Goals: at least {RATIO_GOAL} of the copy like for like (the upload, which fsyncs "
+            "its content before the row commits, against the durable copy; the download "
+            f"against the plain copy); peak RSS under {RSS_GOAL_MB:.0f} MB.",
+        ]
+    )
+    print(text)
+    path = write_result(args.result_name, text + "\n")
+    print(f"written to {path}")
+    met = (
+        up_rate / synced_rate >= RATIO_GOAL
+        and down_rate / copy_rate >= RATIO_GOAL
+        and peak_mb < RSS_GOAL_MB
+    )
+    return 0 if met else 1
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except (RuntimeError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
