@@ -86,6 +86,11 @@ def make_settings(database_url: str, data_dir: Path, **overrides: object) -> Set
         "jwt_secret": JWT_SECRET,
         "audit_signing_key": AUDIT_SIGNING_KEY,
         "environment": "development",
+        # The whole suite shares one app, one client address and a few principals (the dev
+        # token): limits it would reach by volume alone. tests/auth sets its own.
+        "rate_limit_per_minute": 1_000_000,
+        "rate_limit_tenant_per_minute": 1_000_000,
+        "login_failures_per_ip": 1_000_000,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
