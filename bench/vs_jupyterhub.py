@@ -18,8 +18,11 @@ What it does, all on 127.0.0.1 (about 2-3 minutes with the defaults on an idle 2
      `admin:users` and `admin:servers` scopes; the N users are created in one
      `POST /hub/api/users` before the clock starts;
    - spawnpoint: `spawnpoint serve` (SQLite in DATA_DIR, migrations, the in-process worker and
-     scheduler), the dev token; before the clock starts, one plan with quotas no run reaches,
-     assigned to the demo tenant, and one template;
+     scheduler), the dev token, request rate limits off (`RATE_LIMIT_PER_MINUTE=0`,
+     `RATE_LIMIT_TENANT_PER_MINUTE=0`: JupyterHub has none, and spawnpoint's defaults would
+     refuse most of 32 clients' polls; `--spawnpoint-env NAME=VALUE` sets any setting); before
+     the clock starts, one plan with quotas no run reaches, assigned to the demo tenant, and
+     one template;
    - the load: N spawns with C in flight (C client tasks, each on its own keep-alive
      connection); each client sends its spawn, then polls every `--poll-ms` until it is ready:
      spawnpoint `POST /api/spawn`, then `GET /api/workspaces/{id}` until `state == running`;
@@ -114,6 +117,9 @@ DEMO_TENANT_ID = "00000000-0000-0000-0000-000000000001"
 JUPYTERHUB_SPECS = ("jupyterhub==6.1.1", "jupyterhub>=6,<7", "jupyterhub>=5,<6")
 CHP_SPECS = ("configurable-http-proxy@5.3.0", "configurable-http-proxy@5")
 SPEC_LIMITS = {"cpu": 0.01, "memory_mb": 16, "storage_gb": 0}
+# JupyterHub has no request rate limit; spawnpoint's defaults (1,200 a minute per principal,
+# 6,000 per tenant) would answer most of 32 clients' polls (640 a second) with 429.
+SPAWNPOINT_SETTINGS = {"RATE_LIMIT_PER_MINUTE": "0", "RATE_LIMIT_TENANT_PER_MINUTE": "0"}
 READY_TIMEOUT_SECONDS = 60.0  # per spawn or stop; JupyterHub's own start_timeout is 60 s
 START_TIMEOUT_SECONDS = 60.0  # a server answering after start-up
 WATCHDOG_SECONDS = 900
@@ -876,7 +882,9 @@ def spawnpoint_server(ctx: Context, label: str) -> Iterator[tuple[Started, int, 
         DATA_DIR=str(workdir / "data"),
         HOST=LOCALHOST,
         PORT=str(port),
+        **SPAWNPOINT_SETTINGS,
     )
+    env.update(ctx.args.spawnpoint_env)
     with started(
         "spawnpoint",
         [*ctx.spawnpoint, "serve", "--port", str(port)],
@@ -1175,7 +1183,9 @@ def report(
         f"JupyterHub {meta['jupyterhub']}, configurable-http-proxy {meta['chp']} (node "
         f"{meta['node']}), driven through {meta['jupyterhub_via']}; "
         f"spawnpoint {meta['spawnpoint']}.",
-        f"N={meta['n']} spawns per run, polling every {meta['poll_ms']:g} ms.",
+        "spawnpoint settings: "
+        + ", ".join(f"`{k}={v}`" for k, v in meta["spawnpoint_settings"].items())
+        + f"; N={meta['n']} spawns per run, polling every {meta['poll_ms']:g} ms.",
         "",
     ]
     rows = []
@@ -1420,6 +1430,14 @@ def parse_args() -> argparse.Namespace:
         default="both",
         help="run only one side (for a look; the ratios need both)",
     )
+    parser.add_argument(
+        "--spawnpoint-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting for `spawnpoint serve` (repeatable), over the benchmark's own "
+        f"({', '.join(f'{k}={v}' for k, v in SPAWNPOINT_SETTINGS.items())})",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     parser.add_argument(
         "--cache-dir",
@@ -1435,6 +1453,10 @@ def parse_args() -> argparse.Namespace:
     )
     args = parser.parse_args()
     args.concurrency = args.concurrency or [10, 32]
+    pairs = [item.partition("=") for item in args.spawnpoint_env]
+    if any(not name or not sep for name, sep, _ in pairs):
+        parser.error("--spawnpoint-env takes NAME=VALUE")
+    args.spawnpoint_env = {name: value for name, _, value in pairs}
     if args.n < 1 or any(c < 1 for c in args.concurrency) or args.burst < 0:
         parser.error("--n and --concurrency must be at least 1, --burst at least 0")
     if not 1 <= args.poll_ms <= 10_000:
@@ -1531,6 +1553,7 @@ def main() -> int:
         else "the hub's own port",
         "spawnpoint": git_revision()
         + (f" run as `{args.spawnpoint}`" if args.spawnpoint else " (this checkout)"),
+        "spawnpoint_settings": {**SPAWNPOINT_SETTINGS, **args.spawnpoint_env},
         "n": args.n,
         "poll_ms": args.poll_ms,
     }
