@@ -10,10 +10,14 @@ What it does, all on 127.0.0.1 and in well under 3 minutes with the defaults:
 2. seeds 200 templates in the demo tenant, a few platform templates and a few thousand
    templates in other tenants (ids interleaved, so the tenant filter has to do real work), each
    with 1-3 versions;
-3. starts `spawnpoint serve` (ENVIRONMENT=development, a real JWT minted by
-   `spawnpoint token create --user admin@demo.local`, so every request pays the user lookup)
-   and bench/baseline_app.py, each one uvicorn process with uvloop + httptools, log level
-   warning, the same pool size;
+3. starts `spawnpoint serve` (ENVIRONMENT=development) and bench/baseline_app.py, each one
+   uvicorn process with uvloop + httptools, log level warning, the same pool size. spawnpoint
+   is called with an API key made by `spawnpoint api-key create --user admin@demo.local`
+   (`--auth jwt`: a real JWT from `spawnpoint token create`), so every request pays the
+   key's checksum, hash and cached lookup; and with rate limiting on, counted in Redis
+   (REDIS_URL, default redis://127.0.0.1:6379/0, under a key prefix of this run's own, deleted
+   after; `--rate-limit memory` counts in the process, `off` turns it off), with a limit so
+   high that no request is refused: every request pays both counters' round trip;
 4. checks both return the same first page, then loads GET /api/templates?limit=50 on each with
    `wrk` (or, without wrk, a Python asyncio client) at 32 connections, alternating the servers
    A B / B A / A B ... so drift cancels out;
@@ -39,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import redis
 
 from _common import (
     LOCALHOST,
@@ -67,6 +72,7 @@ JWT_SECRET = "bench-api-read-" + "s" * 40
 POOL_SIZE = 10
 PATH = "/api/templates?limit=50"
 PAGE_SIZE = 50
+RATE_LIMIT = "1000000000"  # per minute: every request is counted, none refused
 WATCHDOG_SECONDS = 175  # the whole run, set-up and clean-up included, stays under 3 minutes
 
 DEMO_TEMPLATES = 200  # including the one the first migration seeds
@@ -221,6 +227,19 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--goal", type=float, default=0.6, help="minimum spawnpoint/baseline")
     parser.add_argument("--tool", choices=["wrk", "python-asyncio"], default=None)
     parser.add_argument(
+        "--auth", choices=["api-key", "jwt"], default="api-key", help="how spawnpoint is called"
+    )
+    parser.add_argument(
+        "--rate-limit",
+        choices=["redis", "memory", "off"],
+        default="redis",
+        help="rate-limit storage (default redis, at --redis-url)",
+    )
+    parser.add_argument(
+        "--redis-url",
+        default=os.environ.get("SPAWNPOINT_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"),
+    )
+    parser.add_argument(
         "--hold",
         type=float,
         default=0,
@@ -233,6 +252,27 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
+def rate_limit_env(stack: contextlib.ExitStack, args: argparse.Namespace) -> dict[str, str]:
+    """The server's rate-limit settings; with Redis, a key prefix deleted when `stack` closes."""
+    if args.rate_limit == "off":
+        return {"RATE_LIMIT_PER_MINUTE": "0", "RATE_LIMIT_TENANT_PER_MINUTE": "0"}
+    env = {"RATE_LIMIT_PER_MINUTE": RATE_LIMIT, "RATE_LIMIT_TENANT_PER_MINUTE": RATE_LIMIT}
+    if args.rate_limit == "memory":
+        return env
+    client = redis.Redis.from_url(args.redis_url)
+    client.ping()  # fail now, not under load
+    prefix = f"spawnpoint-bench-{uuid.uuid4().hex[:12]}"
+
+    def drop_keys() -> None:
+        keys = list(client.scan_iter(match=f"{prefix}*"))
+        if keys:
+            client.delete(*keys)
+        client.close()
+
+    stack.callback(drop_keys)
+    return {**env, "REDIS_URL": args.redis_url, "RATE_LIMIT_KEY_PREFIX": prefix}
+
+
 def main() -> int:
     args = parse_args()
     raise_on_sigterm(deadline=WATCHDOG_SECONDS)
@@ -241,7 +281,12 @@ def main() -> int:
     spawnpoint = venv_command("spawnpoint")
     with contextlib.ExitStack() as stack:
         deployment = migrated_deployment(
-            stack, "api-read", spawnpoint, jwt_secret=JWT_SECRET, pool_size=POOL_SIZE
+            stack,
+            "api-read",
+            spawnpoint,
+            jwt_secret=JWT_SECRET,
+            pool_size=POOL_SIZE,
+            **rate_limit_env(stack, args),
         )
         workdir, db, env = deployment.workdir, deployment.db, deployment.env
         counts = seed(db)
@@ -250,12 +295,11 @@ def main() -> int:
             f"{counts['total']} ({counts['versions']} versions)",
             flush=True,
         )
-        token = run_checked(
-            [*spawnpoint, "token", "create", "--user", DEMO_ADMIN_EMAIL, "--ttl", "1h"],
-            env=env,
-            cwd=workdir,
-            timeout=60,
-        ).strip()
+        if args.auth == "jwt":
+            command = ["token", "create", "--user", DEMO_ADMIN_EMAIL, "--ttl", "1h"]
+        else:
+            command = ["api-key", "create", "--user", DEMO_ADMIN_EMAIL, "--name", "bench"]
+        token = run_checked([*spawnpoint, *command], env=env, cwd=workdir, timeout=60).strip()
         auth = {"Authorization": f"Bearer {token}"}
 
         spawn_port, base_port = free_port(), free_port()
@@ -401,7 +445,10 @@ def render(
         f"Median of {args.rounds} alternating rounds; load generator **{tool}**, "
         f"{args.connections} connections, {args.warmup:g} s warm-up + {args.seconds:g} s "
         f"measured per run; data: {counts['demo']} demo-tenant + {counts['platform']} platform "
-        f"of {counts['total']} templates. {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, "
+        f"of {counts['total']} templates; spawnpoint called with "
+        f"{'an API key' if args.auth == 'api-key' else 'a JWT'}, rate limiting "
+        f"{'off' if args.rate_limit == 'off' else 'on (' + args.rate_limit + ' storage)'}. "
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, "
         f"{os.cpu_count()} CPUs, Python {platform.python_version()}.\n\n"
         f"{table}\n\n"
         f"**spawnpoint / baseline requests/s = {ratio:.2f}** ({verdict} the goal of "
@@ -416,6 +463,6 @@ def render(
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except (RuntimeError, OSError, psycopg.Error) as exc:
+    except (RuntimeError, OSError, psycopg.Error, redis.RedisError) as exc:
         print(f"api_read: {exc}", file=sys.stderr)
         sys.exit(2)
