@@ -7,7 +7,9 @@ What it does, all on 127.0.0.1:
 
 1. writes SIZE MB of random bytes to a work directory, and times a plain copy of it on the
    same filesystem (`shutil.copyfile` then `fsync`, as the server makes an upload durable
-   before its row commits): the baseline, best of ROUNDS;
+   before its row commits): the baselines, best of ROUNDS; and, for where the time goes,
+   the same file sent over a loopback TCP connection to a reader that discards it (what
+   this client can push through the socket with no server work at all);
 2. starts `spawnpoint serve` (one uvicorn process, uvloop + httptools, the in-process worker
    off) with DATA_DIR in that work directory: the embedded SQLite default, or with
    `--database postgres` a scratch PostgreSQL database (SPAWNPOINT_BENCH_PG_URL, else
@@ -38,6 +40,7 @@ import json
 import os
 import platform
 import shutil
+import socket
 import sys
 import tempfile
 import threading
@@ -130,6 +133,36 @@ def timed_copy(source: Path, target: Path, *, durable: bool) -> float:
     elapsed = time.perf_counter() - started
     target.unlink()
     return elapsed
+
+
+def timed_loopback(source: Path) -> float:
+    """Seconds to send `source` over a loopback TCP connection to a reader that discards it:
+    the ceiling of any HTTP upload of the file from this client, server work aside."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind((LOCALHOST, 0))
+    listener.listen(1)
+    done = threading.Event()
+
+    def discard() -> None:
+        connection, _ = listener.accept()
+        buffer = bytearray(BLOCK)
+        with connection:
+            while connection.recv_into(buffer):
+                pass
+        done.set()
+
+    reader = threading.Thread(target=discard, daemon=True)
+    reader.start()
+    try:
+        with socket.create_connection(listener.getsockname()) as sender, source.open("rb") as file:
+            started = time.perf_counter()
+            while chunk := file.read(BLOCK):
+                sender.sendall(chunk)
+            sender.shutdown(socket.SHUT_WR)
+            done.wait(timeout=300)
+            return time.perf_counter() - started
+    finally:
+        listener.close()
 
 
 def multipart_parts(path: Path, name: str) -> tuple[bytes, bytes]:
@@ -259,7 +292,9 @@ def main() -> int:
         target = workdir / "data-copy.bin"
         copy_seconds = min(timed_copy(source, target, durable=False) for _ in range(args.rounds))
         synced_seconds = min(timed_copy(source, target, durable=True) for _ in range(args.rounds))
+        loopback_seconds = min(timed_loopback(source) for _ in range(args.rounds))
         print(
+            f"loopback send: {size / MB / loopback_seconds:,.0f} MB/s; "
             f"plain copy: {size / MB / copy_seconds:,.0f} MB/s, with fsync "
             f"{size / MB / synced_seconds:,.0f} MB/s (best of {args.rounds})"
         )
@@ -319,6 +354,7 @@ def main() -> int:
 
     copy_rate = size / MB / copy_seconds
     synced_rate = size / MB / synced_seconds
+    loopback_rate = size / MB / loopback_seconds
     up_rate = size / MB / min(uploads)
     down_rate = size / MB / min(downloads)
     load = (busy1 - busy0) / (total1 - total0) if total1 > total0 else float("nan")
@@ -347,6 +383,12 @@ def main() -> int:
             f"{down_rate:,.0f}",
             f"{down_rate / copy_rate:.2f}",
             f"{down_rate / synced_rate:.2f}",
+        ],
+        [
+            "loopback TCP send to a discarding reader (the transfer ceiling)",
+            f"{loopback_rate:,.0f}",
+            f"{loopback_rate / copy_rate:.2f}",
+            f"{loopback_rate / synced_rate:.2f}",
         ],
     ]
     peak_mb = peak_kb / 1024
