@@ -86,6 +86,20 @@ async def work(ctx: JobContext) -> dict[str, Any]:
     return {"lines": payload.lines}
 
 
+ARTIFACT = "test.artifact"
+BUILTINS = BuiltinHandlers()
+
+
+async def artifact_then_fail_once(ctx: JobContext) -> dict[str, Any]:
+    """Write an artifact as the built-ins do, then die on the first attempt."""
+    artifact_id = await BUILTINS.write_artifact(
+        ctx, name="twice", artifact_type="test", document={"attempt": ctx.attempt}, metadata={}
+    )
+    if ctx.attempt == 1:
+        raise RuntimeError("died after writing the artifact")
+    return {"artifact_id": str(artifact_id)}
+
+
 async def parked(ctx: JobContext) -> None:
     raise AssertionError("no worker runs test.parked")
 
@@ -95,6 +109,7 @@ def worker_registry() -> HandlerRegistry:
     registry.register("noop", noop, payload=NoopPayload)
     BuiltinHandlers().register(registry)
     registry.register(WORK, work, payload=WorkPayload)
+    registry.register(ARTIFACT, artifact_then_fail_once, payload=NoopPayload)
     return registry
 
 
@@ -290,6 +305,22 @@ async def test_a_failing_job_is_retried_then_failed_with_its_event(
     tracebacks = [line for line in logs if line.startswith("attempt ")]
     assert len(tracebacks) == 2
     assert all("\\n" in line for line in tracebacks)
+
+
+async def test_a_retried_attempt_finds_the_artifact_its_predecessor_wrote(
+    api: httpx.AsyncClient, world: World, worker: Worker
+) -> None:
+    org = await world.org()
+    member = org.headers[Role.member]
+    response = await post_job(api, member, ARTIFACT, payload={})
+    done = await finished(api, response.json()["id"], member)
+    assert (done["state"], done["attempts"]) == ("succeeded", 2)
+    listed = (await api.get("/api/artifacts", headers=member)).json()["items"]
+    assert [a["id"] for a in listed] == [done["result"]["artifact_id"]]
+    content = await api.get(f"/api/artifacts/{listed[0]['id']}/download", headers=member)
+    assert content.json() == {"attempt": 1}
+    logs = (await api.get(done["log_url"], headers=member)).text
+    assert '"event": "artifact.reused"' in logs
 
 
 async def test_unknown_job_types_and_unfit_payloads_are_refused_at_enqueue(

@@ -26,7 +26,7 @@ from spawnpoint.audit.repository import AuditFilters, AuditLog
 from spawnpoint.config import Settings
 from spawnpoint.jobs.context import JobContext
 from spawnpoint.jobs.errors import JobCancelled, PermanentJobError
-from spawnpoint.jobs.queue import hold_lease
+from spawnpoint.jobs.queue import held_result, keep_result
 from spawnpoint.jobs.registry import HandlerRegistry
 from spawnpoint.kit.clock import utcnow
 from spawnpoint.kit.errors import NotFound
@@ -160,7 +160,7 @@ class BuiltinHandlers:
             self._stores[key] = blob_store_for_settings(settings)
         return self._stores[key]
 
-    async def _write_artifact(
+    async def write_artifact(
         self,
         ctx: JobContext,
         *,
@@ -169,11 +169,20 @@ class BuiltinHandlers:
         document: dict[str, Any],
         metadata: dict[str, Any],
     ) -> uuid.UUID:
-        """Store `document` as a JSON artifact of the job's tenant, under the job's lease."""
+        """Store `document` as a JSON artifact of the job's tenant, under the job's lease.
+
+        The artifact's id is kept on the job row in the same transaction, so an attempt
+        that runs again after its predecessor died between this commit and the outcome's
+        finds the artifact instead of writing a second one.
+        """
         content = json.dumps(document, default=str, indent=2, sort_keys=True).encode()
+        token = ctx.fencing_token
         async with ctx.database.unit_of_work(write=True) as uow:
-            await hold_lease(uow.session, job_id=ctx.job_id, fencing_token=ctx.fencing_token)
-            return await create_artifact_from_bytes(
+            kept = await held_result(uow.session, job_id=ctx.job_id, fencing_token=token)
+            if kept is not None and kept.get("artifact_id"):
+                log_json(ctx, "artifact.reused", artifact_id=kept["artifact_id"])
+                return uuid.UUID(str(kept["artifact_id"]))
+            artifact_id = await create_artifact_from_bytes(
                 uow,
                 tenant_id=_tenant(ctx),
                 name=name,
@@ -184,6 +193,13 @@ class BuiltinHandlers:
                 created_by=ctx.actor_id,
                 store=self._store(ctx.settings),
             )
+            await keep_result(
+                uow.session,
+                job_id=ctx.job_id,
+                fencing_token=token,
+                result={"artifact_id": str(artifact_id)},
+            )
+            return artifact_id
 
     async def plan_build(self, ctx: JobContext) -> dict[str, Any]:
         """Validate a template version's spec, resolve what provisioning it would do and
@@ -258,7 +274,7 @@ class BuiltinHandlers:
             fits_plan=not violations,
         )
         _check_cancel(ctx)
-        artifact_id = await self._write_artifact(
+        artifact_id = await self.write_artifact(
             ctx,
             name=f"build-plan-{template_name}-v{version_number}",
             artifact_type="build-plan",
@@ -357,7 +373,7 @@ class BuiltinHandlers:
             "denials_truncated": denied > len(denials),
         }
         log_json(ctx, "audit-report.summarised", entries=total, denied=denied)
-        artifact_id = await self._write_artifact(
+        artifact_id = await self.write_artifact(
             ctx,
             name=f"audit-report-{utcnow():%Y%m%dT%H%M%SZ}",
             artifact_type="audit-report",

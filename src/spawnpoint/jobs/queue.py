@@ -534,6 +534,38 @@ async def hold_lease(session: AsyncSession, *, job_id: uuid.UUID, fencing_token:
         raise StaleLease(job_id, fencing_token)
 
 
+async def held_result(
+    session: AsyncSession, *, job_id: uuid.UUID, fencing_token: int
+) -> dict[str, Any] | None:
+    """`hold_lease`, returning what an earlier attempt of the job kept (`keep_result`).
+
+    Lets a handler that creates something outside the job row (an artifact) find what an
+    attempt that died before its outcome was recorded already created, instead of creating
+    it twice.
+
+    Raises:
+        StaleLease: the lease expired and the job was rescued (and maybe claimed again).
+    """
+    statement = select(Job.result).where(*_fenced(job_id, fencing_token)).with_for_update()
+    found = (await session.execute(statement)).one_or_none()
+    if found is None:
+        raise StaleLease(job_id, fencing_token)
+    kept: dict[str, Any] | None = found.result if isinstance(found.result, dict) else None
+    return kept
+
+
+async def keep_result(
+    session: AsyncSession, *, job_id: uuid.UUID, fencing_token: int, result: dict[str, Any]
+) -> None:
+    """Store `result` on the running job now, in the caller's transaction (see
+    `held_result`); the attempt's outcome replaces it when the job succeeds.
+
+    Raises:
+        StaleLease: The lease was lost; nothing was written.
+    """
+    await _write_fenced(session, job_id, fencing_token, result=result)
+
+
 async def complete_many(
     session: AsyncSession, *, completions: Sequence[Completion], now: datetime | None = None
 ) -> list[Completion]:
