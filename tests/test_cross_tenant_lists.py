@@ -127,6 +127,9 @@ async def populate(client: httpx.AsyncClient, world: World) -> Rows:
         "/api/templates",
         {"name": unique("template"), "provisioner": "dry-run", "spec": {"cpu": 1}},
     )
+    artifact = await created(
+        "/api/artifacts", {"name": unique("artifact"), "type": "note", "content": "eA=="}
+    )
     spawned = await created(
         "/api/spawn",
         {"template_id": template["id"], "project_id": project["id"], "external_ref": unique("p")},
@@ -148,6 +151,7 @@ async def populate(client: httpx.AsyncClient, world: World) -> Rows:
             "member": org.users[Role.member],
             "project": uuid.UUID(project["id"]),
             "template": uuid.UUID(template["id"]),
+            "artifact": uuid.UUID(artifact["id"]),
             "workspace": uuid.UUID(spawned["workspace"]["id"]),
             "job": uuid.UUID(spawned["job_id"]),
             "running": running,
@@ -196,7 +200,9 @@ async def test_list_routes_never_show_another_tenant(
     client: httpx.AsyncClient, world: World, backend_settings: Settings
 ) -> None:
     routes = list_routes(backend_settings)
-    assert {"/api/workspaces", "/api/users", "/api/projects"} <= {path for path, _ in routes}
+    assert {"/api/workspaces", "/api/users", "/api/projects", "/api/artifacts"} <= {
+        path for path, _ in routes
+    }
     mine = await populate(client, world)
     # Random ids stand in for B's before B exists; one per kind of id B will have.
     random_ids = {kind: uuid.uuid4() for kind in mine.ids}
