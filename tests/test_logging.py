@@ -117,6 +117,12 @@ async def test_every_response_carries_a_request_id_errors_included(
     assert crashed.headers["content-type"] == "application/problem+json"
     logged = [line for line in lines(log_stream) if line.get("request_id") == "crash-1"]
     assert any(line.get("status") == 500 for line in logged)
+    [unknown] = [
+        line
+        for line in lines(log_stream)
+        if line.get("request_id") == missing.headers["X-Request-ID"]
+    ]
+    assert (unknown["route"], unknown["path"], unknown["status"]) == ("unmatched", "/nowhere", 404)
 
 
 async def test_the_audit_entry_records_the_request_id(

@@ -53,7 +53,8 @@ class RequestContext:
         found = {
             "request_id": self.request_id,
             "method": self.method,
-            "route": self.route or self.path,
+            "route": self.route,
+            "path": self.path,
             "tenant_id": self.tenant_id,
             "actor_id": self.actor_id,
             "reason": self.reason,

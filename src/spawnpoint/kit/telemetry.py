@@ -85,7 +85,7 @@ class RequestTelemetry:
             await self.app(scope, receive, send_with_id)
         finally:
             elapsed = self.timer() - started
-            route = _route_of(scope, context)
+            route = context.route = _route_of(scope, context)
             observe_request(context.method, route, status, elapsed)
             if route not in UNTRACKED_ROUTES:
                 self.slow.observe(context.method, route, status, elapsed)
