@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated, NoReturn, TypeVar
 
 import typer
 
+from spawnpoint import tracing
 from spawnpoint.config import Settings, UnsafeSettingsError
 from spawnpoint.db import Database
 from spawnpoint.kit.clock import utcnow
@@ -297,6 +298,7 @@ def worker(
 
     settings = load_settings()
     configure_logging(settings)
+    tracing.configure_tracing(settings)
     registry = default_registry(settings)
     for reference in handlers or []:
         registry.load_reference(reference)

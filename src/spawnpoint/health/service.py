@@ -45,9 +45,8 @@ class Snapshot:
 
 
 def ratio(used: float, limit: float) -> float:
-    if limit > 0:
-        return used / limit
-    return 0.0 if used <= 0 else math.inf
+    """As `GET /api/quotas` reports it: a limit of 0 leaves no room, so it reads as full."""
+    return used / limit if limit > 0 else 1.0
 
 
 class SnapshotCollector(Collector):
