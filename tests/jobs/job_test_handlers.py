@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from spawnpoint.jobs.context import JobContext
 from spawnpoint.jobs.registry import HandlerRegistry
 
@@ -38,3 +40,17 @@ async def crash_once(ctx: JobContext) -> dict[str, int]:
 
 async def echo(ctx: JobContext) -> dict[str, object]:
     return dict(ctx.payload)
+
+
+SERVICE_ECHO = "acme.echo"
+
+
+class EchoPayload(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    message: str = Field(max_length=100)
+
+
+def register_service(registry: HandlerRegistry) -> None:
+    """A third party's service job type: enqueueable through POST /api/jobs."""
+    registry.register(SERVICE_ECHO, echo, payload=EchoPayload)

@@ -15,11 +15,13 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import uvicorn
+from job_test_handlers import SERVICE_ECHO
 from jobs_support import eventually, get_job, running
 from pydantic import Field
 from sqlalchemy import select
@@ -321,6 +323,35 @@ async def test_a_retried_attempt_finds_the_artifact_its_predecessor_wrote(
     assert content.json() == {"attempt": 1}
     logs = (await api.get(done["log_url"], headers=member)).text
     assert '"event": "artifact.reused"' in logs
+
+
+async def test_a_plugins_service_job_type_is_enqueued_through_the_api(
+    backend_settings: Settings,
+    database: Database,
+    world: World,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    dist_info = tmp_path / "acme_jobs-1.0.dist-info"
+    dist_info.mkdir()
+    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-jobs\nVersion: 1.0\n")
+    (dist_info / "entry_points.txt").write_text(
+        "[spawnpoint.jobs]\nacme = job_test_handlers:register_service\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    app = create_app(backend_settings, database=database)
+    org = await world.org()
+    member = org.headers[Role.member]
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://spawnpoint.test") as c:
+        accepted = await post_job(c, member, SERVICE_ECHO, payload={"message": "hi"})
+        assert accepted.status_code == 202, accepted.text
+        assert accepted.json()["payload"] == {"message": "hi"}
+        refused = await post_job(c, member, SERVICE_ECHO, payload={"message": 7})
+        assert refused.status_code == 422
+        assert refused.json()["errors"][0]["pointer"] == "#/payload/message"
+        unknown = await post_job(c, member, "noop-typo", payload={})
+        assert SERVICE_ECHO in unknown.json()["job_types"]
 
 
 async def test_unknown_job_types_and_unfit_payloads_are_refused_at_enqueue(

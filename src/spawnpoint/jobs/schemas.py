@@ -18,7 +18,10 @@ JobType = Annotated[str, Field(min_length=1, max_length=100, pattern=JOB_TYPE_PA
 
 
 class JobCreate(InputSchema):
-    job_type: JobType = Field(description="A service job type (`plan-build`, `eval-run`, …).")
+    job_type: JobType = Field(
+        description="A service job type: the built-ins, or one a plug-in registered.",
+        examples=["plan-build", "eval-run", "audit-report", "noop"],
+    )
     payload: JSONObject = Field(
         default_factory=dict,
         description="The handler's arguments; must fit the job type's payload model.",
