@@ -206,10 +206,18 @@ class _FileStaged(StagedBlob):
                 self.path.unlink()
 
 
+def _close_quietly(descriptor: int) -> None:
+    with contextlib.suppress(OSError):
+        os.close(descriptor)
+
+
 class _FileReader(BlobReader):
     def __init__(self, descriptor: int, size: int) -> None:
         self._fd: int | None = descriptor
         self.size = size
+        # A response that never starts (the client left first) never runs the iterator's
+        # `finally`: the descriptor is closed when the reader is collected instead.
+        self._finalizer = weakref.finalize(self, _close_quietly, descriptor)
 
     async def iter_range(self, start: int, stop: int) -> AsyncIterator[bytes]:
         try:
@@ -226,9 +234,8 @@ class _FileReader(BlobReader):
             await self.close()
 
     async def close(self) -> None:
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            os.close(fd)
+        self._fd = None
+        self._finalizer()
 
 
 class FilesystemBlobStore(BlobStore):
