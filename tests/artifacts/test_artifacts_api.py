@@ -369,6 +369,14 @@ async def test_bad_bodies_are_problems_and_leave_nothing(
     )
     assert truncated.status_code == 400
     assert truncated.headers["content-type"] == "application/problem+json"
+    # The upload routes pass the app's body limit, but a JSON body is still held to it.
+    big_json = await client.post(
+        "/api/artifacts",
+        headers=headers,
+        json={"name": "x", "type": "t", "content": base64.b64encode(b"j" * MB).decode()},
+    )
+    assert big_json.status_code == 413
+    assert "multipart" in big_json.json()["detail"]
     unknown_field = await client.post(
         "/api/artifacts",
         headers=headers,
