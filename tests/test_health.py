@@ -6,9 +6,11 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
-from fastapi import FastAPI
+import pytest
+from fastapi import FastAPI, Request
+from fastapi.responses import StreamingResponse
 
-from conftest import World, make_settings
+from conftest import make_settings
 from spawnpoint.app import create_app
 from spawnpoint.config import Settings
 from spawnpoint.db import Database
@@ -51,8 +53,10 @@ class FakeClock:
 
     def __init__(self) -> None:
         self.now = 1000.0
+        self.step = 0.0  # added on every read: each read is that much later
 
     def __call__(self) -> float:
+        self.now += self.step
         return self.now
 
 
@@ -89,36 +93,49 @@ async def test_healthz_reports_checks_with_latency_and_the_queue_depth(
 
 
 async def test_readyz_flips_to_503_on_slow_requests_and_back_when_they_age_out(
-    backend_settings: Settings, database: Database, world: World
+    backend_settings: Settings, database: Database
 ) -> None:
     clock = FakeClock()
-    # Every request is "slow" at a threshold of a microsecond: three real requests through
-    # the middleware are more than SLOW_REQUEST_MAX=2 within the window.
     async with probe_client(
-        backend_settings,
-        database,
-        slow_request_ms=0.001,
-        slow_request_max=2,
-        slow_request_window_seconds=30,
+        backend_settings, database, slow_request_max=2, slow_request_window_seconds=30
     ) as (app, client):
+        # The tracker's clock times requests too: this route "takes" 600 ms, no sleeping.
         app.state.slow_requests.clock = clock
+
+        async def slow_item(item: str) -> dict[str, str]:
+            clock.now += 0.6
+            return {"item": item}
+
+        async def quick() -> dict[str, str]:
+            clock.now += 0.2
+            return {}
+
+        app.add_api_route("/test-slow/{item}", slow_item)
+        app.add_api_route("/test-quick", quick)
+        item = str(uuid.uuid4())
         assert (await client.get("/readyz")).status_code == 200
-        plan_id = str(backend_settings.demo_plan_id)
-        await client.get("/api/plans", headers=world.dev)
-        await client.get(f"/api/plans/{plan_id}", headers=world.dev)
+        await client.get(f"/test-slow/{item}")
+        await client.get("/test-quick")  # under SLOW_REQUEST_MS: not counted
+        await client.get(f"/test-slow/{item}")
         clock.now += 10
         assert (await client.get("/readyz")).status_code == 200  # two: not more than two
-        await client.get("/api/plans", headers=world.dev)
+        await client.get(f"/test-slow/{item}")
 
         refused = await client.get("/readyz")
         assert refused.status_code == 503
         body = refused.json()
         assert body["status"] == "not-ready"
         assert body["slow_request_policy"]["in_window"] == 3
+        assert len(body["slow_requests"]) == 3
         newest = body["slow_requests"][0]
-        assert (newest["method"], newest["route"], newest["status"]) == ("GET", "/api/plans", 200)
-        assert "/api/plans/{plan_id}" in {entry["route"] for entry in body["slow_requests"]}
-        assert all(plan_id not in entry["route"] for entry in body["slow_requests"])
+        assert (newest["method"], newest["route"], newest["status"]) == (
+            "GET",
+            "/test-slow/{item}",
+            200,
+        )
+        assert newest["duration_ms"] == pytest.approx(600)
+        assert all(item not in entry["route"] for entry in body["slow_requests"])
+        assert body["reasons"] == ["3 requests slower than 500 ms in the last 30 s (more than 2)"]
         # /healthz reports the same, but stays 200: it is no liveness failure.
         health = await client.get("/healthz")
         assert health.status_code == 200
@@ -129,8 +146,42 @@ async def test_readyz_flips_to_503_on_slow_requests_and_back_when_they_age_out(
         assert back.status_code == 200, back.json()
         assert back.json()["status"] == "ready"
         assert back.json()["slow_request_policy"]["in_window"] == 1
-        # The probes themselves are never counted as slow.
-        assert all(entry["route"] != "/readyz" for entry in back.json()["slow_requests"])
+        assert len(back.json()["slow_requests"]) == 3  # still listed, no longer counted
+
+
+async def test_streams_and_uploads_are_not_slow_requests(
+    backend_settings: Settings, database: Database
+) -> None:
+    clock = FakeClock()
+    async with probe_client(backend_settings, database, max_body_bytes=10) as (app, client):
+        app.state.slow_requests.clock = clock
+
+        async def chunks() -> AsyncIterator[bytes]:
+            yield b"first line\n"
+            clock.now += 5  # streaming for a long time after the response started
+            yield b"last line\n"
+
+        async def stream() -> StreamingResponse:
+            return StreamingResponse(chunks(), media_type="text/plain")
+
+        async def upload(request: Request) -> dict[str, int]:
+            clock.now += 5
+            return {"size": len(await request.body())}
+
+        app.add_api_route("/test-stream", stream)
+        app.add_api_route("/test-upload", upload, methods=["POST"])
+        streamed = await client.get("/test-stream")
+        assert streamed.text == "first line\nlast line\n"
+        # Over MAX_BODY_BYTES (413 here, a second between any two clock reads): its time is
+        # the client's bandwidth, not the server's latency.
+        clock.step = 1.0
+        assert (await client.post("/test-upload", content=b"x" * 11)).status_code == 413
+        clock.step = 0.0
+        assert app.state.slow_requests.recent() == []
+        small = await client.post("/test-upload", content=b"x" * 5)
+        assert small.json() == {"size": 5}
+        [entry] = app.state.slow_requests.recent()
+        assert (entry.route, entry.duration_ms) == ("/test-upload", pytest.approx(5000))
 
 
 async def test_readyz_checks_redis_and_rabbitmq_when_configured(

@@ -153,7 +153,9 @@ def create_app(
     for router in ROUTERS:
         app.include_router(router)
     document_bearer_auth(app)
-    install_request_telemetry(app, slow=slow, log_requests=settings.access_log)
+    install_request_telemetry(
+        app, slow=slow, log_requests=settings.access_log, upload_bytes=settings.max_body_bytes
+    )
     return app
 
 
