@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from typing import Any
+from typing import Any, NoReturn
 
 from pydantic import ValidationError
 
@@ -23,9 +23,9 @@ from spawnpoint.jobs.schemas import JobCreate, JobRead
 from spawnpoint.kit.clock import utcnow
 from spawnpoint.kit.errors import Conflict, Forbidden, Unprocessable, field_error
 from spawnpoint.kit.pagination import PageParams
-from spawnpoint.models import Job, JobState, Role
+from spawnpoint.models import Job, JobState, Plan, Role
 from spawnpoint.policy.input import PolicyPlan
-from spawnpoint.quotas.service import job_quota_breaches, job_usage
+from spawnpoint.quotas.service import JobQuotaBreach, JobUsage, job_quota_breaches, job_usage
 from spawnpoint.security import Principal
 from spawnpoint.uow import unit_of
 from spawnpoint.workspaces.repository import SpawnRows
@@ -130,41 +130,9 @@ class JobService:
         now = utcnow()
         usage = await job_usage(self.repository, self.registry.service_types(), now=now)
         breaches = job_quota_breaches(plan, usage, now=now)
-        uow = unit_of(self.session)
         if breaches:
-            first = breaches[0]
-            log.warning(
-                "job quota exceeded: tenant %s, %s allows %d, %d used; %s refused",
-                tenant_id,
-                first.limit,
-                first.allowed,
-                first.used,
-                job_in.job_type,
-            )
-            uow.emit_if_refused(
-                quota_exceeded(
-                    tenant_id=tenant_id,
-                    project_id=job_in.project_id,
-                    actor_id=actor.user_id,
-                    job_type=job_in.job_type,
-                    limit=first.limit,
-                    allowed=first.allowed,
-                    usage=usage.as_dict(),
-                    plan=plan.name,
-                    retry_after=first.retry_after,
-                )
-            )
-            headers = None if first.retry_after is None else {"Retry-After": str(first.retry_after)}
-            raise QuotaExceeded(
-                f"Quota exceeded: plan {plan.name!r} allows {first.allowed} for {first.limit}; "
-                f"the tenant has {first.used}.",
-                headers=headers,
-                limit=first.limit,
-                limits=[b.limit for b in breaches],
-                allowed=first.allowed,
-                usage=usage.as_dict(),
-                plan=PolicyPlan.model_validate(plan).model_dump(mode="json"),
-            )
+            self._refuse(actor=actor, job_in=job_in, plan=plan, usage=usage, breaches=breaches)
+        uow = unit_of(self.session)
         job = queued_job(
             job_type=job_in.job_type,
             payload=payload,
@@ -193,6 +161,50 @@ class JobService:
         # as few round trips as a spawn.
         await enqueue_with(self.session, [], job, final=final)
         return Job(**job)
+
+    def _refuse(
+        self,
+        *,
+        actor: Principal,
+        job_in: JobCreate,
+        plan: Plan,
+        usage: JobUsage,
+        breaches: list[JobQuotaBreach],
+    ) -> NoReturn:
+        """Log, keep the refusal's event for its own transaction, answer 429."""
+        first = breaches[0]
+        log.warning(
+            "job quota exceeded: tenant %s, %s allows %d, %d used; %s refused",
+            actor.tenant_id,
+            first.limit,
+            first.allowed,
+            first.used,
+            job_in.job_type,
+        )
+        unit_of(self.session).emit_if_refused(
+            quota_exceeded(
+                tenant_id=actor.tenant_id,
+                project_id=job_in.project_id,
+                actor_id=actor.user_id,
+                job_type=job_in.job_type,
+                limit=first.limit,
+                allowed=first.allowed,
+                usage=usage.as_dict(),
+                plan=plan.name,
+                retry_after=first.retry_after,
+            )
+        )
+        headers = None if first.retry_after is None else {"Retry-After": str(first.retry_after)}
+        raise QuotaExceeded(
+            f"Quota exceeded: plan {plan.name!r} allows {first.allowed} for {first.limit}; "
+            f"the tenant has {first.used}.",
+            headers=headers,
+            limit=first.limit,
+            limits=[b.limit for b in breaches],
+            allowed=first.allowed,
+            usage=usage.as_dict(),
+            plan=PolicyPlan.model_validate(plan).model_dump(mode="json"),
+        )
 
     async def page(
         self,
