@@ -136,9 +136,7 @@ def create_app(
         max_in_window=settings.slow_request_max,
         window_seconds=settings.slow_request_window_seconds,
     )
-    app.state.health = HealthService(
-        settings=settings, database=database, policy=policy, slow=slow
-    )
+    app.state.health = HealthService(settings=settings, database=database, policy=policy, slow=slow)
     app.state.provisioners = provisioners or ProvisionerRegistry.from_entry_points()
     install_problem_handlers(app)
     install_method_semantics(app)
