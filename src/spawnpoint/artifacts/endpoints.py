@@ -71,7 +71,8 @@ async def staged_blobs() -> AsyncIterator[list[StagedBlob]]:
 Staged = Annotated[list[StagedBlob], Depends(staged_blobs)]
 
 
-def _body_schema(model: type[Any], *, file_required: bool) -> dict[str, Any]:
+def _body_schema(model: type[Any]) -> dict[str, Any]:
+    """The two bodies a create or update takes: JSON, or multipart with a `file` part."""
     json_schema = model.model_json_schema()
     form = {
         "type": "object",
@@ -84,7 +85,7 @@ def _body_schema(model: type[Any], *, file_required: bool) -> dict[str, Any]:
             "metadata": {"type": "string", "description": "A JSON object, as text."},
             "file": {"type": "string", "format": "binary", "description": "The content."},
         },
-        "required": [*json_schema.get("required", []), *(["file"] if file_required else [])],
+        "required": json_schema.get("required", []),
     }
     return {
         "responses": {
@@ -139,7 +140,7 @@ async def list_artifacts(
     "",
     status_code=status.HTTP_201_CREATED,
     summary="Create artifact",
-    openapi_extra=_body_schema(ArtifactCreate, file_required=False),
+    openapi_extra=_body_schema(ArtifactCreate),
 )
 async def create_artifact(
     request: Request, actor: RequirePublisher, artifacts: Artifacts, staged: Staged
@@ -168,7 +169,7 @@ async def read_artifact(
 @router.put(
     "/{artifact_id}",
     summary="Update artifact",
-    openapi_extra=_body_schema(ArtifactUpdate, file_required=False),
+    openapi_extra=_body_schema(ArtifactUpdate),
 )
 async def update_artifact(
     request: Request,
@@ -178,6 +179,7 @@ async def update_artifact(
     artifact_id: uuid.UUID,
 ) -> ArtifactRead:
     """Update an artifact's fields; new content (inline or a `file` part) replaces the old."""
+    await artifacts.get(artifact_id=artifact_id)  # 404 before a large body is read
     upload = await _read(request, ArtifactUpdate, artifacts.store, staged)
     assert isinstance(upload.fields, ArtifactUpdate)
     artifact = await artifacts.update(

@@ -8,8 +8,12 @@ from spawnpoint.models import Artifact
 
 
 class ArtifactRepository(ScopedRepository[Artifact]):
+    """A tenant's artifacts; operators too see (and write) only their own tenant's, as an
+    artifact is created in the caller's tenant and read back from it."""
+
     model = Artifact
     noun = "artifact"
+    operators_see_all = False
 
     async def page_filtered(
         self, params: PageParams, *, type: str | None, name_prefix: str | None
