@@ -644,6 +644,8 @@ async def test_quotas_show_limits_usage_and_ratios(
     assert quotas["cpu"]["used"] == 1.0
     assert quotas["memory_mb"]["used"] == 512
     assert quotas["storage_gb"]["limit"] == 100
+    # Counts read back as integers; cpu (two decimals) as a number.
+    assert all(isinstance(quotas[name]["limit"], int) for name in ("jobs_today", "workspaces"))
     resets = datetime.fromisoformat(quotas["jobs_today_resets_at"])
     assert (resets.hour, resets.minute) == (0, 0)
     assert timedelta(0) < resets - datetime.now(UTC) <= timedelta(days=1)

@@ -18,6 +18,7 @@ from typing import Annotated, Any, TypeVar
 
 from annotated_types import Ge, Le
 from pydantic import AwareDatetime, Field, ValidationError, model_validator
+from pydantic_core import to_jsonable_python
 
 from spawnpoint.artifacts.blobstore import BlobStore, blob_store_for_settings
 from spawnpoint.artifacts.service import create_artifact_from_bytes
@@ -106,7 +107,7 @@ def log_json(ctx: JobContext, event: str, **fields: Any) -> None:
         "attempt": ctx.attempt,
         **fields,
     }
-    ctx.log(json.dumps(line, default=str, sort_keys=True))
+    ctx.log(json.dumps(to_jsonable_python(line), sort_keys=True))
 
 
 def _tenant(ctx: JobContext) -> uuid.UUID:
@@ -175,7 +176,7 @@ class BuiltinHandlers:
         that runs again after its predecessor died between this commit and the outcome's
         finds the artifact instead of writing a second one.
         """
-        content = json.dumps(document, default=str, indent=2, sort_keys=True).encode()
+        content = json.dumps(to_jsonable_python(document), indent=2, sort_keys=True).encode()
         token = ctx.fencing_token
         async with ctx.database.unit_of_work(write=True) as uow:
             kept = await held_result(uow.session, job_id=ctx.job_id, fencing_token=token)

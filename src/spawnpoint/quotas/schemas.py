@@ -9,8 +9,8 @@ from spawnpoint.kit.schemas import ReadSchema
 
 
 class QuotaRead(ReadSchema):
-    limit: float = Field(description="What the plan allows.")
-    used: float = Field(description="What the tenant holds now.")
+    limit: int | float = Field(description="What the plan allows.")
+    used: int | float = Field(description="What the tenant holds now.")
     ratio: float = Field(
         description="used / limit (1 when the limit is 0): >= 0.8 warns, >= 1 is full."
     )

@@ -30,7 +30,7 @@ def day_start(now: datetime) -> datetime:
     return now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
 
 
-def quota(limit: float, used: float) -> QuotaRead:
+def quota(limit: int | float, used: int | float) -> QuotaRead:
     ratio = used / limit if limit > 0 else 1.0
     return QuotaRead(limit=limit, used=used, ratio=round(ratio, 4))
 
