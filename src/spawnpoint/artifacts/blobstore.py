@@ -56,7 +56,7 @@ class StagedBlob(ABC):
     sha256: str = ""
 
     @abstractmethod
-    async def write(self, chunk: bytes) -> None:
+    async def write(self, chunk: bytes | memoryview) -> None:
         """Append `chunk` (buffered; flushed to storage in chunks of `CHUNK_BYTES`)."""
 
     @abstractmethod
@@ -125,12 +125,12 @@ class _FileStaged(StagedBlob):
         self._fd: int | None = descriptor
         self._io = threading.Lock()
         self._hash = hashlib.sha256()
-        self._pending: list[bytes] = []
+        self._pending: list[bytes | memoryview] = []
         self._pending_bytes = 0
         self._inflight: asyncio.Future[tuple[None, None]] | None = None
         self.published = False
 
-    def _write_sync(self, chunks: list[bytes]) -> None:
+    def _write_sync(self, chunks: list[bytes | memoryview]) -> None:
         with self._io:
             if self._fd is None:
                 raise RuntimeError("this staged blob was discarded")
@@ -143,7 +143,7 @@ class _FileStaged(StagedBlob):
                 if views and written:
                     views[0] = views[0][written:]
 
-    def _hash_sync(self, chunks: list[bytes]) -> None:
+    def _hash_sync(self, chunks: list[bytes | memoryview]) -> None:
         for chunk in chunks:
             self._hash.update(chunk)
 
@@ -163,7 +163,7 @@ class _FileStaged(StagedBlob):
             loop.run_in_executor(None, self._hash_sync, chunks),
         )
 
-    async def write(self, chunk: bytes) -> None:
+    async def write(self, chunk: bytes | memoryview) -> None:
         if self._fd is None:
             raise RuntimeError("this staged blob is finished")
         if not chunk:

@@ -123,7 +123,7 @@ class _MultipartReader:
         self.store = store
         self.max_file_bytes = max_file_bytes
         self.max_field_bytes = max_field_bytes
-        self.events: list[tuple[str, bytes]] = []
+        self.events: list[tuple[str, memoryview]] = []
         self.parts: list[_Part] = []
         self.header_field = bytearray()
         self.header_value = bytearray()
@@ -136,10 +136,11 @@ class _MultipartReader:
         events = self.events
 
         def data(kind: str) -> Callable[[bytes, int, int], None]:
-            return lambda buffer, start, end: events.append((kind, buffer[start:end]))
+            # A view, not a copy: the buffers handed over are immutable `bytes`.
+            return lambda buffer, start, end: events.append((kind, memoryview(buffer)[start:end]))
 
         def mark(kind: str) -> Callable[[], None]:
-            return lambda: events.append((kind, b""))
+            return lambda: events.append((kind, memoryview(b"")))
 
         return {
             "on_part_begin": mark("part_begin"),
@@ -207,7 +208,7 @@ class _MultipartReader:
                 ]
             )
 
-    async def _part_data(self, value: bytes) -> None:
+    async def _part_data(self, value: memoryview) -> None:
         part = self.parts[-1]
         if part.is_file:
             assert self.staged is not None
