@@ -15,6 +15,7 @@ from spawnpoint.app import create_app
 from spawnpoint.config import Settings
 from spawnpoint.db import Database
 from spawnpoint.jobs.queue import enqueue
+from spawnpoint.kit.metrics import SLOW_REQUESTS
 
 
 async def test_health_live_ready(client: httpx.AsyncClient) -> None:
@@ -93,7 +94,7 @@ async def test_healthz_reports_checks_with_latency_and_the_queue_depth(
 
 
 async def test_readyz_flips_to_503_on_slow_requests_and_back_when_they_age_out(
-    backend_settings: Settings, database: Database
+    backend_settings: Settings, database: Database, caplog: pytest.LogCaptureFixture
 ) -> None:
     clock = FakeClock()
     async with probe_client(
@@ -113,6 +114,7 @@ async def test_readyz_flips_to_503_on_slow_requests_and_back_when_they_age_out(
         app.add_api_route("/test-slow/{item}", slow_item)
         app.add_api_route("/test-quick", quick)
         item = str(uuid.uuid4())
+        slow_before = SLOW_REQUESTS.labels("GET", "/test-slow/{item}")._value.get()
         assert (await client.get("/readyz")).status_code == 200
         await client.get(f"/test-slow/{item}")
         await client.get("/test-quick")  # under SLOW_REQUEST_MS: not counted
@@ -136,6 +138,7 @@ async def test_readyz_flips_to_503_on_slow_requests_and_back_when_they_age_out(
         assert newest["duration_ms"] == pytest.approx(600)
         assert all(item not in entry["route"] for entry in body["slow_requests"])
         assert body["reasons"] == ["3 requests slower than 500 ms in the last 30 s (more than 2)"]
+        assert SLOW_REQUESTS.labels("GET", "/test-slow/{item}")._value.get() - slow_before == 3
         # /healthz reports the same, but stays 200: it is no liveness failure.
         health = await client.get("/healthz")
         assert health.status_code == 200
@@ -147,6 +150,10 @@ async def test_readyz_flips_to_503_on_slow_requests_and_back_when_they_age_out(
         assert back.json()["status"] == "ready"
         assert back.json()["slow_request_policy"]["in_window"] == 1
         assert len(back.json()["slow_requests"]) == 3  # still listed, no longer counted
+    warnings = [r for r in caplog.records if r.name == "spawnpoint.slow"]
+    assert len(warnings) == 3
+    assert warnings[0].levelname == "WARNING"
+    assert "GET /test-slow/{item} 200 answered after 600.0ms" in warnings[0].getMessage()
 
 
 async def test_streams_and_uploads_are_not_slow_requests(

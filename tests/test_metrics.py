@@ -136,6 +136,8 @@ async def test_request_metrics_are_labelled_by_route_template_never_by_id(
         await client.get(f"/api/plans/{plan_id}", headers=world.dev)
         await client.get(f"/api/plans/{uuid.uuid4()}", headers=world.dev)
         await client.get(f"/no/such/path/{uuid.uuid4()}")
+        for method in ("FOO", "BAR"):  # any token is a method: one label for all unknown ones
+            await client.request(method, "/api/plans", headers=world.dev)
         after = await scrape(client)
 
     def moved(name: str, **labels: str) -> float:
@@ -146,6 +148,8 @@ async def test_request_metrics_are_labelled_by_route_template_never_by_id(
     assert moved(total, method="GET", route="/api/plans/{plan_id}", status="200") == 1
     assert moved(total, method="GET", route="/api/plans/{plan_id}", status="404") == 1
     assert moved(total, method="GET", route="unmatched", status="404") == 1
+    assert moved(total, method="other", route="/api/plans", status="405") == 2
+    assert not any(dict(labels).get("method") in {"FOO", "BAR"} for _, labels in samples(after))
     latency = "spawnpoint_http_request_duration_seconds_count"
     assert moved(latency, method="GET", route="/api/plans", status="200") == 1
     # No label anywhere carries an id (request ids, tenant ids, object ids).

@@ -59,10 +59,10 @@ class SlowRequestTracker:
         self.wall = wall
         self._ring: deque[SlowRequest] = deque(maxlen=max(SHOWN, max_in_window + 1))
 
-    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
-        """Record the request if it was slow (cheap when it was not)."""
+    def observe(self, method: str, route: str, status: int, seconds: float) -> bool:
+        """Record the request if it was slow (cheap when it was not); whether it was."""
         if seconds < self.threshold_seconds:
-            return
+            return False
         self._ring.append(
             SlowRequest(
                 method=method,
@@ -73,6 +73,7 @@ class SlowRequestTracker:
                 seen=self.clock(),
             )
         )
+        return True
 
     def recent(self, limit: int = SHOWN) -> list[SlowRequest]:
         """The newest slow requests first."""

@@ -73,6 +73,13 @@ JOB_RETRIES = Counter(
     ["job_type"],
 )
 
+SLOW_REQUESTS = Counter(
+    "spawnpoint_slow_requests",
+    "Requests that took longer than SLOW_REQUEST_MS to start their response, by method and "
+    "route template (what /healthz lists and /readyz counts).",
+    ["method", "route"],
+)
+
 SPAWN_REFUSALS = Counter(
     "spawnpoint_spawn_refusals",
     "Spawns refused, by reason class: quota (a plan limit), policy (the policy denied), "
@@ -87,14 +94,15 @@ _request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
 def observe_request(method: str, route: str, status: int, seconds: float) -> None:
     """Count one answered request and its duration."""
+    if method not in KNOWN_METHODS:
+        method = "other"  # before the cache key: a client may send any token as a method
     key = (method, route, status)
     children = _request_children.get(key)
     if children is None:
-        label = method if method in KNOWN_METHODS else "other"
         code = str(status) if 100 <= status <= 599 else "other"
         children = (
-            HTTP_REQUESTS.labels(label, route, code),
-            HTTP_DURATION.labels(label, route, code),
+            HTTP_REQUESTS.labels(method, route, code),
+            HTTP_DURATION.labels(method, route, code),
         )
         _request_children[key] = children
     children[0].inc()

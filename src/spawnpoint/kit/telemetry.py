@@ -19,10 +19,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from spawnpoint import tracing
 from spawnpoint.health.slow import SlowRequestTracker
-from spawnpoint.kit.metrics import UNMATCHED, observe_request
+from spawnpoint.kit.metrics import KNOWN_METHODS, SLOW_REQUESTS, UNMATCHED, observe_request
 from spawnpoint.logs import MAX_REASON, RequestContext, accepted_request_id, current
 
 access_log = logging.getLogger("spawnpoint.access")
+# One warning per slow request, for alerting (the ring keeps the latest for the probes).
+slow_log = logging.getLogger("spawnpoint.slow")
 REQUEST_ID_HEADER = b"x-request-id"
 REASON_HEADER = b"x-reason"
 CONTENT_LENGTH_HEADER = b"content-length"
@@ -100,7 +102,9 @@ class RequestTelemetry:
             route = context.route = _route_of(scope, context)
             observe_request(context.method, route, status, elapsed)
             if not upload and route not in UNTRACKED_ROUTES:
-                self.slow.observe(context.method, route, status, (answered or ended) - started)
+                waited = (answered or ended) - started
+                if self.slow.observe(context.method, route, status, waited):
+                    _report_slow(context.method, route, status, waited)
             if self.log_requests and access_log.isEnabledFor(logging.INFO):
                 duration_ms = round(elapsed * 1000, 3)
                 access_log.info(
@@ -112,6 +116,20 @@ class RequestTelemetry:
                     extra={"status": status, "duration_ms": duration_ms},
                 )
             current.reset(token)
+
+
+def _report_slow(method: str, route: str, status: int, seconds: float) -> None:
+    label = method if method in KNOWN_METHODS else "other"
+    SLOW_REQUESTS.labels(label, route).inc()
+    duration_ms = round(seconds * 1000, 3)
+    slow_log.warning(
+        "slow request: %s %s %d answered after %.1fms",
+        method,
+        route,
+        status,
+        duration_ms,
+        extra={"status": status, "duration_ms": duration_ms},
+    )
 
 
 def install_request_telemetry(
