@@ -84,8 +84,10 @@ async def test_metrics_parse_and_the_job_counters_move(
             failures.append(1)
             raise RuntimeError("first attempt fails")
 
-    async with metrics_client(backend_settings, database) as (_, client):
+    async with metrics_client(backend_settings, database, registry) as (_, client):
         before = await scrape(client)
+        # Registered types have a series from the start, at 0.
+        assert samples(before)[("service_job_queue_depth", frozenset({("job_type", fine)}))] == 0
         fine_ids = [await add_job(database, fine) for _ in range(2)]
         flaky_id = await add_job(database, flaky, max_attempts=3)
         queued = await scrape(client)

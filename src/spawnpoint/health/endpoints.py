@@ -57,9 +57,11 @@ async def metrics(request: Request) -> Response:
     """Expose the metrics in the Prometheus text format, with gauges read from the database."""
     health: HealthService = request.app.state.health
     registry = getattr(request.app.state, "job_registry", None)
-    service_types = registry.service_types() if registry is not None else ()
+    service_types = registry.service_types() if registry is not None else frozenset()
+    job_types = registry.job_types() if registry is not None else frozenset()
     snapshot = await health.snapshot(service_types=service_types)
-    return Response(exposition([SnapshotCollector(snapshot)]), media_type=CONTENT_TYPE_LATEST)
+    collector = SnapshotCollector(snapshot, job_types=job_types)
+    return Response(exposition([collector]), media_type=CONTENT_TYPE_LATEST)
 
 
 HEALTH_EXAMPLE: dict[str, Any] = {

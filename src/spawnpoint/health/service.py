@@ -50,10 +50,15 @@ def ratio(used: float, limit: float) -> float:
 
 
 class SnapshotCollector(Collector):
-    """One scrape's database-derived gauges (a fresh collector per scrape)."""
+    """One scrape's database-derived gauges (a fresh collector per scrape).
 
-    def __init__(self, snapshot: Snapshot) -> None:
+    `job_types` (the registry's) get a queue depth of 0 when none is queued, so their series
+    stay continuous.
+    """
+
+    def __init__(self, snapshot: Snapshot, *, job_types: Collection[str] = ()) -> None:
         self.snapshot = snapshot
+        self.job_types = job_types
 
     def collect(self) -> Iterable[Metric]:
         snapshot = self.snapshot
@@ -70,7 +75,8 @@ class SnapshotCollector(Collector):
             "Jobs waiting in the queue, by job type.",
             labels=["job_type"],
         )
-        for job_type, count in sorted(snapshot.queue_depth.items()):
+        queued = dict.fromkeys(self.job_types, 0) | snapshot.queue_depth
+        for job_type, count in sorted(queued.items()):
             depth.add_metric([job_type], count)
         yield depth
         workspaces = GaugeMetricFamily(
