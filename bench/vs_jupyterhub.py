@@ -1496,6 +1496,9 @@ def parse_args() -> argparse.Namespace:
 def main() -> int:
     args = parse_args()
     raise_on_sigterm(deadline=WATCHDOG_SECONDS)
+    # Ctrl-C stops the run (and everything it started) even when started in the background,
+    # where a shell leaves SIGINT ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     scenarios = {"both": ["noop", "local"], "none": []}.get(args.scenario, [args.scenario])
     load_before = loadavg()
     busy_before = system_cpu_seconds()
