@@ -32,7 +32,7 @@ from spawnpoint.deps import (
     Session,
     get_unit_of_work,
 )
-from spawnpoint.kit.errors import ProblemError, problem_response
+from spawnpoint.kit.errors import ProblemError, Unauthorized, problem_response
 from spawnpoint.kit.pagination import Page, Pagination
 from spawnpoint.kit.ratelimit import LoginThrottle
 from spawnpoint.kit.routing import StrictRoute, UnsupportedMediaType, _is_json, scan
@@ -50,8 +50,20 @@ UoW = Annotated[UnitOfWork, Depends(get_unit_of_work)]
 FORM = "application/x-www-form-urlencoded"
 
 
-def _audit(action: str, resource: str = "auth") -> dict[str, Any]:
-    return {"x-audit-action": action, "x-audit-resource": resource}
+def _audit(action: str, resource: str = "auth", *, public: bool = True) -> dict[str, Any]:
+    extra: dict[str, Any] = {"x-audit-action": action, "x-audit-resource": resource}
+    if public:
+        # No credentials: the body (a password, a token) is what authenticates.
+        extra["security"] = []
+    return extra
+
+
+REFUSED: dict[int | str, dict[str, Any]] = {
+    401: {"description": "Wrong credentials, or an invalid, spent or revoked token."},
+    403: {"description": "Registration is closed, or needs a valid invite."},
+    409: {"description": "The email cannot be registered (it is in use), or the tenant name."},
+    429: {"description": "Too many failed logins for the account or the address."},
+}
 
 
 async def get_auth_service(request: Request, uow: UoW, settings: AppSettings) -> AuthService:
@@ -76,6 +88,7 @@ def _answer(outcome: TokenRead | ProblemError) -> TokenRead | Response:
     status_code=status.HTTP_201_CREATED,
     summary="Register",
     openapi_extra=_audit("auth.register", "user"),
+    responses={403: REFUSED[403], 409: REFUSED[409]},
 )
 async def register(auth: Auth, register_in: RegisterIn) -> UserRead:
     """Create an account: a new tenant (REGISTRATION=open) or an invite's (invite)."""
@@ -139,6 +152,7 @@ async def _login_in(request: Request) -> LoginIn:
     summary="Log in",
     response_model=TokenRead,
     openapi_extra={**_audit("auth.login"), "requestBody": LOGIN_BODY},
+    responses={401: REFUSED[401], 429: REFUSED[429]},
 )
 async def login(request: Request, auth: Auth) -> TokenRead | Response:
     """Exchange an email and password for an access token and a refresh token."""
@@ -152,6 +166,7 @@ async def login(request: Request, auth: Auth) -> TokenRead | Response:
     summary="Refresh tokens",
     response_model=TokenRead,
     openapi_extra=_audit("auth.refresh"),
+    responses={401: REFUSED[401]},
 )
 async def refresh(auth: Auth, refresh_in: RefreshIn) -> TokenRead | Response:
     """Spend a refresh token for a new access token and refresh token."""
@@ -163,6 +178,7 @@ async def refresh(auth: Auth, refresh_in: RefreshIn) -> TokenRead | Response:
     status_code=status.HTTP_204_NO_CONTENT,
     summary="Log out",
     openapi_extra=_audit("auth.logout"),
+    responses={401: REFUSED[401]},
 )
 async def logout(auth: Auth, refresh_in: RefreshIn) -> Response:
     """End the session the refresh token belongs to."""
@@ -173,8 +189,11 @@ async def logout(auth: Auth, refresh_in: RefreshIn) -> Response:
 @router.get("/me", summary="Current user")
 async def me(principal: CurrentPrincipal, session: Session, scope: Scope) -> MeRead:
     """Who you are: your user, tenant, role and your plan's quotas."""
-    user = await UserRepository(session, scope).get(principal.user_id)
-    tenant = await TenantRepository(session, scope).get(principal.tenant_id)
+    user = await UserRepository(session, scope).find(principal.user_id)
+    tenant = await TenantRepository(session, scope).find(principal.tenant_id)
+    if user is None or tenant is None:
+        # Only the dev bypass token outlives its account (the demo tenant deleted).
+        raise Unauthorized("The account no longer exists.")
     plan = await PlanRepository(session, scope).get(tenant.plan_id)
     return MeRead(
         user=UserRead.model_validate(user),
@@ -190,7 +209,7 @@ async def me(principal: CurrentPrincipal, session: Session, scope: Scope) -> MeR
     "/password",
     status_code=status.HTTP_204_NO_CONTENT,
     summary="Change password",
-    openapi_extra=_audit("auth.password"),
+    openapi_extra=_audit("auth.password", public=False),
 )
 async def change_password(actor: RequireViewer, auth: Auth, change_in: PasswordChange) -> Response:
     """Change your password (the current one is needed); your other sessions end."""
@@ -205,6 +224,7 @@ async def change_password(actor: RequireViewer, auth: Auth, change_in: PasswordC
     status_code=status.HTTP_204_NO_CONTENT,
     summary="Set password",
     openapi_extra=_audit("auth.set_password"),
+    responses={401: REFUSED[401]},
 )
 async def set_password(auth: Auth, _accounts: ChangesAccounts, set_in: PasswordSet) -> Response:
     """Set a password with the one-time token given when an admin created the user."""

@@ -54,6 +54,7 @@ DESCRIPTIONS = {
     413: "The request body is larger than MAX_BODY_BYTES.",
     415: "The request body is not JSON.",
     422: "The request is invalid; `errors` points at each problem.",
+    429: "Too many requests (RATE_LIMIT_PER_MINUTE, or failed logins); see Retry-After.",
     503: "A dependency (the database, the policy engine) cannot answer; retry later.",
 }
 # Where a POST's new object lives, when not under the POST's own path, and its id's pointer.
@@ -69,7 +70,8 @@ def _applicable(path: str, method: str, operation: dict[str, Any]) -> list[int]:
     public = operation.get("security") == []
     statuses = [422]
     if not public:
-        statuses += [401, 403]
+        # 429: every authenticated request counts in its principal's and tenant's limits.
+        statuses += [401, 403, 429]
     if "{" in path:
         statuses.append(404)
     if method in WRITE_METHODS and not public:
