@@ -4,21 +4,24 @@ from __future__ import annotations
 
 import os
 import re
+import signal
+import socket
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel
 
-from conftest import World
-from jobs.jobs_support import add_job, eventually, job_in_state, running
+from conftest import JWT_SECRET, World, make_settings
+from jobs.jobs_support import add_job, eventually, get_job, job_in_state, running
 from spawnpoint.app import create_app
 from spawnpoint.config import Settings
 from spawnpoint.db import Database
@@ -26,6 +29,7 @@ from spawnpoint.jobs.context import JobContext
 from spawnpoint.jobs.queue import Backoff
 from spawnpoint.jobs.registry import HandlerRegistry
 from spawnpoint.jobs.worker import Worker
+from spawnpoint.migrations import upgrade
 from spawnpoint.models import Role
 
 UUID_PATTERN = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -261,3 +265,66 @@ def test_metrics_add_up_every_process_in_multiprocess_mode(tmp_path: Path) -> No
     )
     assert health == 1
     assert len(list(directory.iterdir())) >= 3  # one file set per process
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def metrics_worker(tmp_path: Path) -> Iterator[tuple[Settings, int]]:
+    """`spawnpoint worker --metrics-port` on a SQLite database of its own."""
+    settings = make_settings(f"sqlite+aiosqlite:///{tmp_path / 'w.db'}", tmp_path)
+    upgrade(settings)
+    port = _free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": settings.sqlalchemy_url,
+        "DATA_DIR": str(tmp_path),
+        "JWT_SECRET": JWT_SECRET,
+        "HOST": "127.0.0.1",
+        "LOG_LEVEL": "warning",
+    }
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    command = [sys.executable, "-m", "spawnpoint", "worker", "--poll-interval", "0.05"]
+    with (tmp_path / "worker.log").open("wb") as log:
+        worker = subprocess.Popen(
+            [*command, "--metrics-port", str(port)], cwd=tmp_path, env=env, stdout=log, stderr=log
+        )
+        try:
+            yield settings, port
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            worker.wait(timeout=30)
+
+
+async def test_a_worker_serves_its_own_metrics_with_metrics_port(
+    metrics_worker: tuple[Settings, int],
+) -> None:
+    settings, port = metrics_worker
+    database = Database(settings.sqlalchemy_url)
+    try:
+        job_id = await add_job(
+            database, "audit-report", payload={}, tenant_id=settings.demo_tenant_id
+        )
+        await eventually(
+            lambda: job_in_state(database, job_id, "succeeded", "failed"), what="the job ran"
+        )
+        assert (await get_job(database, job_id)).state == "succeeded"
+    finally:
+        await database.dispose()
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+
+        async def scraped() -> str | None:
+            try:
+                text = (await client.get("/metrics")).text
+            except httpx.TransportError:
+                return None
+            count = "service_job_duration_ms_count"
+            done = value(text, count, job_type="audit-report", outcome="succeeded") == 1
+            return text if done else None
+
+        await eventually(scraped, what="the worker's metrics")

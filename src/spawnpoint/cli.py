@@ -290,6 +290,16 @@ def worker(
             "plug-ins normally use the spawnpoint.jobs entry-point group.",
         ),
     ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=65535,
+            help="Serve this worker's Prometheus metrics (job durations, retries) on this port "
+            "at HOST; default: none (an API process on the same host adds them up through "
+            "PROMETHEUS_MULTIPROC_DIR).",
+        ),
+    ] = None,
 ) -> None:
     """Run background jobs and the scheduler until SIGTERM or SIGINT."""
     from spawnpoint.jobs.registry import default_registry
@@ -299,6 +309,10 @@ def worker(
     settings = load_settings()
     configure_logging(settings)
     tracing.configure_tracing(settings)
+    if metrics_port is not None:
+        from spawnpoint.kit.metrics import serve_metrics
+
+        serve_metrics(metrics_port, settings.host)
     registry = default_registry(settings)
     for reference in handlers or []:
         registry.load_reference(reference)

@@ -23,6 +23,7 @@ from prometheus_client import (
     Counter,
     Histogram,
     generate_latest,
+    start_http_server,
 )
 from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -107,6 +108,25 @@ def observe_request(method: str, route: str, status: int, seconds: float) -> Non
         _request_children[key] = children
     children[0].inc()
     children[1].observe(seconds)
+
+
+def process_registry() -> CollectorRegistry:
+    """This process's metrics (every process's, in multiprocess mode), as one registry."""
+    directory = multiprocess_dir()
+    if directory is None:
+        return REGISTRY
+    registry = CollectorRegistry(auto_describe=False)
+    MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
+    return registry
+
+
+def serve_metrics(port: int, host: str) -> None:
+    """Serve `process_registry()` over HTTP on `host:port`, from a daemon thread.
+
+    For `spawnpoint worker --metrics-port`: a worker on a host without an API process (or
+    without PROMETHEUS_MULTIPROC_DIR) exposes its own job metrics.
+    """
+    start_http_server(port, addr=host, registry=process_registry())
 
 
 def multiprocess_dir() -> str | None:
