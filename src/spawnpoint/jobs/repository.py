@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import functools
 import uuid
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import ColumnElement, func, select
+from sqlalchemy import ColumnElement, Select, bindparam, func, select
+from sqlalchemy.engine import Dialect
 
+from spawnpoint.db import DriverStatement
+from spawnpoint.kit.errors import NotFound
 from spawnpoint.kit.pagination import PageParams, fetch_page
 from spawnpoint.kit.repository import ScopedRepository
-from spawnpoint.models import Job, JobLog, JobState
+from spawnpoint.models import Job, JobLog, JobState, Plan, Tenant
+from spawnpoint.uow import unit_of
+from spawnpoint.workspaces.repository import PLAN_COLUMNS, TENANT_COLUMNS, SpawnRows
 
 ACTIVE = (JobState.queued.value, JobState.running.value)
 
@@ -83,11 +90,72 @@ class JobRepository(ScopedRepository[Job]):
         `since`. One statement, two index range scans."""
         if not job_types:
             return 0, 0
-        types = sorted(job_types)
-        own = self.tenant_condition(Job.tenant_id)
-        active = select(func.count()).where(own, Job.state.in_(ACTIVE), Job.type.in_(types))
-        recent = select(func.count()).where(own, Job.type.in_(types), Job.id >= first_id_at(since))
-        row = (
-            await self.session.execute(select(active.scalar_subquery(), recent.scalar_subquery()))
-        ).one()
+        statement = _counts(
+            self.tenant_condition(Job.tenant_id), sorted(job_types), first_id_at(since)
+        )
+        row = (await self.session.execute(statement)).one()
         return int(row[0] or 0), int(row[1] or 0)
+
+    async def lock_tenant_with_counts(
+        self, job_types: Collection[str], since: datetime
+    ) -> tuple[Tenant, Plan, int, int]:
+        """Lock the caller's tenant (as a spawn does) and count its jobs under the lock.
+
+        Returns the tenant and its plan (detached), then `job_counts`. On PostgreSQL the
+        lock, the counts and the lock on the tenant's audit chain head go out in one round
+        trip (as a spawn's do), so enqueues of one tenant, which queue on that lock, hold it
+        for one round trip less each, and the commit needs only one more.
+
+        Raises:
+            NotFound: the tenant is gone.
+        """
+        tenant_id = self.scope.tenant_id
+        uow = unit_of(self.session)
+        if not uow.is_postgres or not job_types:
+            tenant, plan = await SpawnRows(self.session).lock_tenant(tenant_id)
+            active, today = await self.job_counts(job_types, since)
+            return tenant, plan, active, today
+        lock, counts = _enqueue_statements(
+            self.session.get_bind().dialect, tuple(sorted(job_types))
+        )
+        values = {"tenant_id": tenant_id, "since_id": first_id_at(since)}
+        heads = uow.head_lock_steps()
+        locked, counted, *held = await uow.pipelined(
+            [(lock, {"tenant_id": tenant_id}), (counts, values), *heads]
+        )
+        await uow.keep_heads(held)
+        row = await locked.fetchone()
+        if row is None:
+            raise NotFound("Tenant not found.")
+        split = len(TENANT_COLUMNS)
+        tenant = Tenant(**{c.key: v for c, v in zip(TENANT_COLUMNS, row[:split], strict=True)})
+        plan = Plan(**{c.key: v for c, v in zip(PLAN_COLUMNS, row[split:], strict=True)})
+        active, today = await counted.fetchone()
+        return tenant, plan, int(active), int(today)
+
+
+def _counts(
+    tenant: ColumnElement[bool], types: Sequence[str], since: Any
+) -> Select[int, int]:
+    """Active jobs of `types` and those with ids from `since`, of the tenants `tenant` picks."""
+    active = select(func.count()).where(tenant, Job.state.in_(ACTIVE), Job.type.in_(types))
+    recent = select(func.count()).where(tenant, Job.type.in_(types), Job.id >= since)
+    return select(active.scalar_subquery(), recent.scalar_subquery())
+
+
+@functools.lru_cache(maxsize=16)
+def _enqueue_statements(
+    dialect: Dialect, types: tuple[str, ...]
+) -> tuple[DriverStatement, DriverStatement]:
+    """The tenant lock (FOR NO KEY UPDATE of the tenant, as `SpawnRows.lock_tenant`) and the
+    job counts, compiled once per dialect and set of service types."""
+    tenant_id = bindparam("tenant_id", type_=Tenant.__table__.c.id.type, required=False)
+    since_id = bindparam("since_id", type_=Job.__table__.c.id.type, required=False)
+    lock = (
+        select(*TENANT_COLUMNS, *PLAN_COLUMNS)
+        .join_from(Tenant, Plan, Plan.id == Tenant.plan_id)
+        .where(Tenant.id == tenant_id)
+        .with_for_update(of=Tenant, key_share=True)
+    )
+    counts = _counts(Job.tenant_id == tenant_id, types, since_id)
+    return DriverStatement(lock, dialect), DriverStatement(counts, dialect)

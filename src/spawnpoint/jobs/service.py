@@ -25,7 +25,7 @@ from spawnpoint.kit.errors import Conflict, Forbidden, Unprocessable, field_erro
 from spawnpoint.kit.pagination import PageParams
 from spawnpoint.models import Job, JobState, Plan, Role
 from spawnpoint.policy.input import PolicyPlan
-from spawnpoint.quotas.service import JobQuotaBreach, JobUsage, job_quota_breaches, job_usage
+from spawnpoint.quotas.service import JobQuotaBreach, JobUsage, day_start, job_quota_breaches
 from spawnpoint.security import Principal
 from spawnpoint.uow import unit_of
 from spawnpoint.workspaces.repository import SpawnRows
@@ -123,12 +123,14 @@ class JobService:
             if project.deletion_requested_at is not None:
                 raise Conflict("The project is being deleted; no job can be added to it.")
         # The spawn path's lock: one enqueue (or spawn) of this tenant at a time from here
-        # to the commit, so the counts below stay true until the job is written.
-        tenant, plan = await rows.lock_tenant(tenant_id)
+        # to the commit, so the counts taken under it stay true until the job is written.
+        now = utcnow()
+        tenant, plan, active, today = await self.repository.lock_tenant_with_counts(
+            self.registry.service_types(), day_start(now)
+        )
         if tenant.deletion_requested_at is not None:
             raise Conflict("The tenant is being deleted; no job can be added to it.")
-        now = utcnow()
-        usage = await job_usage(self.repository, self.registry.service_types(), now=now)
+        usage = JobUsage(concurrent_jobs=active, jobs_today=today)
         breaches = job_quota_breaches(plan, usage, now=now)
         if breaches:
             self._refuse(actor=actor, job_in=job_in, plan=plan, usage=usage, breaches=breaches)
