@@ -6,6 +6,8 @@ concurrent writers queue on the lock instead of failing with "database is locked
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import sqlite3
 import uuid
@@ -18,7 +20,7 @@ import orjson
 import psycopg
 from sqlalchemy import DateTime, MetaData, event
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import Dialect
+from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -31,6 +33,8 @@ from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import ClauseElement
 from sqlalchemy.types import TypeDecorator
+
+from spawnpoint.sqlite_inline import connect_inline
 
 if TYPE_CHECKING:
     from spawnpoint.kit.auditing import RequestAudit
@@ -125,7 +129,7 @@ class TimestampMixin:
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
-def _configure_sqlite(engine: AsyncEngine) -> None:
+def _configure_sqlite(engine: AsyncEngine, *, busy_timeout_ms: int) -> None:
     sync_engine = engine.sync_engine
 
     @event.listens_for(sync_engine, "connect")
@@ -134,7 +138,7 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
@@ -148,12 +152,27 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
 def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     # orjson decodes JSON columns (template specs, job payloads) several times faster.
     if url.startswith("sqlite"):
+        path = make_url(url).database or ""
+        if path and path != ":memory:" and not path.startswith("file:"):
+            # A database file: its statements run on the event loop's thread (see
+            # `spawnpoint.sqlite_inline`), lock waits as non-blocking retries.
+            engine = create_async_engine(
+                url,
+                async_creator=functools.partial(
+                    connect_inline, path, busy_timeout=SQLITE_BUSY_TIMEOUT_MS / 1000
+                ),
+                pool_size=pool_size,
+                max_overflow=pool_size,
+                json_deserializer=orjson.loads,
+            )
+            _configure_sqlite(engine, busy_timeout_ms=0)
+            return engine
         engine = create_async_engine(
             url,
             connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
             json_deserializer=orjson.loads,
         )
-        _configure_sqlite(engine)
+        _configure_sqlite(engine, busy_timeout_ms=SQLITE_BUSY_TIMEOUT_MS)
         return engine
     # No pre-ping (a round trip per checkout): after a restart, the first statement on a
     # dead connection fails, SQLAlchemy recognises the disconnect (psycopg marks the
@@ -214,6 +233,7 @@ class Database:
             self.engine.execution_options(**{WRITE_OPTION: True}), expire_on_commit=False
         )
         self.wakeups = Wakeups()
+        self._write_gate = asyncio.Lock() if self.is_sqlite else None
 
     @property
     def is_sqlite(self) -> bool:
@@ -231,6 +251,20 @@ class Database:
         # Imported here: the unit of work builds on this module's pipelines.
         from spawnpoint.uow import UnitOfWork
 
+        if write and self._write_gate is not None:
+            # SQLite takes one writer at a time. Queued here, this process's writers go in
+            # turn, each the moment the one before commits; left to SQLite, they would poll
+            # its lock with sleeps of up to 100 ms (its busy handler), which under a burst
+            # of spawns cost more than the writes. A writer in another process is waited
+            # for with retries that leave the event loop free (`spawnpoint.sqlite_inline`).
+            async with (
+                self._write_gate,
+                UnitOfWork(
+                    database=self, session=self._writer(), write=True, request=request
+                ) as uow,
+            ):
+                yield uow
+            return
         factory = self._writer if write else self._reader
         async with UnitOfWork(
             database=self, session=factory(), write=write, request=request

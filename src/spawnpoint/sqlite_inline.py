@@ -1,0 +1,188 @@
+"""SQLite on the event loop's own thread, behind SQLAlchemy's aiosqlite dialect.
+
+aiosqlite runs every call of a connection on a thread of its own: a statement costs four
+hand-offs between that thread and the event loop (cursor, execute, fetch, close), each a
+wake-up of the loop and a wait for the GIL (up to its 5 ms switch interval while the loop
+is busy). In the embedded mode, where one process serves the API, runs the worker and
+answers the polls, those hand-offs cost far more than the statements: a primary-key read
+takes some 20 microseconds in SQLite itself.
+
+Here the same calls run inline instead, on the loop's thread, through objects with the
+interface SQLAlchemy's aiosqlite adapter drives (`connect_inline` is its `async_creator`).
+What could block the loop is a lock wait, and none is left to SQLite's busy handler
+(whose sleeps would stop the whole process): the connection's busy timeout is 0, and a
+statement that finds the database locked while it opens a transaction -- `BEGIN
+IMMEDIATE` meeting another process's writer, or a read that starts a snapshot -- is
+retried with `asyncio.sleep` between attempts, up to `busy_timeout` seconds, so the loop
+serves other requests meanwhile. (This process's own writers never meet: they queue on
+`Database`'s write gate.) Inside a transaction a locked answer is raised as it is.
+
+Durability is SQLite's: WAL with `synchronous=NORMAL`, so a committed transaction survives
+the process being killed; see `spawnpoint.db`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+# Between attempts while the database is locked: short at first (another writer's
+# transaction takes a millisecond or so), never long.
+RETRY_DELAYS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02)
+
+
+def _locked(error: sqlite3.OperationalError) -> bool:
+    text = str(error)
+    return "database is locked" in text or "database table is locked" in text
+
+
+class InlineCursor:
+    """An aiosqlite-like cursor whose coroutines run the sqlite3 call at once."""
+
+    def __init__(self, connection: InlineConnection) -> None:
+        self._owner = connection
+        self._cursor = connection._conn.cursor()
+
+    async def __aenter__(self) -> InlineCursor:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        self._cursor.close()
+
+    @property
+    def description(self) -> Any:
+        return self._cursor.description
+
+    @property
+    def rowcount(self) -> int:
+        return self._cursor.rowcount
+
+    @property
+    def lastrowid(self) -> int | None:
+        return self._cursor.lastrowid
+
+    @property
+    def arraysize(self) -> int:
+        return self._cursor.arraysize
+
+    @arraysize.setter
+    def arraysize(self, value: int) -> None:
+        self._cursor.arraysize = value
+
+    async def execute(self, sql: str, parameters: Any = None) -> InlineCursor:
+        await self._owner._run(lambda: self._cursor.execute(sql, parameters or ()))
+        return self
+
+    async def executemany(self, sql: str, parameters: Iterable[Any]) -> InlineCursor:
+        rows = list(parameters)
+        await self._owner._run(lambda: self._cursor.executemany(sql, rows))
+        return self
+
+    async def fetchone(self) -> Any:
+        return self._cursor.fetchone()
+
+    async def fetchmany(self, size: int | None = None) -> list[Any]:
+        return self._cursor.fetchmany(self._cursor.arraysize if size is None else size)
+
+    async def fetchall(self) -> list[Any]:
+        return self._cursor.fetchall()
+
+    async def close(self) -> None:
+        self._cursor.close()
+
+
+class _CursorContext:
+    """What `InlineConnection.cursor()` answers: SQLAlchemy enters it to get the cursor."""
+
+    def __init__(self, connection: InlineConnection) -> None:
+        self._connection = connection
+
+    async def __aenter__(self) -> InlineCursor:
+        return InlineCursor(self._connection)
+
+    async def __aexit__(self, *_: object) -> None:
+        return None
+
+
+class _Immediate:
+    """Stands in for aiosqlite's queue to its thread: runs each function at once."""
+
+    @staticmethod
+    def put_nowait(item: tuple[asyncio.Future[Any] | None, Callable[[], Any]]) -> None:
+        future, function = item
+        try:
+            result = function()
+        except BaseException as exc:
+            if future is None:
+                raise
+            future.set_exception(exc)
+        else:
+            if future is not None:
+                future.set_result(result)
+
+
+class InlineConnection:
+    """An aiosqlite-like connection over a `sqlite3.Connection` used on the loop's thread."""
+
+    def __init__(self, connection: sqlite3.Connection, *, busy_timeout: float) -> None:
+        self._conn = connection
+        self._connection: sqlite3.Connection | None = connection  # truthy while open
+        self._tx = _Immediate()
+        self._busy_timeout = busy_timeout
+
+    async def _run(self, call: Callable[[], object]) -> None:
+        # Only a statement that opens a transaction may wait for a lock: inside one, a
+        # locked answer means a conflicting writer and is the caller's to handle.
+        may_wait = not self._conn.in_transaction
+        deadline = time.monotonic() + self._busy_timeout
+        attempt = 0
+        while True:
+            try:
+                call()
+                return
+            except sqlite3.OperationalError as exc:
+                if not may_wait or not _locked(exc) or time.monotonic() >= deadline:
+                    raise
+            await asyncio.sleep(RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)])
+            attempt += 1
+
+    @property
+    def isolation_level(self) -> str | None:
+        return self._conn.isolation_level
+
+    def cursor(self) -> _CursorContext:
+        return _CursorContext(self)
+
+    async def execute(self, sql: str, parameters: Sequence[Any] | None = None) -> InlineCursor:
+        cursor = InlineCursor(self)
+        return await cursor.execute(sql, parameters)
+
+    async def commit(self) -> None:
+        self._conn.commit()
+
+    async def rollback(self) -> None:
+        self._conn.rollback()
+
+    async def create_function(self, *args: Any, **kwargs: Any) -> None:
+        self._conn.create_function(*args, **kwargs)
+
+    async def close(self) -> None:
+        if self._connection is not None:
+            self._connection = None
+            self._conn.close()
+
+    def stop(self) -> None:
+        """Close at once (SQLAlchemy's forced termination)."""
+        if self._connection is not None:
+            self._connection = None
+            self._conn.close()
+
+
+async def connect_inline(path: str, *, busy_timeout: float) -> InlineConnection:
+    """Open `path` for use on this thread (SQLAlchemy's `async_creator`)."""
+    # check_same_thread off: the pool may close a connection from a finaliser elsewhere.
+    connection = sqlite3.connect(path, timeout=0, check_same_thread=False)
+    return InlineConnection(connection, busy_timeout=busy_timeout)
