@@ -22,6 +22,8 @@ from spawnpoint.config import Settings
 from spawnpoint.models import Role
 
 EXAMPLES = 15
+# Secrets a create answers once and nothing reads back (a new user's set-password token).
+SHOWN_ONCE = frozenset({"set_password_token", "set_password_expires_at"})
 API = schemathesis.openapi.from_dict(create_app(Settings(_env_file=None)).openapi())  # type: ignore[call-arg]
 
 
@@ -152,7 +154,7 @@ async def test_accepted_documents_read_back_list_update_and_delete(
         if not accepted(created, 201):
             continue
         travelled += 1
-        body = created.json()
+        body = {k: v for k, v in created.json().items() if k not in SHOWN_ONCE}
         url = item.format(body["id"])
         read = no_server_error(await client.get(url, headers=operator))
         assert read.status_code == 200
