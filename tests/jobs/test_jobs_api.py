@@ -296,6 +296,7 @@ async def test_a_failing_job_is_retried_then_failed_with_its_event(
     response = await post_job(api, member, WORK, payload={"fail": True})
     done = await finished(api, response.json()["id"], member)
     assert (done["state"], done["attempts"], done["max_attempts"]) == ("failed", 2, 2)
+    assert (done["retries"], done["max_retries"]) == (1, 1)
     assert "attempt 2 broke" in done["error"]
     steps = {e["type"]: e for e in await events(api, member) if e["key"] == done["id"]}
     assert set(steps) == {JOB_ENQUEUED, JOB_FAILED}

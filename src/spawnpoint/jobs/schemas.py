@@ -43,6 +43,7 @@ class JobRead(ReadSchema):
     attempts: int
     max_attempts: int
     max_retries: int
+    retries: int = Field(description="Attempts after the first so far.")
     cancel_requested: bool
     payload: dict[str, Any]
     result: dict[str, Any] | None

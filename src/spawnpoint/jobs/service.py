@@ -47,6 +47,7 @@ def job_read(job: Job) -> JobRead:
         attempts=job.attempts,
         max_attempts=job.max_attempts,
         max_retries=job.max_attempts - 1,
+        retries=max(job.attempts - 1, 0),
         cancel_requested=job.cancel_requested,
         payload=job.payload if isinstance(job.payload, dict) else {},
         result=job.result,
