@@ -245,14 +245,19 @@ class Settings(BaseSettings):
     login_throttle_minutes: int = Field(
         15, ge=1, le=1440, description="The window failed logins are counted in."
     )
+    # Generous by default: a control plane's clients poll (32 clients reading their
+    # workspaces every 50 ms are 38,400 requests a minute from one token), and a limit is
+    # there to stop a runaway script, not a busy class.
     rate_limit_per_minute: int = Field(
-        1200,
+        60_000,
         ge=0,
         description="Requests per minute per principal (user or API key) on authenticated "
         "routes; 0 turns rate limiting off. Shared through Redis when REDIS_URL is set.",
     )
     rate_limit_tenant_per_minute: int = Field(
-        6000, ge=0, description="Requests per minute per tenant on authenticated routes; 0: none."
+        120_000,
+        ge=0,
+        description="Requests per minute per tenant on authenticated routes; 0: none.",
     )
     rate_limit_key_prefix: str = Field(
         "spawnpoint",
