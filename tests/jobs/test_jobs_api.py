@@ -24,7 +24,7 @@ import uvicorn
 from job_test_handlers import SERVICE_ECHO
 from jobs_support import eventually, get_job, running
 from pydantic import Field
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from conftest import Org, World
 from spawnpoint.app import create_app
@@ -353,6 +353,47 @@ async def test_a_plugins_service_job_type_is_enqueued_through_the_api(
         assert refused.json()["errors"][0]["pointer"] == "#/payload/message"
         unknown = await post_job(c, member, "noop-typo", payload={})
         assert SERVICE_ECHO in unknown.json()["job_types"]
+
+
+async def test_a_completion_that_rolls_back_leaves_no_event(
+    api: httpx.AsyncClient, world: World, database: Database
+) -> None:
+    """The worker's outcome transaction fails once: its event goes with it, and the retry
+    writes the job's one completion event."""
+    org = await world.org()
+    member = org.headers[Role.member]
+    job = (await post_job(api, member, WORK, payload={"lines": 0})).json()
+    failures: list[str] = []
+
+    def fail_first_completion(
+        conn: object, cursor: object, statement: str, parameters: Any, *_: object
+    ) -> None:
+        if failures or not statement.startswith("UPDATE jobs") or "result" not in statement:
+            return
+        if job["id"].replace("-", "") in str(parameters).replace("-", ""):
+            failures.append(statement)
+            raise RuntimeError("the database went away mid-commit")
+
+    engine = database.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", fail_first_completion)
+    try:
+        registry = worker_registry()
+        worker = Worker(
+            database,
+            api.app.state.settings,  # type: ignore[attr-defined]
+            registry,
+            concurrency=2,
+            lease_seconds=10,
+            poll_interval=0.05,
+        )
+        async with running(worker):
+            done = await finished(api, job["id"], member)
+    finally:
+        event.remove(engine, "before_cursor_execute", fail_first_completion)
+    assert failures, "the completion was never attempted"
+    assert (done["state"], done["attempts"]) == ("succeeded", 1)
+    kinds = [e["type"] for e in await events(api, member) if e["key"] == job["id"]]
+    assert sorted(kinds) == [JOB_COMPLETED, JOB_ENQUEUED]
 
 
 async def test_unknown_job_types_and_unfit_payloads_are_refused_at_enqueue(
