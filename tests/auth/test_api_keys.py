@@ -99,7 +99,9 @@ async def test_a_key_works_as_bearer_and_as_x_api_key_and_is_audited_as_itself(
     assert (entry.actor_type, entry.actor_id, entry.result) == ("api_key", key_id, "success")
 
 
-async def test_a_key_cannot_outrank_its_creator(client: httpx.AsyncClient, world: World) -> None:
+async def test_a_key_cannot_outrank_its_creator(
+    client: httpx.AsyncClient, database: Database, world: World
+) -> None:
     org = await world.org(roles=(Role.member,))
     higher = await client.post(
         KEYS, json={"name": "x", "role": "admin"}, headers=org.headers[Role.member]
@@ -111,10 +113,19 @@ async def test_a_key_cannot_outrank_its_creator(client: httpx.AsyncClient, world
     assert lower.status_code == 201
     # A viewer key of a member cannot write what needs a member.
     secret = lower.json()["key"]
+    request_id = f"key-refused-{org.tenant_id}"
     spawn = await client.post(
-        "/api/spawn", json={"template_id": str(org.template_id)}, headers={"X-API-Key": secret}
+        "/api/spawn",
+        json={"template_id": str(org.template_id)},
+        headers={"X-API-Key": secret, "X-Request-ID": request_id},
     )
     assert spawn.status_code == 403
+    (entry,) = await entries(database, request_id)
+    assert (entry.actor_type, entry.actor_id, entry.result) == (
+        "api_key",
+        lower.json()["id"],
+        "denied",
+    )
 
 
 async def test_a_mistyped_key_is_refused_without_a_database_read(

@@ -110,6 +110,30 @@ async def test_authenticated_routes_are_rate_limited_per_principal(
         assert "RateLimit-Limit" not in (await client.get("/health")).headers
 
 
+async def test_a_refused_write_writes_one_denied_entry(
+    backend_settings: Settings, database: Database, world: World
+) -> None:
+    org = await world.org(roles=(Role.admin,))
+    admin = org.headers[Role.admin]
+    async with app_client(backend_settings, database, rate_limit_per_minute=1) as (_, client):
+        statuses = []
+        for n in range(3):
+            response = await client.post(
+                "/api/projects",
+                json={"name": unique("p")},
+                headers={**admin, "X-Request-ID": f"flood-{n}-{org.tenant_id}"},
+            )
+            statuses.append(response.status_code)
+    assert 429 in statuses
+    n = statuses.index(429)
+    (entry,) = await entries(database, f"flood-{n}-{org.tenant_id}")
+    assert (entry.action, entry.result, entry.details["status"]) == (
+        "project.create",
+        "denied",
+        429,
+    )
+
+
 async def test_a_tenant_shares_one_limit_across_its_principals(
     backend_settings: Settings, database: Database, world: World
 ) -> None:
