@@ -362,3 +362,17 @@ async def test_a_user_made_by_an_admin_sets_a_password_with_a_one_time_token(
         "/api/v1/auth/set-password", json={"token": token, "password": OTHER_PASSWORD}
     )
     assert again.status_code == 401
+
+
+async def test_malformed_logins_are_422_or_415_never_500(client: httpx.AsyncClient) -> None:
+    nul = {"email": "a\x00@example.test", "password": "x"}
+    assert (await client.post(LOGIN, json=nul)).status_code == 422
+    form = {"username": "a\x00@example.test", "password": "x"}
+    assert (await client.post(LOGIN, data=form)).status_code == 422
+    assert (await client.post(LOGIN, data={"username": "a@example.test"})).status_code == 422
+    assert (await client.post(LOGIN, json=[1, 2])).status_code == 422
+    not_json = await client.post(LOGIN, content=b"{", headers={"Content-Type": "application/json"})
+    assert not_json.status_code == 422
+    text = await client.post(LOGIN, content=b"hello", headers={"Content-Type": "text/plain"})
+    assert text.status_code == 415
+    assert (await client.post(LOGIN, json={**nul, "extra": 1, "email": "a@b"})).status_code == 422

@@ -121,22 +121,23 @@ async def _login_in(request: Request) -> LoginIn:
     """The JSON body, or the OAuth2 password form (`username` is the email)."""
     content_type = request.headers.get("content-type")
     try:
+        document: Any
         if (content_type or "").split(";")[0].strip().lower() == FORM:
             form = await request.form()
-            return LoginIn.model_validate(
-                {"email": form.get("username"), "password": form.get("password")}
-            )
-        if not _is_json(content_type):
+            document = {"email": form.get("username"), "password": form.get("password")}
+        elif not _is_json(content_type):
             raise UnsupportedMediaType(
                 "Log in with a JSON body or the OAuth2 password form "
                 f"(Content-Type: application/json or {FORM})."
             )
-        try:
-            document = await request.json()
-        except ValueError as exc:
-            raise RequestValidationError(
-                [{"type": "json_invalid", "loc": ("body",), "msg": "not JSON", "input": None}]
-            ) from exc
+        else:
+            try:
+                document = await request.json()
+            except ValueError as exc:
+                raise RequestValidationError(
+                    [{"type": "json_invalid", "loc": ("body",), "msg": "not JSON", "input": None}]
+                ) from exc
+        # NUL characters, too deep nesting: refused as on every JSON route.
         errors, _ = scan(document, max_depth=request.app.state.settings.max_json_depth)
         if errors:
             raise RequestValidationError(errors)
