@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import psycopg
-from sqlalchemy import bindparam, func, insert, literal, select
+from sqlalchemy import Table, bindparam, func, insert, literal, select
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -83,7 +83,10 @@ async def insert_together(
     dialect = session.get_bind().dialect
     if dialect.name != "postgresql":
         for model, values in rows:
-            await session.execute(insert(model).values(values))
+            # The table's own INSERT with the values as parameters: one statement per table
+            # and set of columns, compiled once and cached (`.values(...)` would build and
+            # look up a new one per row, through the ORM's DML path).
+            await session.execute(insert(cast(Table, model.__table__)), values)
         return
     statement = rows_statement(
         dialect, tuple((model, tuple(values)) for model, values in rows), notify
