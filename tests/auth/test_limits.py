@@ -247,3 +247,23 @@ async def test_an_oversized_json_body_is_a_413_problem(
             "/api/v1/projects", json={"name": unique("small")}, headers=org.headers[Role.admin]
         )
         assert fits.status_code == 201
+
+
+async def test_public_auth_routes_are_limited_per_client_address(
+    backend_settings: Settings, database: Database
+) -> None:
+    async with app_client(
+        backend_settings, database, rate_limit_per_minute=2, client_ip="10.0.0.9"
+    ) as (_, client):
+        answers = [
+            await client.post("/api/v1/auth/refresh", json={"refresh_token": "nope"})
+            for _ in range(2)
+        ]
+        assert [a.status_code for a in answers] == [401, 401]
+        assert answers[0].headers["RateLimit-Limit"] == "2"
+        refused = await client.post("/api/v1/auth/refresh", json={"refresh_token": "nope"})
+        if refused.status_code == 401:  # the minute turned: a fresh window
+            for _ in range(2):
+                refused = await client.post("/api/v1/auth/refresh", json={"refresh_token": "x"})
+        assert refused.status_code == 429
+        assert "Retry-After" in refused.headers

@@ -34,7 +34,7 @@ from spawnpoint.deps import (
 )
 from spawnpoint.kit.errors import ProblemError, Unauthorized, problem_response
 from spawnpoint.kit.pagination import Page, Pagination
-from spawnpoint.kit.ratelimit import LoginThrottle
+from spawnpoint.kit.ratelimit import LoginThrottle, RateLimiter, refuse, remember
 from spawnpoint.kit.routing import StrictRoute, UnsupportedMediaType, _is_json, scan
 from spawnpoint.plans.repository import PlanRepository
 from spawnpoint.plans.schemas import PlanRead
@@ -44,6 +44,18 @@ from spawnpoint.uow import UnitOfWork
 from spawnpoint.users.repository import UserRepository
 from spawnpoint.users.schemas import UserRead
 
+
+async def limit_by_address(request: Request) -> None:
+    """Public routes count against their client address (no principal to count against)."""
+    limiter: RateLimiter = request.app.state.rate_limiter
+    window = await limiter.hit_address(request.client.host if request.client else "unknown")
+    if window is not None:
+        remember(request.scope, window)
+        if window.exceeded:
+            raise refuse(window)
+
+
+ByAddress = Annotated[None, Depends(limit_by_address)]
 router = APIRouter(route_class=StrictRoute, prefix="/api/v1/auth", tags=["auth"])
 invites_router = APIRouter(route_class=StrictRoute, prefix="/api/invites", tags=["auth"])
 UoW = Annotated[UnitOfWork, Depends(get_unit_of_work)]
@@ -62,7 +74,7 @@ REFUSED: dict[int | str, dict[str, Any]] = {
     401: {"description": "Wrong credentials, or an invalid, spent or revoked token."},
     403: {"description": "Registration is closed, or needs a valid invite."},
     409: {"description": "The email cannot be registered (it is in use), or the tenant name."},
-    429: {"description": "Too many failed logins for the account or the address."},
+    429: {"description": "Too many requests from the address, or failed logins for the account."},
 }
 
 
@@ -88,9 +100,9 @@ def _answer(outcome: TokenRead | ProblemError) -> TokenRead | Response:
     status_code=status.HTTP_201_CREATED,
     summary="Register",
     openapi_extra=_audit("auth.register", "user"),
-    responses={403: REFUSED[403], 409: REFUSED[409]},
+    responses={403: REFUSED[403], 409: REFUSED[409], 429: REFUSED[429]},
 )
-async def register(auth: Auth, register_in: RegisterIn) -> UserRead:
+async def register(_: ByAddress, auth: Auth, register_in: RegisterIn) -> UserRead:
     """Create an account: a new tenant (REGISTRATION=open) or an invite's (invite)."""
     return UserRead.model_validate(await auth.register(register_in=register_in))
 
@@ -155,7 +167,7 @@ async def _login_in(request: Request) -> LoginIn:
     openapi_extra={**_audit("auth.login"), "requestBody": LOGIN_BODY},
     responses={401: REFUSED[401], 429: REFUSED[429]},
 )
-async def login(request: Request, auth: Auth) -> TokenRead | Response:
+async def login(_: ByAddress, request: Request, auth: Auth) -> TokenRead | Response:
     """Exchange an email and password for an access token and a refresh token."""
     login_in = await _login_in(request)
     client = request.client.host if request.client else None
@@ -167,9 +179,9 @@ async def login(request: Request, auth: Auth) -> TokenRead | Response:
     summary="Refresh tokens",
     response_model=TokenRead,
     openapi_extra=_audit("auth.refresh"),
-    responses={401: REFUSED[401]},
+    responses={401: REFUSED[401], 429: REFUSED[429]},
 )
-async def refresh(auth: Auth, refresh_in: RefreshIn) -> TokenRead | Response:
+async def refresh(_: ByAddress, auth: Auth, refresh_in: RefreshIn) -> TokenRead | Response:
     """Spend a refresh token for a new access token and refresh token."""
     return _answer(await auth.refresh(refresh_token=refresh_in.refresh_token))
 
@@ -179,9 +191,9 @@ async def refresh(auth: Auth, refresh_in: RefreshIn) -> TokenRead | Response:
     status_code=status.HTTP_204_NO_CONTENT,
     summary="Log out",
     openapi_extra=_audit("auth.logout"),
-    responses={401: REFUSED[401]},
+    responses={401: REFUSED[401], 429: REFUSED[429]},
 )
-async def logout(auth: Auth, refresh_in: RefreshIn) -> Response:
+async def logout(_: ByAddress, auth: Auth, refresh_in: RefreshIn) -> Response:
     """End the session the refresh token belongs to."""
     await auth.logout(refresh_token=refresh_in.refresh_token)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
@@ -225,9 +237,11 @@ async def change_password(actor: RequireViewer, auth: Auth, change_in: PasswordC
     status_code=status.HTTP_204_NO_CONTENT,
     summary="Set password",
     openapi_extra=_audit("auth.set_password"),
-    responses={401: REFUSED[401]},
+    responses={401: REFUSED[401], 429: REFUSED[429]},
 )
-async def set_password(auth: Auth, _accounts: ChangesAccounts, set_in: PasswordSet) -> Response:
+async def set_password(
+    _: ByAddress, auth: Auth, _accounts: ChangesAccounts, set_in: PasswordSet
+) -> Response:
     """Set a password with the one-time token given when an admin created the user."""
     await auth.set_password(token=set_in.token, password=set_in.password)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -5,10 +5,10 @@ for failed logins), so a window's reset time is known without asking the storage
 hit is one round trip (Redis: INCRBY and EXPIRE in one script). Memory storage counts for
 one process; with REDIS_URL every replica counts in the same keys.
 
-Every authenticated request hits two counters, the principal's (a user or an API key) and
-its tenant's, at once; the answer carries the IETF draft's `RateLimit-Limit`,
-`RateLimit-Remaining` and `RateLimit-Reset` of the tighter one, and a refusal is a 429
-with `Retry-After`.
+Every authenticated request hits two counters at once, the principal's (a user or an API
+key) and its tenant's; a public auth route hits one, its client address's. The answer
+carries the IETF draft's `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset` of
+the tighter one, and a refusal is a 429 with `Retry-After`.
 """
 
 from __future__ import annotations
@@ -131,6 +131,15 @@ class RateLimiter:
             return None
         windows = await asyncio.gather(*hits) if len(hits) > 1 else [await hits[0]]
         return min(windows, key=lambda w: (w.remaining, -w.reset))
+
+    async def hit_address(self, address: str) -> Window | None:
+        """Count one unauthenticated request (register, refresh...) against its client
+        address, in RATE_LIMIT_PER_MINUTE; None when rate limiting is off."""
+        if self.per_principal <= 0:
+            return None
+        return await self.counters.hit(
+            "rate", f"ip:{address}", limit=self.per_principal, seconds=MINUTE
+        )
 
 
 def refuse(window: Window) -> TooManyRequests:
