@@ -265,6 +265,31 @@ async def test_eval_run_stores_the_decision_with_its_reasons(
     assert done["result"]["engine"] == "embedded"
 
 
+async def test_a_payload_the_api_accepted_is_read_by_the_worker_under_the_same_limit(
+    app_settings: Settings, database: Database, world: World
+) -> None:
+    settings = app_settings.model_copy(update={"max_json_field_bytes": 200_000})
+    app = create_app(settings, database=database, job_registry=api_registry())
+    org = await world.org()
+    member = org.headers[Role.member]
+    document = {"blob": "x" * 100_000}
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://spawnpoint.test") as c:
+        response = await post_job(c, member, "eval-run", payload={"input": document})
+        assert response.status_code == 202, response.text[:500]
+        worker = Worker(
+            database,
+            settings,
+            worker_registry(),
+            concurrency=2,
+            lease_seconds=10,
+            poll_interval=0.05,
+        )
+        async with running(worker):
+            done = await finished(c, response.json()["id"], member)
+    assert done["state"] == "succeeded", done["error"]
+
+
 async def test_audit_report_counts_actions_and_lists_denials(
     api: httpx.AsyncClient, world: World, worker: Worker
 ) -> None:

@@ -32,7 +32,13 @@ from spawnpoint.jobs.registry import HandlerRegistry
 from spawnpoint.kit.clock import utcnow
 from spawnpoint.kit.errors import NotFound
 from spawnpoint.kit.pagination import PageParams
-from spawnpoint.kit.schemas import INT32_MAX, InputSchema, JSONObject, whole_number
+from spawnpoint.kit.schemas import (
+    INT32_MAX,
+    InputSchema,
+    JSONObject,
+    json_field_limit,
+    whole_number,
+)
 from spawnpoint.plans.repository import PlanRepository
 from spawnpoint.policy.engine import PolicyEngine, build_policy_engine
 from spawnpoint.provisioners import ProvisionerRegistry
@@ -119,10 +125,14 @@ def _tenant(ctx: JobContext) -> uuid.UUID:
 def _payload(ctx: JobContext, model: type[P]) -> P:
     """The payload, read by its model; a payload stored before the model changed fails
     the job at once (no retry would read it)."""
+    # The API accepted the payload under this limit; the worker reads it under the same.
+    token = json_field_limit.set(ctx.settings.max_json_field_bytes)
     try:
         return model.model_validate(ctx.payload)
     except ValidationError as exc:
         raise PermanentJobError(f"the payload does not fit {ctx.job_type}: {exc}") from exc
+    finally:
+        json_field_limit.reset(token)
 
 
 def _check_cancel(ctx: JobContext) -> None:
