@@ -76,12 +76,13 @@ def redis_probe(url: str, *, timeout: float) -> Callable[[], Awaitable[object]]:
     return probe
 
 
-def rabbitmq_probe(url: str, *, timeout: float) -> Callable[[], Awaitable[object]]:
+def rabbitmq_probe(url: str) -> Callable[[], Awaitable[object]]:
     async def probe() -> None:
-        import aio_pika
+        import aiormq
 
-        # A full AMQP handshake: the broker is up and accepts these credentials.
-        connection = await aio_pika.connect(url, timeout=timeout)
+        # A full AMQP handshake: the broker is up and accepts these credentials. (aiormq is
+        # aio-pika's protocol layer; a failed aio-pika connect leaves an unawaited close.)
+        connection = await aiormq.connect(url)
         await connection.close()
 
     return probe

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from spawnpoint.deps import DB
+from spawnpoint.health.schemas import HealthRead
 from spawnpoint.health.service import HealthService, SnapshotCollector
 from spawnpoint.kit.errors import problem_document, problem_response
 from spawnpoint.kit.metrics import CONTENT_TYPE_LATEST, exposition
@@ -98,25 +99,32 @@ HEALTH_EXAMPLE: dict[str, Any] = {
     openapi_extra=PUBLIC,
     responses={200: {"content": {"application/json": {"example": HEALTH_EXAMPLE}}}},
 )
-async def healthz(request: Request) -> JSONResponse:
+async def healthz(request: Request) -> HealthRead:
     """Report dependency checks, queue depth and recent slow requests (always 200)."""
     health: HealthService = request.app.state.health
-    _, document = await health.report()
-    return JSONResponse(document)
+    _, report = await health.report()
+    return report
 
 
 @router.get(
     "/readyz",
     summary="Readiness gate: dependencies answer and few requests are slow",
     openapi_extra=PUBLIC,
+    response_model=HealthRead,
     responses={
         200: {"content": {"application/json": {"example": HEALTH_EXAMPLE}}},
-        503: {"description": "A dependency check failed, or too many requests were slow."},
+        503: {
+            "model": HealthRead,
+            "description": "Not ready: a dependency check failed, or too many requests were "
+            "slow (see `reasons`).",
+        },
     },
 )
-async def readyz(request: Request) -> JSONResponse:
+async def readyz(request: Request) -> Any:
     """Answer 200 when ready; 503 `not-ready` while a check fails or requests are slow."""
     health: HealthService = request.app.state.health
-    ready, document = await health.report()
-    document["status"] = "ready" if ready else "not-ready"
-    return JSONResponse(document, status_code=200 if ready else 503)
+    ready, report = await health.report()
+    report.status = "ready" if ready else "not-ready"
+    if ready:
+        return report
+    return JSONResponse(report.model_dump(mode="json"), status_code=503)

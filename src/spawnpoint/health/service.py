@@ -27,6 +27,7 @@ from spawnpoint.health.checks import (
     timed,
 )
 from spawnpoint.health.repository import HealthRepository, TenantQuotaRow
+from spawnpoint.health.schemas import HealthRead
 from spawnpoint.health.slow import SlowRequestTracker
 from spawnpoint.kit.clock import utcnow
 from spawnpoint.policy.engine import PolicyEngine
@@ -137,7 +138,7 @@ class HealthService:
         if settings.redis_url:
             self.probes["redis"] = redis_probe(settings.redis_url, timeout=timeout)
         if settings.rabbitmq_url:
-            self.probes["rabbitmq"] = rabbitmq_probe(settings.rabbitmq_url, timeout=timeout)
+            self.probes["rabbitmq"] = rabbitmq_probe(settings.rabbitmq_url)
         self._snapshot: Snapshot | None = None
         self._snapshot_at = -math.inf
         self._lock = asyncio.Lock()
@@ -158,7 +159,7 @@ class HealthService:
             log.warning("queue depth unavailable: %s", type(exc).__name__)
             return None
 
-    async def report(self) -> tuple[bool, dict[str, Any]]:
+    async def report(self) -> tuple[bool, HealthRead]:
         """Whether the service is ready, and the document /healthz and /readyz answer."""
         checks, depth = await asyncio.gather(self.checks(), self._queue_depth())
         failed = sorted(name for name, result in checks.items() if not result.ok)
@@ -183,9 +184,9 @@ class HealthService:
                 "in_window": in_window,
             },
             "reasons": reasons,
-            "time": utcnow().isoformat(),
+            "time": utcnow(),
         }
-        return not reasons, document
+        return not reasons, HealthRead.model_validate(document)
 
     async def snapshot(self, *, service_types: Collection[str] = ()) -> Snapshot:
         """The database-derived gauges, read at most once per METRICS_CACHE_SECONDS.
