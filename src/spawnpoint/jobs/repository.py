@@ -134,9 +134,7 @@ class JobRepository(ScopedRepository[Job]):
         return tenant, plan, int(active), int(today)
 
 
-def _counts(
-    tenant: ColumnElement[bool], types: Sequence[str], since: Any
-) -> Select[int, int]:
+def _counts(tenant: ColumnElement[bool], types: Sequence[str], since: Any) -> Select[int, int]:
     """Active jobs of `types` and those with ids from `since`, of the tenants `tenant` picks."""
     active = select(func.count()).where(tenant, Job.state.in_(ACTIVE), Job.type.in_(types))
     recent = select(func.count()).where(tenant, Job.type.in_(types), Job.id >= since)
