@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import select
 
 from conftest import World
+from polling import eventually
 from factories import make_template
 from provisioners.fake_orchestrator import FakeOrchestrator, ServedOrchestrator
 from provisioners.fakes import AlwaysFailing
@@ -158,12 +159,18 @@ async def test_always_failing_driver_retries_then_fails_with_its_error(
     workspace_id = spawned.json()["workspace"]["id"]
     failed = await wait_for_state(client, workspace_id, "failed", member)
     assert "cloud is on fire" in failed["error"]
-    async with world.database.transaction(write=False) as session:
-        job = await session.get(Job, uuid.UUID(spawned.json()["job_id"]))
-        assert job is not None
-        assert job.state == "failed"
-        assert job.attempts == job.max_attempts == 5
-        assert "cloud is on fire" in (job.error or "")
+    job_id = uuid.UUID(spawned.json()["job_id"])
+
+    async def job_failed() -> Job | None:
+        # The workspace fails in the handler's transaction; the job's outcome is written
+        # just after, in the worker's.
+        async with world.database.transaction(write=False) as session:
+            job = await session.get(Job, job_id)
+            return job if job is not None and job.state == "failed" else None
+
+    job = await eventually(job_failed, what="the job to be recorded as failed")
+    assert job.attempts == job.max_attempts == 5
+    assert "cloud is on fire" in (job.error or "")
     assert len([c for c in failing.calls if c[0] == "provision"]) == 5
     events = (await client.get(f"/api/workspaces/{workspace_id}/events", headers=member)).json()
     last = events["items"][-1]
