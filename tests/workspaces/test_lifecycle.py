@@ -12,8 +12,8 @@ import pytest
 from sqlalchemy import select
 
 from conftest import World
-from polling import eventually
 from factories import make_template
+from polling import eventually
 from provisioners.fake_orchestrator import FakeOrchestrator, ServedOrchestrator
 from provisioners.fakes import AlwaysFailing
 from spawnpoint.models import Job, Role
