@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, AliasChoices, Field
 
-from spawnpoint.kit.schemas import InputSchema, JSONObject, ReadSchema, UpdateSchema
+from spawnpoint.kit.schemas import NAME_PATTERN, InputSchema, JSONObject, ReadSchema, UpdateSchema
 from spawnpoint.models.artifacts import CONTENT_TYPE_LENGTH, NAME_LENGTH, TYPE_LENGTH
 
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
@@ -22,7 +22,7 @@ ArtifactName = Annotated[
     Field(
         min_length=1,
         max_length=NAME_LENGTH,
-        pattern=r"^\S(.*\S)?$",
+        pattern=NAME_PATTERN,
         description="Free text; lists filter by its prefix.",
     ),
 ]

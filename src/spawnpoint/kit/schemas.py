@@ -98,7 +98,10 @@ CpuAmount = Annotated[
     Field(ge=0, max_digits=10, decimal_places=2, allow_inf_nan=False),
     WithJsonSchema({"type": "number", "minimum": 0, "maximum": 99_999_999.99, "multipleOf": 0.01}),
 ]
-Name = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^\S(.*\S)?$")]
+# No blank at either end and no NUL anywhere (the request parser refuses NUL; the
+# documented pattern says so, so that a client generating from the schema is not surprised).
+NAME_PATTERN = r"^[^\s\x00]([^\x00\n]*[^\s\x00])?$"
+Name = Annotated[str, Field(min_length=1, max_length=100, pattern=NAME_PATTERN)]
 
 
 def _bounded_json(value: dict[str, Any]) -> dict[str, Any]:
