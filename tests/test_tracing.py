@@ -62,7 +62,16 @@ async def test_requests_enqueues_and_job_runs_are_spans_with_tenant_project_and_
             f"/api/plans/{org.plan_id}",
             headers={**org.headers[Role.admin], "X-Request-ID": "span-req-1"},
         )
+        for probe in ("/healthz", "/readyz", "/metrics", "/live"):
+            assert (await client.get(probe, headers={"X-Request-ID": "probe-1"})).is_success
     assert response.status_code == 200
+    # Probes and scrapes are not traced.
+    assert not [
+        span
+        for span in exporter.get_finished_spans()
+        if attributes(span).get("spawnpoint.request_id") == "probe-1"
+        or attributes(span).get("url.path") in {"/healthz", "/readyz", "/metrics", "/live"}
+    ]
     [request_span] = [
         span
         for span in exporter.get_finished_spans()

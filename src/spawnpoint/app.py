@@ -36,7 +36,7 @@ from spawnpoint.kit.body import BodyLimitMiddleware
 from spawnpoint.kit.errors import install_problem_handlers
 from spawnpoint.kit.methods import install_method_semantics
 from spawnpoint.kit.openapi import document_links, document_problems
-from spawnpoint.kit.telemetry import install_request_telemetry
+from spawnpoint.kit.telemetry import UNTRACKED_ROUTES, install_request_telemetry
 from spawnpoint.plans.endpoints import router as plans_router
 from spawnpoint.policy.engine import PolicyEngine, build_policy_engine
 from spawnpoint.projects.endpoints import router as projects_router
@@ -192,6 +192,8 @@ def _telemetry() -> TelemetryConfig:
         "metrics": False,
         "logs": False,
         "operation_spans": False,
+        # Probes and scrapes every few seconds would bury the traces worth reading.
+        "exclude": lambda scope: scope.get("path") in UNTRACKED_ROUTES,
     }
 
 
