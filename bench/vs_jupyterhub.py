@@ -125,6 +125,7 @@ WATCHDOG_SECONDS = 900
 GOAL_NOOP_FLOOR, GOAL_NOOP_TARGET = 3.0, 10.0
 GOAL_LOCAL_FLOOR, GOAL_LOCAL_TARGET = 1.0, 2.0
 GOAL_P99_MS = 100.0
+GOAL_READ_P99_MS = 10.0  # status reads under the polling of 32 clients (issue 9, item 3)
 GOAL_P99_CONCURRENCY = 10
 GOAL_BURST_SECONDS = 10.0
 BURST_DRAIN_SECONDS = 30.0  # how long the exactly-once check waits for stragglers
@@ -344,6 +345,7 @@ class Phase:
     error_samples: list[str] = field(default_factory=list)
     done_in_request: int = 0  # answered as done already (JupyterHub's 201 and 204)
     polls: list[int] = field(default_factory=lambda: [0])  # status reads, all clients
+    poll_ms: list[float] = field(default_factory=list)  # each status read's own latency
 
     @property
     def done(self) -> int:
@@ -372,6 +374,8 @@ class Phase:
             "request_p99_ms": num(percentile(self.request_ms, 99), 1),
             "done_in_request": self.done_in_request,
             "polls": self.polls[0],
+            "poll_p50_ms": num(percentile(self.poll_ms, 50), 1),
+            "poll_p99_ms": num(percentile(self.poll_ms, 99), 1),
             "errors": self.errors,
             "error_samples": self.error_samples,
         }
@@ -383,15 +387,20 @@ async def poll_until(
     deadline: float,
     what: str,
     counter: list[int] | None = None,
+    latencies_ms: list[float] | None = None,
 ) -> float:
     """Call `check` every `interval` s until it is true; return when (perf_counter).
 
-    Each call adds one to `counter[0]`, when given.
+    Each call adds one to `counter[0]` and its latency to `latencies_ms`, when given.
     """
     while True:
         if counter is not None:
             counter[0] += 1
-        if await check():
+        sent = time.perf_counter()
+        ready = await check()
+        if latencies_ms is not None:
+            latencies_ms.append(1000 * (time.perf_counter() - sent))
+        if ready:
             return time.perf_counter()
         if time.perf_counter() > deadline:
             raise BenchError(f"{what}: not done within {READY_TIMEOUT_SECONDS:.0f} s")
@@ -434,6 +443,7 @@ async def run_phase(
                             deadline,
                             f"{what} {handle}",
                             phase.polls,
+                            phase.poll_ms,
                         )
                     phase.latencies_ms.append(1000 * (at - sent))
                     last_done[0] = max(last_done[0], at)
@@ -1222,6 +1232,7 @@ def report(
                 fmt_ms(percentile(run.spawn.latencies_ms, 99)),
                 fmt_ms(percentile(run.spawn.request_ms, 99)),
                 f"{run.spawn.polls[0] / run.n:.1f}",
+                fmt_ms(percentile(run.spawn.poll_ms, 99)),
                 f"{run.stop.rate:.1f}",
                 f"{run.cpu_s:.2f}",
                 f"{run.cpu_ms_per_spawn:.1f}",
@@ -1240,6 +1251,7 @@ def report(
                     "p99",
                     "spawn request p99",
                     "polls / spawn",
+                    "status read p99",
                     "stops/s",
                     "server CPU s",
                     "CPU ms / spawn",
@@ -1372,6 +1384,16 @@ def goal_rows(
                 + (" — target met" if value >= target else ""),
             )
         )
+        if scenario == "noop" and c == max(k[1] for k in by_key):
+            read_p99 = percentile(sp.spawn.poll_ms, 99)
+            goals.append(
+                (
+                    f"noop C={c}: spawnpoint's status reads (GET /api/workspaces/{{id}}) while "
+                    f"spawns run, p99 < {GOAL_READ_P99_MS:g} ms",
+                    read_p99 < GOAL_READ_P99_MS,
+                    fmt_ms(read_p99),
+                )
+            )
         if scenario == "noop" and c == GOAL_P99_CONCURRENCY:
             p99 = percentile(sp.spawn.latencies_ms, 99)
             goals.append(
