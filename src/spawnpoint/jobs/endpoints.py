@@ -48,6 +48,7 @@ Jobs = Annotated[JobService, Depends(get_job_service)]
     summary="Enqueue job",
     response_model=JobRead,
     responses={
+        404: {"description": "The caller's tenant no longer exists."},
         422: {"description": "Unknown job type (the known ones are named), or a bad payload."},
         429: {"description": "A job quota is used up; names the limit, usage and plan."},
     },

@@ -30,7 +30,11 @@ async def get_quota_service(session: Session, scope: Scope, registry: JobRegistr
 Quotas = Annotated[QuotaService, Depends(get_quota_service)]
 
 
-@router.get("", summary="Read quotas")
+@router.get(
+    "",
+    summary="Read quotas",
+    responses={404: {"description": "The caller's tenant no longer exists."}},
+)
 async def read_quotas(actor: RequireViewer, quotas: Quotas) -> QuotasRead:
     """The tenant's plan limits and current usage: limit, used and ratio of each quota."""
     return await quotas.read(actor=actor)
