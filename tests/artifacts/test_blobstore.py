@@ -5,12 +5,21 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from spawnpoint.artifacts.blobstore import BlobMissing, FilesystemBlobStore
+from polling import eventually
+from spawnpoint.artifacts.blobstore import (
+    CHUNK_BYTES,
+    MAX_INFLIGHT_BLOCKS,
+    SYNC_EVERY_BYTES,
+    BlobMissing,
+    FilesystemBlobStore,
+    _FileStaged,
+)
 
 
 async def test_pieces_of_every_size_are_written_and_hashed_in_order(tmp_path: Path) -> None:
@@ -82,3 +91,82 @@ async def test_old_staged_files_are_swept_and_new_ones_kept(tmp_path: Path) -> N
     os.utime(old_path, (two_days_ago, two_days_ago))
     assert store.sweep_staging() == 1
     assert store.staged_files() == [new_path]
+
+
+def _lane_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("artifact-")]
+
+
+async def _no_lane_threads() -> bool:
+    return not _lane_threads()
+
+
+async def test_a_large_blob_streams_through_a_bounded_queue_and_its_threads_end(
+    tmp_path: Path,
+) -> None:
+    store = FilesystemBlobStore(tmp_path)
+    await eventually(_no_lane_threads, what="earlier tests' writer threads to end")
+    staged = await store.stage()
+    assert isinstance(staged, _FileStaged)
+    digest = hashlib.sha256()
+    # Past several periodic syncs, in pieces of the size uvicorn hands over.
+    piece_size = 256 * 1024
+    count = (2 * SYNC_EVERY_BYTES + 3 * CHUNK_BYTES) // piece_size + 1
+    for index in range(count):
+        piece = index.to_bytes(4, "big") * (piece_size // 4)
+        digest.update(piece)
+        await staged.write(piece)
+        # Blocks queued or running (a write and a hash each) never exceed the bound.
+        assert len(staged._inflight) <= 2 * MAX_INFLIGHT_BLOCKS
+    assert len(_lane_threads()) == 2
+    await staged.finish()
+    assert staged.size == count * piece_size
+    assert staged.sha256 == digest.hexdigest()
+    assert staged.path.stat().st_size == staged.size
+    await eventually(_no_lane_threads, what="the writer and hasher threads to end")
+    await store.publish(staged, "t/a/big")
+    reader = await store.open("t/a/big")
+    assert reader.size == staged.size
+    await reader.close()
+
+
+async def test_a_blob_discarded_while_its_blocks_are_written_leaves_no_file(
+    tmp_path: Path,
+) -> None:
+    store = FilesystemBlobStore(tmp_path)
+    staged = await store.stage()
+    for _ in range(5 * MAX_INFLIGHT_BLOCKS):
+        await staged.write(os.urandom(CHUNK_BYTES))
+    await staged.discard()
+    assert store.staged_files() == []
+    await eventually(_no_lane_threads, what="the writer and hasher threads to end")
+    with pytest.raises(RuntimeError, match="finished"):
+        await staged.write(b"more")
+
+
+async def test_a_failed_block_write_fails_the_blob_and_discarding_it_cleans_up(
+    tmp_path: Path,
+) -> None:
+    store = FilesystemBlobStore(tmp_path)
+    staged = await store.stage()
+    assert isinstance(staged, _FileStaged)
+    await staged.write(os.urandom(CHUNK_BYTES))  # the threads start with this block
+    # The descriptor now refers to a file opened read-only: every later write fails (EBADF).
+    assert staged._fd is not None
+    read_only = os.open(os.devnull, os.O_RDONLY)
+    try:
+        os.dup2(read_only, staged._fd)
+    finally:
+        os.close(read_only)
+
+    async def write_on() -> None:
+        for _ in range(3 * MAX_INFLIGHT_BLOCKS):
+            await staged.write(os.urandom(CHUNK_BYTES))
+        await staged.finish()
+
+    # The error of a block the writer thread failed reaches the request that writes on.
+    with pytest.raises(OSError, match="Bad file descriptor"):
+        await write_on()
+    await staged.discard()
+    assert store.staged_files() == []
+    await eventually(_no_lane_threads, what="the writer and hasher threads to end")

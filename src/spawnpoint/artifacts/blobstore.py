@@ -7,8 +7,9 @@ blob, and a row never points to content that was not completely written. Blobs a
 removed only after the commit that deleted or replaced their row.
 
 The filesystem store keeps staged blobs in `<root>/staging/` and published ones in
-`<root>/blobs/<key>`, on one filesystem, so publishing is one atomic rename. File I/O runs
-in worker threads in chunks of `CHUNK_BYTES`; hashing releases the GIL there too.
+`<root>/blobs/<key>`, on one filesystem, so publishing is one atomic rename. File I/O and
+hashing run in worker threads in blocks of `CHUNK_BYTES`, off the event loop (both release
+the GIL for large buffers), behind a bounded queue (see `_FileStaged`).
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ import contextlib
 import hashlib
 import logging
 import os
+import queue
 import threading
 import time
 import uuid
 import weakref
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections import deque
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -39,6 +42,10 @@ log = logging.getLogger("spawnpoint.artifacts")
 CHUNK_BYTES = 1024 * 1024
 # Pieces per vectored write: well under IOV_MAX (1024 on Linux), whatever sizes arrive.
 MAX_PENDING_CHUNKS = 256
+# Blocks of one upload queued for (or in) its writer and hasher: its memory bound.
+MAX_INFLIGHT_BLOCKS = 8
+# The writer flushes a staged file to disk every so many bytes, not all at the end.
+SYNC_EVERY_BYTES = 16 * 1024 * 1024
 # Staged blobs older than this belong to a process that died mid-upload (or to a job whose
 # transaction rolled back): the store removes them when it is opened.
 STALE_STAGING_SECONDS = 24 * 3600
@@ -57,7 +64,9 @@ class StagedBlob(ABC):
 
     @abstractmethod
     async def write(self, chunk: bytes | memoryview) -> None:
-        """Append `chunk` (buffered; flushed to storage in chunks of `CHUNK_BYTES`)."""
+        """Append `chunk` (buffered, and written in blocks of `CHUNK_BYTES`); it is kept by
+        reference until written, so it must not change afterwards (`bytes`, or a view of
+        them). Raises the error of an earlier block that failed to write."""
 
     @abstractmethod
     async def finish(self) -> None:
@@ -112,12 +121,74 @@ class BlobStore(ABC):
         """Remove the blob under `key`; a no-op when there is none."""
 
 
-class _FileStaged(StagedBlob):
-    """A staged file, written and hashed by worker threads while the next chunk arrives.
+_Job = tuple[asyncio.AbstractEventLoop, "asyncio.Future[None]", list[bytes | memoryview]]
 
-    At most one chunk is in flight (so memory stays at two chunks): its write and its hash
-    run in two threads at once, and the next chunk waits for both, which keeps the hash in
-    order. `_io` guards the descriptor against a discard while a write is running.
+
+def _retrieve(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+def _complete(future: asyncio.Future[None], failure: BaseException | None) -> None:
+    if future.done():
+        return
+    if failure is None:
+        future.set_result(None)
+    else:
+        future.set_exception(failure)
+
+
+class _Lane:
+    """One thread running one kind of step (writing, or hashing) over the blocks of one
+    staged blob, in the order they were queued; each block's future completes on the loop.
+
+    A step that fails fails every later block of the lane too, without running it.
+    """
+
+    def __init__(self, name: str, step: Callable[[list[bytes | memoryview]], None]) -> None:
+        self._step = step
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._failure: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, chunks: list[bytes | memoryview]) -> asyncio.Future[None]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        # Nobody may wait for a discarded upload's blocks: never warn about their errors.
+        future.add_done_callback(_retrieve)
+        self._jobs.put((loop, future, chunks))
+        return future
+
+    def close(self) -> None:
+        """Let the thread end once the blocks queued so far have run."""
+        self._jobs.put(None)
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            loop, future, chunks = job
+            failure = self._failure
+            if failure is None:
+                try:
+                    self._step(chunks)
+                except BaseException as exc:  # handed to the awaiting request
+                    failure = self._failure = exc
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits
+                loop.call_soon_threadsafe(_complete, future, failure)
+
+
+class _FileStaged(StagedBlob):
+    """A staged file, written and hashed off the event loop while the next blocks arrive.
+
+    Chunks are gathered into blocks of `CHUNK_BYTES` (one vectored write each). A large
+    blob gets two threads of its own, a writer and a hasher, each taking the blocks in order
+    from its queue; both release the GIL for large buffers, so they run beside the loop,
+    which goes on receiving. At most `MAX_INFLIGHT_BLOCKS` blocks are queued or running, so
+    memory stays bounded whatever the upload's size: a request that gets ahead of the disk
+    waits for the oldest block. The writer also flushes to disk every `SYNC_EVERY_BYTES`, so
+    the `fsync` that `finish` ends with (before the row commits) has little left to write.
+    A blob that ends within its first block is written, hashed and synced in one worker-thread
+    call instead. `_io` guards the descriptor against a discard while a write is running.
     """
 
     def __init__(self, path: Path, descriptor: int) -> None:
@@ -127,14 +198,20 @@ class _FileStaged(StagedBlob):
         self._hash = hashlib.sha256()
         self._pending: list[bytes | memoryview] = []
         self._pending_bytes = 0
-        self._inflight: asyncio.Future[tuple[None, None]] | None = None
+        self._unsynced = 0
+        self._lanes: tuple[_Lane, _Lane] | None = None
+        self._inflight: deque[asyncio.Future[None]] = deque()
+        self._finished = False
         self.published = False
+
+    # -- in the worker threads
 
     def _write_sync(self, chunks: list[bytes | memoryview]) -> None:
         with self._io:
             if self._fd is None:
                 raise RuntimeError("this staged blob was discarded")
             views = [memoryview(chunk) for chunk in chunks]
+            written_now = sum(len(view) for view in views)
             while views:
                 written = os.writev(self._fd, views)
                 while views and written >= len(views[0]):
@@ -142,29 +219,59 @@ class _FileStaged(StagedBlob):
                     views.pop(0)
                 if views and written:
                     views[0] = views[0][written:]
+            self._unsynced += written_now
+            if self._unsynced >= SYNC_EVERY_BYTES:
+                os.fdatasync(self._fd)
+                self._unsynced = 0
 
     def _hash_sync(self, chunks: list[bytes | memoryview]) -> None:
         for chunk in chunks:
             self._hash.update(chunk)
 
-    async def _settle(self) -> None:
-        inflight, self._inflight = self._inflight, None
-        if inflight is not None:
-            await inflight
+    def _close_sync(self) -> None:
+        """Make what was written durable, and close the file."""
+        with self._io:
+            fd, self._fd = self._fd, None
+            if fd is None:
+                raise RuntimeError("this staged blob was discarded")
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def _all_sync(self, chunks: list[bytes | memoryview]) -> None:
+        self._write_sync(chunks)
+        self._hash_sync(chunks)
+        self._close_sync()
+
+    # -- on the event loop
+
+    async def _drain(self, keep: int) -> None:
+        """Wait until at most `keep` block steps are queued or running."""
+        while len(self._inflight) > keep:
+            await self._inflight.popleft()
 
     async def _flush(self) -> None:
-        await self._settle()
         chunks, self._pending, self._pending_bytes = self._pending, [], 0
         if not chunks:
             return
-        loop = asyncio.get_running_loop()
-        self._inflight = asyncio.gather(
-            loop.run_in_executor(None, self._write_sync, chunks),
-            loop.run_in_executor(None, self._hash_sync, chunks),
-        )
+        if self._lanes is None:
+            self._lanes = (
+                _Lane("artifact-writer", self._write_sync),
+                _Lane("artifact-hasher", self._hash_sync),
+            )
+        for lane in self._lanes:
+            self._inflight.append(lane.submit(chunks))
+        await self._drain(2 * MAX_INFLIGHT_BLOCKS)
+
+    def _close_lanes(self) -> None:
+        lanes, self._lanes = self._lanes, None
+        if lanes is not None:
+            for lane in lanes:
+                lane.close()
 
     async def write(self, chunk: bytes | memoryview) -> None:
-        if self._fd is None:
+        if self._finished or self._fd is None:
             raise RuntimeError("this staged blob is finished")
         if not chunk:
             return
@@ -175,27 +282,31 @@ class _FileStaged(StagedBlob):
             await self._flush()
 
     async def finish(self) -> None:
-        await self._flush()
-        await self._settle()
-
-        def close() -> None:
-            with self._io:
-                fd, self._fd = self._fd, None
-                if fd is not None:
-                    try:
-                        os.fsync(fd)
-                    finally:
-                        os.close(fd)
-
-        await anyio.to_thread.run_sync(close)
+        if self._finished:
+            raise RuntimeError("this staged blob is finished")
+        self._finished = True
+        if self._lanes is None:
+            chunks, self._pending, self._pending_bytes = self._pending, [], 0
+            await anyio.to_thread.run_sync(self._all_sync, chunks)
+        else:
+            try:
+                await self._flush()
+                await self._drain(0)
+            finally:
+                self._close_lanes()
+            await anyio.to_thread.run_sync(self._close_sync)
         self.sha256 = self._hash.hexdigest()
 
     async def discard(self) -> None:
+        self._finished = True
+        self._close_lanes()
         with contextlib.suppress(Exception):
-            await self._settle()
+            await self._drain(0)
         await anyio.to_thread.run_sync(self.abandon)
 
     def abandon(self) -> None:
+        self._finished = True
+        self._close_lanes()
         self._pending, self._pending_bytes = [], 0
         with self._io:
             fd, self._fd = self._fd, None
