@@ -76,49 +76,21 @@ async def delete_project(
     return teardown_response(started)
 
 
-# The Spark-Ops seed's paths: the same projects through the same service, PATCH for updates.
+# The Spark-Ops seed's paths: the same endpoints over the same service, PATCH for updates
+# (an update changes only the fields sent, whichever method carries it).
 v1_router = APIRouter(route_class=StrictRoute, prefix="/api/v1/projects", tags=["projects"])
-
-
-@v1_router.get("", summary="List projects (v1)")
-async def list_projects_v1(
-    _: RequireViewer, projects: Projects, page: Pagination
-) -> Page[ProjectRead]:
-    """List the projects of the caller's tenant (operators: of every tenant)."""
-    items, cursor = await projects.list_page(params=page, tenant_id=None)
-    return Page(items=[ProjectRead.model_validate(p) for p in items], next_cursor=cursor)
-
-
-@v1_router.post("", status_code=status.HTTP_201_CREATED, summary="Create project (v1)")
-async def create_project_v1(
-    actor: RequireAdmin, projects: Projects, project_in: ProjectCreate
-) -> ProjectRead:
-    """Create a project in the caller's tenant."""
-    return ProjectRead.model_validate(await projects.create(actor=actor, project_in=project_in))
-
-
-@v1_router.get("/{project_id}", summary="Retrieve project (v1)")
-async def read_project_v1(
-    _: RequireViewer, projects: Projects, project_id: uuid.UUID
-) -> ProjectRead:
-    """Retrieve one project."""
-    return ProjectRead.model_validate(await projects.get(project_id=project_id))
-
-
-@v1_router.patch("/{project_id}", summary="Update project (v1)")
-async def patch_project_v1(
-    _: RequireAdmin, projects: Projects, project_id: uuid.UUID, project_in: ProjectUpdate
-) -> ProjectRead:
-    """Change the fields sent; fields left out keep their values."""
-    return ProjectRead.model_validate(
-        await projects.update(project_id=project_id, project_in=project_in)
-    )
-
-
-@teardown_delete(v1_router, "/{project_id}", summary="Delete project (v1)")
-async def delete_project_v1(
-    actor: RequireAdmin, projects: Projects, project_id: uuid.UUID, cascade: Cascade = False
-) -> Response:
-    """Delete a project, once none of its workspaces is live."""
-    started = await projects.delete(actor=actor, project_id=project_id, cascade=cascade)
-    return teardown_response(started)
+v1_router.add_api_route("", list_projects, methods=["GET"], summary="List projects (v1)")
+v1_router.add_api_route(
+    "",
+    create_project,
+    methods=["POST"],
+    status_code=status.HTTP_201_CREATED,
+    summary="Create project (v1)",
+)
+v1_router.add_api_route(
+    "/{project_id}", read_project, methods=["GET"], summary="Retrieve project (v1)"
+)
+v1_router.add_api_route(
+    "/{project_id}", update_project, methods=["PATCH"], summary="Update project (v1)"
+)
+teardown_delete(v1_router, "/{project_id}", summary="Delete project (v1)")(delete_project)
