@@ -24,12 +24,13 @@ import uvicorn
 from job_test_handlers import SERVICE_ECHO
 from jobs_support import eventually, get_job, running
 from pydantic import Field
-from sqlalchemy import event, select
+from sqlalchemy import select
 
 from conftest import Org, World
 from spawnpoint.app import create_app
 from spawnpoint.config import Settings
 from spawnpoint.db import Database
+from spawnpoint.jobs import worker as worker_module
 from spawnpoint.jobs.builtin import BuiltinHandlers
 from spawnpoint.jobs.context import JobContext
 from spawnpoint.jobs.errors import JobCancelled
@@ -381,40 +382,41 @@ async def test_a_plugins_service_job_type_is_enqueued_through_the_api(
 
 
 async def test_a_completion_that_rolls_back_leaves_no_event(
-    api: httpx.AsyncClient, world: World, database: Database
+    api: httpx.AsyncClient, world: World, database: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The worker's outcome transaction fails once: its event goes with it, and the retry
-    writes the job's one completion event."""
+    """The worker's outcome transaction fails once, after the job's completion was written in
+    it: its event goes with it, and the retry writes the job's one completion event."""
     org = await world.org()
     member = org.headers[Role.member]
     job = (await post_job(api, member, WORK, payload={"lines": 0})).json()
     failures: list[str] = []
 
-    def fail_first_completion(
-        conn: object, cursor: object, statement: str, parameters: Any, *_: object
-    ) -> None:
-        if failures or not statement.startswith("UPDATE jobs") or "result" not in statement:
-            return
-        if job["id"].replace("-", "") in str(parameters).replace("-", ""):
-            failures.append(statement)
-            raise RuntimeError("the database went away mid-commit")
+    def failing_once(write: Any) -> Any:
+        # Wraps the worker's completion writes (with or without a claim in the transaction).
+        async def wrapped(session: Any, *, completions: Any, **kwargs: Any) -> Any:
+            written = await write(session, completions=completions, **kwargs)
+            if not failures and any(str(c.job_id) == job["id"] for c in completions):
+                failures.append(job["id"])
+                raise RuntimeError("the database went away mid-commit")
+            return written
 
-    engine = database.engine.sync_engine
-    event.listen(engine, "before_cursor_execute", fail_first_completion)
-    try:
-        registry = worker_registry()
-        worker = Worker(
-            database,
-            api.app.state.settings,  # type: ignore[attr-defined]
-            registry,
-            concurrency=2,
-            lease_seconds=10,
-            poll_interval=0.05,
-        )
-        async with running(worker):
-            done = await finished(api, job["id"], member)
-    finally:
-        event.remove(engine, "before_cursor_execute", fail_first_completion)
+        return wrapped
+
+    monkeypatch.setattr(worker_module, "complete_many", failing_once(worker_module.complete_many))
+    monkeypatch.setattr(
+        worker_module, "complete_and_claim", failing_once(worker_module.complete_and_claim)
+    )
+    registry = worker_registry()
+    worker = Worker(
+        database,
+        api.app.state.settings,  # type: ignore[attr-defined]
+        registry,
+        concurrency=2,
+        lease_seconds=10,
+        poll_interval=0.05,
+    )
+    async with running(worker):
+        done = await finished(api, job["id"], member)
     assert failures, "the completion was never attempted"
     assert (done["state"], done["attempts"]) == ("succeeded", 1)
     kinds = [e["type"] for e in await events(api, member) if e["key"] == job["id"]]

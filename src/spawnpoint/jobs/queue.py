@@ -14,6 +14,7 @@ tests can drive expiry; leases are long compared with the clock skew of NTP-sync
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import random
@@ -40,6 +41,7 @@ from sqlalchemy import (
     literal,
     literal_column,
     select,
+    text,
     update,
 )
 from sqlalchemy.engine import Dialect
@@ -377,24 +379,38 @@ async def claim(
     if limit < 1 or (job_types is not None and not job_types):
         return []
     now = now or utcnow()
-    types = None if job_types is None else tuple(sorted(job_types))
-    values = {
+    values = _claim_values(owner, limit, lease, now)
+    uow = unit_of(session)
+    if uow.is_postgres:
+        # BEGIN, the claim and COMMIT in one round trip, as cheap as autocommit.
+        types = None if job_types is None else tuple(sorted(job_types))
+        statement = _claim_statement(session.get_bind().dialect, types)
+        (cursor,) = await uow.pipelined([(statement, values)], final=True)
+        return _sorted_claims([_ClaimedRow(*row) for row in await cursor.fetchall()])
+    return _sorted_claims(await _claim_rows(session, values, job_types))
+
+
+def _claim_values(owner: str, limit: int, lease: timedelta, now: datetime) -> dict[str, Any]:
+    return {
         "claim_owner": owner,
         "claim_now": now,
         "claim_until": now + lease,
         "claim_limit": limit,
     }
-    uow = unit_of(session)
-    if uow.is_postgres:
-        # BEGIN, the claim and COMMIT in one round trip, as cheap as autocommit.
-        statement = _claim_statement(session.get_bind().dialect, types)
-        (cursor,) = await uow.pipelined([(statement, values)], final=True)
-        rows = [_ClaimedRow(*row) for row in await cursor.fetchall()]
-    else:
-        rows = [
-            _ClaimedRow(*row)
-            for row in (await session.execute(_claim(types, postgres=False), values)).all()
-        ]
+
+
+async def _claim_rows(
+    session: AsyncSession, values: dict[str, Any], job_types: Collection[str] | None
+) -> list[Any]:
+    """The claim through SQLAlchemy, in the caller's transaction (SQLite; PostgreSQL when
+    the claim shares a transaction with other writes)."""
+    types = None if job_types is None else tuple(sorted(job_types))
+    postgres = unit_of(session).is_postgres
+    result = await session.execute(_claim(types, postgres=postgres), values)
+    return [_ClaimedRow(*row) for row in result.all()]
+
+
+def _sorted_claims(rows: Sequence[Any]) -> list[ClaimedJob]:
     return sorted((_claimed(row) for row in rows), key=lambda job: job.id)
 
 
@@ -569,7 +585,13 @@ async def keep_result(
 async def complete_many(
     session: AsyncSession, *, completions: Sequence[Completion], now: datetime | None = None
 ) -> list[Completion]:
-    """Mark attempts succeeded in one batched statement, each fenced by its token.
+    """Mark attempts succeeded in one statement, each row fenced by its own token.
+
+    PostgreSQL: one UPDATE ... FROM unnest(ids, tokens, results) RETURNING the rows it
+    settled, sent with the transaction's BEGIN in one round trip; SQLite (in process, no
+    round trips): one executemany of the fenced UPDATE. Either way a row whose lease was lost
+    (rescued, re-claimed: another token, or no longer running) is left alone, and only that
+    completion is rejected.
 
     Returns:
         The completions that were rejected because their lease is no longer held.
@@ -577,6 +599,8 @@ async def complete_many(
     if not completions:
         return []
     now = now or utcnow()
+    if unit_of(session).is_postgres:
+        return await _complete_many_postgres(session, completions, now)
     statement = (
         update(_jobs)
         .where(
@@ -609,6 +633,84 @@ async def complete_many(
     )
     done = {(row.id, row.fencing_token) for row in rows if row.state == JobState.succeeded.value}
     return [c for c in completions if (c.job_id, c.fencing_token) not in done]
+
+
+async def _complete_many_postgres(
+    session: AsyncSession, completions: Sequence[Completion], now: datetime
+) -> list[Completion]:
+    statement = _complete_statement(session.get_bind().dialect)
+    values = _complete_values(completions, now)
+    (cursor,) = await unit_of(session).pipelined([(statement, values)])
+    settled = {(row[0], row[1]) for row in await cursor.fetchall()}
+    return [c for c in completions if (c.job_id, c.fencing_token) not in settled]
+
+
+def _complete_values(completions: Sequence[Completion], now: datetime) -> dict[str, Any]:
+    return {
+        "ids": [c.job_id for c in completions],
+        "tokens": [c.fencing_token for c in completions],
+        # Encoded as SQLAlchemy's JSON type would (None is JSON null), decoded by the cast.
+        "results": [json.dumps(c.result) for c in completions],
+        "now": now,
+    }
+
+
+@functools.lru_cache(maxsize=4)
+def _complete_statement(dialect: Dialect) -> DriverStatement:
+    # Arrays, not a VALUES list: one statement text (prepared once) for any batch size.
+    settled = text(
+        "UPDATE jobs SET state = 'succeeded', result = CAST(v.result AS json),"
+        " error = NULL, finished_at = :now, lease_owner = NULL, lease_expires_at = NULL,"
+        " updated_at = :now"
+        " FROM unnest(CAST(:ids AS uuid[]), CAST(:tokens AS bigint[]),"
+        " CAST(:results AS text[])) AS v(id, token, result)"
+        " WHERE jobs.id = v.id AND jobs.fencing_token = v.token AND jobs.state = 'running'"
+        " RETURNING jobs.id, jobs.fencing_token"
+    ).bindparams(bindparam("now", type_=_jobs.c.finished_at.type))
+    return DriverStatement(settled, dialect)
+
+
+async def complete_and_claim(
+    session: AsyncSession,
+    *,
+    completions: Sequence[Completion],
+    owner: str,
+    limit: int,
+    lease: timedelta,
+    job_types: Collection[str] | None = None,
+    now: datetime | None = None,
+) -> tuple[list[Completion], list[ClaimedJob]]:
+    """`complete_many`, then `claim` up to `limit` more jobs, in the caller's transaction.
+
+    A worker recording the outcomes of a batch takes the next batch in the same
+    transaction: on PostgreSQL both statements go out with the BEGIN in one round trip
+    (the commit stays the caller's), so a busy worker runs one transaction per batch, not
+    two. The completions are fenced row by row exactly as in `complete_many`; the claimed
+    jobs are leased as in `claim`, and exist only if the caller's transaction commits (a
+    failed commit leaves them queued, unclaimed).
+
+    Returns:
+        The rejected completions (their lease is no longer held) and the claimed jobs.
+    """
+    now = now or utcnow()
+    if limit < 1 or (job_types is not None and not job_types):
+        return await complete_many(session, completions=completions, now=now), []
+    uow = unit_of(session)
+    if not uow.is_postgres or not completions:
+        rejected = await complete_many(session, completions=completions, now=now)
+        rows = await _claim_rows(session, _claim_values(owner, limit, lease, now), job_types)
+        return rejected, _sorted_claims(rows)
+    dialect = session.get_bind().dialect
+    types = None if job_types is None else tuple(sorted(job_types))
+    done, taken = await uow.pipelined(
+        [
+            (_complete_statement(dialect), _complete_values(completions, now)),
+            (_claim_statement(dialect, types), _claim_values(owner, limit, lease, now)),
+        ]
+    )
+    settled = {(row[0], row[1]) for row in await done.fetchall()}
+    rejected = [c for c in completions if (c.job_id, c.fencing_token) not in settled]
+    return rejected, _sorted_claims([_ClaimedRow(*row) for row in await taken.fetchall()])
 
 
 async def complete(

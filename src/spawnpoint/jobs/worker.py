@@ -5,13 +5,19 @@ One `Worker` per process (or inside `spawnpoint serve` on SQLite). Its tasks:
 - the claim loop fills free slots (`concurrency`) with one claim statement; it wakes on
   PostgreSQL NOTIFY (a dedicated LISTEN connection), on local commits that enqueued jobs,
   when a slot frees up while the queue may hold more, and every `poll_interval` anyway
-  (delayed retries and other processes on SQLite announce nothing);
+  (delayed retries and other processes on SQLite announce nothing). A slot frees up when
+  its handler returns, not when its outcome is recorded: the next claim runs while the
+  settle task writes the last batch's outcomes, so neither waits for the other's round
+  trips. At most `concurrency` outcomes wait to be recorded (the slots stay taken past
+  that), so a slow database holds the worker to 2 x `concurrency` attempts in hand;
 - one handler task per claimed job;
 - one heartbeat task that, every `lease_seconds / 3`, extends all held leases in one
   statement, refreshes `cancel_requested` and writes buffered log lines; a lost lease
   cancels its handler;
 - one settle task that records finished attempts in batches (one transaction for all
-  outcomes that piled up while the previous batch was written), each write fenced.
+  outcomes that piled up while the previous batch was written), each write fenced; while
+  the queue may hold more, the same transaction claims the next jobs for the slots free by
+  then (`complete_and_claim`), so a busy worker runs one transaction per batch.
 
 Outcomes: a returned dict (or None) -> succeeded; `JobCancelled` -> cancelled;
 `PermanentJobError` -> failed at once; any other exception -> retried with backoff until
@@ -54,6 +60,7 @@ from spawnpoint.jobs.queue import (
     Completion,
     append_logs,
     claim,
+    complete_and_claim,
     complete_many,
     fail,
     heartbeat_many,
@@ -167,6 +174,11 @@ class Worker:
         self.grace_seconds = grace_seconds
         self._running: dict[tuple[uuid.UUID, int], _Attempt] = {}
         self._outcomes: list[_Outcome] = []
+        # Attempts whose handler has finished and whose outcome is not yet recorded.
+        self._unrecorded = 0
+        # Slots promised to claims in flight (the claim loop's, the settle task's).
+        self._reserved = 0
+        self._stopping = False
         self._more = True
         # Created in run(): events belong to the loop that runs the worker.
         self._wake: asyncio.Event
@@ -224,16 +236,18 @@ class Worker:
 
     async def _relay(self, stop: asyncio.Event) -> None:
         await stop.wait()
+        self._stopping = True
         self._wake.set()
 
     async def _claim_loop(self, stop: asyncio.Event) -> None:
         job_types = self.registry.job_types()
         outage = Outage("claiming jobs", log, max_delay=RECONNECT_MAX_SECONDS)
         while not stop.is_set():
-            free = self.concurrency - len(self._running)
+            free = self._free_slots()
             if free > 0 and self._more:
                 # Cleared before the claim: a wake-up that arrives during it sets it again.
                 self._more = False
+                self._reserved += free
                 try:
                     # One UPDATE ... RETURNING; on PostgreSQL it commits in the same round trip.
                     async with self.database.transaction(write=True) as session:
@@ -246,6 +260,7 @@ class Worker:
                             now=self.clock(),
                         )
                 except Exception as error:
+                    self._reserved -= free
                     self._more = True
                     delay = outage.failed(error)
                     # Woken early by a stop, or by the LISTEN connection coming back.
@@ -254,6 +269,7 @@ class Worker:
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(self._wake.wait(), delay)
                     continue
+                self._reserved -= free
                 outage.succeeded()
                 if len(claimed) == free:
                     self._more = True
@@ -266,6 +282,14 @@ class Worker:
                 await asyncio.wait_for(self._wake.wait(), self.poll_interval)
             except TimeoutError:
                 self._more = True
+
+    def _free_slots(self, recording: int = 0) -> int:
+        """Slots for new claims: handlers running stay within `concurrency`, and so do the
+        finished attempts whose outcomes wait to be recorded (`recording` of them are
+        being recorded by the transaction that would claim)."""
+        handlers = len(self._running) - self._unrecorded
+        held = len(self._running) - recording
+        return min(self.concurrency - handlers, 2 * self.concurrency - held) - self._reserved
 
     def _start(self, job: ClaimedJob) -> None:
         ctx = JobContext(job=job, database=self.database, settings=self.settings, clock=self.clock)
@@ -318,7 +342,9 @@ class Worker:
                 elapsed_ms = (time.perf_counter() - started) * 1000
                 JOB_DURATION.labels(job.type, OUTCOME_LABELS[outcome.kind]).observe(elapsed_ms)
                 self._outcomes.append(outcome)
+                self._unrecorded += 1
                 self._settle_wake.set()
+                self._wake.set()  # its slot is free for the next claim
 
     @staticmethod
     def _success(attempt: _Attempt, result: object) -> _Outcome:
@@ -347,31 +373,53 @@ class Worker:
             batch, self._outcomes = self._outcomes, []
             if not batch:
                 continue
+            # Claim in the same transaction while the queue may hold more (and not stopping).
+            wanted = 0 if self._stopping or not self._more else self._free_slots(len(batch))
+            wanted = max(0, wanted)
+            self._reserved += wanted
             try:
-                await self._settle(batch)
+                claimed = await self._settle(batch, claim_limit=wanted)
             except Exception as error:
                 self._outcomes[:0] = batch
                 await asyncio.sleep(outage.failed(error))
                 self._settle_wake.set()
                 continue
+            finally:
+                self._reserved -= wanted
             outage.succeeded()
+            self._unrecorded -= len(batch)
             for outcome in batch:
                 self._forget(outcome.attempt)
+            if wanted and len(claimed) == wanted:
+                self._more = True
+            for job in claimed:
+                self._start(job)
 
-    async def _settle(self, batch: Sequence[_Outcome]) -> None:
+    async def _settle(self, batch: Sequence[_Outcome], *, claim_limit: int) -> list[ClaimedJob]:
+        """Record `batch`'s outcomes in one transaction, claiming up to `claim_limit` jobs in
+        it; returns the claimed jobs (leased once this returns: the transaction committed)."""
         now = self.clock()
         stale: list[_Attempt] = []
+        claimed: list[ClaimedJob] = []
         # The logs go in the same transaction: they are durable before the outcome is.
         async with self._logged_write([outcome.attempt for outcome in batch]) as session:
             successes = [o for o in batch if o.kind is _Kind.succeeded]
-            rejected = await complete_many(
-                session,
-                completions=[
-                    Completion(o.attempt.job.id, o.attempt.job.fencing_token, o.result)
-                    for o in successes
-                ],
-                now=now,
-            )
+            completions = [
+                Completion(o.attempt.job.id, o.attempt.job.fencing_token, o.result)
+                for o in successes
+            ]
+            if claim_limit > 0:
+                rejected, claimed = await complete_and_claim(
+                    session,
+                    completions=completions,
+                    owner=self.worker_id,
+                    limit=claim_limit,
+                    lease=self.lease,
+                    job_types=self.registry.job_types(),
+                    now=now,
+                )
+            else:
+                rejected = await complete_many(session, completions=completions, now=now)
             rejected_keys = {(c.job_id, c.fencing_token) for c in rejected}
             stale.extend(o.attempt for o in successes if o.attempt.key in rejected_keys)
             for o in successes:
@@ -390,6 +438,7 @@ class Worker:
                 attempt.job.id,
                 attempt.job.attempt,
             )
+        return claimed
 
     async def _record(self, session: AsyncSession, outcome: _Outcome, now: datetime) -> None:
         job = outcome.attempt.job
