@@ -1,6 +1,6 @@
 """Job queue benchmark on PostgreSQL: spawnpoint's durable queue against PgQueuer, one run.
 
-    .venv/bin/python bench/job_queue.py [--jobs 10000] [--workers 2] [--concurrency 32]
+    .venv/bin/python bench/job_queue.py [--jobs 10000] [--workers 2] [--concurrency 32,100]
         [--rounds 1] [--batch-sizes 10,100] [--api-jobs 10000] [--api-clients 16]
         [--rate 50] [--seconds 5] [--pgqueuer pgqueuer==1.6.0] [--skip-api]
 
@@ -15,14 +15,16 @@ at the end, also on failure or Ctrl-C. Per round, in this order:
    `bench/_pgqueuer_peer.py`, one QueueManager each with a `noop` entrypoint; `--jobs` jobs
    enqueued in one statement once the workers are idle; jobs/s = jobs / (the last
    `successful` log row's time - the enqueue's commit).
-2. spawnpoint, direct: `--workers` `spawnpoint worker --concurrency N` processes drain
-   `--jobs` `noop` jobs enqueued in one transaction (`jobs.queue.enqueue`); jobs/s = jobs /
-   (last finished_at - the enqueue's commit). Then the latency phase: `--rate` jobs/s,
-   each in its own transaction, for `--seconds`; enqueue-to-start p50 and p99.
+2. spawnpoint, direct, at each `--concurrency` (slots per worker: a claim takes up to that
+   many jobs, as PgQueuer's batch_size): `--workers` `spawnpoint worker --concurrency N`
+   processes drain `--jobs` `noop` jobs enqueued in one transaction
+   (`jobs.queue.enqueue`); jobs/s = jobs / (last finished_at - the enqueue's commit). After
+   the first, the latency phase: `--rate` jobs/s, each in its own transaction, for
+   `--seconds`; enqueue-to-start p50 and p99.
 3. spawnpoint through the API (once, after the rounds): `spawnpoint serve --no-worker` and
-   the same workers; `--api-clients` keep-alive clients POST `--api-jobs`
-   `{"job_type": "noop"}` to `/api/jobs` as a tenant member (a plan with quotas out of
-   reach); the enqueue rate (202s per second) and the end-to-end rate (jobs / (last
+   the same workers (the first `--concurrency`); `--api-clients` keep-alive clients POST
+   `--api-jobs` `{"job_type": "noop"}` to `/api/jobs` as a tenant member (a plan with quotas
+   out of reach); the enqueue rate (202s per second) and the end-to-end rate (jobs / (last
    finished_at - first request)), the workers draining while the API enqueues. Each of
    these jobs is a tenant's service job: its enqueue writes the job, its
    `service_job_enqueued` event and its audit entry; its completion a `service_job_completed`
@@ -47,6 +49,7 @@ import argparse
 import asyncio
 import collections
 import contextlib
+import itertools
 import json
 import os
 import shutil
@@ -440,13 +443,14 @@ def spawnpoint_workers(
     workdir: Path,
     args: argparse.Namespace,
     tag: str,
+    concurrency: int,
 ) -> Iterator[list[Measured]]:
     env = spawnpoint_env(db, workdir)
     workers = []
     for n in range(args.workers):
         name = f"spawnpoint-{tag}-worker-{n}"
         stats = workdir / f"{name}.json"
-        argv = counted_command(stats, "worker", "--concurrency", str(args.concurrency))
+        argv = counted_command(stats, "worker", "--concurrency", str(concurrency))
         process = stack.enter_context(background_process(name, argv, env=env, cwd=workdir))
         workers.append(Measured("workers", process, stats, workdir / f"{name}.log"))
     yield workers
@@ -492,12 +496,16 @@ UNFINISHED = "SELECT count(*) FROM jobs WHERE state <> 'succeeded'"
 LAST_FINISHED = "SELECT extract(epoch FROM max(finished_at)) FROM jobs"
 
 
-def drain_spawnpoint(template: str, args: argparse.Namespace, workdir: Path, n: int) -> Drain:
+def drain_spawnpoint(
+    template: str, args: argparse.Namespace, workdir: Path, n: int, concurrency: int
+) -> Drain:
     with (
         scratch_database("spawnpoint_bench_queue", template=template) as db,
         contextlib.ExitStack() as stack,
     ):
-        workers = stack.enter_context(spawnpoint_workers(stack, db, workdir, args, f"direct{n}"))
+        workers = stack.enter_context(
+            spawnpoint_workers(stack, db, workdir, args, f"direct{n}-{concurrency}", concurrency)
+        )
         meter = Meter(db, workers)
         stack.callback(meter.close)
         wait_for_sessions(meter, args.workers, listen=CHANNEL)
@@ -512,7 +520,7 @@ def drain_spawnpoint(template: str, args: argparse.Namespace, workdir: Path, n: 
         last = float(meter.poll(LAST_FINISHED))
         cpu, statements = per_job(before, after, args.jobs)
         drain = Drain(
-            label="spawnpoint, direct enqueue",
+            label=f"spawnpoint, direct enqueue, {concurrency} slots",
             jobs=args.jobs,
             seconds=last - committed,
             load=load,
@@ -520,7 +528,7 @@ def drain_spawnpoint(template: str, args: argparse.Namespace, workdir: Path, n: 
             statements=statements,
             commits=(after.commits - before.commits - 1) / args.jobs,
         )
-        if args.rate > 0 and args.seconds > 0:
+        if args.rate > 0 and args.seconds > 0 and concurrency == args.slots[0]:
             ids = asyncio.run(enqueue_paced(db.sqlalchemy_url, args.rate, args.seconds))
             meter.wait_until_zero(UNFINISHED, within=60)
             rows = meter.conn.execute(
@@ -612,7 +620,9 @@ def drain_api(template: str, args: argparse.Namespace, workdir: Path) -> Drain:
             )
         )
         api = Measured("api", server.process, stats, server.log_path)
-        workers = stack.enter_context(spawnpoint_workers(stack, db, workdir, args, "api"))
+        workers = stack.enter_context(
+            spawnpoint_workers(stack, db, workdir, args, "api", args.slots[0])
+        )
         meter = Meter(db, [api, *workers])
         stack.callback(meter.close)
         wait_for_sessions(meter, args.workers, listen=CHANNEL)
@@ -631,7 +641,7 @@ def drain_api(template: str, args: argparse.Namespace, workdir: Path) -> Drain:
         cpu, statements = per_job(before, after, args.api_jobs)
         cpu["load generator"] = 1000 * own_cpu / args.api_jobs
         return Drain(
-            label="spawnpoint, POST /api/jobs",
+            label=f"spawnpoint, POST /api/jobs, {args.slots[0]} slots",
             jobs=args.api_jobs,
             seconds=last - first,
             load=load,
@@ -709,7 +719,7 @@ def render(drains: Sequence[Drain], args: argparse.Namespace, versions: str) -> 
     lines = [
         f"## Job queue on PostgreSQL: {args.workers} worker processes, {args.jobs:,} no-op jobs",
         "",
-        f"spawnpoint workers: `--concurrency {args.concurrency}`; PgQueuer {versions}; "
+        f"spawnpoint workers: `--concurrency` {args.concurrency}; PgQueuer {versions}; "
         f"{args.rounds} round(s); {os.cpu_count()} cores; "
         f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC.",
         "",
@@ -719,7 +729,7 @@ def render(drains: Sequence[Drain], args: argparse.Namespace, versions: str) -> 
         "",
         breakdown,
     ]
-    direct = [d for d in drains if d.label == "spawnpoint, direct enqueue"]
+    direct = [d for d in drains if d.label.startswith("spawnpoint, direct")]
     latencies = [ms for d in direct for ms in d.latencies_ms]
     if latencies:
         lines += [
@@ -743,7 +753,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=10_000)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--concurrency", type=int, default=32, help="slots per worker")
+    parser.add_argument(
+        "--concurrency", default="32,100", help="slots per worker, comma-separated: one run each"
+    )
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--batch-sizes", default="10,100", help="PgQueuer's, comma-separated")
     parser.add_argument("--api-jobs", type=int, default=10_000)
@@ -755,6 +767,7 @@ def main() -> int:
     parser.add_argument("--pgqueuer", default=PGQUEUER, help="the peer's pip requirement")
     args = parser.parse_args()
     batch_sizes = [int(size) for size in args.batch_sizes.split(",") if size]
+    args.slots = [int(slots) for slots in args.concurrency.split(",") if slots]
     raise_on_sigterm(deadline=1800)
 
     drains: list[Drain] = []
@@ -768,13 +781,17 @@ def main() -> int:
                     runs: list[Any] = []
                     if python is not None:
                         runs += [("pgqueuer", size) for size in batch_sizes]
-                    runs.insert(1 if runs else 0, ("spawnpoint", n))
-                    for kind, value in runs:
+                    # Interleaved: PgQueuer, spawnpoint, PgQueuer, spawnpoint...
+                    spawnpoints = [("spawnpoint", slots) for slots in args.slots]
+                    order: list[Any] = []
+                    for pair in itertools.zip_longest(runs, spawnpoints):
+                        order += [run for run in pair if run is not None]
+                    for kind, value in order:
                         if kind == "pgqueuer":
                             assert python is not None
                             drain = drain_pgqueuer(python, value, args, workdir)
                         else:
-                            drain = drain_spawnpoint(template.name, args, workdir, value)
+                            drain = drain_spawnpoint(template.name, args, workdir, n, value)
                         drains.append(drain)
                         print(
                             f"round {n + 1}: {drain.label}: {drain.rate:,.0f} jobs/s, "
@@ -797,7 +814,7 @@ def main() -> int:
     report = render(drains, args, versions)
     print(report)
     write_result("job_queue.md", report)
-    direct = [d.rate for d in drains if d.label == "spawnpoint, direct enqueue"]
+    direct = [d.rate for d in drains if d.label.startswith("spawnpoint, direct")]
     default = [d.rate for d in drains if "(default)" in d.label]
     if not direct or not default:
         return 0
