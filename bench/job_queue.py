@@ -175,9 +175,9 @@ class Measured:
 Counter = collections.Counter[str]
 
 
-def statement_snapshot(processes: Sequence[Measured], timeout: float = 10.0) -> Counter:
-    """Every process's statement counts so far (asks each with SIGUSR1 for a fresh file)."""
-    total: Counter = collections.Counter()
+def statement_snapshot(processes: Sequence[Measured], timeout: float = 10.0) -> dict[str, Counter]:
+    """Statement counts so far by role (asks each process with SIGUSR1 for a fresh file)."""
+    total: dict[str, Counter] = collections.defaultdict(collections.Counter)
     for measured in processes:
         before = _read_stats(measured.stats).get("seq", 0)
         measured.process.send_signal(signal.SIGUSR1)
@@ -187,8 +187,8 @@ def statement_snapshot(processes: Sequence[Measured], timeout: float = 10.0) -> 
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{measured.role} wrote no statement counts")
             time.sleep(0.02)
-        total.update(stats["statements"])
-    return total
+        total[measured.role].update(stats["statements"])
+    return dict(total)
 
 
 def _read_stats(path: Path) -> dict[str, Any]:
@@ -213,7 +213,7 @@ def commits(conn: psycopg.Connection[Any]) -> int:
 class Mark:
     at: float
     cpu: dict[str, float]
-    statements: Counter
+    statements: dict[str, Counter]  # by role
     commits: int
 
 
@@ -224,7 +224,7 @@ class Drain:
     seconds: float
     load: str
     cpu_ms: dict[str, float]  # per job, by role (and postgres)
-    statements: dict[str, float]  # per job, by kind
+    statements: dict[str, dict[str, float]]  # per job, by role and kind
     commits: float  # per job
     enqueue_rate: float | None = None
     latencies_ms: list[float] = field(default_factory=list)
@@ -235,7 +235,9 @@ class Drain:
 
     @property
     def statements_per_job(self) -> float:
-        return sum(v for k, v in self.statements.items() if k != "COMMIT")
+        return sum(
+            v for kinds in self.statements.values() for k, v in kinds.items() if k != "COMMIT"
+        )
 
 
 class Meter:
@@ -285,10 +287,14 @@ class Meter:
         self.conn.close()
 
 
-def per_job(before: Mark, after: Mark, jobs: int) -> tuple[dict[str, float], dict[str, float]]:
+def per_job(
+    before: Mark, after: Mark, jobs: int
+) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
     cpu = {k: 1000 * (after.cpu[k] - before.cpu.get(k, 0.0)) / jobs for k in after.cpu}
-    kinds = set(after.statements) | set(before.statements)
-    statements = {k: (after.statements[k] - before.statements[k]) / jobs for k in sorted(kinds)}
+    statements = {}
+    for role, counts in after.statements.items():
+        earlier = before.statements.get(role, collections.Counter())
+        statements[role] = {k: (counts[k] - earlier[k]) / jobs for k in sorted(counts)}
     return cpu, statements
 
 
@@ -711,10 +717,16 @@ def render(drains: Sequence[Drain], args: argparse.Namespace, versions: str) -> 
         ],
         rows,
     )
-    kinds = sorted({k for d in drains for k in d.statements})
+    kinds = sorted(
+        {k for d in drains for counts in d.statements.values() for k, v in counts.items() if v}
+    )
     breakdown = markdown_table(
-        ["run", *kinds],
-        [[d.label, *(f"{d.statements.get(k, 0):.3f}" for k in kinds)] for d in drains],
+        ["run", "process", *kinds],
+        [
+            [d.label, role, *(f"{counts.get(k, 0):.3f}" for k in kinds)]
+            for d in drains
+            for role, counts in d.statements.items()
+        ],
     )
     lines = [
         f"## Job queue on PostgreSQL: {args.workers} worker processes, {args.jobs:,} no-op jobs",

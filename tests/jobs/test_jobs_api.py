@@ -392,7 +392,7 @@ async def test_a_completion_that_rolls_back_leaves_no_event(
     failures: list[str] = []
 
     def failing_once(write: Any) -> Any:
-        # Wraps the worker's completion writes (with or without a claim in the transaction).
+        # Wraps the worker's completion write (with or without a claim in its transaction).
         async def wrapped(session: Any, *, completions: Any, **kwargs: Any) -> Any:
             written = await write(session, completions=completions, **kwargs)
             if not failures and any(str(c.job_id) == job["id"] for c in completions):
@@ -402,7 +402,6 @@ async def test_a_completion_that_rolls_back_leaves_no_event(
 
         return wrapped
 
-    monkeypatch.setattr(worker_module, "complete_many", failing_once(worker_module.complete_many))
     monkeypatch.setattr(
         worker_module, "complete_and_claim", failing_once(worker_module.complete_and_claim)
     )

@@ -679,38 +679,52 @@ async def complete_and_claim(
     lease: timedelta,
     job_types: Collection[str] | None = None,
     now: datetime | None = None,
+    final: bool = False,
 ) -> tuple[list[Completion], list[ClaimedJob]]:
     """`complete_many`, then `claim` up to `limit` more jobs, in the caller's transaction.
 
     A worker recording the outcomes of a batch takes the next batch in the same
-    transaction: on PostgreSQL both statements go out with the BEGIN in one round trip
-    (the commit stays the caller's), so a busy worker runs one transaction per batch, not
-    two. The completions are fenced row by row exactly as in `complete_many`; the claimed
-    jobs are leased as in `claim`, and exist only if the caller's transaction commits (a
-    failed commit leaves them queued, unclaimed).
+    transaction: on PostgreSQL both statements go out with the BEGIN in one round trip, so
+    a busy worker runs one transaction per batch, not two. The completions are fenced row
+    by row exactly as in `complete_many`; the claimed jobs are leased as in `claim`, and
+    exist only if the transaction commits (a failed commit leaves them queued, unclaimed).
+
+    Args:
+        limit: The most jobs to claim; 0 records the completions only.
+        final: The caller writes nothing more in this transaction: on PostgreSQL the
+            COMMIT (with the unit of work's outbox rows) goes out in the same round trip.
 
     Returns:
         The rejected completions (their lease is no longer held) and the claimed jobs.
     """
     now = now or utcnow()
-    if limit < 1 or (job_types is not None and not job_types):
-        return await complete_many(session, completions=completions, now=now), []
+    if job_types is not None and not job_types:
+        limit = 0
     uow = unit_of(session)
-    if not uow.is_postgres or not completions:
+    if not uow.is_postgres:
         rejected = await complete_many(session, completions=completions, now=now)
+        if limit < 1:
+            return rejected, []
         rows = await _claim_rows(session, _claim_values(owner, limit, lease, now), job_types)
         return rejected, _sorted_claims(rows)
     dialect = session.get_bind().dialect
-    types = None if job_types is None else tuple(sorted(job_types))
-    done, taken = await uow.pipelined(
-        [
-            (_complete_statement(dialect), _complete_values(completions, now)),
-            (_claim_statement(dialect, types), _claim_values(owner, limit, lease, now)),
-        ]
-    )
-    settled = {(row[0], row[1]) for row in await done.fetchall()}
-    rejected = [c for c in completions if (c.job_id, c.fencing_token) not in settled]
-    return rejected, _sorted_claims([_ClaimedRow(*row) for row in await taken.fetchall()])
+    steps: list[tuple[DriverStatement, dict[str, Any]]] = []
+    if completions:
+        steps.append((_complete_statement(dialect), _complete_values(completions, now)))
+    if limit > 0:
+        types = None if job_types is None else tuple(sorted(job_types))
+        steps.append((_claim_statement(dialect, types), _claim_values(owner, limit, lease, now)))
+    if not steps:
+        return [], []
+    cursors = list(await uow.pipelined(steps, final=final))
+    rejected = []
+    if completions:
+        settled = {(row[0], row[1]) for row in await cursors.pop(0).fetchall()}
+        rejected = [c for c in completions if (c.job_id, c.fencing_token) not in settled]
+    claimed = []
+    if limit > 0:
+        claimed = _sorted_claims([_ClaimedRow(*row) for row in await cursors.pop(0).fetchall()])
+    return rejected, claimed
 
 
 async def complete(

@@ -61,7 +61,6 @@ from spawnpoint.jobs.queue import (
     append_logs,
     claim,
     complete_and_claim,
-    complete_many,
     fail,
     heartbeat_many,
     mark_cancelled,
@@ -408,18 +407,21 @@ class Worker:
                 Completion(o.attempt.job.id, o.attempt.job.fencing_token, o.result)
                 for o in successes
             ]
-            if claim_limit > 0:
-                rejected, claimed = await complete_and_claim(
-                    session,
-                    completions=completions,
-                    owner=self.worker_id,
-                    limit=claim_limit,
-                    lease=self.lease,
-                    job_types=self.registry.job_types(),
-                    now=now,
-                )
-            else:
-                rejected = await complete_many(session, completions=completions, now=now)
+            # Nothing else to write (no failures to record, no governance events): the
+            # COMMIT goes out with the statements, one round trip for the whole batch.
+            final = len(successes) == len(batch) and not any(
+                self._governed(o.attempt.job) for o in successes
+            )
+            rejected, claimed = await complete_and_claim(
+                session,
+                completions=completions,
+                owner=self.worker_id,
+                limit=claim_limit,
+                lease=self.lease,
+                job_types=self.registry.job_types(),
+                now=now,
+                final=final,
+            )
             rejected_keys = {(c.job_id, c.fencing_token) for c in rejected}
             stale.extend(o.attempt for o in successes if o.attempt.key in rejected_keys)
             for o in successes:
@@ -476,6 +478,10 @@ class Worker:
                 outcome.error,
             )
 
+    def _governed(self, job: ClaimedJob) -> bool:
+        """Whether the job's outcome writes a governance event (see `_govern`)."""
+        return job.tenant_id is not None and self.registry.is_service(job.type)
+
     def _govern(
         self,
         session: AsyncSession,
@@ -491,7 +497,7 @@ class Worker:
         Only a tenant's jobs of service types have them (`HandlerRegistry.service_types`);
         workspace jobs have their workspace's events, platform jobs none.
         """
-        if job.tenant_id is None or not self.registry.is_service(job.type):
+        if not self._governed(job):
             return
         finished = "succeeded" if event_type == JOB_COMPLETED else "failed"
         unit_of(session).emit(
