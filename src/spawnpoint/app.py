@@ -32,6 +32,7 @@ from spawnpoint.health.slow import SlowRequestTracker
 from spawnpoint.jobs.endpoints import router as jobs_router
 from spawnpoint.jobs.registry import HandlerRegistry, default_registry
 from spawnpoint.jobs.worker import run_worker_in_process
+from spawnpoint.kit.admission import ReadAdmission
 from spawnpoint.kit.body import BodyLimitMiddleware
 from spawnpoint.kit.errors import install_problem_handlers
 from spawnpoint.kit.methods import install_method_semantics
@@ -151,6 +152,9 @@ def create_app(
     for router in ROUTERS:
         app.include_router(router)
     document_bearer_auth(app)
+    if run_worker and settings.read_admission > 0:
+        # The worker shares this event loop: polls must not starve it (see kit/admission).
+        app.add_middleware(ReadAdmission, limit=settings.read_admission)
     install_request_telemetry(
         app, slow=slow, log_requests=settings.access_log, upload_bytes=settings.max_body_bytes
     )
