@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import random
@@ -169,4 +170,27 @@ async def test_a_failed_block_write_fails_the_blob_and_discarding_it_cleans_up(
         await write_on()
     await staged.discard()
     assert store.staged_files() == []
+    await eventually(_no_lane_threads, what="the writer and hasher threads to end")
+
+
+async def test_concurrent_large_blobs_each_get_their_own_bytes_and_hash(tmp_path: Path) -> None:
+    store = FilesystemBlobStore(tmp_path)
+
+    async def upload(seed: int) -> tuple[_FileStaged, str]:
+        staged = await store.stage()
+        assert isinstance(staged, _FileStaged)
+        digest = hashlib.sha256()
+        rng = random.Random(seed)
+        for _ in range(40):
+            piece = rng.randbytes(rng.choice([1_000, 65_536, 300_000]))
+            digest.update(piece)
+            await staged.write(piece)
+            await asyncio.sleep(0)  # interleave the uploads
+        await staged.finish()
+        return staged, digest.hexdigest()
+
+    results = await asyncio.gather(*(upload(seed) for seed in range(4)))
+    for staged, digest in results:
+        assert staged.sha256 == digest
+        assert hashlib.sha256(staged.path.read_bytes()).hexdigest() == digest
     await eventually(_no_lane_threads, what="the writer and hasher threads to end")
