@@ -6,6 +6,7 @@ from datetime import timedelta
 
 from spawnpoint.audit.service import audit_tasks
 from spawnpoint.config import Settings
+from spawnpoint.costs.metering import metering_tasks
 from spawnpoint.jobs.scheduler import PeriodicTask, default_tasks
 from spawnpoint.provisioners import ProvisionerRegistry
 from spawnpoint.workspaces.sweeps import workspace_tasks
@@ -15,8 +16,13 @@ def periodic_tasks(
     settings: Settings, *, rescue_interval: timedelta = timedelta(seconds=5)
 ) -> list[PeriodicTask]:
     """The scheduler's tasks: lease rescue, idle stop, maximum lifetime, lost processes,
-    key expiry; audit checkpoints, partitions and retention."""
+    key expiry; audit checkpoints, partitions and retention; cost metering."""
     sweeps = workspace_tasks(
         provisioners=ProvisionerRegistry.from_entry_points(), settings=settings
     )
-    return [*default_tasks(rescue_interval=rescue_interval), *sweeps, *audit_tasks(settings)]
+    return [
+        *default_tasks(rescue_interval=rescue_interval),
+        *sweeps,
+        *audit_tasks(settings),
+        *metering_tasks(settings),
+    ]

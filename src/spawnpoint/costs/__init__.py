@@ -1,0 +1,1 @@
+"""Money: cost metering of running workspaces (see `metering`)."""

@@ -1,0 +1,141 @@
+"""SQL of cost metering: the system's pass over every tenant's workspaces (unscoped)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import func, or_, select, union
+from sqlalchemy.dialects import postgresql, sqlite
+
+from spawnpoint.kit.repository import PlatformRepository
+from spawnpoint.models import (
+    CostRecord,
+    MeteringWatermark,
+    TemplateVersion,
+    Workspace,
+    WorkspaceEvent,
+    WorkspaceState,
+)
+
+
+class MeteringRows(PlatformRepository[CostRecord]):
+    """System code: the metering pass reads and writes cost records of every tenant."""
+
+    model = CostRecord
+    noun = "cost record"
+
+    async def watermark(self, name: str) -> datetime | None:
+        row = await self.session.get(MeteringWatermark, name)
+        return None if row is None else row.metered_until
+
+    async def advance_watermark(self, name: str, until: datetime) -> None:
+        """Set the watermark to `until` unless a pass that saw a later time set it."""
+        table = MeteringWatermark.__table__
+        statement = self._dialect().insert(table).values(name=name, metered_until=until)
+        await self.session.execute(
+            statement.on_conflict_do_update(
+                index_elements=[table.c.name],
+                set_={"metered_until": statement.excluded.metered_until},
+                where=table.c.metered_until < statement.excluded.metered_until,
+            )
+        )
+
+    async def candidates(self, since: datetime | None) -> list[uuid.UUID]:
+        """Workspaces whose charge may have changed: running now, with an open record, or
+        with a transition into or out of `running` at or after `since` (all when None)."""
+        moved = select(WorkspaceEvent.workspace_id).where(
+            or_(
+                WorkspaceEvent.to_state == WorkspaceState.running,
+                WorkspaceEvent.from_state == WorkspaceState.running,
+            )
+        )
+        if since is not None:
+            moved = moved.where(WorkspaceEvent.at >= since)
+        found = await self.session.execute(
+            union(
+                select(Workspace.id).where(Workspace.state == WorkspaceState.running),
+                select(CostRecord.workspace_id).where(CostRecord.open),
+                moved,
+            )
+        )
+        return sorted(found.scalars())
+
+    async def workspaces(self, ids: Sequence[uuid.UUID]) -> list[Any]:
+        """Who each workspace is charged to, its state and its version's spec."""
+        found = await self.session.execute(
+            select(
+                Workspace.id,
+                Workspace.tenant_id,
+                Workspace.template_id,
+                Workspace.project_id,
+                Workspace.owner_id,
+                Workspace.state,
+                TemplateVersion.spec,
+            )
+            .outerjoin(
+                TemplateVersion,
+                (TemplateVersion.template_id == Workspace.template_id)
+                & (TemplateVersion.version == Workspace.template_version),
+            )
+            .where(Workspace.id.in_(list(ids)))
+        )
+        return list(found.all())
+
+    async def latest_hours(self, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, datetime]:
+        """Each workspace's latest metered hour."""
+        found = await self.session.execute(
+            select(CostRecord.workspace_id, func.max(CostRecord.period_start))
+            .where(CostRecord.workspace_id.in_(list(ids)))
+            .group_by(CostRecord.workspace_id)
+        )
+        return {row[0]: _aware(row[1]) for row in found.all()}
+
+    async def transitions(
+        self, ids: Sequence[uuid.UUID]
+    ) -> list[tuple[uuid.UUID, str | None, str, datetime]]:
+        """The workspaces' lifecycle events in time order: (workspace, from, to, at)."""
+        found = await self.session.execute(
+            select(
+                WorkspaceEvent.workspace_id,
+                WorkspaceEvent.from_state,
+                WorkspaceEvent.to_state,
+                WorkspaceEvent.at,
+            )
+            .where(WorkspaceEvent.workspace_id.in_(list(ids)))
+            .order_by(WorkspaceEvent.workspace_id, WorkspaceEvent.at, WorkspaceEvent.id)
+        )
+        return [(r[0], r[1], r[2], r[3]) for r in found.all()]
+
+    async def upsert(self, records: Sequence[dict[str, Any]]) -> None:
+        """Write each hour's record, or replace it when this pass saw at least as late a
+        time as the pass that wrote it: passes recompute whole hours, so replaying one, or
+        two at once, leaves the same rows."""
+        if not records:
+            return
+        table = CostRecord.__table__
+        statement = self._dialect().insert(table).values(list(records))
+        excluded = statement.excluded
+        await self.session.execute(
+            statement.on_conflict_do_update(
+                index_elements=[table.c.workspace_id, table.c.period_start],
+                set_={
+                    "period_end": excluded.period_end,
+                    "amount": excluded.amount,
+                    "rate": excluded.rate,
+                    "currency": excluded.currency,
+                    "open": excluded.open,
+                    "recorded_at": excluded.recorded_at,
+                },
+                where=table.c.recorded_at <= excluded.recorded_at,
+            )
+        )
+
+    def _dialect(self) -> Any:
+        return postgresql if self.session.get_bind().dialect.name == "postgresql" else sqlite
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
