@@ -119,7 +119,7 @@ async def test_a_large_blob_streams_through_a_bounded_queue_and_its_threads_end(
         await staged.write(piece)
         # Blocks queued or running (a write and a hash each) never exceed the bound.
         assert len(staged._inflight) <= 2 * MAX_INFLIGHT_BLOCKS
-    assert len(_lane_threads()) == 2
+    assert len(_lane_threads()) == 3  # writer, hasher, syncer
     await staged.finish()
     assert staged.size == count * piece_size
     assert staged.sha256 == digest.hexdigest()

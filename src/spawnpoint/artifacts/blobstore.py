@@ -185,21 +185,25 @@ class _FileStaged(StagedBlob):
     from its queue; both release the GIL for large buffers, so they run beside the loop,
     which goes on receiving. At most `MAX_INFLIGHT_BLOCKS` blocks are queued or running, so
     memory stays bounded whatever the upload's size: a request that gets ahead of the disk
-    waits for the oldest block. The writer also flushes to disk every `SYNC_EVERY_BYTES`, so
-    the `fsync` that `finish` ends with (before the row commits) has little left to write.
-    A blob that ends within its first block is written, hashed and synced in one worker-thread
-    call instead. `_io` guards the descriptor against a discard while a write is running.
+    waits for the oldest block. Every `SYNC_EVERY_BYTES` a third thread flushes what was
+    written so far to disk (`fdatasync`, one at a time, while the writer goes on filling the
+    page cache), so the `fsync` that `finish` ends with (before the row commits) has little
+    left to write. A blob that ends within its first block is written, hashed and synced in
+    one worker-thread call instead. `_io` (for writes) and `_syncing` (for syncs) guard the
+    descriptor against a discard while either runs.
     """
 
     def __init__(self, path: Path, descriptor: int) -> None:
         self.path = path
         self._fd: int | None = descriptor
         self._io = threading.Lock()
+        self._syncing = threading.Lock()
         self._hash = hashlib.sha256()
         self._pending: list[bytes | memoryview] = []
         self._pending_bytes = 0
         self._unsynced = 0
-        self._lanes: tuple[_Lane, _Lane] | None = None
+        self._sync: asyncio.Future[None] | None = None
+        self._lanes: tuple[_Lane, _Lane, _Lane] | None = None
         self._inflight: deque[asyncio.Future[None]] = deque()
         self._finished = False
         self.published = False
@@ -211,7 +215,6 @@ class _FileStaged(StagedBlob):
             if self._fd is None:
                 raise RuntimeError("this staged blob was discarded")
             views = [memoryview(chunk) for chunk in chunks]
-            written_now = sum(len(view) for view in views)
             while views:
                 written = os.writev(self._fd, views)
                 while views and written >= len(views[0]):
@@ -219,10 +222,12 @@ class _FileStaged(StagedBlob):
                     views.pop(0)
                 if views and written:
                     views[0] = views[0][written:]
-            self._unsynced += written_now
-            if self._unsynced >= SYNC_EVERY_BYTES:
-                os.fdatasync(self._fd)
-                self._unsynced = 0
+
+    def _sync_sync(self, _: list[bytes | memoryview]) -> None:
+        with self._syncing:
+            if self._fd is None:
+                raise RuntimeError("this staged blob was discarded")
+            os.fdatasync(self._fd)
 
     def _hash_sync(self, chunks: list[bytes | memoryview]) -> None:
         for chunk in chunks:
@@ -230,7 +235,7 @@ class _FileStaged(StagedBlob):
 
     def _close_sync(self) -> None:
         """Make what was written durable, and close the file."""
-        with self._io:
+        with self._io, self._syncing:
             fd, self._fd = self._fd, None
             if fd is None:
                 raise RuntimeError("this staged blob was discarded")
@@ -259,9 +264,19 @@ class _FileStaged(StagedBlob):
             self._lanes = (
                 _Lane("artifact-writer", self._write_sync),
                 _Lane("artifact-hasher", self._hash_sync),
+                _Lane("artifact-syncer", self._sync_sync),
             )
-        for lane in self._lanes:
-            self._inflight.append(lane.submit(chunks))
+        writer, hasher, syncer = self._lanes
+        self._inflight.append(writer.submit(chunks))
+        self._inflight.append(hasher.submit(chunks))
+        self._unsynced += sum(len(chunk) for chunk in chunks)
+        # One sync at a time, started once the blocks written since the last one are due:
+        # a disk slower than the upload gets fewer, larger syncs, never a backlog.
+        if self._unsynced >= SYNC_EVERY_BYTES and (self._sync is None or self._sync.done()):
+            if self._sync is not None:
+                await self._sync  # raises what the last sync ran into
+            self._unsynced = 0
+            self._sync = syncer.submit([])
         await self._drain(2 * MAX_INFLIGHT_BLOCKS)
 
     def _close_lanes(self) -> None:
@@ -292,6 +307,8 @@ class _FileStaged(StagedBlob):
             try:
                 await self._flush()
                 await self._drain(0)
+                if self._sync is not None:
+                    await self._sync
             finally:
                 self._close_lanes()
             await anyio.to_thread.run_sync(self._close_sync)
@@ -302,13 +319,15 @@ class _FileStaged(StagedBlob):
         self._close_lanes()
         with contextlib.suppress(Exception):
             await self._drain(0)
+            if self._sync is not None:
+                await self._sync
         await anyio.to_thread.run_sync(self.abandon)
 
     def abandon(self) -> None:
         self._finished = True
         self._close_lanes()
         self._pending, self._pending_bytes = [], 0
-        with self._io:
+        with self._io, self._syncing:
             fd, self._fd = self._fd, None
             if fd is not None:
                 os.close(fd)
