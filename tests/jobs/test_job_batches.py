@@ -144,6 +144,35 @@ async def test_complete_and_claim_records_a_batch_and_takes_the_next(database: D
     assert len(rest) == 1
 
 
+async def test_a_final_batch_commits_with_its_statements(database: Database) -> None:
+    """`final`: the completions, the claim and the COMMIT in one round trip (PostgreSQL);
+    what it wrote is there for the next transaction, a stale row still rejected alone."""
+    job_type = unique_type()
+    for _ in range(4):
+        await add_job(database, job_type)
+    start = utcnow()
+    first = await claim_some(database, job_type, 2, now=start)
+    stale = Completion(first[1].id, first[1].fencing_token - 1, None)
+    async with database.transaction(write=True) as session:
+        rejected, claimed = await complete_and_claim(
+            session,
+            completions=[done(first[0], n=1), stale],
+            owner="w1",
+            limit=3,
+            lease=LEASE,
+            job_types={job_type},
+            now=start,
+            final=True,
+        )
+    assert rejected == [stale]
+    assert len(claimed) == 2
+    row = await get_job(database, first[0].id)
+    assert (row.state, row.result) == ("succeeded", {"n": 1})
+    assert (await get_job(database, first[1].id)).state == "running"
+    for job in claimed:
+        assert (await get_job(database, job.id)).fencing_token == job.fencing_token
+
+
 async def test_a_crash_before_the_batch_commits_leaves_it_as_it_was(database: Database) -> None:
     """Neither the outcomes nor the claim of a transaction that never committed happened:
     the attempts still hold their leases (or get rescued), the next jobs are still queued."""
