@@ -119,6 +119,8 @@ RULES: dict[tuple[str, str], Rule] = {
     ("DELETE", "/api/workspaces/{workspace_id}"): Rule(Role.member, 202),
     ("POST", "/api/workspaces/{workspace_id}/activity"): Rule(Role.member, 204),
     ("GET", "/api/workspaces/{workspace_id}/events"): Rule(Role.viewer, 200),
+    ("GET", "/api/workspaces/{workspace_id}/costs"): Rule(Role.viewer, 200),
+    ("GET", "/api/costs"): Rule(Role.viewer, 200),
     ("GET", "/api/v1/workspaces/{permit_id}/status"): Rule(Role.viewer, 200),
     ("GET", "/api/v1/workspaces/{permit_id}/connection"): Rule(Role.viewer, 200),
     ("GET", "/api/events"): Rule(Role.viewer, 200),

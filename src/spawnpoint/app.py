@@ -24,6 +24,7 @@ from spawnpoint.auth.endpoints import invites_router
 from spawnpoint.auth.endpoints import router as auth_router
 from spawnpoint.auth.setup import close_identity, install_identity
 from spawnpoint.config import Settings
+from spawnpoint.costs.endpoints import router as costs_router
 from spawnpoint.db import Database
 from spawnpoint.events.endpoints import router as events_router
 from spawnpoint.health.endpoints import router as health_router
@@ -68,6 +69,7 @@ ROUTERS = (
     quotas_router,
     audit_router,
     artifacts_router,
+    costs_router,
 )
 log = logging.getLogger("spawnpoint")
 UPLOAD_ROUTES = (

@@ -1,16 +1,29 @@
-"""SQL of cost metering: the system's pass over every tenant's workspaces (unscoped)."""
+"""SQL of costs: the metering pass over every tenant's workspaces (unscoped), and the
+tenant-scoped aggregates of the costs API."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import func, or_, select, union
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    String,
+    Uuid,
+    cast,
+    func,
+    literal,
+    or_,
+    select,
+    union,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 
-from spawnpoint.kit.repository import PlatformRepository
+from spawnpoint.kit.repository import PlatformRepository, ScopedRepository
 from spawnpoint.models import (
     CostRecord,
     MeteringWatermark,
@@ -139,3 +152,92 @@ class MeteringRows(PlatformRepository[CostRecord]):
 
 def _aware(value: datetime) -> datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+NO_KEY = uuid.UUID(int=0)
+NANOS = Decimal(10**9)
+
+
+class CostRepository(ScopedRepository[CostRecord]):
+    """A tenant's cost records; aggregates are summed in the database.
+
+    PostgreSQL sums `numeric` exactly; SQLite holds the amounts as REAL, so there each
+    amount is summed as integer billionths (exact for any amount below a million).
+    """
+
+    model = CostRecord
+    noun = "cost record"
+
+    def _sum(self, amount: Any = CostRecord.amount) -> ColumnElement[Any]:
+        if self.session.get_bind().dialect.name == "postgresql":
+            return func.coalesce(func.sum(amount), 0)
+        nanos = func.round(amount * 10**9)
+        return func.coalesce(func.sum(cast(nanos, BigInteger)), 0)
+
+    def _amount(self, value: Any) -> Decimal:
+        if self.session.get_bind().dialect.name == "postgresql":
+            return Decimal(value)
+        return Decimal(int(value)) / NANOS
+
+    def _key(self, group_by: str) -> ColumnElement[Any]:
+        if group_by == "day":
+            if self.session.get_bind().dialect.name == "postgresql":
+                return func.to_char(func.timezone("UTC", CostRecord.period_start), "YYYY-MM-DD")
+            return func.substr(cast(CostRecord.period_start, String), 1, 10)
+        column = {
+            "user": CostRecord.user_id,
+            "project": CostRecord.project_id,
+            "workspace": CostRecord.workspace_id,
+            "template": CostRecord.template_id,
+        }[group_by]
+        return func.coalesce(column, literal(NO_KEY, Uuid()))
+
+    def _where(
+        self, since: datetime, until: datetime, conditions: Sequence[ColumnElement[bool]]
+    ) -> list[ColumnElement[bool]]:
+        return [
+            *self.visible(),
+            CostRecord.period_start >= since,
+            CostRecord.period_start < until,
+            *conditions,
+        ]
+
+    async def total(
+        self, since: datetime, until: datetime, conditions: Sequence[ColumnElement[bool]]
+    ) -> Decimal:
+        found = await self.session.execute(
+            select(self._sum()).where(*self._where(since, until, conditions))
+        )
+        return self._amount(found.scalar_one())
+
+    async def groups(
+        self,
+        since: datetime,
+        until: datetime,
+        conditions: Sequence[ColumnElement[bool]],
+        *,
+        group_by: str,
+        after: str | None,
+        limit: int,
+    ) -> list[tuple[str | None, Decimal]]:
+        """Up to `limit` groups after the key `after`, in key order, with their sums."""
+        rows = (
+            select(self._key(group_by).label("key"), CostRecord.amount)
+            .where(*self._where(since, until, conditions))
+            .subquery()
+        )
+        statement = select(rows.c.key, self._sum(rows.c.amount))
+        if after is not None:
+            bound: Any = after if group_by == "day" else uuid.UUID(after)
+            statement = statement.where(rows.c.key > bound)
+        found = await self.session.execute(
+            statement.group_by(rows.c.key).order_by(rows.c.key).limit(limit)
+        )
+        groups: list[tuple[str | None, Decimal]] = []
+        for value, amount in found.all():
+            if group_by == "day":
+                groups.append((str(value), self._amount(amount)))
+            else:
+                identity = value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
+                groups.append((None if identity == NO_KEY else str(identity), self._amount(amount)))
+        return groups
