@@ -378,6 +378,7 @@ def drain_pgqueuer(python: Path, batch_size: int, args: argparse.Namespace, work
         processes = []
         for n in range(args.workers):
             stats = workdir / f"pgqueuer-{batch_size}-{n}.json"
+            stats.unlink(missing_ok=True)  # an earlier round's counts would look current
             argv = [str(python), str(PEER), "work", db.url, "--batch-size", str(batch_size)]
             name = f"pgqueuer-{batch_size}-worker-{n}"
             process = stack.enter_context(
@@ -456,6 +457,7 @@ def spawnpoint_workers(
     for n in range(args.workers):
         name = f"spawnpoint-{tag}-worker-{n}"
         stats = workdir / f"{name}.json"
+        stats.unlink(missing_ok=True)  # an earlier round's counts would look current
         argv = counted_command(stats, "worker", "--concurrency", str(concurrency))
         process = stack.enter_context(background_process(name, argv, env=env, cwd=workdir))
         workers.append(Measured("workers", process, stats, workdir / f"{name}.log"))
