@@ -77,3 +77,20 @@ async def test_in_process_writers_queue_instead_of_meeting_the_lock(database: Da
     await asyncio.gather(*(write(n) for n in range(50)))
     async with database.transaction(write=False) as session:
         assert (await session.execute(text("SELECT count(*) FROM t"))).scalar_one() == 50
+
+
+async def test_reads_take_no_transaction_unless_they_ask_for_a_snapshot(
+    database: Database,
+) -> None:
+    from spawnpoint.audit.repository import AuditLog
+
+    async with database.transaction(write=False) as session:
+        await session.execute(text("SELECT count(*) FROM t"))
+        driver = (await (await session.connection()).get_raw_connection()).driver_connection
+        assert driver.in_transaction is False  # no BEGIN, no COMMIT: one statement, one read
+        await AuditLog(session).snapshot()
+        assert driver.in_transaction is True  # several statements, one snapshot
+    assert driver.in_transaction is False  # the unit of work ended it
+    async with database.transaction(write=True) as session:
+        await session.execute(text("INSERT INTO t VALUES (2)"))
+        await AuditLog(session).snapshot()  # a writer's transaction is one snapshot already

@@ -52,6 +52,7 @@ NAMING_CONVENTION = {
 }
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+AUTOCOMMIT_READ_OPTION = "spawnpoint_autocommit_read"
 WRITE_OPTION = "spawnpoint_write"
 # A server that is unreachable (not refusing: silent) must not hold a request or a worker
 # loop for the operating system's TCP timeout, minutes long.
@@ -145,7 +146,10 @@ def _configure_sqlite(engine: AsyncEngine, *, busy_timeout_ms: int) -> None:
 
     @event.listens_for(sync_engine, "begin")
     def _on_begin(connection: Any) -> None:
-        write = connection.get_execution_options().get(WRITE_OPTION, False)
+        options = connection.get_execution_options()
+        if options.get(AUTOCOMMIT_READ_OPTION, False):
+            return
+        write = options.get(WRITE_OPTION, False)
         connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
 
@@ -228,6 +232,11 @@ class Database:
             # Reads need no transaction block: autocommit saves the BEGIN and COMMIT round
             # trips, a third of a small GET's database time.
             reader = self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        else:
+            # Likewise on SQLite: a single SELECT reads one snapshot by itself, and BEGIN and
+            # COMMIT cost a small GET about a tenth of its time. A read that must see one
+            # snapshot over several statements begins it itself (`AuditLog.snapshot`).
+            reader = self.engine.execution_options(**{AUTOCOMMIT_READ_OPTION: True})
         self._reader = async_sessionmaker(reader, expire_on_commit=False)
         self._writer = async_sessionmaker(
             self.engine.execution_options(**{WRITE_OPTION: True}), expire_on_commit=False

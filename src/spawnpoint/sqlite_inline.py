@@ -153,6 +153,10 @@ class InlineConnection:
     def isolation_level(self) -> str | None:
         return self._conn.isolation_level
 
+    @property
+    def in_transaction(self) -> bool:
+        return self._conn.in_transaction
+
     def cursor(self) -> _CursorContext:
         return _CursorContext(self)
 

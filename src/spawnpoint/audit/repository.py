@@ -309,8 +309,9 @@ class AuditLog:
 
         Call first thing in a `transaction(write=False)`: on PostgreSQL it turns the
         autocommit reader into a REPEATABLE READ transaction (streamed reads need a
-        transaction, and heads, checkpoints and entries must agree); SQLite's deferred
-        transaction sees one snapshot already.
+        transaction, and heads, checkpoints and entries must agree); on SQLite, whose reader
+        runs each statement on its own too, it opens a (deferred) transaction, which reads
+        one snapshot until the unit of work ends it.
         """
         if self.is_postgres:
             await self.session.connection(
@@ -319,6 +320,11 @@ class AuditLog:
                     "postgresql_readonly": True,
                 }
             )
+            return
+        connection = await self.session.connection()
+        driver = (await connection.get_raw_connection()).driver_connection
+        if not getattr(driver, "in_transaction", False):  # a writer's is open already
+            await connection.exec_driver_sql("BEGIN")
 
     async def head(self, chain_id: uuid.UUID) -> AuditHead | None:
         return await self.session.get(AuditHead, chain_id)
