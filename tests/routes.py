@@ -5,9 +5,11 @@ Every API route must have a rule here; a route without one fails the suite.
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from fastapi import FastAPI
@@ -37,7 +39,7 @@ from spawnpoint.artifacts.blobstore import blob_store_for_settings
 from spawnpoint.artifacts.service import create_artifact_from_bytes
 from spawnpoint.deps import AUDIT_READERS
 from spawnpoint.jobs.queue import enqueue
-from spawnpoint.models import Role
+from spawnpoint.models import Budget, Role
 
 PUBLIC = None  # no credentials needed
 
@@ -121,6 +123,11 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/api/workspaces/{workspace_id}/events"): Rule(Role.viewer, 200),
     ("GET", "/api/workspaces/{workspace_id}/costs"): Rule(Role.viewer, 200),
     ("GET", "/api/costs"): Rule(Role.viewer, 200),
+    ("GET", "/api/budgets"): Rule(Role.viewer, 200),
+    ("POST", "/api/budgets"): Rule(Role.admin, 201, lambda org: _budget_body(org)),
+    ("GET", "/api/budgets/{budget_id}"): Rule(Role.viewer, 200),
+    ("PUT", "/api/budgets/{budget_id}"): Rule(Role.admin, 200, lambda _: {"limit": 250}),
+    ("DELETE", "/api/budgets/{budget_id}"): Rule(Role.admin, 204),
     ("GET", "/api/v1/workspaces/{permit_id}/status"): Rule(Role.viewer, 200),
     ("GET", "/api/v1/workspaces/{permit_id}/connection"): Rule(Role.viewer, 200),
     ("GET", "/api/events"): Rule(Role.viewer, 200),
@@ -240,6 +247,7 @@ async def own_params(
         "invite_id": lambda: _invite(world, org),
         # A queued job the caller enqueued, since members cancel their own jobs only.
         "job_id": lambda: _job(world, org, owner),
+        "budget_id": lambda: make_budget(world, org.tenant_id),
     }
     for name, make in makers.items():
         if "{" + name + "}" in path:
@@ -285,6 +293,33 @@ async def _job(world: World, org: Org, owner: uuid.UUID | None) -> uuid.UUID:
             session, job_type="noop", payload={}, tenant_id=org.tenant_id, actor_id=owner
         )
         return job.id
+
+
+_BUDGET_BODIES = itertools.count()
+
+
+def _budget_body(org: Org) -> dict[str, Any]:
+    """A user budget on the next of `org`'s users, in turn (one budget per scope)."""
+    users = sorted(org.users.values())
+    user = users[next(_BUDGET_BODIES) % len(users)]
+    return {"scope": "user", "scope_id": str(user), "limit": 100}
+
+
+async def make_budget(world: World, tenant_id: uuid.UUID) -> uuid.UUID:
+    """A budget on a new project of the tenant: every role of the tenant reads it."""
+    project = await make_project(world.database, tenant_id)
+    async with world.database.transaction(write=True) as session:
+        budget = Budget(
+            tenant_id=tenant_id,
+            scope="project",
+            scope_id=project,
+            limit_amount=Decimal(100),
+            warn_ratio=Decimal("0.8"),
+            hard_ratio=Decimal(1),
+        )
+        session.add(budget)
+        await session.flush()
+        return budget.id
 
 
 async def make_artifact(world: World, tenant_id: uuid.UUID, content: bytes = b"x") -> uuid.UUID:

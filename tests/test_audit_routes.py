@@ -55,6 +55,9 @@ ACTIONS = {
     ("POST", "/api/artifacts"): "artifact.create",
     ("PUT", "/api/artifacts/{artifact_id}"): "artifact.update",
     ("DELETE", "/api/artifacts/{artifact_id}"): "artifact.delete",
+    ("POST", "/api/budgets"): "budget.create",
+    ("PUT", "/api/budgets/{budget_id}"): "budget.update",
+    ("DELETE", "/api/budgets/{budget_id}"): "budget.delete",
 }
 MUTATING = sorted(route for route in RULES if route[0] in {"POST", "PUT", "PATCH", "DELETE"})
 

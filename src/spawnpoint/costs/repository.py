@@ -25,6 +25,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from spawnpoint.kit.repository import PlatformRepository, ScopedRepository
 from spawnpoint.models import (
+    Budget,
     CostRecord,
     MeteringWatermark,
     TemplateVersion,
@@ -168,13 +169,13 @@ class CostRepository(ScopedRepository[CostRecord]):
     model = CostRecord
     noun = "cost record"
 
-    def _sum(self, amount: Any = CostRecord.amount) -> ColumnElement[Any]:
+    def sum_amounts(self, amount: Any = CostRecord.amount) -> ColumnElement[Any]:
         if self.session.get_bind().dialect.name == "postgresql":
             return func.coalesce(func.sum(amount), 0)
         nanos = func.round(amount * 10**9)
         return func.coalesce(func.sum(cast(nanos, BigInteger)), 0)
 
-    def _amount(self, value: Any) -> Decimal:
+    def as_amount(self, value: Any) -> Decimal:
         if self.session.get_bind().dialect.name == "postgresql":
             return Decimal(value)
         return Decimal(int(value)) / NANOS
@@ -206,9 +207,9 @@ class CostRepository(ScopedRepository[CostRecord]):
         self, since: datetime, until: datetime, conditions: Sequence[ColumnElement[bool]]
     ) -> Decimal:
         found = await self.session.execute(
-            select(self._sum()).where(*self._where(since, until, conditions))
+            select(self.sum_amounts()).where(*self._where(since, until, conditions))
         )
-        return self._amount(found.scalar_one())
+        return self.as_amount(found.scalar_one())
 
     async def groups(
         self,
@@ -226,7 +227,7 @@ class CostRepository(ScopedRepository[CostRecord]):
             .where(*self._where(since, until, conditions))
             .subquery()
         )
-        statement = select(rows.c.key, self._sum(rows.c.amount))
+        statement = select(rows.c.key, self.sum_amounts(rows.c.amount))
         if after is not None:
             bound: Any = after if group_by == "day" else uuid.UUID(after)
             statement = statement.where(rows.c.key > bound)
@@ -236,8 +237,55 @@ class CostRepository(ScopedRepository[CostRecord]):
         groups: list[tuple[str | None, Decimal]] = []
         for value, amount in found.all():
             if group_by == "day":
-                groups.append((str(value), self._amount(amount)))
+                groups.append((str(value), self.as_amount(amount)))
             else:
                 identity = value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
-                groups.append((None if identity == NO_KEY else str(identity), self._amount(amount)))
+                groups.append(
+                    (None if identity == NO_KEY else str(identity), self.as_amount(amount))
+                )
         return groups
+
+
+class BudgetRepository(ScopedRepository[Budget]):
+    model = Budget
+    noun = "budget"
+
+    def applying_to(self, user_id: uuid.UUID) -> ColumnElement[bool]:
+        """Budgets that limit a user: the tenant's, every project's and their own."""
+        return or_(
+            Budget.scope.in_(["tenant", "project"]),
+            (Budget.scope == "user") & (Budget.scope_id == user_id),
+        )
+
+    async def spent(
+        self, budgets: Sequence[Budget], since: datetime, until: datetime
+    ) -> dict[uuid.UUID, Decimal]:
+        """What each budget's scope spent in [since, until): one query per kind of scope."""
+        costs = CostRepository(self.session, self.scope)
+        window = [CostRecord.period_start >= since, CostRecord.period_start < until]
+        found: dict[uuid.UUID, Decimal] = {}
+        by_scope: dict[str, list[Budget]] = {}
+        for budget in budgets:
+            by_scope.setdefault(budget.scope, []).append(budget)
+        for scope, members in by_scope.items():
+            if scope == "tenant":
+                column: Any = CostRecord.tenant_id
+            elif scope == "project":
+                column = CostRecord.project_id
+            else:
+                column = CostRecord.user_id
+            ids = {b.scope_id for b in members}
+            rows = await self.session.execute(
+                select(CostRecord.tenant_id, column, costs.sum_amounts())
+                .where(
+                    *costs.owned_by(CostRecord.tenant_id),
+                    *window,
+                    column.in_(list(ids)),
+                    CostRecord.tenant_id.in_(list({b.tenant_id for b in members})),
+                )
+                .group_by(CostRecord.tenant_id, column)
+            )
+            sums = {(r[0], r[1]): costs.as_amount(r[2]) for r in rows.all()}
+            for budget in members:
+                found[budget.id] = sums.get((budget.tenant_id, budget.scope_id), Decimal(0))
+        return found

@@ -1,4 +1,5 @@
-"""The costs API: a tenant's costs for admins and auditors, one's own for everyone else."""
+"""The costs API: a tenant's costs for admins and auditors, one's own for everyone else;
+budgets with what their scope spent this month."""
 
 from __future__ import annotations
 
@@ -9,13 +10,24 @@ from decimal import ROUND_HALF_EVEN, Decimal
 
 from sqlalchemy import ColumnElement
 
-from spawnpoint.costs.repository import CostRepository
-from spawnpoint.costs.schemas import CostGroup, CostReport, GroupBy
+from spawnpoint.costs.repository import BudgetRepository, CostRepository
+from spawnpoint.costs.schemas import (
+    BudgetCreate,
+    BudgetRead,
+    BudgetScope,
+    BudgetState,
+    BudgetUpdate,
+    CostGroup,
+    CostReport,
+    GroupBy,
+)
 from spawnpoint.kit.clock import utcnow
 from spawnpoint.kit.errors import Forbidden, as_utc, field_error
 from spawnpoint.kit.pagination import PageParams, decode_cursor, encode_cursor
-from spawnpoint.models import CostRecord, Role, Workspace
+from spawnpoint.models import Budget, CostRecord, Role, Workspace
+from spawnpoint.projects.repository import ProjectRepository
 from spawnpoint.security import Principal
+from spawnpoint.users.repository import UserRepository
 from spawnpoint.workspaces.repository import WorkspaceRepository
 
 CENT = Decimal("0.01")
@@ -135,3 +147,130 @@ def _key(group_by: GroupBy) -> Callable[[str], str]:
         return text
 
     return parse
+
+
+RATIO_PLACES = Decimal("0.001")
+
+
+def budget_state(spent: Decimal, budget: Budget) -> BudgetState:
+    if spent >= budget.limit_amount * budget.hard_ratio:
+        return BudgetState.exceeded
+    if spent >= budget.limit_amount * budget.warn_ratio:
+        return BudgetState.warning
+    return BudgetState.ok
+
+
+class BudgetService:
+    """Admins manage the tenant's budgets; others read the ones that limit them."""
+
+    def __init__(
+        self,
+        budgets: BudgetRepository,
+        projects: ProjectRepository,
+        users: UserRepository,
+        *,
+        currency: str,
+    ) -> None:
+        self.budgets = budgets
+        self.projects = projects
+        self.users = users
+        self.currency = currency
+
+    def _visible(self, actor: Principal) -> list[ColumnElement[bool]]:
+        return [] if reads_tenant(actor) else [self.budgets.applying_to(actor.user_id)]
+
+    async def list_page(
+        self, *, actor: Principal, params: PageParams
+    ) -> tuple[list[BudgetRead], str | None]:
+        rows, cursor = await self.budgets.page(params, *self._visible(actor))
+        return await self._read(rows), cursor
+
+    async def get(self, *, actor: Principal, budget_id: uuid.UUID) -> BudgetRead:
+        return (await self._read([await self._find(actor, budget_id)]))[0]
+
+    async def create(self, *, actor: Principal, budget_in: BudgetCreate) -> BudgetRead:
+        tenant_id = actor.tenant_id
+        scope_id = budget_in.scope_id
+        if budget_in.scope == BudgetScope.tenant:
+            if scope_id not in (None, tenant_id):
+                raise field_error("#/body/scope_id", "A tenant budget limits your own tenant.")
+            scope_id = tenant_id
+        else:
+            if scope_id is None:
+                raise field_error("#/body/scope_id", f"Name the {budget_in.scope.value}.")
+            repository = self.projects if budget_in.scope == BudgetScope.project else self.users
+            named = await repository.find(scope_id)
+            if named is None or named.tenant_id != tenant_id:
+                raise field_error(
+                    "#/body/scope_id", f"No {budget_in.scope.value} of your tenant has this id."
+                )
+        _check_ratios(budget_in.warn_ratio, budget_in.hard_ratio)
+        budget = Budget(
+            tenant_id=tenant_id,
+            scope=budget_in.scope.value,
+            scope_id=scope_id,
+            limit_amount=budget_in.limit,
+            warn_ratio=budget_in.warn_ratio,
+            hard_ratio=budget_in.hard_ratio,
+        )
+        await self.budgets.add(budget)
+        return (await self._read([budget]))[0]
+
+    async def update(
+        self, *, actor: Principal, budget_id: uuid.UUID, budget_in: BudgetUpdate
+    ) -> BudgetRead:
+        budget = await self.budgets.get_locked(budget_id)
+        changes = budget_in.changes()
+        warn = changes.get("warn_ratio", budget.warn_ratio)
+        hard = changes.get("hard_ratio", budget.hard_ratio)
+        _check_ratios(warn, hard)
+        if "limit" in changes:
+            budget.limit_amount = changes["limit"]
+        budget.warn_ratio = warn
+        budget.hard_ratio = hard
+        await self.budgets.flush()
+        return (await self._read([budget]))[0]
+
+    async def delete(self, *, budget_id: uuid.UUID) -> None:
+        await self.budgets.delete(await self.budgets.get(budget_id))
+
+    async def _find(self, actor: Principal, budget_id: uuid.UUID) -> Budget:
+        found = await self.budgets.page(
+            PageParams(limit=1, cursor=None), Budget.id == budget_id, *self._visible(actor)
+        )
+        if not found[0]:
+            raise self.budgets.not_found()
+        return found[0][0]
+
+    async def _read(self, budgets: list[Budget]) -> list[BudgetRead]:
+        start = month_start(utcnow())
+        end = next_month(start)
+        spent = await self.budgets.spent(budgets, start, end)
+        reads = []
+        for budget in budgets:
+            amount = spent.get(budget.id, Decimal(0))
+            reads.append(
+                BudgetRead(
+                    id=budget.id,
+                    tenant_id=budget.tenant_id,
+                    scope=BudgetScope(budget.scope),
+                    scope_id=budget.scope_id,
+                    limit=budget.limit_amount,
+                    warn_ratio=budget.warn_ratio,
+                    hard_ratio=budget.hard_ratio,
+                    currency=self.currency,
+                    period_start=start,
+                    period_end=end,
+                    spent=cents(amount),
+                    ratio=(amount / budget.limit_amount).quantize(RATIO_PLACES),
+                    state=budget_state(amount, budget),
+                    created_at=budget.created_at,
+                    updated_at=budget.updated_at,
+                )
+            )
+        return reads
+
+
+def _check_ratios(warn: Decimal, hard: Decimal) -> None:
+    if warn > hard:
+        raise field_error("#/body/warn_ratio", "`warn_ratio` may not exceed `hard_ratio`.")

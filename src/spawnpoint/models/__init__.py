@@ -2,7 +2,7 @@
 
 from spawnpoint.models.artifacts import Artifact
 from spawnpoint.models.audit import AuditCheckpoint, AuditEntry, AuditHead
-from spawnpoint.models.costs import CostRecord, MeteringWatermark
+from spawnpoint.models.costs import Budget, CostRecord, MeteringWatermark
 from spawnpoint.models.identity import ApiKey, Credential, Invite, PasswordToken, RefreshToken
 from spawnpoint.models.jobs import Job, JobLog, JobState, LeaderLeaseRow
 from spawnpoint.models.outbox import OutboxEvent
@@ -22,6 +22,7 @@ __all__ = [
     "AuditCheckpoint",
     "AuditEntry",
     "AuditHead",
+    "Budget",
     "CostRecord",
     "Credential",
     "IdempotencyRecord",

@@ -13,10 +13,10 @@ import uuid
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import ForeignKey, Index, Numeric, String, text
+from sqlalchemy import CheckConstraint, ForeignKey, Index, Numeric, String, text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from spawnpoint.db import Base, IdMixin
+from spawnpoint.db import Base, IdMixin, TimestampMixin
 from spawnpoint.models.workspaces import WorkspaceEvent
 
 # The hours a record covers start on the hour; `amount` has nine decimal places.
@@ -94,3 +94,30 @@ class MeteringWatermark(Base):
 
     name: Mapped[str] = mapped_column(String(63), primary_key=True)
     metered_until: Mapped[datetime]
+
+
+BUDGET_SCOPES = ("tenant", "project", "user")
+
+
+class Budget(IdMixin, TimestampMixin, Base):
+    """A monthly spending limit on a tenant, one of its projects or one of its users.
+
+    `scope_id` names the tenant, project or user (no foreign key: it names one of three
+    tables). Spent money is what the cost records of the scope add up to in the current
+    calendar month (UTC); `warn_ratio` and `hard_ratio` of `limit_amount` mark its states.
+    """
+
+    __tablename__ = "budgets"
+    __table_args__ = (
+        CheckConstraint("scope IN ('tenant', 'project', 'user')", name="scope"),
+        Index("uq_budgets_tenant_id_scope_scope_id", "tenant_id", "scope", "scope_id", unique=True),
+        Index("ix_budgets_scope_id", "scope_id"),
+        Index("ix_budgets_tenant_id_id", "tenant_id", "id"),
+    )
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    scope: Mapped[str] = mapped_column(String(16))
+    scope_id: Mapped[uuid.UUID]
+    limit_amount: Mapped[Decimal] = mapped_column(Numeric(14, 2))
+    warn_ratio: Mapped[Decimal] = mapped_column(Numeric(6, 3))
+    hard_ratio: Mapped[Decimal] = mapped_column(Numeric(6, 3))

@@ -1,4 +1,5 @@
-"""Costs: hourly cost records per workspace, the metering watermark, events by time.
+"""Costs: hourly cost records per workspace, the metering watermark, events by time,
+budgets.
 
 Revision ID: 20240613_0013_costs
 Revises: 20240612_0012_auth
@@ -79,9 +80,38 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("name", name=op.f("pk_metering_watermarks")),
     )
     op.create_index("ix_workspace_events_at", "workspace_events", ["at"])
+    op.create_table(
+        "budgets",
+        sa.Column("id", sa.Uuid(), nullable=False),
+        sa.Column("tenant_id", sa.Uuid(), nullable=False),
+        sa.Column("scope", sa.String(length=16), nullable=False),
+        sa.Column("scope_id", sa.Uuid(), nullable=False),
+        sa.Column("limit_amount", sa.Numeric(14, 2), nullable=False),
+        sa.Column("warn_ratio", sa.Numeric(6, 3), nullable=False),
+        sa.Column("hard_ratio", sa.Numeric(6, 3), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.CheckConstraint("scope IN ('tenant', 'project', 'user')", name=op.f("ck_budgets_scope")),
+        sa.ForeignKeyConstraint(
+            ["tenant_id"],
+            ["tenants.id"],
+            name=op.f("fk_budgets_tenant_id_tenants"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_budgets")),
+    )
+    op.create_index(
+        "uq_budgets_tenant_id_scope_scope_id",
+        "budgets",
+        ["tenant_id", "scope", "scope_id"],
+        unique=True,
+    )
+    op.create_index("ix_budgets_scope_id", "budgets", ["scope_id"])
+    op.create_index("ix_budgets_tenant_id_id", "budgets", ["tenant_id", "id"])
 
 
 def downgrade() -> None:
+    op.drop_table("budgets")
     op.drop_index("ix_workspace_events_at", table_name="workspace_events")
     op.drop_table("metering_watermarks")
     op.drop_index("ix_cost_records_open", table_name="cost_records")
