@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 from sqlalchemy import delete, select, update
@@ -12,6 +12,8 @@ from sqlalchemy import delete, select, update
 from conftest import Org, World
 from factories import make_template, plant_workspace
 from spawnpoint.costs.metering import WATERMARK, meter
+from spawnpoint.costs.service import month_start, next_month
+from spawnpoint.kit.clock import utcnow
 from spawnpoint.models import (
     CostRecord,
     MeteringWatermark,
@@ -20,8 +22,13 @@ from spawnpoint.models import (
     WorkspaceState,
 )
 
-# A fixed hour of the controlled clock, far from the wall clock's.
-T0 = datetime(2031, 3, 10, 9, 0, tzinfo=UTC)
+# An hour of the controlled clock: the tenth of next month, 09:00 UTC. It stays within
+# the months whose audit partitions exist (PostgreSQL makes them three months ahead), since
+# budget checks at that clock audit the workspaces they stop.
+THIS_MONTH = month_start(utcnow())
+MONTH = next_month(THIS_MONTH)
+T0 = MONTH + timedelta(days=9, hours=9)
+NEXT_MONTH = next_month(MONTH)
 
 
 async def reset_watermark(world: World) -> None:

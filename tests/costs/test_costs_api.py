@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
@@ -16,6 +16,8 @@ from hypothesis import strategies as st
 
 from conftest import Org, World
 from costs.support import (
+    MONTH,
+    NEXT_MONTH,
     T0,
     priced_template,
     reset_watermark,
@@ -27,7 +29,10 @@ from spawnpoint.kit.ids import uuid7
 from spawnpoint.models import CostRecord, Role
 
 GROUPINGS = ("user", "project", "workspace", "template", "day")
-WINDOW = {"since": "2031-03-01T00:00:00Z", "until": "2031-04-01T00:00:00Z"}
+WINDOW = {
+    "since": MONTH.strftime("%Y-%m-%dT%H:%M:%SZ"),
+    "until": NEXT_MONTH.strftime("%Y-%m-%dT%H:%M:%SZ"),
+}
 
 
 @pytest.fixture(autouse=True)
@@ -129,8 +134,7 @@ async def test_aggregates_equal_a_recomputation_on_random_data(
                         **row,
                     )
                 )
-        since = datetime(2031, 3, 1, tzinfo=UTC)
-        until = datetime(2031, 4, 1, tzinfo=UTC)
+        since, until = MONTH, NEXT_MONTH
         inside = [r for r in rows if since <= r["period_start"] < until]
         admin = org.headers[Role.admin]
         for grouping in GROUPINGS:
@@ -207,7 +211,7 @@ async def test_members_read_their_own_costs_and_admins_and_auditors_all(
         headers=org.headers[Role.admin],
         params={**WINDOW, "group_by": "day"},
     )
-    assert by_day.json()["items"] == [{"key": "2031-03-10", "amount": "2.00"}]
+    assert by_day.json()["items"] == [{"key": T0.strftime("%Y-%m-%d"), "amount": "2.00"}]
 
 
 async def test_another_tenants_workspace_costs_are_not_found(
@@ -229,7 +233,7 @@ async def test_bad_windows_cursors_and_groupings_are_problems(
     org = await world.org()
     admin = org.headers[Role.admin]
     for params in (
-        {"since": "2031-04-01T00:00:00Z", "until": "2031-03-01T00:00:00Z"},
+        {"since": WINDOW["until"], "until": WINDOW["since"]},
         {"group_by": "galaxy"},
         {"group_by": "day", "cursor": "bm90LWEtZGF0ZQ"},
         {"group_by": "user", "cursor": "bm90LWEtdXVpZA"},

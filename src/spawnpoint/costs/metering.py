@@ -23,6 +23,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from spawnpoint.config import Settings
+from spawnpoint.costs.enforcement import enforce_budgets
 from spawnpoint.costs.repository import MeteringRows
 from spawnpoint.jobs.scheduler import PeriodicTask
 from spawnpoint.kit.ids import uuid7
@@ -158,10 +159,12 @@ async def _meter_batch(
 
 
 def metering_tasks(settings: Settings) -> list[PeriodicTask]:
-    """The scheduler's metering pass, every METERING_INTERVAL_SECONDS."""
+    """The scheduler's metering pass, every METERING_INTERVAL_SECONDS, then the budget
+    checks on what it metered (in the same transaction)."""
 
     async def run(session: AsyncSession, now: datetime) -> None:
         await meter(session, now, currency=settings.currency)
+        await enforce_budgets(session, now)
 
     return [
         PeriodicTask("costs.metering", timedelta(seconds=settings.metering_interval_seconds), run)

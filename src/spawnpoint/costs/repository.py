@@ -20,8 +20,10 @@ from sqlalchemy import (
     or_,
     select,
     union,
+    update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from spawnpoint.kit.repository import PlatformRepository, ScopedRepository
 from spawnpoint.models import (
@@ -159,6 +161,22 @@ NO_KEY = uuid.UUID(int=0)
 NANOS = Decimal(10**9)
 
 
+def _postgres(session: AsyncSession) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
+def sum_amounts(session: AsyncSession, amount: Any = CostRecord.amount) -> ColumnElement[Any]:
+    """SUM of amounts: `numeric` on PostgreSQL; integer billionths on SQLite (REAL)."""
+    if _postgres(session):
+        return func.coalesce(func.sum(amount), 0)
+    return func.coalesce(func.sum(cast(func.round(amount * 10**9), BigInteger)), 0)
+
+
+def as_amount(session: AsyncSession, value: Any) -> Decimal:
+    """A `sum_amounts` result as the decimal it stands for."""
+    return Decimal(value) if _postgres(session) else Decimal(int(value)) / NANOS
+
+
 class CostRepository(ScopedRepository[CostRecord]):
     """A tenant's cost records; aggregates are summed in the database.
 
@@ -168,17 +186,6 @@ class CostRepository(ScopedRepository[CostRecord]):
 
     model = CostRecord
     noun = "cost record"
-
-    def sum_amounts(self, amount: Any = CostRecord.amount) -> ColumnElement[Any]:
-        if self.session.get_bind().dialect.name == "postgresql":
-            return func.coalesce(func.sum(amount), 0)
-        nanos = func.round(amount * 10**9)
-        return func.coalesce(func.sum(cast(nanos, BigInteger)), 0)
-
-    def as_amount(self, value: Any) -> Decimal:
-        if self.session.get_bind().dialect.name == "postgresql":
-            return Decimal(value)
-        return Decimal(int(value)) / NANOS
 
     def _key(self, group_by: str) -> ColumnElement[Any]:
         if group_by == "day":
@@ -207,9 +214,13 @@ class CostRepository(ScopedRepository[CostRecord]):
         self, since: datetime, until: datetime, conditions: Sequence[ColumnElement[bool]]
     ) -> Decimal:
         found = await self.session.execute(
-            select(self.sum_amounts()).where(*self._where(since, until, conditions))
+            select(
+                sum_amounts(
+                    self.session,
+                )
+            ).where(*self._where(since, until, conditions))
         )
-        return self.as_amount(found.scalar_one())
+        return as_amount(self.session, found.scalar_one())
 
     async def groups(
         self,
@@ -227,7 +238,7 @@ class CostRepository(ScopedRepository[CostRecord]):
             .where(*self._where(since, until, conditions))
             .subquery()
         )
-        statement = select(rows.c.key, self.sum_amounts(rows.c.amount))
+        statement = select(rows.c.key, sum_amounts(self.session, rows.c.amount))
         if after is not None:
             bound: Any = after if group_by == "day" else uuid.UUID(after)
             statement = statement.where(rows.c.key > bound)
@@ -237,11 +248,11 @@ class CostRepository(ScopedRepository[CostRecord]):
         groups: list[tuple[str | None, Decimal]] = []
         for value, amount in found.all():
             if group_by == "day":
-                groups.append((str(value), self.as_amount(amount)))
+                groups.append((str(value), as_amount(self.session, amount)))
             else:
                 identity = value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
                 groups.append(
-                    (None if identity == NO_KEY else str(identity), self.as_amount(amount))
+                    (None if identity == NO_KEY else str(identity), as_amount(self.session, amount))
                 )
         return groups
 
@@ -260,32 +271,98 @@ class BudgetRepository(ScopedRepository[Budget]):
     async def spent(
         self, budgets: Sequence[Budget], since: datetime, until: datetime
     ) -> dict[uuid.UUID, Decimal]:
-        """What each budget's scope spent in [since, until): one query per kind of scope."""
-        costs = CostRepository(self.session, self.scope)
-        window = [CostRecord.period_start >= since, CostRecord.period_start < until]
-        found: dict[uuid.UUID, Decimal] = {}
-        by_scope: dict[str, list[Budget]] = {}
-        for budget in budgets:
-            by_scope.setdefault(budget.scope, []).append(budget)
-        for scope, members in by_scope.items():
-            if scope == "tenant":
-                column: Any = CostRecord.tenant_id
-            elif scope == "project":
-                column = CostRecord.project_id
-            else:
-                column = CostRecord.user_id
-            ids = {b.scope_id for b in members}
-            rows = await self.session.execute(
-                select(CostRecord.tenant_id, column, costs.sum_amounts())
-                .where(
-                    *costs.owned_by(CostRecord.tenant_id),
-                    *window,
-                    column.in_(list(ids)),
-                    CostRecord.tenant_id.in_(list({b.tenant_id for b in members})),
-                )
-                .group_by(CostRecord.tenant_id, column)
+        """What each budget's scope spent in [since, until)."""
+        visible = self.owned_by(CostRecord.tenant_id)
+        return await spent_by_budget(self.session, budgets, since, until, visible)
+
+
+async def spent_by_budget(
+    session: AsyncSession,
+    budgets: Sequence[Budget],
+    since: datetime,
+    until: datetime,
+    visible: Sequence[ColumnElement[bool]],
+) -> dict[uuid.UUID, Decimal]:
+    """What each budget's scope spent in [since, until): one query per kind of scope."""
+    window = [CostRecord.period_start >= since, CostRecord.period_start < until]
+    found: dict[uuid.UUID, Decimal] = {}
+    by_scope: dict[str, list[Budget]] = {}
+    for budget in budgets:
+        by_scope.setdefault(budget.scope, []).append(budget)
+    for scope, members in by_scope.items():
+        column: Any = SCOPE_COLUMNS[scope]
+        rows = await session.execute(
+            select(CostRecord.tenant_id, column, sum_amounts(session))
+            .where(
+                *visible,
+                *window,
+                column.in_(list({b.scope_id for b in members})),
+                CostRecord.tenant_id.in_(list({b.tenant_id for b in members})),
             )
-            sums = {(r[0], r[1]): costs.as_amount(r[2]) for r in rows.all()}
-            for budget in members:
-                found[budget.id] = sums.get((budget.tenant_id, budget.scope_id), Decimal(0))
-        return found
+            .group_by(CostRecord.tenant_id, column)
+        )
+        sums = {(r[0], r[1]): as_amount(session, r[2]) for r in rows.all()}
+        for budget in members:
+            found[budget.id] = sums.get((budget.tenant_id, budget.scope_id), Decimal(0))
+    return found
+
+
+SCOPE_COLUMNS: dict[str, Any] = {
+    "tenant": CostRecord.tenant_id,
+    "project": CostRecord.project_id,
+    "user": CostRecord.user_id,
+}
+WORKSPACE_SCOPE_COLUMNS: dict[str, Any] = {
+    "tenant": Workspace.tenant_id,
+    "project": Workspace.project_id,
+    "user": Workspace.owner_id,
+}
+
+
+class BudgetEnforcementRows(PlatformRepository[Budget]):
+    """System code: the scheduler checks every tenant's budgets (unscoped)."""
+
+    model = Budget
+    noun = "budget"
+
+    async def batch(self, after: uuid.UUID | None, limit: int) -> list[Budget]:
+        statement = select(Budget).order_by(Budget.id).limit(limit)
+        if after is not None:
+            statement = statement.where(Budget.id > after)
+        return list((await self.session.execute(statement)).scalars())
+
+    async def spent(
+        self, budgets: Sequence[Budget], since: datetime, until: datetime
+    ) -> dict[uuid.UUID, Decimal]:
+        return await spent_by_budget(self.session, budgets, since, until, ())
+
+    async def claim(self, budget_id: uuid.UUID, column: str, period: datetime) -> bool:
+        """Mark `budget_id`'s event `column` as sent for `period`, unless it already was.
+
+        One conditional UPDATE: of two schedulers racing, the second finds it marked.
+        """
+        marked = getattr(Budget, column)
+        found = await self.session.execute(
+            update(Budget)
+            .where(Budget.id == budget_id, or_(marked.is_(None), marked != period))
+            .values({column: period})
+            .returning(Budget.id)
+            .execution_options(synchronize_session=False)
+        )
+        return found.scalar_one_or_none() is not None
+
+    async def running_in(self, budget: Budget, limit: int) -> list[Workspace]:
+        """Running workspaces the budget covers, locked (rows others hold are skipped)."""
+        column = WORKSPACE_SCOPE_COLUMNS[budget.scope]
+        found = await self.session.execute(
+            select(Workspace)
+            .where(
+                Workspace.tenant_id == budget.tenant_id,
+                column == budget.scope_id,
+                Workspace.state == WorkspaceState.running,
+            )
+            .order_by(Workspace.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        return list(found.scalars())

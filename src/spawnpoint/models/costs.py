@@ -121,3 +121,7 @@ class Budget(IdMixin, TimestampMixin, Base):
     limit_amount: Mapped[Decimal] = mapped_column(Numeric(14, 2))
     warn_ratio: Mapped[Decimal] = mapped_column(Numeric(6, 3))
     hard_ratio: Mapped[Decimal] = mapped_column(Numeric(6, 3))
+    # The period (its first moment) whose `budget.warning` / `budget.exceeded` event was
+    # sent: each is sent once per budget per period.
+    warned_period: Mapped[datetime | None]
+    exceeded_period: Mapped[datetime | None]

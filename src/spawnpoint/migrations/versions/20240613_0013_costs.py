@@ -89,6 +89,8 @@ def upgrade() -> None:
         sa.Column("limit_amount", sa.Numeric(14, 2), nullable=False),
         sa.Column("warn_ratio", sa.Numeric(6, 3), nullable=False),
         sa.Column("hard_ratio", sa.Numeric(6, 3), nullable=False),
+        sa.Column("warned_period", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("exceeded_period", sa.DateTime(timezone=True), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.CheckConstraint("scope IN ('tenant', 'project', 'user')", name=op.f("ck_budgets_scope")),
