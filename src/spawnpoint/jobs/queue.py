@@ -438,9 +438,18 @@ def _claim(job_types: tuple[str, ...] | None, *, postgres: bool) -> Any:
     if postgres:
         due = due.with_for_update(skip_locked=True)
     candidates = due.cte("due").prefix_with("MATERIALIZED")
+    # On PostgreSQL the candidates are looked up by primary key as an array (evaluated once):
+    # joined to `due` instead, the planner may hash-join against a scan of every queued job,
+    # a cost that grows with the queue at every claim.
+    picked = (
+        Job.id == func.any(literal_column("ARRAY(SELECT due.id FROM due)"))
+        if postgres
+        else Job.id == candidates.c.id
+    )
     return (
         update(Job)
-        .where(Job.id == candidates.c.id, _state_is(JobState.queued))
+        .add_cte(candidates)
+        .where(picked, _state_is(JobState.queued))
         .values(
             state=JobState.running,
             lease_owner=_bind("claim_owner", _jobs.c.lease_owner),
