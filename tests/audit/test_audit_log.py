@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import itertools
 import uuid
 from datetime import timedelta
@@ -280,3 +281,33 @@ async def test_a_chain_verified_in_processes_agrees_with_one_pass(
         database, key(backend_settings), tenant_id, ranges=2, processes=True
     )
     assert (broken.valid, broken.first_invalid_seq, broken.checked) == (False, 7, 6)
+
+
+async def test_sqlite_writes_each_entrys_canonical_document_as_python_does(
+    database: Database, backend: str
+) -> None:
+    """SQLite's range query builds the hashed document itself (json_quote): for the tricky
+    text too it must hash to the stored hash, so verification takes no slow path."""
+    tricky = 'a"b\\c\n\t\x01\x1f\x7f é ✓ \u2028 😀 </script>'
+    tenant_id = uuid.uuid4()
+    await append(
+        database,
+        [
+            draft(tenant_id, 1),
+            draft(tenant_id, 2, actor_id=tricky, reason=tricky, user_agent=tricky, ip=None),
+            draft(None, 3),
+        ],
+    )
+    for chain_id in (tenant_id, uuid.UUID(int=0)):
+        async with database.transaction(write=False) as session:
+            query = AuditLog(session).range_query(chain_id, first_seq=1, last_seq=None)
+        if backend != "sqlite":  # PostgreSQL's ranges read the fields; Python writes them
+            assert query.row_sql is None
+            continue
+        async with database.transaction(write=False) as session:
+            connection = await session.connection()
+            rows = (await connection.exec_driver_sql(query.sql, query.params)).all()
+        assert rows
+        for _seq, same_tenant, prev_hash, hash_, document in rows:
+            assert same_tenant
+            assert hashlib.sha256(f"{prev_hash}{document}".encode()).hexdigest() == hash_

@@ -30,12 +30,18 @@ BATCH = 5_000
 
 @dataclass(frozen=True)
 class RangeSource:
-    """Where a range's rows come from: the statement and the database it runs on."""
+    """Where a range's rows come from: the statement and the database it runs on.
+
+    With `row_sql` (SQLite), the rows are the database's canonical documents and
+    `row_sql` reads one entry's fields by `seq` (see `AuditLog.range_query`).
+    """
 
     backend: str  # "postgresql" or "sqlite"
     address: str  # a libpq connection string, or the SQLite file's path
     sql: str
     params: dict[str, Any]
+    row_sql: str | None = None
+    row_params: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -60,9 +66,12 @@ def verify_range(source: RangeSource, plan: ChainRange) -> VerifyResult:
         head=plan.head,
     )
     verifier.prev_prev = plan.before
-    for batch in _batches(source):
-        if not verifier.feed(batch):
-            break
+    if source.backend == "postgresql":
+        for batch in _postgres_batches(source):
+            if not verifier.feed(batch):
+                break
+    else:
+        _verify_sqlite(source, verifier)
     if plan.last_seq is None or verifier.failure is not None:
         return verifier.finish()
     if verifier.expected - 1 < plan.last_seq:
@@ -74,13 +83,6 @@ def verify_range(source: RangeSource, plan: ChainRange) -> VerifyResult:
             reason=f"entry {missing} is missing",
         )
     return VerifyResult(valid=True, checked=verifier.checked, first_invalid_seq=None, reason=None)
-
-
-def _batches(source: RangeSource) -> Iterator[Sequence[Sequence[Any]]]:
-    if source.backend == "postgresql":
-        yield from _postgres_batches(source)
-    else:
-        yield from _sqlite_batches(source)
 
 
 def _postgres_batches(source: RangeSource) -> Iterator[Sequence[Sequence[Any]]]:
@@ -95,14 +97,29 @@ def _postgres_batches(source: RangeSource) -> Iterator[Sequence[Sequence[Any]]]:
                 yield rows
 
 
-def _sqlite_batches(source: RangeSource) -> Iterator[Sequence[Sequence[Any]]]:
+def _verify_sqlite(source: RangeSource, verifier: ChainVerifier) -> None:
     # Read-only; one SELECT reads one snapshot (WAL lets writers go on meanwhile).
     uri = Path(source.address).resolve().as_uri() + "?mode=ro"
     connection = sqlite3.connect(uri, uri=True)
     try:
+        if source.row_sql is None:
+            cursor = connection.execute(source.sql, source.params)
+            while rows := cursor.fetchmany(BATCH):
+                if not verifier.feed(rows):
+                    return
+            return
+        row_sql, row_params = source.row_sql, source.row_params or {}
+
+        def entry(seq: int) -> Sequence[Any] | None:
+            found: Sequence[Any] | None = connection.execute(
+                row_sql, {**row_params, "entry_seq": seq}
+            ).fetchone()
+            return found
+
         cursor = connection.execute(source.sql, source.params)
         while rows := cursor.fetchmany(BATCH):
-            yield rows
+            if not verifier.feed_documents(rows, entry):
+                return
     finally:
         connection.close()
 

@@ -32,6 +32,7 @@ from sqlalchemy import (
     delete,
     func,
     insert,
+    literal,
     literal_column,
     select,
     text,
@@ -48,10 +49,12 @@ from sqlalchemy.sql.elements import ClauseElement
 from spawnpoint.audit.chain import (
     ENTRY_COLUMNS_WITH_HASHES,
     GENESIS_HASH,
+    HASHED_FIELDS,
     AuditDraft,
     chain_of,
     encode_document,
     entry_hash,
+    tenant_of,
 )
 from spawnpoint.db import DriverStatement, driver_connection, pipelined
 from spawnpoint.kit.pagination import PageParams, fetch_page
@@ -407,16 +410,34 @@ class AuditLog:
 
     def range_query(
         self, chain_id: uuid.UUID, *, first_seq: int, last_seq: int | None
-    ) -> tuple[str, dict[str, Any]]:
-        """`stream`'s statement for one range of `seq`, as SQL and parameters for the
+    ) -> RangeQuery:
+        """One range of `seq` for `spawnpoint.audit.ranges`, as SQL and parameters for the
         database driver itself (psycopg, or the standard library's `sqlite3` with named
-        parameters): what `spawnpoint.audit.ranges` runs in a worker process."""
+        parameters).
+
+        On PostgreSQL, `stream`'s rows. On SQLite the database also writes each entry's
+        canonical JSON (`json_quote` escapes exactly as `json.dumps(..., ensure_ascii=False)`
+        does), so a row is five values instead of sixteen; `row_sql` reads one entry's
+        fields by `seq`, for the verifier to judge an entry whose document does not match
+        (whatever the reason) exactly as it would without the shortcut.
+        """
         statement = _entries_statement(
             self.dialect.name, chain_id, first_seq=first_seq, last_seq=last_seq
         )
-        dialect = self.dialect if self.is_postgres else sqlite.dialect(paramstyle="named")
-        compiled = DriverStatement(statement, dialect)
-        return compiled.sql, compiled.params({})
+        if self.is_postgres:
+            compiled = DriverStatement(statement, self.dialect)
+            return RangeQuery(compiled.sql, compiled.params({}))
+        dialect = sqlite.dialect(paramstyle="named")
+        documents = DriverStatement(_documents_statement(chain_id, first_seq, last_seq), dialect)
+        one = DriverStatement(
+            _entries_statement("sqlite", chain_id, first_seq=0, last_seq=None).where(
+                _LOG.c.seq == bindparam("entry_seq")
+            ),
+            dialect,
+        )
+        return RangeQuery(
+            documents.sql, documents.params({}), row_sql=one.sql, row_params=one.params({})
+        )
 
     async def first_seq_since(self, chain_id: uuid.UUID, since: datetime) -> int | None:
         return (
@@ -575,7 +596,46 @@ class AuditLog:
         )
 
 
-@functools.lru_cache(maxsize=4)
+@dataclass(frozen=True)
+class RangeQuery:
+    sql: str
+    params: dict[str, Any]
+    # SQLite: rows are (seq, same tenant, prev_hash, hash, document); one entry's fields by
+    # `seq` (the parameter `entry_seq`) come from `row_sql`.
+    row_sql: str | None = None
+    row_params: dict[str, Any] | None = None
+
+
+def _documents_statement(chain_id: uuid.UUID, first_seq: int, last_seq: int | None) -> Select[Any]:
+    """SQLite: each entry's canonical JSON, written by the database (see `range_query`)."""
+    columns = _canonical_columns("sqlite")
+
+    def quoted(name: str) -> ColumnElement[Any]:
+        return func.json_quote(columns[name])
+
+    parts: list[ColumnElement[Any]] = []
+    for i, name in enumerate(sorted(HASHED_FIELDS)):
+        parts.append(literal(("{" if i == 0 else ",") + f'"{name}":'))
+        if name == "details":
+            parts.append(columns[name])
+        elif name == "seq":
+            parts.append(sql_cast(_LOG.c.seq, Text()))
+        else:
+            parts.append(quoted(name))
+    parts.append(literal("}"))
+    document = parts[0]
+    for part in parts[1:]:
+        document = document.op("||")(part)
+    tenant = tenant_of(chain_id)
+    same_tenant = _LOG.c.tenant_id.is_(None) if tenant is None else _LOG.c.tenant_id == tenant
+    statement = select(_LOG.c.seq, same_tenant, _LOG.c.prev_hash, _LOG.c.hash, document).where(
+        _LOG.c.chain_id == chain_id, _LOG.c.seq >= first_seq
+    )
+    if last_seq is not None:
+        statement = statement.where(_LOG.c.seq <= last_seq)
+    return statement.order_by(_LOG.c.seq, _LOG.c.time)
+
+
 def _entries_statement(
     dialect_name: str, chain_id: uuid.UUID, *, first_seq: int, last_seq: int | None
 ) -> Select[Any]:
@@ -589,6 +649,7 @@ def _entries_statement(
     return statement.order_by(_LOG.c.seq, _LOG.c.time)
 
 
+@functools.lru_cache(maxsize=4)
 def _canonical_columns(dialect_name: str) -> dict[str, ColumnElement[Any]]:
     """The entry columns as `stream` reads them on `dialect_name`: no result processing.
 

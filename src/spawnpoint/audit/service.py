@@ -16,7 +16,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -35,7 +34,7 @@ from spawnpoint.audit.chain import (
 )
 from spawnpoint.audit.keys import SigningKey, checkpoint_problem, sign_checkpoint
 from spawnpoint.audit.ranges import ChainRange, RangeSource, verify_range
-from spawnpoint.audit.repository import AuditFilters, AuditLog
+from spawnpoint.audit.repository import AuditFilters, AuditLog, RangeQuery
 from spawnpoint.config import Settings
 from spawnpoint.db import Database
 from spawnpoint.jobs.scheduler import PeriodicTask
@@ -149,7 +148,7 @@ async def verify_chain(
                 first_link = Link(bounds[i], "" if entry is None else entry.hash)
                 before = None if entry is None else entry.prev_hash
             last_seq = None if i == parts - 1 else bounds[i + 1]
-            sql, params = log.range_query(chain_id, first_seq=first_link.seq + 1, last_seq=last_seq)
+            query = log.range_query(chain_id, first_seq=first_link.seq + 1, last_seq=last_seq)
             plan = ChainRange(
                 chain_id=chain_id,
                 start=first_link,
@@ -158,7 +157,7 @@ async def verify_chain(
                 checkpoint=signed,
                 head=last if i == parts - 1 else None,
             )
-            plans.append((_source(database, sql, params), plan))
+            plans.append((_source(database, query), plan))
     if len(plans) == 1 or not use_processes:
         results = [await asyncio.to_thread(verify_range, *plan) for plan in plans]
     else:
@@ -183,13 +182,14 @@ def split_for(span: int) -> tuple[int, bool]:
     return 1, False
 
 
-def _source(database: Database, sql: str, params: dict[str, Any]) -> RangeSource:
+def _source(database: Database, query: RangeQuery) -> RangeSource:
     """Where a worker reads a range from: the same database, through its driver alone."""
     url = make_url(database.url)
     if database.is_sqlite:
-        return RangeSource("sqlite", str(Path(url.database or "").resolve()), sql, params)
+        path = str(Path(url.database or "").resolve())
+        return RangeSource("sqlite", path, query.sql, query.params, query.row_sql, query.row_params)
     address = url.set(drivername="postgresql").render_as_string(hide_password=False)
-    return RangeSource("postgresql", address, sql, params)
+    return RangeSource("postgresql", address, query.sql, query.params)
 
 
 async def _in_processes(plans: list[tuple[RangeSource, ChainRange]]) -> list[VerifyResult]:
