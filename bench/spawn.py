@@ -1454,10 +1454,7 @@ def render(results: Rounds, args: argparse.Namespace, code: str) -> str:
     cores = os.cpu_count() or 1
     db_table = markdown_table(
         ["database counter", "per accepted spawn"],
-        [
-            (name, f"{median([r.db_per_spawn[name] for r in spawn]):.1f}")
-            for name in db_rows(spawn)
-        ],
+        [(name, f"{median([r.db_per_spawn[name] for r in spawn]):.1f}") for name in db_rows(spawn)],
     )
     keys = {k for r in spawn for k in r.activity}
     busiest = sorted(
