@@ -31,11 +31,13 @@ async def test_stale_worker_cannot_complete_provisioning(
     workspace_id = uuid.UUID(spawned.json()["workspace"]["id"])
     later = utcnow() + timedelta(hours=1)
 
+    # Oldest first: other tests' queued jobs (the database is shared) come before this one.
+    everything = 100_000
     async with world.database.transaction(write=True) as session:
         [stale] = [
             job
             for job in await claim(
-                session, owner="stale", limit=100, lease=timedelta(seconds=1), now=later
+                session, owner="stale", limit=everything, lease=timedelta(seconds=1), now=later
             )
             if job.id == job_id
         ]
@@ -47,7 +49,7 @@ async def test_stale_worker_cannot_complete_provisioning(
             for job in await claim(
                 session,
                 owner="fresh",
-                limit=100,
+                limit=everything,
                 lease=timedelta(minutes=5),
                 now=later + timedelta(minutes=2),
             )
