@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request, status
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 
 from spawnpoint.db import Database
 from spawnpoint.deps import DB, AppSettings, RequireMember, RequireViewer, Scope, Session
@@ -15,12 +15,11 @@ from spawnpoint.jobs.registry import HandlerRegistry
 from spawnpoint.jobs.repository import JobRepository
 from spawnpoint.jobs.schemas import JobCreate, JobRead, JobType
 from spawnpoint.jobs.service import FINISHED, JobService, job_read
-from spawnpoint.kit.idempotency import IdempotencyKeys, StoredResponse, request_fingerprint
+from spawnpoint.kit.idempotency import accepted_once
 from spawnpoint.kit.pagination import Page, Pagination
 from spawnpoint.kit.routing import StrictRoute
 from spawnpoint.models import JobState
 from spawnpoint.scope import TenantScope
-from spawnpoint.workspaces.endpoints import REPLAYED
 
 router = APIRouter(route_class=StrictRoute, prefix="/api/jobs", tags=["jobs"])
 TEXT_PLAIN = "text/plain; charset=utf-8"
@@ -61,21 +60,20 @@ async def enqueue_job(
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=255)] = None,
 ) -> Any:
     """Queue a service job for the caller's tenant; 202 with the job."""
-    keys = fingerprint = None
-    if idempotency_key is not None:
-        keys = IdempotencyKeys(jobs.session, tenant_id=actor.tenant_id, key=idempotency_key)
-        fingerprint = request_fingerprint(
-            "POST", request.url.path, "", job_in.model_dump(mode="json")
-        )
-        stored = await keys.claim(fingerprint)
-        if stored is not None:
-            return JSONResponse(stored.body, status_code=stored.status, headers={REPLAYED: "true"})
-    # Without a key nothing more is written: the unit of work may commit with the job.
-    job = await jobs.enqueue(actor=actor, job_in=job_in, final=keys is None)
-    body = job_read(job).model_dump(mode="json")
-    if keys is not None and fingerprint is not None:
-        keys.store(fingerprint, StoredResponse(status=status.HTTP_202_ACCEPTED, body=body))
-    return JSONResponse(body, status_code=status.HTTP_202_ACCEPTED)
+
+    async def accept(final: bool) -> dict[str, Any]:
+        # Without a key nothing more is written: the unit of work may commit with the job.
+        job = await jobs.enqueue(actor=actor, job_in=job_in, final=final)
+        return job_read(job).model_dump(mode="json")
+
+    return await accepted_once(
+        jobs.session,
+        tenant_id=actor.tenant_id,
+        key=idempotency_key,
+        request=request,
+        document=job_in.model_dump(mode="json"),
+        accept=accept,
+    )
 
 
 @router.get("", summary="List jobs")

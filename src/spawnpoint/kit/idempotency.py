@@ -10,10 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from fastapi import Request, status
+from fastapi.responses import JSONResponse
 from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -22,6 +25,7 @@ from spawnpoint.kit.errors import Conflict, Unprocessable
 from spawnpoint.models import IdempotencyRecord
 
 RETENTION = timedelta(hours=24)
+REPLAYED = "Idempotent-Replayed"  # response header: this is the stored answer, replayed
 MAX_KEY_LENGTH = 255
 
 
@@ -97,3 +101,32 @@ async def purge_expired(session: AsyncSession, *, now: Any) -> int:
         delete(IdempotencyRecord).where(IdempotencyRecord.expires_at <= now)
     )
     return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def accepted_once(
+    session: AsyncSession,
+    *,
+    tenant_id: uuid.UUID,
+    key: str | None,
+    request: Request,
+    document: Any,
+    accept: Callable[[bool], Awaitable[dict[str, Any]]],
+) -> JSONResponse:
+    """202 with the body `accept` returns, once per `Idempotency-Key`.
+
+    With a key, a repeat of the same request (path and `document`) replays the stored answer
+    (`Idempotent-Replayed: true`) instead of doing the work again; the record commits with
+    the work. `accept(final)` is told whether nothing more is written after it (no key), so
+    the unit of work may send its COMMIT with the work's last statements.
+    """
+    keys = fingerprint = None
+    if key is not None:
+        keys = IdempotencyKeys(session, tenant_id=tenant_id, key=key)
+        fingerprint = request_fingerprint("POST", request.url.path, "", document)
+        stored = await keys.claim(fingerprint)
+        if stored is not None:
+            return JSONResponse(stored.body, status_code=stored.status, headers={REPLAYED: "true"})
+    body = await accept(keys is None)
+    if keys is not None and fingerprint is not None:
+        keys.store(fingerprint, StoredResponse(status=status.HTTP_202_ACCEPTED, body=body))
+    return JSONResponse(body, status_code=status.HTTP_202_ACCEPTED)

@@ -13,7 +13,7 @@ from spawnpoint.deps import (
     Scope,
     Session,
 )
-from spawnpoint.kit.idempotency import IdempotencyKeys, StoredResponse, request_fingerprint
+from spawnpoint.kit.idempotency import accepted_once
 from spawnpoint.kit.pagination import Page, Pagination
 from spawnpoint.kit.routing import StrictRoute
 from spawnpoint.models import Job, Workspace, WorkspaceState
@@ -36,7 +36,6 @@ PermitId = Annotated[
     str, Path(min_length=1, max_length=200, description="The workspace's `external_ref`.")
 ]
 router = APIRouter(route_class=StrictRoute, tags=["workspaces"])
-REPLAYED = "Idempotent-Replayed"
 
 
 async def get_policy(request: Request) -> PolicyEngine:
@@ -111,23 +110,22 @@ async def spawn(
     if dry_run:
         check = await workspaces.check(actor=actor, spawn_in=spawn_in)
         return JSONResponse(check.model_dump(mode="json"), status_code=status.HTTP_200_OK)
-    keys = fingerprint = None
-    if idempotency_key is not None:
-        keys = IdempotencyKeys(workspaces.session, tenant_id=actor.tenant_id, key=idempotency_key)
-        fingerprint = request_fingerprint(
-            "POST", request.url.path, "", spawn_in.model_dump(mode="json")
-        )
-        stored = await keys.claim(fingerprint)
-        if stored is not None:
-            return JSONResponse(stored.body, status_code=stored.status, headers={REPLAYED: "true"})
-    # Without a key nothing more is written: the unit of work may commit with the rows.
-    workspace, job_id = await workspaces.spawn(actor=actor, spawn_in=spawn_in, final=keys is None)
-    body = SpawnAccepted(
-        workspace=console.read(workspace), job_id=job_id, console_url=console.url(workspace.id)
-    ).model_dump(mode="json")
-    if keys is not None and fingerprint is not None:
-        keys.store(fingerprint, StoredResponse(status=status.HTTP_202_ACCEPTED, body=body))
-    return JSONResponse(body, status_code=status.HTTP_202_ACCEPTED)
+
+    async def accept(final: bool) -> dict[str, Any]:
+        # Without a key nothing more is written: the unit of work may commit with the rows.
+        workspace, job_id = await workspaces.spawn(actor=actor, spawn_in=spawn_in, final=final)
+        return SpawnAccepted(
+            workspace=console.read(workspace), job_id=job_id, console_url=console.url(workspace.id)
+        ).model_dump(mode="json")
+
+    return await accepted_once(
+        workspaces.session,
+        tenant_id=actor.tenant_id,
+        key=idempotency_key,
+        request=request,
+        document=spawn_in.model_dump(mode="json"),
+        accept=accept,
+    )
 
 
 @router.get("/api/workspaces", summary="List workspaces")
