@@ -13,10 +13,10 @@ from typing import Any
 import httpx
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import Org, World
+from drawn import examples
 from spawnpoint.app import create_app
 from spawnpoint.config import Settings
 from spawnpoint.models import Role
@@ -48,28 +48,6 @@ UPDATES = {
     "projects": documents("put", "/api/projects/{project_id}"),
     "templates": documents("put", "/api/templates/{template_id}"),
 }
-
-
-def examples(strategy: st.SearchStrategy[Any], count: int = EXAMPLES) -> list[Any]:
-    """`count` values drawn by hypothesis, reproducibly; the requests are then sent in order.
-
-    (Hypothesis cannot drive an async test on the suite's shared event loop itself.)
-    """
-    drawn: list[Any] = []
-
-    @settings(
-        max_examples=count,
-        derandomize=True,
-        database=None,
-        deadline=None,
-        suppress_health_check=list(HealthCheck),
-    )
-    @given(strategy)
-    def collect(value: Any) -> None:
-        drawn.append(value)
-
-    collect()
-    return drawn
 
 
 def grounded(kind: str, body: dict[str, Any], org: Org) -> dict[str, Any]:
@@ -149,7 +127,9 @@ async def test_accepted_documents_read_back_list_update_and_delete(
     operator = world.dev
 
     travelled = updated = 0
-    for create, update in zip(examples(creates), examples(UPDATES[kind]), strict=True):
+    for create, update in zip(
+        examples(creates, EXAMPLES), examples(UPDATES[kind], EXAMPLES), strict=True
+    ):
         created = await client.post(collection, json=grounded(kind, create, org), headers=operator)
         if not accepted(created, 201):
             continue
@@ -181,7 +161,7 @@ async def test_accepted_versions_read_back(client: httpx.AsyncClient, world: Wor
     org = await world.org()
     publisher = org.headers[Role.publisher]
     url = f"/api/templates/{org.template_id}/versions"
-    for version in examples(VERSIONS):
+    for version in examples(VERSIONS, EXAMPLES):
         published = await client.post(
             url, json=grounded("versions", version, org), headers=publisher
         )
@@ -204,7 +184,7 @@ async def test_accepted_spawns_read_back_list_and_delete(
     member = org.headers[Role.member]
 
     travelled = 0
-    for spawn in examples(SPAWNS):
+    for spawn in examples(SPAWNS, EXAMPLES):
         spawn = {**spawn, "template_id": str(org.template_id)}
         spawn.pop("project_id", None)
         if spawn.get("version") is not None:

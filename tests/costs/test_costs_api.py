@@ -7,11 +7,9 @@ from collections import defaultdict
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
-from typing import Any
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import Org, World
@@ -24,6 +22,7 @@ from costs.support import (
     run_pass,
     workspace_with_runs,
 )
+from drawn import examples
 from factories import make_project
 from spawnpoint.kit.ids import uuid7
 from spawnpoint.models import CostRecord, Role
@@ -40,25 +39,6 @@ async def own_timeline(world: World) -> AsyncIterator[None]:
     await reset_watermark(world)
     yield
     await reset_watermark(world)
-
-
-def examples(strategy: st.SearchStrategy[Any], count: int) -> list[Any]:
-    """Values drawn by hypothesis, reproducibly (it cannot drive the suite's event loop)."""
-    drawn: list[Any] = []
-
-    @settings(
-        max_examples=count,
-        derandomize=True,
-        database=None,
-        deadline=None,
-        suppress_health_check=list(HealthCheck),
-    )
-    @given(strategy)
-    def collect(value: Any) -> None:
-        drawn.append(value)
-
-    collect()
-    return drawn
 
 
 # (workspace index, user index or None, project index or None, hour offset, amount)
