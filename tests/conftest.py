@@ -23,6 +23,7 @@ from spawnpoint.db import Database
 from spawnpoint.migrations import upgrade
 from spawnpoint.models import Plan, Role, Template, TemplateVersion, Tenant, User
 from spawnpoint.security import mint_token
+from tcp_proxy import TcpProxies, tcp_proxies
 
 PG_URL = os.environ.get(
     "SPAWNPOINT_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -216,3 +217,10 @@ class World:
 @pytest.fixture
 def world(backend_settings: Settings, database: Database) -> World:
     return World(settings=backend_settings, database=database)
+
+
+@pytest.fixture
+async def tcp_proxy() -> AsyncIterator[TcpProxies]:
+    """`await tcp_proxy(host, port)` -> a TcpProxy (tests/tcp_proxy.py), closed after the test."""
+    async with tcp_proxies() as proxies:
+        yield proxies
