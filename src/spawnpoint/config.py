@@ -15,7 +15,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MIN_SECRET_BYTES = 32
@@ -30,7 +30,12 @@ class UnsafeSettingsError(RuntimeError):
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+        # Fields with the provisioning seed's WPS_* names as aliases stay settable by name.
+        populate_by_name=True,
     )
 
     environment: Literal["development", "production"] = Field(
@@ -58,7 +63,9 @@ class Settings(BaseSettings):
     )
     port: int = Field(8000, ge=0, le=65535, description="Port `spawnpoint serve` listens on.")
     log_level: Literal["debug", "info", "warning", "error"] = Field(
-        "info", description="Log level of the server and workers."
+        "info",
+        validation_alias=AliasChoices("log_level", "wps_logging__level"),
+        description="Log level of the server and workers (also WPS_LOGGING__LEVEL, any case).",
     )
     log_format: Literal["json", "console"] = Field(
         "json",
@@ -69,10 +76,80 @@ class Settings(BaseSettings):
         True, description="Log one line per HTTP request (method, route, status, duration)."
     )
     redis_url: str | None = Field(
-        None, description="Redis URL (optional); when set, /healthz and /readyz check it."
+        None,
+        validation_alias=AliasChoices("redis_url", "wps_redis__url"),
+        description="Redis URL (optional; also WPS_REDIS__URL); when set, /healthz and /readyz "
+        "check it.",
     )
     rabbitmq_url: str | None = Field(
-        None, description="RabbitMQ URL (optional); when set, /healthz and /readyz check it."
+        None,
+        validation_alias=AliasChoices("rabbitmq_url", "wps_rabbitmq__url"),
+        description="RabbitMQ URL (optional; also WPS_RABBITMQ__URL); when set, /healthz and "
+        "/readyz check it and every worker consumes permit events from RABBITMQ_QUEUE.",
+    )
+    rabbitmq_queue: str = Field(
+        "spe.workspace.events",
+        min_length=1,
+        max_length=200,
+        validation_alias=AliasChoices("rabbitmq_queue", "wps_rabbitmq__queue"),
+        description="Durable queue of inbound permit events (also WPS_RABBITMQ__QUEUE); its "
+        "dead-letter queue is `<queue>.dead-letter` and its parking queue `<queue>.parked`.",
+    )
+    rabbitmq_queue_type: Literal["quorum", "classic"] = Field(
+        "quorum", description="Type of the permit queues when spawnpoint declares them."
+    )
+    rabbitmq_permits_exchange: str = Field(
+        "spe.permits",
+        max_length=200,
+        description="Topic exchange the permit queue is bound to (declared durable at start-up); "
+        "empty: no binding, publishers send to the queue through the default exchange.",
+    )
+    rabbitmq_permits_binding_key: str = Field(
+        "#",
+        min_length=1,
+        max_length=255,
+        description="Binding key of the permit queue on RABBITMQ_PERMITS_EXCHANGE.",
+    )
+    rabbitmq_max_deliveries: int = Field(
+        5,
+        ge=1,
+        le=1000,
+        description="A permit event whose effect fails this many times goes to the "
+        "dead-letter queue, with the last error in its `x-death-reason` header.",
+    )
+    rabbitmq_prefetch: int = Field(
+        32,
+        ge=1,
+        le=10_000,
+        description="Permit events a consumer holds unacknowledged at once (and so handles "
+        "at once).",
+    )
+    rabbitmq_park_seconds: float = Field(
+        5.0,
+        gt=0,
+        le=86_400,
+        description="How long a stage change for a permit with no workspace yet waits in the "
+        "parking queue before it is tried again.",
+    )
+    rabbitmq_max_parks: int = Field(
+        120,
+        ge=1,
+        le=100_000,
+        description="A stage change parked this many times without its permit appearing goes "
+        "to the dead-letter queue.",
+    )
+    rabbitmq_reconnect_max_seconds: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="Longest wait between attempts to reach RabbitMQ (the backoff doubles "
+        "from 0.5 s up to this).",
+    )
+    disable_pulumi: bool = Field(
+        False,
+        validation_alias=AliasChoices("disable_pulumi", "wps_disable_pulumi"),
+        description="The provisioning seed's WPS_DISABLE_PULUMI: true makes `dry-run` the "
+        "default provisioner (PROVISIONER, when set, still wins).",
     )
     health_check_timeout_seconds: float = Field(
         2.0, gt=0, le=60, description="How long one dependency check of /healthz may take."
@@ -304,6 +381,18 @@ class Settings(BaseSettings):
         uuid.UUID("00000000-0000-0000-0000-000000000100"),
         description="UUID for the seeded demo template.",
     )
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower_log_level(cls, value: object) -> object:
+        # The provisioning seed writes levels in capitals (WPS_LOGGING__LEVEL=INFO).
+        return value.lower() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _dry_run_without_pulumi(self) -> Settings:
+        if self.disable_pulumi and "provisioner" not in self.model_fields_set:
+            self.provisioner = "dry-run"
+        return self
 
     @property
     def is_development(self) -> bool:
