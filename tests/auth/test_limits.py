@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
 from auth_support import app_client, entries
+from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 
 from conftest import IN_CI, World
 from factories import unique
 from identity_factories import KNOWN_PASSWORD, login_account, login_email
 from spawnpoint.config import Settings
 from spawnpoint.db import Database
+from spawnpoint.kit.ratelimit import Counters, Hit
 from spawnpoint.models import Role
 
 LOGIN = "/api/v1/auth/login"
@@ -272,3 +275,30 @@ async def test_public_auth_routes_are_limited_per_client_address(
                 refused = await client.post("/api/v1/auth/refresh", json={"refresh_token": "x"})
         assert refused.status_code == 429
         assert "Retry-After" in refused.headers
+
+
+@pytest.mark.parametrize("kind", ["memory", "redis"])
+async def test_one_requests_counters_count_alike_in_memory_and_in_redis(
+    kind: str, redis_prefix: str
+) -> None:
+    storage: Storage = MemoryStorage()
+    if kind == "redis":  # one script for all the request's keys
+        storage = RedisStorage(
+            "async+" + REDIS_URL, implementation="redispy", key_prefix=redis_prefix
+        )
+    counters = Counters(storage)
+    hits = [Hit("rate", "user:1", 5, 60), Hit("tenant", "tenant:1", 2, 60)]
+    first = await counters.hit_all(hits)
+    second = await counters.hit_all(hits)
+    third = await counters.hit_all(hits)
+    assert [w.remaining for w in first] == [4, 1]
+    assert [w.remaining for w in second] == [3, 0]
+    assert [w.remaining for w in third] == [2, -1]
+    assert [w.exceeded for w in third] == [False, True]
+    # The counts sit where the library itself reads them, and each key expires.
+    assert [await storage.get(w.key) for w in third] == [3, 3]
+    for window in third:
+        assert 0 < await storage.get_expiry(window.key) - time.time() <= 61
+        assert 1 <= window.reset <= 60
+    await counters.give_back(third[1], seconds=60)
+    assert await storage.get(third[1].key) == 2

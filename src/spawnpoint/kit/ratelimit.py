@@ -1,12 +1,13 @@
 """Rate limits and login throttling, counted in the `limits` library's storage.
 
 Windows are fixed and aligned to the clock (a minute for rate limits, LOGIN_THROTTLE_MINUTES
-for failed logins), so a window's reset time is known without asking the storage and one
-hit is one round trip (Redis: INCRBY and EXPIRE in one script). Memory storage counts for
-one process; with REDIS_URL every replica counts in the same keys.
+for failed logins), so a window's reset time is known without asking the storage. Memory
+storage counts for one process; with REDIS_URL every replica counts in the same keys.
 
 Every authenticated request hits two counters at once, the principal's (a user or an API
-key) and its tenant's; a public auth route hits one, its client address's. The answer
+key) and its tenant's; a public auth route hits one, its client address's. On Redis the
+counters of one request are counted in one round trip: one script runs the `limits`
+library's INCRBY-then-EXPIRE step for each key, under the storage's own key prefix. The answer
 carries the IETF draft's `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset` of
 the tighter one, and a refusal is a 429 with `Retry-After`.
 """
@@ -16,11 +17,13 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from limits import RateLimitItemPerSecond
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
+from limits.aio.storage.redis.redispy import RedispyBridge
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from spawnpoint.config import Settings
@@ -28,6 +31,21 @@ from spawnpoint.kit.errors import ProblemError
 
 STATE_KEY = "spawnpoint.ratelimit"
 MINUTE = 60
+
+# The `limits` library's incr_expire.lua, for each key in turn: ARGV holds an
+# (expiry, amount) pair per key. Returns the counts in the order of KEYS.
+INCR_EXPIRE_EACH = """
+local counts = {}
+for i, key in ipairs(KEYS) do
+    local amount = tonumber(ARGV[2 * i])
+    local current = redis.call("incrby", key, amount)
+    if tonumber(current) == amount then
+        redis.call("expire", key, ARGV[2 * i - 1])
+    end
+    counts[i] = current
+end
+return counts
+"""
 
 
 class TooManyRequests(ProblemError):
@@ -71,11 +89,25 @@ def build_storage(settings: Settings) -> Storage:
     return MemoryStorage()
 
 
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """One counter to count a request in."""
+
+    name: str
+    identifier: str
+    limit: int
+    seconds: int
+
+
 class Counters:
     """Fixed, clock-aligned windows over a `limits` storage."""
 
     def __init__(self, storage: Storage) -> None:
         self.storage = storage
+        self._incr_each: Any = None
+        # Plain Redis through redis-py only: a cluster would need a request's keys in one slot.
+        if type(storage) is RedisStorage and isinstance(storage.bridge, RedispyBridge):
+            self._incr_each = storage.bridge.get_connection().register_script(INCR_EXPIRE_EACH.encode())
 
     @staticmethod
     def _key(name: str, identifier: str, limit: int, seconds: int, now: float) -> str:
@@ -93,6 +125,25 @@ class Counters:
         key = self._key(name, identifier, limit, seconds, now)
         count = await self.storage.incr(key, seconds + 1, amount=cost)
         return Window(limit, limit - count, self._reset(seconds, now), key)
+
+    async def hit_all(self, hits: Sequence[Hit]) -> list[Window]:
+        """Count one request in each of `hits`, in one round trip on Redis."""
+        now = time.time()
+        keys = [self._key(h.name, h.identifier, h.limit, h.seconds, now) for h in hits]
+        if self._incr_each is not None and len(hits) > 1:
+            storage = cast(RedisStorage, self.storage)
+            args: list[int] = []
+            for hit in hits:
+                args += [hit.seconds + 1, 1]
+            counts = await self._incr_each([storage.bridge.prefixed_key(k) for k in keys], args)
+        else:
+            counts = await asyncio.gather(
+                *(self.storage.incr(k, h.seconds + 1) for k, h in zip(keys, hits, strict=True))
+            )
+        return [
+            Window(h.limit, h.limit - int(count), self._reset(h.seconds, now), key)
+            for h, key, count in zip(hits, keys, counts, strict=True)
+        ]
 
     async def give_back(self, window: Window, *, seconds: int) -> None:
         """Undo one hit of `window` (its own key: the window it was counted in)."""
@@ -120,16 +171,12 @@ class RateLimiter:
         """Count one request; the tighter window, or None when no limit is configured."""
         hits = []
         if self.per_principal > 0:
-            hits.append(
-                self.counters.hit("rate", principal_key, limit=self.per_principal, seconds=MINUTE)
-            )
+            hits.append(Hit("rate", principal_key, self.per_principal, MINUTE))
         if self.per_tenant > 0:
-            hits.append(
-                self.counters.hit("tenant", tenant_key, limit=self.per_tenant, seconds=MINUTE)
-            )
+            hits.append(Hit("tenant", tenant_key, self.per_tenant, MINUTE))
         if not hits:
             return None
-        windows = await asyncio.gather(*hits) if len(hits) > 1 else [await hits[0]]
+        windows = await self.counters.hit_all(hits)
         return min(windows, key=lambda w: (w.remaining, -w.reset))
 
     async def hit_address(self, address: str) -> Window | None:
@@ -195,11 +242,11 @@ class LoginThrottle:
             Seconds to wait when the account or the IP has no attempts left (else None),
             and the windows counted, for `succeeded` to give the attempt back.
         """
-        windows = list(
-            await asyncio.gather(
-                self.counters.hit("login", account, limit=self.per_account, seconds=self.seconds),
-                self.counters.hit("login-ip", ip, limit=self.per_ip, seconds=self.seconds),
-            )
+        windows = await self.counters.hit_all(
+            [
+                Hit("login", account, self.per_account, self.seconds),
+                Hit("login-ip", ip, self.per_ip, self.seconds),
+            ]
         )
         waits = [w.reset for w in windows if w.exceeded]
         return (max(waits) if waits else None), windows
