@@ -81,6 +81,41 @@ class Settings(BaseSettings):
         description="Redis URL (optional; also WPS_REDIS__URL); when set, /healthz and /readyz "
         "check it.",
     )
+    status_cache_prefix: str = Field(
+        "spawnpoint:permit",
+        min_length=1,
+        max_length=100,
+        pattern=r"^[^*?\[\]]+$",
+        description="Prefix of the Redis keys that hold the permit workspaces' status and "
+        "connection documents (with REDIS_URL).",
+    )
+    status_cache_timeout_seconds: float = Field(
+        0.1,
+        gt=0,
+        le=10,
+        description="How long a Redis read or write of a permit document may take before the "
+        "status and connection routes answer from the database instead.",
+    )
+    status_cache_retry_seconds: float = Field(
+        1.0,
+        ge=0,
+        le=300,
+        description="After Redis failed, how long the permit routes answer from the database "
+        "before trying Redis again.",
+    )
+    status_cache_sweep_seconds: float = Field(
+        60.0,
+        gt=0,
+        le=86_400,
+        description="How often the scheduler rewrites a batch of permit documents in Redis "
+        "from the database, repairing drift.",
+    )
+    status_cache_sweep_batch: int = Field(
+        500,
+        ge=1,
+        le=10_000,
+        description="Permit documents the repair sweep rewrites per run.",
+    )
     rabbitmq_url: str | None = Field(
         None,
         validation_alias=AliasChoices("rabbitmq_url", "wps_rabbitmq__url"),
