@@ -180,6 +180,19 @@ class Settings(BaseSettings):
         description="Longest wait between attempts to reach RabbitMQ (the backoff doubles "
         "from 0.5 s up to this).",
     )
+    rabbitmq_events_exchange: str = Field(
+        "spawnpoint.events",
+        min_length=1,
+        max_length=200,
+        description="Topic exchange (declared durable) the outbox relay publishes events to, "
+        "routing key = event type, message_id = outbox id.",
+    )
+    outbox_retention_days: int = Field(
+        7,
+        ge=1,
+        le=36_500,
+        description="Outbox rows published longer ago than this are deleted by the relay.",
+    )
     disable_pulumi: bool = Field(
         False,
         validation_alias=AliasChoices("disable_pulumi", "wps_disable_pulumi"),

@@ -242,6 +242,8 @@ class Database:
             self.engine.execution_options(**{WRITE_OPTION: True}), expire_on_commit=False
         )
         self.wakeups = Wakeups()
+        # The outbox relay of this process (events.relay), poked after commits that wrote events.
+        self.outbox_nudges = Wakeups()
         self._write_gate = asyncio.Lock() if self.is_sqlite else None
 
     @property

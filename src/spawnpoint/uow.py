@@ -39,6 +39,7 @@ log = logging.getLogger("spawnpoint.uow")
 Step = tuple[DriverStatement, dict[str, Any]]
 Callback = Callable[[], object]
 _OWNER = "spawnpoint.unit_of_work"
+_OUTBOX_NUDGE = "spawnpoint.events.relay.nudge"
 
 
 class NoUnitOfWork(RuntimeError):
@@ -103,6 +104,8 @@ class UnitOfWork:
         """Add an outbox row (complete column values, `events.outbox.outbox_event`)."""
         self._check_open()
         self.outbox.append(event)
+        # This process's relay sends it at once rather than at its next poll.
+        self.on_commit(self.database.outbox_nudges.fire, key=_OUTBOX_NUDGE)
 
     def emit_if_refused(self, event: dict[str, Any]) -> None:
         """Keep an outbox row for the refusal about to be raised (see `refusals`)."""

@@ -2,18 +2,33 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, cast
 
-from sqlalchemy import ColumnElement, insert, select, union_all
+from sqlalchemy import (
+    ColumnElement,
+    Table,
+    Text,
+    bindparam,
+    delete,
+    insert,
+    literal_column,
+    select,
+    union_all,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
 from spawnpoint.db import DriverStatement
 from spawnpoint.events.schemas import EventFilters
+from spawnpoint.jobs.repository import first_id_at
 from spawnpoint.kit.inserts import row_params, rows_statement
 from spawnpoint.kit.pagination import PageParams, decode_cursor, fetch_page
-from spawnpoint.kit.repository import ScopedRepository
+from spawnpoint.kit.repository import PlatformRepository, ScopedRepository
 from spawnpoint.models import OutboxEvent
+from spawnpoint.models.outbox import UNPUBLISHED
 from spawnpoint.scope import TenantScope
 
 
@@ -128,3 +143,116 @@ class OutboxWriter:
         pairs = [(OutboxEvent, row) for row in rows]
         shape = tuple((model, tuple(values)) for model, values in pairs)
         return [(rows_statement(self.session.get_bind().dialect, shape), row_params(pairs))]
+
+
+_outbox = cast(Table, OutboxEvent.__table__)
+# Spelled as the partial index `ix_outbox_unpublished` spells it, so both planners use it.
+_unpublished: ColumnElement[Any] = literal_column(UNPUBLISHED)
+
+
+@dataclass(frozen=True)
+class PendingEvent:
+    """An unpublished outbox row as the relay sends it: `body` is the stored JSON document."""
+
+    id: uuid.UUID
+    tenant_id: uuid.UUID | None
+    type: str
+    key: str
+    body: bytes
+    created_at: datetime
+
+
+class RelayRepository(PlatformRepository[OutboxEvent]):
+    """The outbox as the relay sees it: every tenant's unpublished rows (system code)."""
+
+    model = OutboxEvent
+    noun = "event"
+
+    async def unpublished(
+        self, *, limit: int, after: uuid.UUID | None = None
+    ) -> list[PendingEvent]:
+        """The oldest `limit` unpublished events (after `after`), in id order.
+
+        The payload is read as the text the database holds, so what leaves is the document
+        that was committed, byte for byte, without a decode and an encode in between.
+        """
+        statement = (
+            select(
+                _outbox.c.id,
+                _outbox.c.tenant_id,
+                _outbox.c.type,
+                _outbox.c.key,
+                _outbox.c.payload.cast(Text),
+                _outbox.c.created_at,
+            )
+            .where(_unpublished)
+            .order_by(_outbox.c.id)
+            .limit(limit)
+        )
+        if after is not None:
+            statement = statement.where(_outbox.c.id > after)
+        rows = (await self.session.execute(statement)).all()
+        return [
+            PendingEvent(
+                id=row[0],
+                tenant_id=row[1],
+                type=row[2],
+                key=row[3],
+                body=row[4].encode(),
+                created_at=row[5],
+            )
+            for row in rows
+        ]
+
+    async def mark_published(
+        self, ids: Sequence[uuid.UUID], *, now: datetime, note: str | None = None
+    ) -> int:
+        """Mark `ids` published at `now`, in one statement; `note` is kept as `last_error`
+        (an unroutable event). Rows already marked (by a relay before this one) keep their
+        first time. Returns how many rows this marked."""
+        if not ids:
+            return 0
+        result = await self.session.execute(
+            update(_outbox)
+            .where(_outbox.c.id.in_(list(ids)), _unpublished)
+            .values(published_at=now, attempts=_outbox.c.attempts + 1, last_error=note)
+        )
+        return int(getattr(result, "rowcount", 0) or 0)
+
+    async def record_failures(self, failures: dict[uuid.UUID, str]) -> None:
+        """Count a failed publication on each row and keep why (`last_error`)."""
+        if not failures:
+            return
+        await self.session.execute(
+            update(_outbox)
+            .where(_outbox.c.id == bindparam("failed_id"))
+            .values(attempts=_outbox.c.attempts + 1, last_error=bindparam("error")),
+            [{"failed_id": event_id, "error": error} for event_id, error in failures.items()],
+        )
+
+    async def oldest_unpublished_at(self) -> datetime | None:
+        """When the oldest unpublished event was written (one probe of the partial index)."""
+        statement = select(_outbox.c.created_at).where(_unpublished).order_by(_outbox.c.id).limit(1)
+        return cast(datetime | None, (await self.session.execute(statement)).scalar())
+
+    async def prune_published(self, *, before: datetime, limit: int) -> int:
+        """Delete up to `limit` events published before `before`, oldest first.
+
+        An event is published after it is written and ids are time-ordered, so every such
+        row lies below the first id of `before`: the delete walks the primary key from its
+        start, never the whole table, and needs no index on `published_at`.
+        """
+        victims = (
+            select(_outbox.c.id)
+            .where(
+                _outbox.c.id < first_id_at(before),
+                _outbox.c.published_at.is_not(None),
+                _outbox.c.published_at < before,
+            )
+            .order_by(_outbox.c.id)
+            .limit(limit)
+        )
+        result = await self.session.execute(
+            delete(_outbox).where(_outbox.c.id.in_(victims.scalar_subquery()))
+        )
+        return int(getattr(result, "rowcount", 0) or 0)

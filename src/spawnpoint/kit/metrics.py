@@ -88,6 +88,20 @@ SPAWN_REFUSALS = Counter(
     ["reason"],
 )
 
+EVENTS_PUBLISHED = Counter(
+    "spawnpoint_events_published",
+    "Outbox events the relay published and the broker confirmed, by outcome: routed, or "
+    "unroutable (returned: no queue bound for the type; marked, not retried).",
+    ["outcome"],
+)
+
+EVENTS_PUBLISH_FAILURES = Counter(
+    "spawnpoint_events_publish_failures",
+    "Outbox publications that failed and will be retried, by reason: refused (the broker "
+    "nacked the event) or connection (the connection broke or a confirm never came).",
+    ["reason"],
+)
+
 # (method, route, status) -> the two children; label lookups are the costly part of an
 # observation, and the key space is bounded by the route table.
 _request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
