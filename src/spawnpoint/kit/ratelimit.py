@@ -34,7 +34,7 @@ MINUTE = 60
 
 # The `limits` library's incr_expire.lua, for each key in turn: ARGV holds an
 # (expiry, amount) pair per key. Returns the counts in the order of KEYS.
-INCR_EXPIRE_EACH = """
+INCR_EXPIRE_EACH = b"""
 local counts = {}
 for i, key in ipairs(KEYS) do
     local amount = tonumber(ARGV[2 * i])
@@ -107,7 +107,7 @@ class Counters:
         self._incr_each: Any = None
         # Plain Redis through redis-py only: a cluster would need a request's keys in one slot.
         if type(storage) is RedisStorage and isinstance(storage.bridge, RedispyBridge):
-            self._incr_each = storage.bridge.get_connection().register_script(INCR_EXPIRE_EACH.encode())
+            self._incr_each = storage.bridge.get_connection().register_script(INCR_EXPIRE_EACH)
 
     @staticmethod
     def _key(name: str, identifier: str, limit: int, seconds: int, now: float) -> str:
