@@ -122,6 +122,14 @@ async def assert_nothing_left(
     assert tenant_blobs(world.settings, tenant_id) == []
 
 
+def _bytes_read() -> int:
+    """Bytes this process has read through read syscalls (Linux's /proc/self/io rchar)."""
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("rchar:"):
+            return int(line.split()[1])
+    raise AssertionError("no rchar in /proc/self/io")
+
+
 async def test_a_50_mb_multipart_upload_round_trips_byte_for_byte(
     world: World, backend_settings: Settings, database: Database, tmp_path: Path
 ) -> None:
@@ -160,6 +168,19 @@ async def test_a_50_mb_multipart_upload_round_trips_byte_for_byte(
             async for chunk in response.aiter_bytes():
                 hasher.update(chunk)
         assert hasher.hexdigest() == digest
+
+        # HEAD answers GET's headers without reading content it would drop (this process
+        # serves the app: its read syscalls' byte count grows by each block read).
+        read_before = _bytes_read()
+        head = await http.head(download, headers=org.headers[Role.viewer])
+        assert (head.status_code, head.content) == (200, b"")
+        assert head.headers["content-length"] == str(50 * MB)
+        assert head.headers["etag"] == f'"{digest}"'
+        assert _bytes_read() - read_before < 64 * 1024  # 1 MB or more when it streamed
+        ranged_head = await http.head(download, headers={**headers, "Range": "bytes=0-99"})
+        assert ranged_head.status_code == 206
+        assert ranged_head.headers["content-range"] == f"bytes 0-99/{50 * MB}"
+        assert ranged_head.headers["content-length"] == "100"
 
         with source.open("rb") as file:
             file.seek(10 * MB)

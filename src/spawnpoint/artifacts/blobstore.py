@@ -52,6 +52,14 @@ STALE_STAGING_SECONDS = 24 * 3600
 ARTIFACTS_DIR = "artifacts"
 
 
+def _sync_directory(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
 class BlobMissing(LookupError):
     """No published blob has this key."""
 
@@ -399,6 +407,7 @@ class FilesystemBlobStore(BlobStore):
         def rename() -> None:
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(staged.path, target)
+            _sync_directory(target.parent)  # the rename itself survives a crash
 
         await anyio.to_thread.run_sync(rename)
         staged.published = True

@@ -23,6 +23,7 @@ from spawnpoint.artifacts.service import ArtifactService, stage_bytes
 from spawnpoint.artifacts.upload import Upload, read_upload
 from spawnpoint.deps import RequirePublisher, RequireViewer, Scope, Session
 from spawnpoint.kit.errors import ProblemError
+from spawnpoint.kit.methods import asked_head
 from spawnpoint.kit.pagination import Page, Pagination
 from spawnpoint.kit.routing import StrictRoute
 
@@ -279,6 +280,9 @@ async def download_artifact(
     if span is not None:
         code = status.HTTP_206_PARTIAL_CONTENT
         headers["Content-Range"] = f"bytes {start}-{stop - 1}/{size}"
+    if asked_head(request):  # the same headers, without reading the content
+        await reader.close()
+        return Response(status_code=code, headers=headers)
     return StreamingResponse(
         reader.iter_range(start, stop),
         status_code=code,

@@ -20,6 +20,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from spawnpoint.kit.errors import problem_document, problem_response
 
 METHOD_ORDER = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+# Set in the scope of a HEAD answered as GET: a handler streaming a large body checks it
+# (`asked_head`) to send its headers without reading the content only to drop it.
+HEAD_KEY = "spawnpoint.head"
 
 
 class HeadAsGet:
@@ -43,7 +46,12 @@ class HeadAsGet:
                 message = {"type": "http.response.body", "body": b"", "more_body": False}
             await send(message)
 
-        await self.app({**scope, "method": "GET"}, receive, send_without_body)
+        await self.app({**scope, "method": "GET", HEAD_KEY: True}, receive, send_without_body)
+
+
+def asked_head(request: Request) -> bool:
+    """Whether this GET is answering a HEAD (its body will be dropped)."""
+    return bool(request.scope.get(HEAD_KEY))
 
 
 def allowed_methods(routes: Sequence[BaseRoute], path: str) -> list[str]:
