@@ -444,3 +444,45 @@ async def tenant_events(database: Database, tenant_id: uuid.UUID) -> list[uuid.U
             .order_by(OutboxEvent.id)
         )
         return list((await session.execute(statement)).scalars())
+
+
+async def test_readyz_checks_rabbitmq_and_reports_the_relay_lag(
+    relay_db: Database, relay_settings: Settings, vhost: str, make_relay: RelayFactory
+) -> None:
+    settings = relay_settings.model_copy(update={"rabbitmq_url": amqp_url(vhost)})
+    an_hour_ago = utcnow() - timedelta(hours=1)
+    async with relay_db.unit_of_work(write=True) as uow:
+        uow.emit(
+            outbox_event(
+                tenant_id=None, type="nobody.listens", key="k", payload={}, now=an_hour_ago
+            )
+        )
+    app = create_app(settings, database=relay_db)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://spawnpoint.test") as client:
+        body = (await client.get("/readyz")).json()
+        assert body["checks"]["rabbitmq"]["status"] == "ok"
+        assert body["relay_lag_seconds"] >= 3600
+        metrics = (await client.get("/metrics")).text
+        lag = [
+            line
+            for line in metrics.splitlines()
+            if line.startswith("spawnpoint_events_relay_lag_seconds ")
+        ]
+        assert len(lag) == 1
+        assert float(lag[0].split()[1]) >= 3600
+
+        relay = make_relay()
+
+        async def all_published() -> bool:
+            await relay.step()
+            return (await client.get("/readyz")).json()["relay_lag_seconds"] == 0
+
+        await eventually(all_published, within=20, what="the lag to fall to 0")
+    plain = create_app(relay_settings, database=relay_db)
+    transport = httpx.ASGITransport(app=plain)
+    async with httpx.AsyncClient(transport=transport, base_url="http://spawnpoint.test") as client:
+        body = (await client.get("/readyz")).json()
+        assert "rabbitmq" not in body["checks"]
+        assert body["relay_lag_seconds"] is None
+        assert "spawnpoint_events_relay_lag_seconds" not in (await client.get("/metrics")).text

@@ -441,14 +441,6 @@ class OutboxRelay:
         return deleted
 
 
-async def oldest_unpublished_age(database: Database, *, now: datetime) -> float | None:
-    """Seconds since the oldest unpublished event was written (the relay's lag); None when
-    every event is published."""
-    async with database.transaction(write=False) as session:
-        oldest = await RelayRepository(session).oldest_unpublished_at()
-    return None if oldest is None else max(0.0, (now - oldest).total_seconds())
-
-
 def relay_runners(
     database: Database, settings: Settings, stop: asyncio.Event, *, owner: str | None = None
 ) -> list[Coroutine[Any, Any, None]]:

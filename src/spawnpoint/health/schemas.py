@@ -45,5 +45,10 @@ class HealthRead(ReadSchema):
     queue_depth_by_job_type: dict[str, int] | None
     slow_requests: list[SlowRequestRead] = Field(description="The newest first, at most 20.")
     slow_request_policy: SlowRequestPolicyRead
+    relay_lag_seconds: float | None = Field(
+        None,
+        description="With RABBITMQ_URL: age of the oldest outbox event not yet published (0 "
+        "when none waits). Null without RABBITMQ_URL or when the database could not be read.",
+    )
     reasons: list[str] = Field(description="Why the service is not ready; empty when it is.")
     time: datetime

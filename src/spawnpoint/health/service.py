@@ -18,6 +18,7 @@ from prometheus_client.registry import Collector
 
 from spawnpoint.config import Settings
 from spawnpoint.db import Database
+from spawnpoint.events.repository import RelayRepository
 from spawnpoint.health.checks import (
     CheckResult,
     database_probe,
@@ -42,6 +43,8 @@ class Snapshot:
     queue_depth: dict[str, int] = field(default_factory=dict)
     workspaces: dict[str, int] = field(default_factory=dict)
     quotas: list[TenantQuotaRow] = field(default_factory=list)
+    # Seconds the oldest unpublished outbox event has waited; None without RABBITMQ_URL.
+    relay_lag: float | None = None
     ok: bool = True
 
 
@@ -108,6 +111,12 @@ class SnapshotCollector(Collector):
         yield usage
         yield used
         yield limit
+        if snapshot.relay_lag is not None:
+            yield GaugeMetricFamily(
+                "spawnpoint_events_relay_lag_seconds",
+                "Age of the oldest outbox event not yet published to RabbitMQ (0: none waits).",
+                value=snapshot.relay_lag,
+            )
 
 
 class HealthService:
@@ -159,9 +168,22 @@ class HealthService:
             log.warning("queue depth unavailable: %s", type(exc).__name__)
             return None
 
+    async def _relay_lag(self) -> float | None:
+        if not self.settings.rabbitmq_url:
+            return None
+        try:
+            async with asyncio.timeout(self.timeout):
+                async with self.database.transaction(write=False) as session:
+                    return await relay_lag(RelayRepository(session))
+        except Exception as exc:  # reported as unknown; the database check says why
+            log.warning("relay lag unavailable: %s", type(exc).__name__)
+            return None
+
     async def report(self) -> tuple[bool, HealthRead]:
         """Whether the service is ready, and the document /healthz and /readyz answer."""
-        checks, depth = await asyncio.gather(self.checks(), self._queue_depth())
+        checks, depth, lag = await asyncio.gather(
+            self.checks(), self._queue_depth(), self._relay_lag()
+        )
         failed = sorted(name for name, result in checks.items() if not result.ok)
         in_window = self.slow.in_window()
         overloaded = in_window > self.slow.max_in_window
@@ -184,6 +206,7 @@ class HealthService:
                 "in_window": in_window,
             },
             "reasons": reasons,
+            "relay_lag_seconds": lag,
             "time": utcnow(),
         }
         return not reasons, HealthRead.model_validate(document)
@@ -219,4 +242,17 @@ class HealthService:
                 quotas=await repository.quota_usage(
                     day_start=day_start, service_types=service_types
                 ),
+                relay_lag=(
+                    await relay_lag(RelayRepository(session), now=now)
+                    if self.settings.rabbitmq_url
+                    else None
+                ),
             )
+
+
+async def relay_lag(repository: RelayRepository, *, now: datetime | None = None) -> float:
+    """Seconds since the oldest unpublished outbox event was written; 0 when none waits."""
+    oldest = await repository.oldest_unpublished_at()
+    if oldest is None:
+        return 0.0
+    return max(0.0, ((now or utcnow()) - oldest).total_seconds())
