@@ -599,7 +599,8 @@ async def test_a_rolled_back_artifact_leaves_no_row_event_or_blob(
         )
     assert events == 0
 
-    # Committed, the same call leaves the row, its event and its content.
+    # Committed, the same call leaves the row, its event and its content. The content is in
+    # its published place before the COMMIT: a crash just after it cannot strand it staged.
     async with world.database.unit_of_work(write=True) as uow:
         artifact_id = await create_artifact_from_bytes(
             uow,
@@ -610,6 +611,8 @@ async def test_a_rolled_back_artifact_leaves_no_row_event_or_blob(
             content_type="application/json",
             metadata={"job": "x"},
         )
+        assert len(tenant_blobs(world.settings, org.tenant_id)) == 1
+        assert store_of(world.settings).staged_files() == []
     (blob,) = tenant_blobs(world.settings, org.tenant_id)
     assert blob.read_bytes() == b'{"steps": []}'
     assert str(artifact_id) in str(blob)

@@ -51,11 +51,22 @@ async def test_discarded_and_deleted_blobs_leave_no_files(tmp_path: Path) -> Non
     await staged.write(b"x" * 3_000_000)
     await staged.discard()
     assert store.staged_files() == []
+    # Published by a transaction that then rolled back: removed.
+    staged = await store.stage()
+    await staged.write(b"rolled back")
+    await staged.finish()
+    await store.publish(staged, "tenant/artifact/gone")
+    assert [p.name for p in store.published_files()] == ["gone"]
+    staged.abandon()
+    assert store.published_files() == []
+    # Published and kept (its row committed): discarding is a no-op.
     staged = await store.stage()
     await staged.write(b"kept")
     await staged.finish()
     await store.publish(staged, "tenant/artifact/key")
-    await staged.discard()  # once published, a no-op
+    staged.keep()
+    await staged.discard()
+    staged.abandon()
     assert [p.name for p in store.published_files()] == ["key"]
     await store.delete("tenant/artifact/key")
     await store.delete("tenant/artifact/key")  # already gone: a no-op

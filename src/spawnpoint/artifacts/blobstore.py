@@ -1,10 +1,12 @@
 """Where artifact content lives: a small blob-store interface and its filesystem default.
 
-Content is written to a staged (temporary) blob while it is hashed, and published under its
-key only once the row that points to it has committed (`ArtifactService` registers the
-publish as an `on_commit` step), so an upload that fails or is aborted leaves no row and no
-blob, and a row never points to content that was not completely written. Blobs are
-removed only after the commit that deleted or replaced their row.
+Content is written to a staged (temporary) blob while it is hashed, made durable, and
+published under its key in the transaction that writes the row naming it: kept when that
+commits, removed when it rolls back (`ArtifactService` hooks both), so an upload that fails
+or is aborted leaves no row and no blob, a row never points to content that was not
+completely written, and a crash right after the commit cannot leave the content behind in
+staging. Nothing reads a key before the row naming it commits. Blobs are removed only after
+the commit that deleted or replaced their row.
 
 The filesystem store keeps staged blobs in `<root>/staging/` and published ones in
 `<root>/blobs/<key>`, on one filesystem, so publishing is one atomic rename. File I/O and
@@ -82,11 +84,15 @@ class StagedBlob(ABC):
 
     @abstractmethod
     async def discard(self) -> None:
-        """Remove the staged content; a no-op once published or already discarded."""
+        """Remove the content, staged or published; a no-op once kept or discarded."""
 
     @abstractmethod
     def abandon(self) -> None:
         """`discard`, synchronously: for a rollback hook, which cannot await."""
+
+    @abstractmethod
+    def keep(self) -> None:
+        """The row naming the published content committed: never remove it from here on."""
 
 
 class BlobReader(ABC):
@@ -215,6 +221,7 @@ class _FileStaged(StagedBlob):
         self._inflight: deque[asyncio.Future[None]] = deque()
         self._finished = False
         self.published = False
+        self.kept = False
 
     # -- in the worker threads
 
@@ -339,9 +346,12 @@ class _FileStaged(StagedBlob):
             fd, self._fd = self._fd, None
             if fd is not None:
                 os.close(fd)
-        if not self.published:
+        if not self.kept:  # staged, or published by a transaction that rolled back
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()
+
+    def keep(self) -> None:
+        self.kept = True
 
 
 def _close_quietly(descriptor: int) -> None:
@@ -410,7 +420,7 @@ class FilesystemBlobStore(BlobStore):
             _sync_directory(target.parent)  # the rename itself survives a crash
 
         await anyio.to_thread.run_sync(rename)
-        staged.published = True
+        staged.path, staged.published = target, True
 
     async def open(self, key: str) -> BlobReader:
         path = self.path_of(key)

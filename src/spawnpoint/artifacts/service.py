@@ -1,4 +1,4 @@
-"""Artifacts: rows in the caller's unit of work, content published only after it commits."""
+"""Artifacts: rows in the caller's unit of work, content kept only if it commits."""
 
 from __future__ import annotations
 
@@ -66,22 +66,33 @@ async def stage_bytes(store: BlobStore, content: bytes) -> StagedBlob:
     return staged
 
 
-def _publish_on_commit(
+async def _publish_in(
     uow: UnitOfWork, store: BlobStore, staged: StagedBlob, key: str, *, replaces: str | None
 ) -> None:
-    """Publish `staged` under `key` once `uow` commits (then remove what it replaces);
-    remove it if `uow` rolls back."""
+    """Publish `staged` under `key` now, kept if `uow` commits and removed if it rolls back;
+    what it replaces is removed once `uow` has committed.
 
-    async def publish() -> None:
-        await store.publish(staged, key)
-        if replaces is not None:
-            await store.delete(replaces)
+    Published before the commit, so a crash after the commit cannot leave a row naming
+    content that is still staged: nothing reads `key` before the row naming it commits, and
+    a crash before the commit leaves an unreferenced blob at worst, never a missing one.
+    """
+    await store.publish(staged, key)
+    sync_session = uow.session.sync_session
+
+    def keep(_session: object) -> None:
+        staged.keep()
 
     def abandon(_session: object, *_: object) -> None:
         staged.abandon()
 
-    uow.on_commit(publish)
-    event.listen(uow.session.sync_session, "after_rollback", abandon, once=True)
+    event.listen(sync_session, "after_commit", keep, once=True)
+    event.listen(sync_session, "after_rollback", abandon, once=True)
+    if replaces is not None:
+
+        async def remove_replaced() -> None:
+            await store.delete(replaces)
+
+        uow.on_commit(remove_replaced)
 
 
 def _set_content(
@@ -109,8 +120,8 @@ async def create_artifact_from_bytes(
 ) -> uuid.UUID:
     """Create an artifact with `content` in `uow` (a job handler's transaction).
 
-    The row, its `artifact.created` event and the staged content are written now; the
-    content is published under the row's manifest only once `uow` commits. `store`
+    The row, its `artifact.created` event and the content are written now; the content is
+    kept under the row's manifest if `uow` commits, removed if it rolls back. `store`
     defaults to the one the API of `uow.database` uses.
     """
     store = store or blob_store_of(uow.database)
@@ -130,7 +141,7 @@ async def create_artifact_from_bytes(
     except BaseException:
         await staged.discard()
         raise
-    _publish_on_commit(uow, store, staged, key, replaces=None)
+    await _publish_in(uow, store, staged, key, replaces=None)
     uow.emit(artifact_event(CREATED, artifact))
     return artifact.id
 
@@ -165,8 +176,8 @@ class ArtifactService:
         staged: StagedBlob | None,
         file_content_type: str | None = None,
     ) -> Artifact:
-        """Create the row; content (inline base64 or an uploaded `staged` blob) publishes on
-        commit."""
+        """Create the row; content (inline base64 or an uploaded `staged` blob) is published
+        under its manifest, and kept once the row commits."""
         uow = self._writing()
         if staged is None and artifact_in.content is not None:
             staged = await stage_bytes(self.store, decode_base64(artifact_in.content))
@@ -186,7 +197,7 @@ class ArtifactService:
             artifact.content_type = artifact_in.content_type
         await self.repository.add(artifact)
         if staged is not None and key is not None:
-            _publish_on_commit(uow, self.store, staged, key, replaces=None)
+            await _publish_in(uow, self.store, staged, key, replaces=None)
         uow.emit(artifact_event(CREATED, artifact))
         return artifact
 
@@ -223,7 +234,7 @@ class ArtifactService:
             artifact.content_type = content_type
         await self.repository.flush()
         if staged is not None and key is not None:
-            _publish_on_commit(uow, self.store, staged, key, replaces=replaced)
+            await _publish_in(uow, self.store, staged, key, replaces=replaced)
         uow.emit(artifact_event(UPDATED, artifact, content_replaced=key is not None))
         return artifact
 
