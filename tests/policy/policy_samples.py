@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 from spawnpoint.policy import (
     PolicyBudget,
+    PolicyBudgetLimit,
     PolicyPlan,
     PolicyRequest,
     PolicyTemplate,
@@ -18,6 +20,7 @@ from spawnpoint.policy import (
 from spawnpoint.templates.schemas import TemplateSpec
 
 TENANT_ID = uuid.UUID("00000000-0000-0000-0000-000000000001")
+BUDGET_ID = uuid.UUID("00000000-0000-0000-0000-0000000000b1")
 
 
 def sample_input() -> SpawnPolicyInput:
@@ -62,7 +65,25 @@ def sample_input() -> SpawnPolicyInput:
         ),
         request=PolicyRequest(name="analysis", parameters={"kernel": "python3"}),
         usage=PolicyUsage(workspaces=2, cpu=4, memory_mb=8192, storage_gb=20),
-        budget=PolicyBudget(monthly_budget=500, spent_this_month=120.5, status="ok"),
+        budget=PolicyBudget(
+            status="ok",
+            period_start=datetime(2026, 12, 1, tzinfo=UTC),
+            period_end=datetime(2027, 1, 1, tzinfo=UTC),
+            time_zone="UTC",
+            budgets=[
+                PolicyBudgetLimit(
+                    id=BUDGET_ID,
+                    scope="tenant",
+                    scope_id=TENANT_ID,
+                    limit=500,
+                    spent=120.5,
+                    ratio=0.241,
+                    warn_ratio=0.8,
+                    hard_ratio=1,
+                    state="ok",
+                )
+            ],
+        ),
     )
 
 

@@ -68,13 +68,31 @@ async def test_suspended_tenant_is_denied(engine: EmbeddedPolicyEngine) -> None:
     assert decision == Decision(allow=False, reasons=["tenant acme is suspended"])
 
 
+def budget_in(state: str, spent: float) -> dict[str, Any]:
+    """The sample's tenant budget, in `state` with `spent` of its 500."""
+    (budget,) = document()["budget"]["budgets"]
+    return {"status": state, "budgets": [{**budget, "spent": spent, "state": state}]}
+
+
 async def test_exceeded_budget_is_denied_and_warning_is_not(engine: EmbeddedPolicyEngine) -> None:
-    exceeded = document(budget={"spent_this_month": 520.5, "status": "exceeded"})
+    exceeded = document(budget=budget_in("exceeded", 520.5))
     assert await engine.evaluate(exceeded) == Decision(
-        allow=False, reasons=["tenant acme has exceeded its monthly budget (520.5 spent of 500)"]
+        allow=False,
+        reasons=[
+            "budget 00000000-0000-0000-0000-0000000000b1 (tenant "
+            "00000000-0000-0000-0000-000000000001) is exceeded: 520.5 spent of its monthly "
+            "limit of 500"
+        ],
     )
-    warning = document(budget={"spent_this_month": 450, "status": "warning"})
+    warning = document(budget=budget_in("warning", 450))
     assert (await engine.evaluate(warning)).allow
+
+
+async def test_an_exceeded_status_without_its_budget_is_denied(
+    engine: EmbeddedPolicyEngine,
+) -> None:
+    decision = await engine.evaluate(document(budget={"status": "exceeded", "budgets": []}))
+    assert decision == Decision(allow=False, reasons=["the budget is exceeded"])
 
 
 @pytest.mark.parametrize(

@@ -50,7 +50,9 @@ def test_ids_are_strings_and_money_is_numbers() -> None:
     assert doc["tenant"]["id"] == str(TENANT_ID)
     assert doc["template"]["tenant_id"] == str(TENANT_ID)
     assert doc["tenant"]["plan"]["max_cpu"] == 8.0
-    assert isinstance(doc["budget"]["spent_this_month"], float)
+    assert isinstance(doc["budget"]["budgets"][0]["spent"], float)
+    assert doc["budget"]["budgets"][0]["id"] == "00000000-0000-0000-0000-0000000000b1"
+    assert doc["budget"]["period_start"] == "2026-12-01T00:00:00Z"
     json.dumps(doc)
 
 
@@ -91,7 +93,7 @@ def test_the_builders_refuse_unknown_fields_and_bad_values() -> None:
         SpawnPolicyInput.model_validate(
             {
                 **sample_input().document(),
-                "budget": {"monthly_budget": 1, "spent_this_month": 0, "status": "fine"},
+                "budget": {**sample_input().document()["budget"], "status": "fine"},
             }
         )
 

@@ -1,11 +1,12 @@
 """Budget enforcement by the scheduler, after each metering pass, in its transaction.
 
-For every budget, what its scope spent this period (the calendar month, UTC) is compared
-with its ratios. Crossing `warn_ratio` emits one `budget.warning` outbox event per budget
-per period, crossing `hard_ratio` one `budget.exceeded`: each is claimed by a conditional
-UPDATE of the budget's row, so two schedulers (or a re-run) never send it twice, and a new
-period sends it again. While a budget is exceeded, its scope's running workspaces are
-stopped through the normal stop transition, by `system`, with the budget as the reason.
+For every budget, what its scope spent this period (the calendar month in its tenant's time
+zone) is compared with its ratios. Crossing `warn_ratio` emits one `budget.warning` outbox
+event per budget per period, crossing `hard_ratio` one `budget.exceeded`: each is claimed by
+a conditional UPDATE of the budget's row, so two schedulers (or a re-run, or a spawn that
+saw the warning first) never send it twice, and a new period sends it again. While a budget
+is exceeded, its scope's running workspaces are stopped through the normal stop transition,
+by `system`, with the budget as the reason.
 """
 
 from __future__ import annotations
@@ -18,20 +19,22 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from spawnpoint.budgets.periods import period_of
+from spawnpoint.budgets.repository import BudgetClaims
+from spawnpoint.budgets.standing import Standing, emit_budget_event
 from spawnpoint.costs.repository import BudgetEnforcementRows
 from spawnpoint.costs.schemas import BudgetState
-from spawnpoint.costs.service import budget_state, cents, month_start, next_month
-from spawnpoint.events.outbox import outbox_event
 from spawnpoint.jobs.queue import announce_on_commit
 from spawnpoint.jobs.scheduler import isolated
 from spawnpoint.models import Budget, WorkspaceState
-from spawnpoint.uow import unit_of
 from spawnpoint.workspaces.lifecycle import SYSTEM, move
 from spawnpoint.workspaces.sweeps import enqueue_for, record_system_action
 
 log = logging.getLogger("spawnpoint.costs.enforcement")
 BATCH = 200
 STOPS_PER_BUDGET = 100
+# The budget column that marks each event as sent for a period.
+EVENT_COLUMNS = {"warning": "warned_period", "exceeded": "exceeded_period"}
 
 
 def stop_reason(budget: Budget) -> str:
@@ -41,40 +44,34 @@ def stop_reason(budget: Budget) -> str:
 async def enforce_budgets(session: AsyncSession, now: datetime) -> int:
     """Check every budget at `now`; returns how many events and stops it caused."""
     rows = BudgetEnforcementRows(session)
-    period = month_start(now)
-    until = next_month(period)
+    claims = BudgetClaims(session)
     acted = 0
     stopped = 0
     after: uuid.UUID | None = None
     while True:
-        budgets = await rows.batch(after, BATCH)
-        if not budgets:
+        batch = await claims.batch(after, BATCH)
+        if not batch:
             break
-        after = budgets[-1].id
-        spent = await rows.spent(budgets, period, until)
-        for budget in budgets:
-            amount = spent.get(budget.id, Decimal(0))
-            state = budget_state(amount, budget)
+        after = batch[-1][0].id
+        periods = {budget.id: period_of(now, zone) for budget, zone in batch}
+        spent: dict[uuid.UUID, Decimal] = {}
+        for window in set(periods.values()):
+            members = [budget for budget, _ in batch if periods[budget.id] == window]
+            spent.update(await rows.spent(members, *window))
+        for budget, _ in batch:
+            standing = Standing(budget, spent.get(budget.id, Decimal(0)), *periods[budget.id])
+            state = standing.state
             if state == BudgetState.ok:
                 continue
-            facts = _facts(budget, amount, period, until)
-            for column, kind in (("warned_period", "warning"), ("exceeded_period", "exceeded")):
+            for kind in ("warning", "exceeded"):
                 if kind == "exceeded" and state != BudgetState.exceeded:
                     continue
-                if await rows.claim(budget.id, column, period):
-                    unit_of(session).emit(
-                        outbox_event(
-                            tenant_id=budget.tenant_id,
-                            type=f"budget.{kind}",
-                            key=budget.id,
-                            payload=facts,
-                            now=now,
-                        )
-                    )
+                if await claims.claim(budget.id, EVENT_COLUMNS[kind], standing.period_start):
+                    emit_budget_event(session, standing, kind, now)
                     acted += 1
             if state == BudgetState.exceeded:
                 stopped += await _stop_running(session, rows, budget, now)
-        if len(budgets) < BATCH:
+        if len(batch) < BATCH:
             break
     if stopped:
         await announce_on_commit(session)
@@ -98,17 +95,3 @@ async def _stop_running(
         if await isolated(session, work, task="costs.budgets", row=label, logger=log):
             stopped += 1
     return stopped
-
-
-def _facts(budget: Budget, spent: Decimal, since: datetime, until: datetime) -> dict[str, Any]:
-    return {
-        "budget_id": budget.id,
-        "scope": budget.scope,
-        "scope_id": budget.scope_id,
-        "limit": str(budget.limit_amount),
-        "spent": str(cents(spent)),
-        "warn_ratio": str(budget.warn_ratio),
-        "hard_ratio": str(budget.hard_ratio),
-        "period_start": since,
-        "period_end": until,
-    }

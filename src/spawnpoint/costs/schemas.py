@@ -94,10 +94,16 @@ class BudgetRead(BaseModel):
     warn_ratio: Cents
     hard_ratio: Cents
     currency: str
-    period_start: datetime = Field(description="Start of the current period (calendar month, UTC).")
+    time_zone: str = Field(description="The tenant's time zone: the period is a month there.")
+    period_start: datetime = Field(
+        description="Start of the current period: the calendar month in the tenant's time zone."
+    )
     period_end: datetime
     spent: Cents = Field(description="What the scope's costs add up to this period, to the cent.")
     ratio: Cents = Field(description="`spent` / `limit`, to three places.")
     state: BudgetState
+    remaining: Cents = Field(
+        description="What may still be spent this period before `hard_ratio` x `limit`."
+    )
     created_at: datetime
     updated_at: datetime

@@ -6,16 +6,18 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
-from decimal import ROUND_HALF_EVEN, Decimal
+from decimal import Decimal
 
 from sqlalchemy import ColumnElement
 
+from spawnpoint.budgets.periods import DEFAULT_TIME_ZONE, period_of
+from spawnpoint.budgets.repository import BudgetScopeRepository
+from spawnpoint.budgets.standing import Standing, budget_state, cents
 from spawnpoint.costs.repository import BudgetRepository, CostRepository
 from spawnpoint.costs.schemas import (
     BudgetCreate,
     BudgetRead,
     BudgetScope,
-    BudgetState,
     BudgetUpdate,
     CostGroup,
     CostReport,
@@ -30,13 +32,9 @@ from spawnpoint.security import Principal
 from spawnpoint.users.repository import UserRepository
 from spawnpoint.workspaces.repository import WorkspaceRepository
 
-CENT = Decimal("0.01")
 # Who reads every cost of their tenant; anyone else reads the costs charged to them.
 TENANT_READERS = frozenset({Role.admin, Role.auditor})
-
-
-def cents(value: Decimal) -> Decimal:
-    return value.quantize(CENT, rounding=ROUND_HALF_EVEN)
+__all__ = ["BudgetService", "CostService", "budget_state", "cents", "month_start", "next_month"]
 
 
 def month_start(now: datetime) -> datetime:
@@ -149,17 +147,6 @@ def _key(group_by: GroupBy) -> Callable[[str], str]:
     return parse
 
 
-RATIO_PLACES = Decimal("0.001")
-
-
-def budget_state(spent: Decimal, budget: Budget) -> BudgetState:
-    if spent >= budget.limit_amount * budget.hard_ratio:
-        return BudgetState.exceeded
-    if spent >= budget.limit_amount * budget.warn_ratio:
-        return BudgetState.warning
-    return BudgetState.ok
-
-
 class BudgetService:
     """Admins manage the tenant's budgets; others read the ones that limit them."""
 
@@ -172,6 +159,7 @@ class BudgetService:
         currency: str,
     ) -> None:
         self.budgets = budgets
+        self.scopes = BudgetScopeRepository(budgets.session, budgets.scope)
         self.projects = projects
         self.users = users
         self.currency = currency
@@ -243,12 +231,20 @@ class BudgetService:
         return found[0][0]
 
     async def _read(self, budgets: list[Budget]) -> list[BudgetRead]:
-        start = month_start(utcnow())
-        end = next_month(start)
-        spent = await self.budgets.spent(budgets, start, end)
+        """Each budget with its scope's spending this period: the calendar month in its
+        tenant's time zone (one spending read per distinct period)."""
+        now = utcnow()
+        zones = await self.scopes.time_zones({b.tenant_id for b in budgets})
+        by_period: dict[tuple[datetime, datetime], list[Budget]] = {}
+        for budget in budgets:
+            by_period.setdefault(period_of(now, zones.get(budget.tenant_id)), []).append(budget)
+        spent: dict[uuid.UUID, Decimal] = {}
+        for (start, end), members in by_period.items():
+            spent.update(await self.budgets.spent(members, start, end))
         reads = []
         for budget in budgets:
-            amount = spent.get(budget.id, Decimal(0))
+            zone = zones.get(budget.tenant_id, DEFAULT_TIME_ZONE)
+            standing = Standing(budget, spent.get(budget.id, Decimal(0)), *period_of(now, zone))
             reads.append(
                 BudgetRead(
                     id=budget.id,
@@ -259,11 +255,13 @@ class BudgetService:
                     warn_ratio=budget.warn_ratio,
                     hard_ratio=budget.hard_ratio,
                     currency=self.currency,
-                    period_start=start,
-                    period_end=end,
-                    spent=cents(amount),
-                    ratio=(amount / budget.limit_amount).quantize(RATIO_PLACES),
-                    state=budget_state(amount, budget),
+                    time_zone=zone,
+                    period_start=standing.period_start,
+                    period_end=standing.period_end,
+                    spent=cents(standing.spent),
+                    ratio=standing.ratio,
+                    state=standing.state,
+                    remaining=standing.remaining,
                     created_at=budget.created_at,
                     updated_at=budget.updated_at,
                 )

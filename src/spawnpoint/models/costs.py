@@ -71,6 +71,13 @@ class CostRecord(IdMixin, Base):
             sqlite_where=text("open"),
             postgresql_where=text("open"),
         ),
+        # A scope's current spending rate: the rates of its workspaces' open records.
+        Index(
+            "ix_cost_records_tenant_id_open",
+            "tenant_id",
+            sqlite_where=text("open"),
+            postgresql_where=text("open"),
+        ),
     )
 
     tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))

@@ -81,6 +81,8 @@ class Tenant(IdMixin, TimestampMixin, Base):
         ForeignKey("plans.id", ondelete="RESTRICT"), index=True
     )
     status: Mapped[str] = mapped_column(String(16), default=TenantStatus.active)
+    # An IANA name; budget periods are calendar months in this zone.
+    time_zone: Mapped[str] = mapped_column(String(64), default="UTC", server_default="UTC")
     # Set by a cascading delete; the row goes once none of its workspaces is live.
     deletion_requested_at: Mapped[datetime | None]
 

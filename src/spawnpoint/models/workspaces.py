@@ -98,6 +98,8 @@ class Workspace(IdMixin, TimestampMixin, Base):
     error: Mapped[str | None] = mapped_column(Text)
     started_at: Mapped[datetime | None]
     last_activity_at: Mapped[datetime | None]
+    # What reported that activity: `api`, `heartbeat` or `connection`.
+    last_activity_source: Mapped[str | None] = mapped_column(String(16))
     expires_at: Mapped[datetime | None]
 
 

@@ -32,7 +32,14 @@ is empty. IDs are UUID strings; money and CPU are JSON numbers.
     "parameters": {}, "dry_run": false
   },
   "usage": {"workspaces": 3, "cpu": 6.0, "memory_mb": 12288, "storage_gb": 30},
-  "budget": {"monthly_budget": 1000.0, "spent_this_month": 412.5, "status": "ok"}
+  "budget": {
+    "status": "warning", "period_start": "2026-12-01T05:00:00Z",
+    "period_end": "2027-01-01T05:00:00Z", "time_zone": "America/New_York",
+    "budgets": [
+      {"id": "uuid", "scope": "project", "scope_id": "uuid", "limit": 500.0, "spent": 412.5,
+       "ratio": 0.825, "warn_ratio": 0.8, "hard_ratio": 1.0, "state": "warning"}
+    ]
+  }
 }
 ```
 
@@ -59,9 +66,16 @@ is empty. IDs are UUID strings; money and CPU are JSON numbers.
 | `request.dry_run` | boolean | validate only, provision nothing |
 | `usage.workspaces`, `.cpu` | number | live workspaces and their vCPUs |
 | `usage.memory_mb`, `.storage_gb` | number | and their memory and storage |
-| `budget.monthly_budget` | number | the plan's monthly budget |
-| `budget.spent_this_month` | number | costs recorded this calendar month |
-| `budget.status` | `"ok"`, `"warning"` or `"exceeded"` | `exceeded` is denied |
+| `budget.status` | `"ok"`, `"warning"` or `"exceeded"` | worst of `budgets`; `ok` if none |
+| `budget.period_start`, `.period_end` | string (UTC) | this period: the calendar month |
+| `budget.time_zone` | string | the tenant's IANA time zone (`UTC` by default) |
+| `budget.budgets` | array | budgets in scope: the tenant's, the project's, the user's |
+| `budget.budgets[].id`, `.scope_id` | string | the budget, what it limits |
+| `budget.budgets[].scope` | string | `tenant`, `project` or `user` |
+| `budget.budgets[].limit`, `.spent` | number | monthly limit, spent this period |
+| `budget.budgets[].ratio` | number | spent / limit |
+| `budget.budgets[].warn_ratio`, `.hard_ratio` | number | its thresholds |
+| `budget.budgets[].state` | `"ok"`, `"warning"` or `"exceeded"` | `exceeded` is denied |
 
 `usage` is what the tenant's live workspaces use **before** this spawn. `template.spec` has
 the `TemplateSpec` fields: `command`, `image` (string or null), `cpu` (number), `memory_mb`,
@@ -71,7 +85,8 @@ the `TemplateSpec` fields: `command`, `image` (string or null), `cpu` (number), 
 
 The default policy (`default.rego`, package `spawn`) denies, each with a reason: an absent
 input or a missing section; a restricted template unless the user is an `admin`/`operator` or
-has operator rights; a tenant that is not `active`; an `exceeded` budget; and usage plus this
+has operator rights; a tenant that is not `active`; each `exceeded` budget in scope (naming
+its id, scope, limit and spending); and usage plus this
 template above `max_workspaces`, `max_cpu`, `max_memory_mb` or `max_storage_gb`. Extra modules
 add `deny contains ...` rules to the same package.
 """
@@ -85,6 +100,7 @@ from spawnpoint.policy.engine import (
 )
 from spawnpoint.policy.input import (
     PolicyBudget,
+    PolicyBudgetLimit,
     PolicyPlan,
     PolicyRequest,
     PolicyTemplate,
@@ -97,6 +113,7 @@ from spawnpoint.policy.input import (
 __all__ = [
     "Decision",
     "PolicyBudget",
+    "PolicyBudgetLimit",
     "PolicyCompileError",
     "PolicyEngine",
     "PolicyPlan",

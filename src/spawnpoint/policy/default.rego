@@ -45,12 +45,25 @@ deny contains sprintf("tenant %s is %s", [input.tenant.slug, input.tenant.status
 	input.tenant.status != "active"
 }
 
-# Budget: no new spending once this month's budget is used up.
+# Budgets: no new spending in a scope whose budget is used up this period
+# (the tenant's, the project's or the user's), each named with its numbers.
 deny contains sprintf(
-	"tenant %s has exceeded its monthly budget (%v spent of %v)",
-	[input.tenant.slug, input.budget.spent_this_month, input.budget.monthly_budget],
+	"budget %s (%s %s) is exceeded: %v spent of its monthly limit of %v",
+	[budget.id, budget.scope, budget.scope_id, budget.spent, budget.limit],
 ) if {
+	some budget in input.budget.budgets
+	budget.state == "exceeded"
+}
+
+# A document that says exceeded without naming the budget is denied all the same.
+deny contains "the budget is exceeded" if {
 	input.budget.status == "exceeded"
+	not exceeded_named
+}
+
+exceeded_named if {
+	some budget in input.budget.budgets
+	budget.state == "exceeded"
 }
 
 # Quotas: the tenant's live workspaces plus this one must fit every plan

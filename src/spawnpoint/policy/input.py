@@ -8,6 +8,7 @@ take. Money and CPU are plain JSON numbers: Rego has no decimal type.
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -73,10 +74,28 @@ class PolicyUsage(PolicyFacts):
     storage_gb: int = Field(ge=0)
 
 
+class PolicyBudgetLimit(PolicyFacts):
+    """One budget in scope of the spawn, with what its scope spent this period."""
+
+    id: uuid.UUID
+    scope: Literal["tenant", "project", "user"]
+    scope_id: uuid.UUID
+    limit: float = Field(description="The monthly limit, in CURRENCY.")
+    spent: float = Field(description="What the scope spent this period, to the cent.")
+    ratio: float = Field(description="spent / limit.")
+    warn_ratio: float
+    hard_ratio: float
+    state: BudgetStatus
+
+
 class PolicyBudget(PolicyFacts):
-    monthly_budget: float
-    spent_this_month: float
-    status: BudgetStatus
+    """The budgets in scope of the spawn: the tenant's, its project's and its user's."""
+
+    status: BudgetStatus = Field(description="The worst state among `budgets`; ok when none.")
+    period_start: datetime
+    period_end: datetime
+    time_zone: str = Field(description="The tenant's time zone, whose calendar month it is.")
+    budgets: list[PolicyBudgetLimit] = Field(default_factory=list)
 
 
 class SpawnPolicyInput(PolicyFacts):

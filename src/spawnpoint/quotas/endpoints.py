@@ -4,6 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends
 
+from spawnpoint.budgets.repository import BudgetScopeRepository
 from spawnpoint.deps import RequireViewer, Scope, Session
 from spawnpoint.jobs.endpoints import JobRegistry
 from spawnpoint.jobs.repository import JobRepository
@@ -24,6 +25,7 @@ async def get_quota_service(session: Session, scope: Scope, registry: JobRegistr
         tenants=TenantRepository(session, scope),
         plans=PlanRepository(session, scope),
         service_types=registry.service_types(),
+        budgets=BudgetScopeRepository(session, scope),
     )
 
 
@@ -36,5 +38,6 @@ Quotas = Annotated[QuotaService, Depends(get_quota_service)]
     responses={404: {"description": "The caller's tenant no longer exists."}},
 )
 async def read_quotas(actor: RequireViewer, quotas: Quotas) -> QuotasRead:
-    """The tenant's plan limits and current usage: limit, used and ratio of each quota."""
+    """The tenant's plan limits and current usage: limit, used and ratio of each quota;
+    and the budgets in scope of the caller's spawns with their state."""
     return await quotas.read(actor=actor)

@@ -12,17 +12,22 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from spawnpoint.budgets.periods import period_of
+from spawnpoint.budgets.repository import BudgetScopeRepository
+from spawnpoint.budgets.standing import cents, standings
+from spawnpoint.costs.schemas import BudgetScope
 from spawnpoint.jobs.repository import JobRepository
 from spawnpoint.kit.clock import utcnow
 from spawnpoint.models import Plan
 from spawnpoint.plans.repository import PlanRepository
-from spawnpoint.quotas.schemas import QuotaRead, QuotasRead
+from spawnpoint.quotas.schemas import BudgetQuota, QuotaRead, QuotasRead
 from spawnpoint.security import Principal
 from spawnpoint.tenants.repository import TenantRepository
 from spawnpoint.workspaces.repository import WorkspaceRepository
 
 CONCURRENT_JOBS = "max_concurrent_jobs"
 JOBS_PER_DAY = "max_jobs_per_day"
+BUDGETS_SHOWN = 100
 
 
 def day_start(now: datetime) -> datetime:
@@ -92,7 +97,9 @@ class QuotaService:
         tenants: TenantRepository,
         plans: PlanRepository,
         service_types: Collection[str],
+        budgets: BudgetScopeRepository,
     ) -> None:
+        self.budgets = budgets
         self.jobs = jobs
         self.workspaces = workspaces
         self.tenants = tenants
@@ -106,6 +113,9 @@ class QuotaService:
         plan = await self.plans.get(tenant.plan_id)
         jobs = await job_usage(self.jobs, self.service_types, now=now)
         held = await self.workspaces.usage(tenant.id)
+        applying = await self.budgets.applying(actor.user_id, BUDGETS_SHOWN)
+        period = period_of(now, tenant.time_zone)
+        found = await standings(self.budgets.session, applying, {tenant.id: period})
         return QuotasRead(
             tenant_id=tenant.id,
             plan_id=plan.id,
@@ -117,4 +127,19 @@ class QuotaService:
             memory_mb=quota(plan.max_memory_mb, held.memory_mb),
             storage_gb=quota(plan.max_storage_gb, held.storage_gb),
             jobs_today_resets_at=day_start(now) + timedelta(days=1),
+            budgets=[
+                BudgetQuota(
+                    id=s.budget.id,
+                    scope=BudgetScope(s.budget.scope),
+                    scope_id=s.budget.scope_id,
+                    limit=s.budget.limit_amount,
+                    spent=cents(s.spent),
+                    ratio=s.ratio,
+                    state=s.state,
+                    remaining=s.remaining,
+                    period_start=s.period_start,
+                    period_end=s.period_end,
+                )
+                for s in found
+            ],
         )

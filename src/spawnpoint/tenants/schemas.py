@@ -4,8 +4,9 @@ import uuid
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
+from spawnpoint.budgets.periods import DEFAULT_TIME_ZONE, is_time_zone
 from spawnpoint.kit.schemas import InputSchema, Name, ReadSchema, UpdateSchema
 from spawnpoint.models import TenantStatus
 
@@ -14,11 +15,29 @@ Slug = Annotated[
 ]
 
 
+def _known_zone(name: str) -> str:
+    if not is_time_zone(name):
+        raise ValueError("not an IANA time zone name (such as Europe/Berlin or UTC)")
+    return name
+
+
+TimeZone = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=64,
+        description="IANA time zone name; budget periods are calendar months in this zone.",
+    ),
+    AfterValidator(_known_zone),
+]
+
+
 class TenantCreate(InputSchema):
     name: Name
     slug: Slug | None = Field(None, description="URL-safe handle; derived from the name if unset.")
     plan_id: uuid.UUID
     status: TenantStatus = TenantStatus.active
+    time_zone: TimeZone = DEFAULT_TIME_ZONE
 
 
 class TenantUpdate(UpdateSchema):
@@ -26,6 +45,7 @@ class TenantUpdate(UpdateSchema):
     slug: Slug | None = Field(default=None)
     plan_id: uuid.UUID | None = Field(default=None)
     status: TenantStatus | None = Field(default=None)
+    time_zone: TimeZone | None = Field(default=None)
 
 
 class TenantRead(ReadSchema):
@@ -34,5 +54,6 @@ class TenantRead(ReadSchema):
     slug: str
     plan_id: uuid.UUID
     status: TenantStatus
+    time_zone: str = Field(description="IANA time zone name; budget periods are its months.")
     created_at: datetime
     updated_at: datetime

@@ -19,8 +19,11 @@ from spawnpoint.kit.routing import StrictRoute
 from spawnpoint.models import Job, Workspace, WorkspaceState
 from spawnpoint.policy.engine import PolicyEngine
 from spawnpoint.templates.repository import TemplateRepository
+from spawnpoint.workspaces.alive import lifecycle_of
 from spawnpoint.workspaces.repository import WorkspaceRepository
 from spawnpoint.workspaces.schemas import (
+    ActivitySource,
+    BudgetStop,
     PermitConnection,
     PermitStatus,
     SpawnAccepted,
@@ -44,10 +47,16 @@ async def get_policy(request: Request) -> PolicyEngine:
 
 
 async def get_workspace_service(
-    session: Session, scope: Scope, policy: Annotated[PolicyEngine, Depends(get_policy)]
+    session: Session,
+    scope: Scope,
+    policy: Annotated[PolicyEngine, Depends(get_policy)],
+    settings: AppSettings,
 ) -> WorkspaceService:
     return WorkspaceService(
-        WorkspaceRepository(session, scope), TemplateRepository(session, scope), policy=policy
+        WorkspaceRepository(session, scope),
+        TemplateRepository(session, scope),
+        policy=policy,
+        currency=settings.currency,
     )
 
 
@@ -61,13 +70,16 @@ class Console:
     def url(self, workspace_id: uuid.UUID) -> str:
         return f"{self.base}/workspaces/{workspace_id}"
 
-    def read(self, workspace: Workspace) -> WorkspaceRead:
+    def read(self, workspace: Workspace, budget_stop: BudgetStop | None = None) -> WorkspaceRead:
+        """The workspace as read, with its `lifecycle` (`budget_stop` found by the caller:
+        only running workspaces have one)."""
         fields = {
             name: getattr(workspace, name)
             for name in WorkspaceRead.model_fields
-            if name != "console_url"
+            if name not in ("console_url", "lifecycle")
         }
         fields["console_url"] = self.url(workspace.id)
+        fields["lifecycle"] = lifecycle_of(workspace, budget_stop)
         return WorkspaceRead.model_validate(fields)
 
 
@@ -143,15 +155,18 @@ async def list_workspaces(
     items, cursor = await workspaces.page(
         page, state=state, owner_id=owner, template_id=template, project_id=project
     )
-    return Page(items=[console.read(w) for w in items], next_cursor=cursor)
+    stops = await workspaces.budget_stops(items)
+    return Page(items=[console.read(w, stops.get(w.id)) for w in items], next_cursor=cursor)
 
 
 @router.get("/api/workspaces/{workspace_id}", summary="Retrieve workspace")
 async def read_workspace(
     _: RequireViewer, workspaces: Workspaces, console: ConsoleLinks, workspace_id: uuid.UUID
 ) -> WorkspaceRead:
-    """Retrieve one workspace with its state and connection."""
-    return console.read(await workspaces.get(workspace_id))
+    """Retrieve one workspace with its state, connection and lifecycle."""
+    workspace = await workspaces.get(workspace_id)
+    stops = await workspaces.budget_stops([workspace])
+    return console.read(workspace, stops.get(workspace.id))
 
 
 @router.post(
@@ -197,10 +212,16 @@ async def delete_workspace(
     summary="Record workspace activity",
 )
 async def record_activity(
-    actor: RequireMember, workspaces: Workspaces, workspace_id: uuid.UUID
+    actor: RequireMember,
+    workspaces: Workspaces,
+    workspace_id: uuid.UUID,
+    source: Annotated[
+        ActivitySource,
+        Query(description="What saw the activity: `heartbeat` (default), `connection` or `api`."),
+    ] = "heartbeat",
 ) -> None:
     """Record that the workspace is in use, postponing its idle auto-stop."""
-    await workspaces.touch(actor=actor, workspace_id=workspace_id)
+    await workspaces.touch(actor=actor, workspace_id=workspace_id, source=source)
 
 
 @router.get("/api/workspaces/{workspace_id}/events", summary="List workspace events")

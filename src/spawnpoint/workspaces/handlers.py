@@ -202,7 +202,9 @@ class WorkspaceHandlers:
                 )
                 workspace.error = None
                 if step.done == S.running:
+                    # Running because the API asked (a spawn or a start): activity from it.
                     workspace.started_at = workspace.last_activity_at = done["at"]
+                    workspace.last_activity_source = "api"
             await rows.save(workspace, done)
             return {"state": workspace.state}
 

@@ -8,7 +8,18 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, bindparam, insert, select, text, tuple_, update
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    and_,
+    bindparam,
+    insert,
+    or_,
+    select,
+    text,
+    tuple_,
+    update,
+)
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import IntegrityError
@@ -25,6 +36,7 @@ from spawnpoint.kit.inserts import row_params, rows_statement
 from spawnpoint.kit.pagination import PageParams, fetch_page
 from spawnpoint.kit.repository import ScopedRepository
 from spawnpoint.models import (
+    Budget,
     Job,
     Plan,
     Project,
@@ -144,6 +156,7 @@ class WorkspaceRepository(ScopedRepository[Workspace]):
 
 TENANT_COLUMNS = tuple(Tenant.__table__.c)
 PLAN_COLUMNS = tuple(Plan.__table__.c)
+BUDGET_COLUMNS = tuple(Budget.__table__.c)
 # Everything but `parameters`, which no driver gets.
 JOB_COLUMNS = tuple(c for c in Workspace.__table__.c if c.key != "parameters")
 DOCUMENTS = (Workspace.parameters, Workspace.connection, Workspace.driver_state)
@@ -163,6 +176,30 @@ def _tenant_lock(tenant_id: uuid.UUID | ColumnElement[uuid.UUID]) -> Select[Any]
         .where(Tenant.id == tenant_id)
         .with_for_update(of=Tenant, key_share=True)
     )
+
+
+def _budgets_in_scope(
+    tenant_id: uuid.UUID | ColumnElement[uuid.UUID],
+    project_id: uuid.UUID | ColumnElement[uuid.UUID] | None,
+    user_id: uuid.UUID | ColumnElement[uuid.UUID],
+) -> Select[Any]:
+    """The budgets that limit a spawn: the tenant's, its project's and its user's."""
+    return (
+        select(*BUDGET_COLUMNS)
+        .where(
+            Budget.tenant_id == tenant_id,
+            or_(
+                and_(Budget.scope == "tenant", Budget.scope_id == tenant_id),
+                and_(Budget.scope == "project", Budget.scope_id == project_id),
+                and_(Budget.scope == "user", Budget.scope_id == user_id),
+            ),
+        )
+        .order_by(Budget.id)
+    )
+
+
+def _budget(row: Sequence[Any]) -> Budget:
+    return Budget(**{c.key: v for c, v in zip(BUDGET_COLUMNS, row, strict=True)})
 
 
 def _tenant_and_plan(row: Sequence[Any]) -> tuple[Tenant, Plan]:
@@ -194,6 +231,7 @@ class _Compiled:
     load: DriverStatement
     lease: DriverStatement
     event: DriverStatement
+    budgets: DriverStatement
 
 
 @functools.lru_cache(maxsize=8)
@@ -206,12 +244,16 @@ def _compiled(dialect: Dialect) -> _Compiled:
         bindparam("fencing_token", type_=Job.__table__.c.fencing_token.type, required=False),
     )
     event_shape = ((WorkspaceEvent, tuple(c.key for c in WorkspaceEvent.__table__.c)),)
+    uuid_type = Budget.__table__.c.scope_id.type
+    project_id = bindparam("project_id", type_=uuid_type, required=False)
+    user_id = bindparam("user_id", type_=uuid_type, required=False)
     return _Compiled(
         lock=DriverStatement(_tenant_lock(tenant_id), dialect),
         usage=DriverStatement(usage_statement(tenant_id), dialect),
         load=DriverStatement(_job_load(workspace_id), dialect),
         lease=DriverStatement(lease, dialect),
         event=rows_statement(dialect, event_shape),
+        budgets=DriverStatement(_budgets_in_scope(tenant_id, project_id, user_id), dialect),
     )
 
 
@@ -261,6 +303,15 @@ class SpawnRows:
         return _tenant_and_plan(row)
 
     async def lock_tenant_with_usage(self, tenant_id: uuid.UUID) -> tuple[Tenant, Plan, Usage]:
+        tenant, plan, usage, _ = await self.lock_tenant_for_spawn(tenant_id)
+        return tenant, plan, usage
+
+    async def lock_tenant_for_spawn(
+        self,
+        tenant_id: uuid.UUID,
+        *,
+        budgets_for: tuple[uuid.UUID | None, uuid.UUID] | None = None,
+    ) -> tuple[Tenant, Plan, Usage, list[Budget]]:
         """`lock_tenant`, and the usage counters as of the moment the lock is held.
 
         On PostgreSQL both statements go out in one pipeline, so the counters are read the
@@ -270,25 +321,41 @@ class SpawnRows:
         usage counts every spawn committed before the lock was granted. (A workspace that
         stops meanwhile may still be counted until it commits: the check errs on the safe
         side.)
+
+        With `budgets_for` (the spawn's project, or None, and user), also the budgets in
+        scope of the spawn (`_budgets_in_scope`), read in the same round trip just before
+        the lock: a tenant without budgets pays nothing more for them.
         """
         if not unit_of(self.session).is_postgres:
+            budgets: list[Budget] = []
+            if budgets_for is not None:
+                statement = _budgets_in_scope(tenant_id, *budgets_for)
+                budgets = [_budget(r) for r in (await self.session.execute(statement)).all()]
             tenant, plan = await self.lock_tenant(tenant_id)
             found = (await self.session.execute(usage_statement(tenant_id))).one_or_none()
-            return tenant, plan, usage_from_row(found)
+            return tenant, plan, usage_from_row(found), budgets
         compiled = _compiled(self.session.get_bind().dialect)
-        values = {"tenant_id": tenant_id}
+        values: dict[str, Any] = {"tenant_id": tenant_id}
         uow = unit_of(self.session)
+        steps: list[tuple[DriverStatement, dict[str, Any]]] = []
+        if budgets_for is not None:
+            project_id, user_id = budgets_for
+            scope = {"tenant_id": tenant_id, "project_id": project_id, "user_id": user_id}
+            steps.append((compiled.budgets, scope))
         # The audit chain's head is locked in the same round trip: the tenant lock already
         # serialises this tenant's spawns, and the commit then needs no round trip of its own.
         heads = uow.head_lock_steps()
-        locked, measured, *held = await uow.pipelined(
-            [(compiled.lock, values), (compiled.usage, values), *heads]
+        cursors = await uow.pipelined(
+            [*steps, (compiled.lock, values), (compiled.usage, values), *heads]
         )
+        budget_rows = await cursors[0].fetchall() if steps else []
+        locked, measured, *held = cursors[len(steps) :]
         await uow.keep_heads(held)
         row = await locked.fetchone()
         if row is None:
             raise NotFound("Tenant not found.")
-        return (*_tenant_and_plan(row), usage_from_row(await measured.fetchone()))
+        usage = usage_from_row(await measured.fetchone())
+        return (*_tenant_and_plan(row), usage, [_budget(r) for r in budget_rows])
 
     async def project(self, tenant_id: uuid.UUID, project_id: uuid.UUID) -> Project | None:
         """The tenant's project `project_id`, or None."""

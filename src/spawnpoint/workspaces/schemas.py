@@ -2,13 +2,15 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from annotated_types import Ge, Le
 from pydantic import Field
 
+from spawnpoint.costs.schemas import BudgetScope, BudgetState
 from spawnpoint.kit.schemas import (
     INT32_MAX,
+    Cents,
     InputSchema,
     JSONObject,
     Name,
@@ -43,6 +45,46 @@ class SpawnRequest(InputSchema):
     )
 
 
+ActivitySource = Literal["api", "heartbeat", "connection"]
+
+
+class BudgetStop(ReadSchema):
+    """The budget that would stop a running workspace, and when at the current rate."""
+
+    budget_id: uuid.UUID
+    scope: BudgetScope
+    scope_id: uuid.UUID
+    at: datetime = Field(
+        description="When its scope reaches the hard limit at `hourly_rate` (now when it "
+        "already has: the scheduler's next pass stops the workspace)."
+    )
+    state: BudgetState
+    spent: Cents = Field(description="What the scope spent this period, to the cent.")
+    remaining: Cents = Field(description="What may still be spent before the hard limit.")
+    hourly_rate: Cents = Field(
+        description="What the scope's running workspaces cost per hour, as last metered."
+    )
+
+
+class WorkspaceLifecycle(ReadSchema):
+    """Why the workspace is still alive, and what ends it if nothing changes."""
+
+    idle_timeout_minutes: int | None = Field(description="The template version's idle timeout.")
+    last_activity_at: datetime | None
+    last_activity_source: ActivitySource | None = Field(
+        description="What reported that activity: `api` (a spawn or start), `heartbeat` or "
+        "`connection` (POST .../activity)."
+    )
+    auto_stop_at: datetime | None = Field(
+        description="When the idle stop happens without further activity (running only)."
+    )
+    expires_at: datetime | None = Field(description="Maximum lifetime: deleted at this time.")
+    budget_stop: BudgetStop | None = Field(
+        description="The budget that stops it first at its scope's current rate this "
+        "period; null when none would."
+    )
+
+
 class WorkspaceRead(ReadSchema):
     id: uuid.UUID
     tenant_id: uuid.UUID
@@ -63,6 +105,7 @@ class WorkspaceRead(ReadSchema):
     started_at: datetime | None
     last_activity_at: datetime | None
     expires_at: datetime | None
+    lifecycle: WorkspaceLifecycle
 
 
 class SpawnAccepted(ReadSchema):
@@ -78,10 +121,32 @@ class Usage(ReadSchema):
     storage_gb: int
 
 
+class BudgetPreview(ReadSchema):
+    """A budget in scope of the spawn: what is left of it and for how long at this rate."""
+
+    id: uuid.UUID
+    scope: BudgetScope
+    scope_id: uuid.UUID
+    limit: Cents
+    spent: Cents
+    state: BudgetState
+    remaining: Cents = Field(description="What may still be spent before the hard limit.")
+    hours_left: float | None = Field(
+        description="Hours this workspace alone could run on `remaining` at `hourly_cost`; "
+        "null when it costs nothing."
+    )
+    period_end: datetime = Field(description="When the period ends and spending restarts at 0.")
+
+
 class SpawnCheck(ReadSchema):
     allowed: bool
     reasons: list[str]
     usage: Usage
+    hourly_cost: Cents = Field(description="The template version's cost per running hour.")
+    currency: str
+    budgets: list[BudgetPreview] = Field(
+        description="The budgets in scope: the tenant's, the project's and the caller's."
+    )
 
 
 class WorkspaceEventRead(ReadSchema):

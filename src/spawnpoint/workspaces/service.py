@@ -8,11 +8,24 @@ commits in the same round trip as its rows).
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
+from decimal import Decimal
 
 from pydantic import ValidationError
 
+from spawnpoint.budgets.periods import period_of
+from spawnpoint.budgets.repository import BudgetClaims, BudgetScopeRepository
+from spawnpoint.budgets.standing import (
+    Standing,
+    budget_facts,
+    emit_budget_event,
+    exceeded_reason,
+    standings,
+    worst,
+)
+from spawnpoint.costs.schemas import BudgetScope, BudgetState
 from spawnpoint.events.outbox import spawn_refused
 from spawnpoint.jobs.queue import enqueue, queued_job
 from spawnpoint.kit.clock import utcnow
@@ -42,6 +55,7 @@ from spawnpoint.models import (
 from spawnpoint.policy.engine import Decision, PolicyEngine, PolicyUnavailable
 from spawnpoint.policy.input import (
     PolicyBudget,
+    PolicyBudgetLimit,
     PolicyPlan,
     PolicyRequest,
     PolicyTemplate,
@@ -54,9 +68,17 @@ from spawnpoint.security import Principal
 from spawnpoint.templates.repository import TemplateRepository
 from spawnpoint.templates.schemas import TemplateSpec
 from spawnpoint.uow import unit_of
+from spawnpoint.workspaces.alive import budget_stops
 from spawnpoint.workspaces.lifecycle import announce, creation_event, move
 from spawnpoint.workspaces.repository import SpawnRows, WorkspaceRepository
-from spawnpoint.workspaces.schemas import SpawnCheck, SpawnRequest, Usage
+from spawnpoint.workspaces.schemas import (
+    ActivitySource,
+    BudgetPreview,
+    BudgetStop,
+    SpawnCheck,
+    SpawnRequest,
+    Usage,
+)
 
 S = WorkspaceState
 USER = "user"
@@ -126,6 +148,32 @@ def raise_for_quota(plan: Plan, usage: Usage, violations: list[QuotaViolation]) 
     )
 
 
+def policy_budget(
+    found: Sequence[Standing], period: tuple[datetime, datetime], time_zone: str
+) -> PolicyBudget:
+    """The policy input's `budget`: the standings of the budgets in scope of the spawn."""
+    return PolicyBudget(
+        status=worst([s.state for s in found]).value,
+        period_start=period[0],
+        period_end=period[1],
+        time_zone=time_zone,
+        budgets=[
+            PolicyBudgetLimit(
+                id=s.budget.id,
+                scope=s.budget.scope,
+                scope_id=s.budget.scope_id,
+                limit=float(s.budget.limit_amount),
+                spent=float(s.spent.quantize(Decimal("0.01"))),
+                ratio=float(s.ratio),
+                warn_ratio=float(s.budget.warn_ratio),
+                hard_ratio=float(s.budget.hard_ratio),
+                state=s.state.value,
+            )
+            for s in found
+        ],
+    )
+
+
 @dataclass(frozen=True)
 class Evaluation:
     tenant: Tenant
@@ -136,6 +184,48 @@ class Evaluation:
     usage: Usage
     violations: list[QuotaViolation]
     decision: Decision
+    # The budgets in scope of the spawn (tenant, project, user), read with no cache.
+    standings: list[Standing]
+
+    def exceeded(self) -> list[Standing]:
+        return [s for s in self.standings if s.state == BudgetState.exceeded]
+
+    def refusal_reasons(self) -> list[str]:
+        """The policy's reasons, and each exceeded budget the policy did not name.
+
+        Budgets are enforced here too, as quotas are, whatever a policy says.
+        """
+        reasons = list(self.decision.reasons)
+        reasons += [
+            exceeded_reason(s)
+            for s in self.exceeded()
+            if not any(str(s.budget.id) in r for r in reasons)
+        ]
+        return reasons
+
+
+def _same_moment(stored: datetime | None, moment: datetime) -> bool:
+    """Whether a stored time is `moment` (SQLite may hand it back without its UTC offset)."""
+    if stored is None:
+        return False
+    return (stored if stored.tzinfo else stored.replace(tzinfo=moment.tzinfo)) == moment
+
+
+def preview(standing: Standing, rate: Decimal) -> BudgetPreview:
+    """A budget in scope of a dry run: what is left, and for how long at `rate`."""
+    budget = standing.budget
+    hours = standing.hours_left(rate)
+    return BudgetPreview(
+        id=budget.id,
+        scope=BudgetScope(budget.scope),
+        scope_id=budget.scope_id,
+        limit=budget.limit_amount,
+        spent=standing.spent.quantize(Decimal("0.01")),
+        state=standing.state,
+        remaining=standing.remaining,
+        hours_left=None if hours is None else float(hours),
+        period_end=standing.period_end,
+    )
 
 
 class WorkspaceService:
@@ -146,6 +236,7 @@ class WorkspaceService:
         *,
         policy: PolicyEngine,
         max_job_attempts: int = 5,
+        currency: str = "USD",
     ) -> None:
         self.repository = repository
         self.session = repository.session
@@ -153,6 +244,8 @@ class WorkspaceService:
         self.templates = templates
         self.policy = policy
         self.max_job_attempts = max_job_attempts
+        self.currency = currency
+        self.budget_scopes = BudgetScopeRepository(repository.session, repository.scope)
 
     async def get(self, workspace_id: uuid.UUID) -> Workspace:
         return await self.repository.get(workspace_id)
@@ -169,6 +262,10 @@ class WorkspaceService:
         return await self.repository.page_filtered(
             params, state=state, owner_id=owner_id, template_id=template_id, project_id=project_id
         )
+
+    async def budget_stops(self, workspaces: Sequence[Workspace]) -> dict[uuid.UUID, BudgetStop]:
+        """The budget stop of each running workspace of `workspaces` (for `lifecycle`)."""
+        return await budget_stops(self.budget_scopes, workspaces, utcnow())
 
     async def events(
         self, workspace_id: uuid.UUID, params: PageParams
@@ -212,10 +309,16 @@ class WorkspaceService:
                 raise field_error("#/project_id", "No project of your tenant has this id.")
             if project.deletion_requested_at is not None:
                 raise Conflict("The project is being deleted; nothing can be spawned into it.")
-        tenant, plan, usage = await self.rows.lock_tenant_with_usage(actor.tenant_id)
+        tenant, plan, usage, budgets = await self.rows.lock_tenant_for_spawn(
+            actor.tenant_id, budgets_for=(spawn_in.project_id, actor.user_id)
+        )
         # Read under the tenant lock, which a cascading delete of the tenant conflicts with.
         if tenant.deletion_requested_at is not None:
             raise Conflict("The tenant is being deleted; nothing can be spawned in it.")
+        # The budgets came with the lock, in its round trip; their spending is read only
+        # when there are some (a tenant without budgets pays no query for them).
+        period = period_of(utcnow(), tenant.time_zone)
+        found = await standings(self.session, budgets, {tenant.id: period}) if budgets else []
         spec = stored_spec(version)
         violations = quota_violations(plan, usage, spec)
         if violations and not dry_run:
@@ -245,10 +348,7 @@ class WorkspaceService:
                 dry_run=dry_run,
             ),
             usage=PolicyUsage.model_validate(usage),
-            # Cost records arrive with the budgets capability; until then nothing is spent.
-            budget=PolicyBudget(
-                monthly_budget=float(plan.monthly_budget), spent_this_month=0.0, status="ok"
-            ),
+            budget=policy_budget(found, period, tenant.time_zone),
         )
         try:
             decision = await self.policy.evaluate(policy_input.document())
@@ -265,6 +365,7 @@ class WorkspaceService:
             usage=usage,
             violations=violations,
             decision=decision,
+            standings=found,
         )
 
     async def check(self, *, actor: Principal, spawn_in: SpawnRequest) -> SpawnCheck:
@@ -274,11 +375,21 @@ class WorkspaceService:
         # The default policy words the same quota breaches its own way; keep one of each.
         reasons += [
             r
-            for r in evaluation.decision.reasons
+            for r in evaluation.refusal_reasons()
             if not any(v.limit in r for v in evaluation.violations)
         ]
-        allowed = evaluation.decision.allow and not evaluation.violations
-        return SpawnCheck(allowed=allowed, reasons=reasons, usage=evaluation.usage)
+        allowed = (
+            evaluation.decision.allow and not evaluation.violations and not evaluation.exceeded()
+        )
+        rate = Decimal(str(evaluation.spec.hourly_cost))
+        return SpawnCheck(
+            allowed=allowed,
+            reasons=reasons,
+            usage=evaluation.usage,
+            hourly_cost=rate,
+            currency=self.currency,
+            budgets=[preview(s, rate) for s in evaluation.standings],
+        )
 
     async def spawn(
         self, *, actor: Principal, spawn_in: SpawnRequest, final: bool = False
@@ -307,8 +418,9 @@ class WorkspaceService:
                 )
             )
             raise
-        if not evaluation.decision.allow:
-            reasons = evaluation.decision.reasons or ["the policy did not allow this spawn"]
+        exceeded = evaluation.exceeded()
+        if not evaluation.decision.allow or exceeded:
+            reasons = evaluation.refusal_reasons() or ["the policy did not allow this spawn"]
             SPAWN_REFUSALS.labels("policy").inc()
             uow.emit_if_refused(
                 spawn_refused(
@@ -318,8 +430,13 @@ class WorkspaceService:
                     usage=evaluation.usage,
                 )
             )
-            raise Forbidden("Policy denied the spawn: " + "; ".join(reasons) + ".", reasons=reasons)
+            raise Forbidden(
+                "Policy denied the spawn: " + "; ".join(reasons) + ".",
+                reasons=reasons,
+                budgets=[budget_facts(s) for s in exceeded],
+            )
         now = utcnow()
+        await self._send_warnings(evaluation.standings, now)
         spec = evaluation.spec
         lifetime = spec.max_lifetime_days
         workspace = with_defaults(
@@ -347,6 +464,7 @@ class WorkspaceService:
                 "created_at": now,
                 "updated_at": now,
                 "last_activity_at": now,
+                "last_activity_source": "api",
                 "expires_at": now + timedelta(days=lifetime) if lifetime else None,
             },
         )
@@ -373,6 +491,20 @@ class WorkspaceService:
         )
         await self.rows.insert(workspace, event, job, final=final)
         return Workspace(**workspace), job["id"]
+
+    async def _send_warnings(self, found: Sequence[Standing], now: datetime) -> None:
+        """Claim and emit the `budget.warning` of each budget in warning whose warning this
+        period is not sent yet: the scheduler would on its next pass; whichever comes first
+        sends it, once (the claim is a conditional UPDATE that skips a row being claimed)."""
+        for standing in found:
+            if standing.state != BudgetState.warning:
+                continue
+            if _same_moment(standing.budget.warned_period, standing.period_start):
+                continue
+            claims = BudgetClaims(self.session)
+            period = standing.period_start
+            if await claims.claim(standing.budget.id, "warned_period", period, skip_locked=True):
+                emit_budget_event(self.session, standing, "warning", now)
 
     async def _enqueue(self, workspace: Workspace, job_type: str, actor: Principal | None) -> Job:
         return await enqueue(
@@ -446,7 +578,10 @@ class WorkspaceService:
         )
         return workspace, await self._enqueue(workspace, "workspace.destroy", actor)
 
-    async def touch(self, *, actor: Principal, workspace_id: uuid.UUID) -> None:
+    async def touch(
+        self, *, actor: Principal, workspace_id: uuid.UUID, source: ActivitySource = "heartbeat"
+    ) -> None:
         workspace = await self._actionable(actor, workspace_id)
         workspace.last_activity_at = utcnow()
+        workspace.last_activity_source = source
         await self.repository.flush()
