@@ -42,6 +42,8 @@ audit_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(audit_app, name="audit")
+events_app = typer.Typer(help="RabbitMQ events: the outbox relay.", no_args_is_help=True)
+app.add_typer(events_app, name="events")
 
 DURATION = re.compile(r"^(\d+)([smhd]?)$")
 UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -506,6 +508,25 @@ def audit_archive() -> None:
         f"{entries} entries of {len(months)} months archived"
         + (f": {', '.join(months)}" if months else "")
     )
+
+
+@events_app.command("relay")
+def events_relay(
+    batch_size: Annotated[
+        int, typer.Option(min=1, max=10_000, help="Events published per batch.")
+    ] = 500,
+    poll_interval: Annotated[
+        float, typer.Option(min=0.01, help="Longest wait between reads of the outbox.")
+    ] = 1.0,
+) -> None:
+    """Publish the outbox to RABBITMQ_EVENTS_EXCHANGE until SIGTERM or SIGINT (one leader)."""
+    from spawnpoint.events.relay import serve_relay
+
+    settings = load_settings()
+    if not settings.rabbitmq_url:
+        _fail("the outbox relay needs RABBITMQ_URL")
+    configure_logging(settings)
+    asyncio.run(serve_relay(settings, batch_size=batch_size, poll_interval=poll_interval))
 
 
 def main() -> None:

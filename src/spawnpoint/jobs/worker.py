@@ -660,6 +660,10 @@ async def run_worker_in_process(
         grace_seconds=grace_seconds,
     )
     runners = [worker.run(stop)]
+    # With RABBITMQ_URL, the outbox relay too (one leader among the processes).
+    from spawnpoint.events.relay import relay_runners
+
+    runners.extend(relay_runners(database, settings, stop, owner=owner))
     if scheduler:
         periodic = default_tasks() if tasks is None else tasks
         runners.append(
