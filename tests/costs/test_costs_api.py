@@ -11,8 +11,10 @@ from decimal import ROUND_HALF_EVEN, Decimal
 import httpx
 import pytest
 from hypothesis import strategies as st
+from sqlalchemy import delete, update
 
 from conftest import Org, World
+from costs.summary import assert_summary_exact
 from costs.support import (
     MONTH,
     NEXT_MONTH,
@@ -23,9 +25,9 @@ from costs.support import (
     workspace_with_runs,
 )
 from drawn import examples
-from factories import make_project
+from factories import make_project, plant_workspace
 from spawnpoint.kit.ids import uuid7
-from spawnpoint.models import CostRecord, Role
+from spawnpoint.models import CostRecord, Role, WorkspaceState
 
 GROUPINGS = ("user", "project", "workspace", "template", "day")
 WINDOW = {
@@ -49,7 +51,24 @@ RECORD = st.tuples(
     st.integers(-48, 24 * 40),
     st.decimals(min_value=0, max_value=1000, places=9, allow_nan=False, allow_infinity=False),
 )
-DATASET = st.lists(RECORD, max_size=40, unique_by=lambda r: (r[0], r[3]))
+# Windows besides the whole month, cut near the records: (record, minutes before or after
+# it) for `since` and for `until`. Their edges fall inside days (the summary serves whole
+# days and the records the rest), or the whole window inside one day.
+CUT = st.tuples(st.integers(0, 39), st.integers(-90, 90))
+WINDOWS = st.lists(st.tuples(CUT, CUT), min_size=2, max_size=3)
+# What happens to some records after they are written: a new amount, or deletion.
+CHANGE = st.tuples(
+    st.integers(0, 39),
+    st.one_of(
+        st.none(),
+        st.decimals(min_value=0, max_value=1000, places=9, allow_nan=False, allow_infinity=False),
+    ),
+)
+DATASET = st.tuples(
+    st.lists(RECORD, max_size=40, unique_by=lambda r: (r[0], r[3])),
+    WINDOWS,
+    st.lists(CHANGE, max_size=6),
+)
 
 
 def cents(value: Decimal) -> Decimal:
@@ -80,16 +99,26 @@ async def all_groups(
             return found, total
 
 
+def stamp(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 async def test_aggregates_equal_a_recomputation_on_random_data(
     client: httpx.AsyncClient, world: World
 ) -> None:
+    """Written, rewritten and deleted records, read over whole days (the daily summary)
+    and windows cut inside days (summary plus the records at the edges)."""
     datasets = examples(DATASET, 25)
-    assert sum(len(d) for d in datasets) > 50
-    for dataset in datasets:
+    assert sum(len(d[0]) for d in datasets) > 50
+    assert any(d[2] for d in datasets)
+    edges = 0
+    for dataset, cuts, changes in datasets:
         org = await world.org()
         users = [org.users[Role.member], org.users[Role.publisher], org.users[Role.viewer]]
         projects = [await make_project(world.database, org.tenant_id) for _ in range(3)]
-        workspaces = [uuid7() for _ in range(6)]
+        # The first is a real (stopped) workspace, whose own report is read too.
+        planted = await plant_workspace(world.database, org, WorkspaceState.stopped)
+        workspaces = [planted, *(uuid7() for _ in range(5))]
         rows = []
         async with world.database.transaction(write=True) as session:
             for ws, user, project, hour, amount in dataset:
@@ -114,28 +143,63 @@ async def test_aggregates_equal_a_recomputation_on_random_data(
                         **row,
                     )
                 )
-        since, until = MONTH, NEXT_MONTH
-        inside = [r for r in rows if since <= r["period_start"] < until]
-        admin = org.headers[Role.admin]
-        for grouping in GROUPINGS:
-            expected: dict[str | None, Decimal] = defaultdict(Decimal)
-            for r in inside:
-                if grouping == "day":
-                    key: str | None = r["period_start"].strftime("%Y-%m-%d")
-                else:
-                    value = r[f"{grouping}_id"]
-                    key = None if value is None else str(value)
-                expected[key] += r["amount"]
-            found, total = await all_groups(
-                client, "/api/costs", admin, {**WINDOW, "group_by": grouping}
+        if rows:
+            async with world.database.transaction(write=True) as session:
+                for index, amount in changes:
+                    row = rows[index % len(rows)]
+                    match = (
+                        CostRecord.workspace_id == row["workspace_id"],
+                        CostRecord.period_start == row["period_start"],
+                    )
+                    if amount is None:
+                        await session.execute(delete(CostRecord).where(*match))
+                        row["deleted"] = True
+                    else:
+                        await session.execute(
+                            update(CostRecord).where(*match).values(amount=amount)
+                        )
+                        row["amount"] = amount
+            rows = [r for r in rows if not r.get("deleted")]
+        await assert_summary_exact(world, org.tenant_id)
+        windows = [(MONTH, NEXT_MONTH)]
+        for (a, a_minutes), (b, b_minutes) in cuts if rows else ():
+            ends = sorted(
+                rows[i % len(rows)]["period_start"] + timedelta(minutes=m)
+                for i, m in ((a, a_minutes), (b, b_minutes))
             )
-            assert found == {k: cents(v) for k, v in expected.items()}, grouping
-            assert total == cents(sum((r["amount"] for r in inside), Decimal(0)))
-        # A member sees exactly what is charged to them.
-        member = org.headers[Role.member]
-        mine = sum((r["amount"] for r in inside if r["user_id"] == users[0]), Decimal(0))
-        own = await client.get("/api/costs", headers=member, params=WINDOW)
-        assert Decimal(own.json()["total"]) == cents(mine)
+            windows.append((ends[0], ends[1] + timedelta(minutes=1)))
+        admin = org.headers[Role.admin]
+        for since, until in windows:
+            query = {"since": stamp(since), "until": stamp(until)}
+            inside = [r for r in rows if since <= r["period_start"] < until]
+            edges += sum(
+                1 for r in inside if r["period_start"].date() in (since.date(), until.date())
+            )
+            for grouping in GROUPINGS:
+                expected: dict[str | None, Decimal] = defaultdict(Decimal)
+                for r in inside:
+                    if grouping == "day":
+                        key: str | None = r["period_start"].strftime("%Y-%m-%d")
+                    else:
+                        value = r[f"{grouping}_id"]
+                        key = None if value is None else str(value)
+                    expected[key] += r["amount"]
+                found, total = await all_groups(
+                    client, "/api/costs", admin, {**query, "group_by": grouping}
+                )
+                assert found == {k: cents(v) for k, v in expected.items()}, (grouping, since)
+                assert total == cents(sum((r["amount"] for r in inside), Decimal(0)))
+            # A member sees exactly what is charged to them; a workspace's own report too.
+            member = org.headers[Role.member]
+            mine = sum((r["amount"] for r in inside if r["user_id"] == users[0]), Decimal(0))
+            own = await client.get("/api/costs", headers=member, params=query)
+            assert Decimal(own.json()["total"]) == cents(mine)
+            first = workspaces[0]
+            theirs = sum((r["amount"] for r in inside if r["workspace_id"] == first), Decimal(0))
+            one = await client.get(f"/api/workspaces/{first}/costs", headers=admin, params=query)
+            assert Decimal(one.json()["total"]) == cents(theirs)
+    # Records at windows' edges, read from the records rather than the summary, were seen.
+    assert edges > 20
 
 
 async def metered_org(world: World) -> tuple[Org, uuid.UUID, uuid.UUID]:

@@ -11,6 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 from conftest import World
+from costs.summary import assert_summary_exact
 from costs.support import (
     T0,
     cents,
@@ -108,6 +109,7 @@ async def test_a_rerun_and_a_late_scheduler_never_double_charge(world: World) ->
         Decimal("1.00"),
         Decimal("0.50"),
     ]
+    await assert_summary_exact(world, org.tenant_id)
 
 
 async def test_a_short_run_between_two_passes_is_charged(world: World) -> None:
@@ -135,6 +137,37 @@ async def test_two_concurrent_passes_write_each_hour_once(world: World) -> None:
         rows = await records(world, workspace)
         assert len(rows) == 2
         assert cents(total(rows)) == cents(Decimal(70) / 60 * Decimal("0.37"))
+    await assert_summary_exact(world, org.tenant_id)
+
+
+async def test_the_daily_summary_stays_exact_under_concurrent_passes_and_reruns(
+    world: World,
+) -> None:
+    """Runs across hour and UTC day boundaries, metered by two schedulers at once (one a
+    little late), with re-runs of older passes: the summary always equals its records."""
+    org = await world.org()
+    template = await priced_template(world, org, "1.37")
+    midnight = T0 + timedelta(hours=15)
+    # Each runs from its start to after midnight; every other one ran 25 minutes before.
+    runs = [
+        [
+            *([(T0 - 50 * MIN, T0 - 25 * MIN)] if i % 2 else []),
+            (T0 + i * 37 * MIN, midnight + (i * 11 - 40) * MIN),
+        ]
+        for i in range(12)
+    ]
+    workspaces = [await workspace_with_runs(world, org, template, spans) for spans in runs]
+    moment = T0 - timedelta(hours=1)
+    while moment <= midnight + 3 * timedelta(hours=1):
+        await asyncio.gather(run_pass(world, moment), run_pass(world, moment + 3 * MIN))
+        # An old pass replayed late changes nothing.
+        await run_pass(world, moment - 40 * MIN)
+        moment += 29 * MIN
+    await assert_summary_exact(world, org.tenant_id)
+    rate = Decimal("1.37")
+    for workspace, spans in zip(workspaces, runs, strict=True):
+        minutes = sum(Decimal((stop - start).total_seconds()) / 60 for start, stop in spans)
+        assert cents(total(await records(world, workspace))) == cents(minutes / 60 * rate)
 
 
 async def test_free_templates_cost_nothing(world: World) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -32,7 +32,7 @@ from spawnpoint.models import WorkspaceState
 HOUR = timedelta(hours=1)
 AMOUNT_PLACES = Decimal("0.000000001")
 WATERMARK = "costs"
-BATCH = 500
+BATCH = 1000
 # Events are looked at from a little before the last pass's clock, so a transition that
 # committed just after that pass read (its `at` is earlier) is not missed.
 EVENT_SLACK = timedelta(minutes=5)
@@ -122,17 +122,20 @@ async def meter(session: AsyncSession, now: datetime, *, currency: str = "USD") 
 async def _meter_batch(
     rows: MeteringRows, batch: Sequence[uuid.UUID], now: datetime, currency: str
 ) -> int:
-    latest = await rows.latest_hours(batch)
+    """Three statements for the batch, whatever its size: who the workspaces are charged
+    to (with their latest metered hours), the events since those hours, the records."""
+    workspaces = await rows.workspaces(batch)
     events: dict[uuid.UUID, list[tuple[str | None, str, datetime]]] = defaultdict(list)
     for workspace_id, from_state, to_state, at in await rows.transitions(batch):
         events[workspace_id].append((from_state, to_state, at))
     records: list[dict[str, Any]] = []
-    for workspace in await rows.workspaces(batch):
+    for workspace in workspaces:
         spans = running_intervals(events.get(workspace.id, []), now)
         if not spans:
             continue
         rate = hourly_rate(workspace.spec)
-        first_hour = latest.get(workspace.id, hour_of(spans[0][0]))
+        latest = workspace.latest
+        first_hour = hour_of(spans[0][0]) if latest is None else _utc(latest)
         for hour, last, amount, is_open in hourly_records(
             spans, first_hour=first_hour, now=now, rate=rate
         ):
@@ -153,9 +156,12 @@ async def _meter_batch(
                     "recorded_at": now,
                 }
             )
-    for offset in range(0, len(records), BATCH):
-        await rows.upsert(records[offset : offset + BATCH])
+    await rows.upsert(records)
     return len(records)
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def metering_tasks(settings: Settings) -> list[PeriodicTask]:

@@ -4,30 +4,40 @@ tenant-scoped aggregates of the costs API."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
-from datetime import UTC, datetime
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Column,
     ColumnElement,
+    Integer,
     String,
     Uuid,
+    any_,
     cast,
     func,
     literal,
     or_,
     select,
+    text,
     union,
+    union_all,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
+from sqlalchemy.sql import visitors
 
+from spawnpoint.db import UTCDateTime
 from spawnpoint.kit.repository import PlatformRepository, ScopedRepository
 from spawnpoint.models import (
     Budget,
+    CostDay,
     CostRecord,
     MeteringWatermark,
     TemplateVersion,
@@ -35,6 +45,7 @@ from spawnpoint.models import (
     WorkspaceEvent,
     WorkspaceState,
 )
+from spawnpoint.models.cost_days import NO_KEY
 
 
 class MeteringRows(PlatformRepository[CostRecord]):
@@ -80,7 +91,8 @@ class MeteringRows(PlatformRepository[CostRecord]):
         return sorted(found.scalars())
 
     async def workspaces(self, ids: Sequence[uuid.UUID]) -> list[Any]:
-        """Who each workspace is charged to, its state and its version's spec."""
+        """Who each workspace is charged to, its version's spec and its latest metered
+        hour (`latest`, None before its first record): one statement for the batch."""
         found = await self.session.execute(
             select(
                 Workspace.id,
@@ -90,49 +102,70 @@ class MeteringRows(PlatformRepository[CostRecord]):
                 Workspace.owner_id,
                 Workspace.state,
                 TemplateVersion.spec,
+                _latest_hour().label("latest"),
             )
             .outerjoin(
                 TemplateVersion,
                 (TemplateVersion.template_id == Workspace.template_id)
                 & (TemplateVersion.version == Workspace.template_version),
             )
-            .where(Workspace.id.in_(list(ids)))
+            .where(self._among(Workspace.id, ids))
         )
         return list(found.all())
-
-    async def latest_hours(self, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, datetime]:
-        """Each workspace's latest metered hour."""
-        found = await self.session.execute(
-            select(CostRecord.workspace_id, func.max(CostRecord.period_start))
-            .where(CostRecord.workspace_id.in_(list(ids)))
-            .group_by(CostRecord.workspace_id)
-        )
-        return {row[0]: _aware(row[1]) for row in found.all()}
 
     async def transitions(
         self, ids: Sequence[uuid.UUID]
     ) -> list[tuple[uuid.UUID, str | None, str, datetime]]:
-        """The workspaces' lifecycle events in time order: (workspace, from, to, at)."""
-        found = await self.session.execute(
-            select(
-                WorkspaceEvent.workspace_id,
-                WorkspaceEvent.from_state,
-                WorkspaceEvent.to_state,
-                WorkspaceEvent.at,
-            )
-            .where(WorkspaceEvent.workspace_id.in_(list(ids)))
-            .order_by(WorkspaceEvent.workspace_id, WorkspaceEvent.at, WorkspaceEvent.id)
+        """The workspaces' lifecycle events a pass needs, in time order: (workspace, from,
+        to, at). Those from each one's latest metered hour on, and the last one before it
+        (whether it was running then): a pass recomputes from that hour, so a workspace's
+        cost per pass does not grow with its history."""
+        events = WorkspaceEvent
+        bound = func.coalesce(_latest_hour(), literal(EPOCH, UTCDateTime()))
+        columns = (events.workspace_id, events.from_state, events.to_state, events.at, events.id)
+        since = (
+            select(*columns)
+            .join(Workspace, (events.workspace_id == Workspace.id) & (events.at >= bound))
+            .where(self._among(Workspace.id, ids))
         )
-        return [(r[0], r[1], r[2], r[3]) for r in found.all()]
+        other = aliased(WorkspaceEvent)
+        earlier = (
+            select(other.id)
+            .where(other.workspace_id == Workspace.id, other.at < bound)
+            .order_by(other.at.desc(), other.id.desc())
+            .limit(1)
+            .scalar_subquery()
+        )
+        before = (
+            select(*columns)
+            .join(Workspace, events.id == earlier)
+            .where(self._among(Workspace.id, ids))
+        )
+        both = union_all(since, before).subquery()
+        found = await self.session.execute(
+            select(both.c.workspace_id, both.c.from_state, both.c.to_state, both.c.at).order_by(
+                both.c.workspace_id, both.c.at, both.c.id
+            )
+        )
+        return [(r[0], r[1], r[2], _aware(r[3])) for r in found.all()]
 
     async def upsert(self, records: Sequence[dict[str, Any]]) -> None:
         """Write each hour's record, or replace it when this pass saw at least as late a
         time as the pass that wrote it: passes recompute whole hours, so replaying one, or
-        two at once, leaves the same rows."""
+        two at once, leaves the same rows. One statement for the batch: on PostgreSQL the
+        rows travel as one array per column (a statement whose text never changes, and
+        one run of the daily summary's triggers); SQLite runs it once per row. The
+        records of one call share their currency and `recorded_at` (a pass's clock)."""
         if not records:
             return
+        if _postgres(self.session):
+            values: dict[str, Any] = {c: [r[c] for r in records] for c in UPSERT_ARRAYS}
+            values["currency"] = records[0]["currency"]
+            values["recorded_at"] = records[0]["recorded_at"]
+            await self.session.execute(UPSERT_POSTGRES, values)
+            return
         table = CostRecord.__table__
-        statement = self._dialect().insert(table).values(list(records))
+        statement = sqlite.insert(CostRecord)
         excluded = statement.excluded
         await self.session.execute(
             statement.on_conflict_do_update(
@@ -146,81 +179,224 @@ class MeteringRows(PlatformRepository[CostRecord]):
                     "recorded_at": excluded.recorded_at,
                 },
                 where=table.c.recorded_at <= excluded.recorded_at,
-            )
+            ),
+            list(records),
         )
+
+    def _among(self, column: Any, ids: Sequence[uuid.UUID]) -> ColumnElement[bool]:
+        """`column IN ids`; on PostgreSQL one array parameter instead of one per id."""
+        if _postgres(self.session):
+            return cast_bool(column == any_(literal(list(ids), postgresql.ARRAY(Uuid()))))
+        return cast_bool(column.in_(list(ids)))
 
     def _dialect(self) -> Any:
         return postgresql if self.session.get_bind().dialect.name == "postgresql" else sqlite
+
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# The columns that vary from record to record; a pass's currency and clock are one value.
+UPSERT_ARRAYS = (
+    "id",
+    "tenant_id",
+    "workspace_id",
+    "template_id",
+    "project_id",
+    "user_id",
+    "period_start",
+    "period_end",
+    "amount",
+    "rate",
+    "open",
+)
+UPSERT_POSTGRES = text(
+    """
+    INSERT INTO cost_records AS r (id, tenant_id, workspace_id, template_id, project_id,
+                                   user_id, period_start, period_end, amount, rate, currency,
+                                   open, recorded_at)
+    SELECT u.id, u.tenant_id, u.workspace_id, u.template_id, u.project_id, u.user_id,
+           u.period_start, u.period_end, u.amount, u.rate, CAST(:currency AS varchar),
+           u.open, CAST(:recorded_at AS timestamptz)
+    FROM unnest(CAST(:id AS uuid[]), CAST(:tenant_id AS uuid[]), CAST(:workspace_id AS uuid[]),
+                CAST(:template_id AS uuid[]), CAST(:project_id AS uuid[]),
+                CAST(:user_id AS uuid[]), CAST(:period_start AS timestamptz[]),
+                CAST(:period_end AS timestamptz[]), CAST(:amount AS numeric[]),
+                CAST(:rate AS numeric[]), CAST(:open AS boolean[]))
+         AS u(id, tenant_id, workspace_id, template_id, project_id, user_id, period_start,
+              period_end, amount, rate, open)
+    ON CONFLICT (workspace_id, period_start) DO UPDATE SET
+        period_end = EXCLUDED.period_end, amount = EXCLUDED.amount, rate = EXCLUDED.rate,
+        currency = EXCLUDED.currency, open = EXCLUDED.open, recorded_at = EXCLUDED.recorded_at
+    WHERE r.recorded_at <= EXCLUDED.recorded_at
+    """
+)
+
+
+def _latest_hour() -> Any:
+    """The latest metered hour of the enclosing statement's workspace (an index probe, not
+    a scan of its records)."""
+    return (
+        select(func.max(CostRecord.period_start))
+        .where(CostRecord.workspace_id == Workspace.id)
+        .correlate(Workspace)
+        .scalar_subquery()
+    )
+
+
+def cast_bool(condition: Any) -> ColumnElement[bool]:
+    assert isinstance(condition, ColumnElement)
+    return condition
 
 
 def _aware(value: datetime) -> datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
-NO_KEY = uuid.UUID(int=0)
 NANOS = Decimal(10**9)
+DAY = timedelta(days=1)
 
 
 def _postgres(session: AsyncSession) -> bool:
     return session.get_bind().dialect.name == "postgresql"
 
 
-def sum_amounts(session: AsyncSession, amount: Any = CostRecord.amount) -> ColumnElement[Any]:
-    """SUM of amounts: `numeric` on PostgreSQL; integer billionths on SQLite (REAL)."""
+def record_nanos(session: AsyncSession) -> ColumnElement[Any]:
+    """A record's amount in integer billionths: exact from `numeric` on PostgreSQL, rounded
+    from REAL on SQLite (exact for any amount below a million), as the summary holds it."""
     if _postgres(session):
-        return func.coalesce(func.sum(amount), 0)
-    return func.coalesce(func.sum(cast(func.round(amount * 10**9), BigInteger)), 0)
+        return cast(CostRecord.amount * 10**9, BigInteger)
+    return cast(func.round(CostRecord.amount * 10**9), BigInteger)
 
 
-def as_amount(session: AsyncSession, value: Any) -> Decimal:
-    """A `sum_amounts` result as the decimal it stands for."""
-    return Decimal(value) if _postgres(session) else Decimal(int(value)) / NANOS
+def as_amount(value: Any) -> Decimal:
+    """A sum of billionths as the decimal it stands for."""
+    return Decimal(int(value or 0)) / NANOS
+
+
+def _on(model: type[Any], condition: ColumnElement[Any]) -> ColumnElement[Any]:
+    """`condition`, written on cost records' columns, on the same columns of `model`."""
+    if model is CostRecord:
+        return condition
+    table = model.__table__
+    records = CostRecord.__table__
+
+    def swap(element: Any, **_: Any) -> Any:
+        if isinstance(element, Column) and element.table is records:
+            return table.c[element.name]
+        return None
+
+    swapped = visitors.replacement_traverse(condition, {}, swap)
+    assert isinstance(swapped, ColumnElement)
+    return swapped
+
+
+def _column(model: type[Any], name: str) -> ColumnElement[Any]:
+    column: ColumnElement[Any] = model.__table__.c[name]
+    return column
+
+
+@dataclass(frozen=True)
+class Part:
+    """Where some of a window's records are summed: whole UTC days in `cost_days`, or
+    the hours at the window's edges in `cost_records`."""
+
+    model: type[Any]
+    nanos: Any
+    records: Any
+    window: tuple[ColumnElement[bool], ...]
+
+
+def parts(session: AsyncSession, since: datetime, until: datetime) -> list[Part]:
+    """The records of hours starting in [since, until): the whole days between the first
+    midnight at or after `since` and the last at or before `until` from the summary, the
+    rest (or everything, in a window with no whole day) from the records."""
+    since, until = since.astimezone(UTC), until.astimezone(UTC)
+    first = since.replace(hour=0, minute=0, second=0, microsecond=0)
+    if first < since:
+        first += DAY
+    last = until.replace(hour=0, minute=0, second=0, microsecond=0)
+    one = literal(1, Integer())
+    if first >= last:
+        window = (CostRecord.period_start >= since, CostRecord.period_start < until)
+        return [Part(CostRecord, record_nanos(session), one, window)]
+    found = [
+        Part(
+            CostDay,
+            CostDay.amount_nanos,
+            CostDay.records,
+            (CostDay.day >= first.date(), CostDay.day < last.date()),
+        )
+    ]
+    edges = [
+        (CostRecord.period_start >= start) & (CostRecord.period_start < end)
+        for start, end in ((since, first), (last, until))
+        if start < end
+    ]
+    if edges:
+        found.append(Part(CostRecord, record_nanos(session), one, (or_(*edges),)))
+    return found
+
+
+def summed(
+    session: AsyncSession,
+    since: datetime,
+    until: datetime,
+    conditions: Sequence[ColumnElement[bool]],
+    keys: Callable[[type[Any]], Sequence[ColumnElement[Any]]],
+) -> Any:
+    """A subquery of (key..., nanos, records): one row per key and part, over
+    [since, until), meeting `conditions` (written on cost records' columns)."""
+    selects = []
+    for part in parts(session, since, until):
+        names = [key.label(f"k{i}") for i, key in enumerate(keys(part.model))]
+        selects.append(
+            select(
+                *names,
+                func.sum(part.nanos).label("nanos"),
+                func.sum(part.records).label("records"),
+            )
+            .where(*part.window, *(_on(part.model, c) for c in conditions))
+            .group_by(*names)
+        )
+    if len(selects) == 1:
+        return selects[0].subquery()
+    return union_all(*selects).subquery()
 
 
 class CostRepository(ScopedRepository[CostRecord]):
-    """A tenant's cost records; aggregates are summed in the database.
+    """A tenant's costs, summed in the database over the daily summary and the records.
 
-    PostgreSQL sums `numeric` exactly; SQLite holds the amounts as REAL, so there each
-    amount is summed as integer billionths (exact for any amount below a million).
+    Whole UTC days come from `cost_days` (kept by triggers, exact at every commit), the
+    hours at the edges of a window that does not start or end at midnight from
+    `cost_records`; both in integer billionths, so sums are exact on both databases.
     """
 
     model = CostRecord
     noun = "cost record"
 
-    def _key(self, group_by: str) -> ColumnElement[Any]:
+    def _key(self, model: type[Any], group_by: str) -> ColumnElement[Any]:
+        postgres = _postgres(self.session)
         if group_by == "day":
-            if self.session.get_bind().dialect.name == "postgresql":
+            if model is CostDay:
+                if postgres:
+                    return func.to_char(CostDay.day, "YYYY-MM-DD")
+                return cast(CostDay.day, String)
+            if postgres:
                 return func.to_char(func.timezone("UTC", CostRecord.period_start), "YYYY-MM-DD")
             return func.substr(cast(CostRecord.period_start, String), 1, 10)
-        column = {
-            "user": CostRecord.user_id,
-            "project": CostRecord.project_id,
-            "workspace": CostRecord.workspace_id,
-            "template": CostRecord.template_id,
-        }[group_by]
+        column = _column(model, GROUP_COLUMNS[group_by])
+        if model is CostDay:
+            return column
         return func.coalesce(column, literal(NO_KEY, Uuid()))
 
-    def _where(
-        self, since: datetime, until: datetime, conditions: Sequence[ColumnElement[bool]]
-    ) -> list[ColumnElement[bool]]:
-        return [
-            *self.visible(),
-            CostRecord.period_start >= since,
-            CostRecord.period_start < until,
-            *conditions,
-        ]
+    def _conditions(self, conditions: Sequence[ColumnElement[bool]]) -> list[ColumnElement[bool]]:
+        return [*self.visible(), *conditions]
 
     async def total(
         self, since: datetime, until: datetime, conditions: Sequence[ColumnElement[bool]]
     ) -> Decimal:
-        found = await self.session.execute(
-            select(
-                sum_amounts(
-                    self.session,
-                )
-            ).where(*self._where(since, until, conditions))
-        )
-        return as_amount(self.session, found.scalar_one())
+        rows = summed(self.session, since, until, self._conditions(conditions), lambda _: [])
+        found = await self.session.execute(select(func.sum(rows.c.nanos)))
+        return as_amount(found.scalar_one())
 
     async def groups(
         self,
@@ -233,28 +409,37 @@ class CostRepository(ScopedRepository[CostRecord]):
         limit: int,
     ) -> list[tuple[str | None, Decimal]]:
         """Up to `limit` groups after the key `after`, in key order, with their sums."""
-        rows = (
-            select(self._key(group_by).label("key"), CostRecord.amount)
-            .where(*self._where(since, until, conditions))
-            .subquery()
+        rows = summed(
+            self.session,
+            since,
+            until,
+            self._conditions(conditions),
+            lambda model: [self._key(model, group_by)],
         )
-        statement = select(rows.c.key, sum_amounts(self.session, rows.c.amount))
+        key = rows.c.k0
+        statement = select(key, func.sum(rows.c.nanos)).group_by(key)
         if after is not None:
             bound: Any = after if group_by == "day" else uuid.UUID(after)
-            statement = statement.where(rows.c.key > bound)
+            statement = statement.where(key > bound)
         found = await self.session.execute(
-            statement.group_by(rows.c.key).order_by(rows.c.key).limit(limit)
+            statement.having(func.sum(rows.c.records) > 0).order_by(key).limit(limit)
         )
         groups: list[tuple[str | None, Decimal]] = []
         for value, amount in found.all():
             if group_by == "day":
-                groups.append((str(value), as_amount(self.session, amount)))
+                groups.append((str(value), as_amount(amount)))
             else:
                 identity = value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
-                groups.append(
-                    (None if identity == NO_KEY else str(identity), as_amount(self.session, amount))
-                )
+                groups.append((None if identity == NO_KEY else str(identity), as_amount(amount)))
         return groups
+
+
+GROUP_COLUMNS = {
+    "user": "user_id",
+    "project": "project_id",
+    "workspace": "workspace_id",
+    "template": "template_id",
+}
 
 
 class BudgetRepository(ScopedRepository[Budget]):
@@ -283,25 +468,30 @@ async def spent_by_budget(
     until: datetime,
     visible: Sequence[ColumnElement[bool]],
 ) -> dict[uuid.UUID, Decimal]:
-    """What each budget's scope spent in [since, until): one query per kind of scope."""
-    window = [CostRecord.period_start >= since, CostRecord.period_start < until]
+    """What each budget's scope spent in [since, until): one query per kind of scope, over
+    the daily summary and the records at the window's edges (`visible` is written on cost
+    records' columns)."""
     found: dict[uuid.UUID, Decimal] = {}
     by_scope: dict[str, list[Budget]] = {}
     for budget in budgets:
         by_scope.setdefault(budget.scope, []).append(budget)
     for scope, members in by_scope.items():
         column: Any = SCOPE_COLUMNS[scope]
-        rows = await session.execute(
-            select(CostRecord.tenant_id, column, sum_amounts(session))
-            .where(
-                *visible,
-                *window,
-                column.in_(list({b.scope_id for b in members})),
-                CostRecord.tenant_id.in_(list({b.tenant_id for b in members})),
-            )
-            .group_by(CostRecord.tenant_id, column)
+        conditions = [
+            *visible,
+            column.in_(list({b.scope_id for b in members})),
+            CostRecord.tenant_id.in_(list({b.tenant_id for b in members})),
+        ]
+        name = column.key
+
+        def keys(model: type[Any], name: str = name) -> list[ColumnElement[Any]]:
+            return [_column(model, "tenant_id"), _column(model, name)]
+
+        rows = summed(session, since, until, conditions, keys)
+        result = await session.execute(
+            select(rows.c.k0, rows.c.k1, func.sum(rows.c.nanos)).group_by(rows.c.k0, rows.c.k1)
         )
-        sums = {(r[0], r[1]): as_amount(session, r[2]) for r in rows.all()}
+        sums = {(r[0], r[1]): as_amount(r[2]) for r in result.all()}
         for budget in members:
             found[budget.id] = sums.get((budget.tenant_id, budget.scope_id), Decimal(0))
     return found

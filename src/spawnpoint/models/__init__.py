@@ -2,6 +2,7 @@
 
 from spawnpoint.models.artifacts import Artifact
 from spawnpoint.models.audit import AuditCheckpoint, AuditEntry, AuditHead
+from spawnpoint.models.cost_days import CostDay
 from spawnpoint.models.costs import Budget, CostRecord, MeteringWatermark
 from spawnpoint.models.identity import ApiKey, Credential, Invite, PasswordToken, RefreshToken
 from spawnpoint.models.jobs import Job, JobLog, JobState, LeaderLeaseRow
@@ -23,6 +24,7 @@ __all__ = [
     "AuditEntry",
     "AuditHead",
     "Budget",
+    "CostDay",
     "CostRecord",
     "Credential",
     "IdempotencyRecord",
