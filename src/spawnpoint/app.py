@@ -51,6 +51,7 @@ from spawnpoint.templates.endpoints import router as templates_router
 from spawnpoint.tenants.endpoints import router as tenants_router
 from spawnpoint.users.endpoints import router as users_router
 from spawnpoint.workspaces.endpoints import router as workspaces_router
+from spawnpoint.workspaces.status_cache import detach_status_cache, install_status_cache
 
 ROUTERS = (
     health_router,
@@ -101,6 +102,8 @@ def create_app(
     blobs = blob_store_for_settings(settings)
     jobs = job_registry or default_registry(settings)
     attach_blob_store(database, blobs)
+    # With REDIS_URL, permit status and connection documents are cached (after each commit).
+    install_status_cache(database, settings)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -124,6 +127,7 @@ def create_app(
                 await worker
             await policy.aclose()
             await close_identity(app)
+            await detach_status_cache(database)
             await database.dispose()
 
     tracing.configure_tracing(settings)

@@ -4,9 +4,10 @@ import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, status
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from spawnpoint.deps import (
+    DB,
     AppSettings,
     RequireMember,
     RequireViewer,
@@ -18,6 +19,7 @@ from spawnpoint.kit.pagination import Page, Pagination
 from spawnpoint.kit.routing import StrictRoute
 from spawnpoint.models import Job, Workspace, WorkspaceState
 from spawnpoint.policy.engine import PolicyEngine
+from spawnpoint.scope import TenantScope
 from spawnpoint.templates.repository import TemplateRepository
 from spawnpoint.workspaces.alive import lifecycle_of
 from spawnpoint.workspaces.repository import WorkspaceRepository
@@ -34,6 +36,12 @@ from spawnpoint.workspaces.schemas import (
     WorkspaceRead,
 )
 from spawnpoint.workspaces.service import WorkspaceService
+from spawnpoint.workspaces.status_cache import (
+    Document,
+    StatusKeeper,
+    documents_of,
+    status_cache_of,
+)
 
 PermitId = Annotated[
     str, Path(min_length=1, max_length=200, description="The workspace's `external_ref`.")
@@ -233,30 +241,54 @@ async def list_workspace_events(
     return Page(items=[WorkspaceEventRead.model_validate(e) for e in items], next_cursor=cursor)
 
 
-@router.get("/api/v1/workspaces/{permit_id}/status", summary="Workspace status by permit")
+async def get_status_keeper(database: DB) -> StatusKeeper | None:
+    return status_cache_of(database)
+
+
+Keeper = Annotated[StatusKeeper | None, Depends(get_status_keeper)]
+
+
+async def permit_document(
+    workspaces: WorkspaceService,
+    keeper: StatusKeeper | None,
+    scope: TenantScope,
+    permit_id: str,
+    which: Document,
+) -> Response:
+    """A permit document: from Redis when it holds it, else from the database (then cached).
+
+    Both answers are the bytes `documents_of` renders. The key is the caller's own tenant's,
+    as `by_permit` reads the caller's own tenant only, operators included.
+    """
+    if keeper is not None:
+        cached = await keeper.read(scope.tenant_id, permit_id, which)
+        if cached is not None:
+            return Response(cached, media_type="application/json")
+    documents = documents_of(await workspaces.by_permit(permit_id))
+    if keeper is not None:
+        await keeper.fill(documents)
+    return Response(documents.document(which), media_type="application/json")
+
+
+@router.get(
+    "/api/v1/workspaces/{permit_id}/status",
+    summary="Workspace status by permit",
+    response_model=PermitStatus,
+)
 async def permit_status(
-    _: RequireViewer, workspaces: Workspaces, permit_id: PermitId
-) -> PermitStatus:
+    _: RequireViewer, workspaces: Workspaces, keeper: Keeper, scope: Scope, permit_id: PermitId
+) -> Response:
     """Runtime status of the workspace spawned for a permit (its `external_ref`)."""
-    workspace = await workspaces.by_permit(permit_id)
-    return PermitStatus(
-        permit_id=permit_id,
-        workspace_id=workspace.id,
-        status=WorkspaceState(workspace.state),
-        error=workspace.error,
-        updated_at=workspace.updated_at,
-    )
+    return await permit_document(workspaces, keeper, scope, permit_id, "status")
 
 
-@router.get("/api/v1/workspaces/{permit_id}/connection", summary="Workspace connection by permit")
+@router.get(
+    "/api/v1/workspaces/{permit_id}/connection",
+    summary="Workspace connection by permit",
+    response_model=PermitConnection,
+)
 async def permit_connection(
-    _: RequireViewer, workspaces: Workspaces, permit_id: PermitId
-) -> PermitConnection:
+    _: RequireViewer, workspaces: Workspaces, keeper: Keeper, scope: Scope, permit_id: PermitId
+) -> Response:
     """Connection details of the workspace spawned for a permit (its `external_ref`)."""
-    workspace = await workspaces.by_permit(permit_id)
-    return PermitConnection(
-        permit_id=permit_id,
-        workspace_id=workspace.id,
-        status=WorkspaceState(workspace.state),
-        connection=workspace.connection,
-    )
+    return await permit_document(workspaces, keeper, scope, permit_id, "connection")

@@ -37,6 +37,7 @@ from spawnpoint.provisioners import (
 )
 from spawnpoint.workspaces.lifecycle import SYSTEM, can_move, move, transition
 from spawnpoint.workspaces.repository import JobRows
+from spawnpoint.workspaces.status_cache import refresh_on_commit
 
 S = WorkspaceState
 DriverCall = Callable[[AnyProvisioner, ProvisionContext], Awaitable[ProvisionResult | None]]
@@ -189,6 +190,12 @@ class WorkspaceHandlers:
             if loaded is None:
                 return {"skipped": "workspace no longer exists"}
             workspace, _ = loaded
+            refresh_on_commit(
+                session,
+                workspace_id=workspace.id,
+                tenant_id=workspace.tenant_id,
+                external_ref=workspace.external_ref,
+            )
             if step.done == S.deleted:
                 workspace.driver_state = {}
                 workspace.connection = None
@@ -225,6 +232,12 @@ class WorkspaceHandlers:
             if workspace is None:
                 return
             workspace.error = message
+            refresh_on_commit(
+                session,
+                workspace_id=workspace.id,
+                tenant_id=workspace.tenant_id,
+                external_ref=workspace.external_ref,
+            )
             if state is not None:
                 workspace.driver_state = state
             # A job that failed before entering its working state (an unreadable row)

@@ -20,6 +20,7 @@ from spawnpoint.kit.ids import uuid7
 from spawnpoint.models import Workspace, WorkspaceEvent
 from spawnpoint.models import WorkspaceState as S
 from spawnpoint.uow import unit_of
+from spawnpoint.workspaces.status_cache import refresh_on_commit
 
 TRANSITIONS: dict[S, frozenset[S]] = {
     S.pending: frozenset({S.provisioning, S.deleting, S.failed}),
@@ -101,9 +102,16 @@ def move(
 
 
 def announce(session: AsyncSession, external_ref: str | None, event: dict[str, Any]) -> None:
-    """Emit the outbox event of a workspace event (its column values) in `session`'s commit."""
+    """Emit the outbox event of a workspace event (its column values) in `session`'s commit,
+    and write a permit workspace's documents to the status cache after it."""
     columns = {k: v for k, v in event.items() if k != "id"}
     unit_of(session).emit(workspace_event(external_ref=external_ref, **columns))
+    refresh_on_commit(
+        session,
+        workspace_id=event["workspace_id"],
+        tenant_id=event["tenant_id"],
+        external_ref=external_ref,
+    )
 
 
 def creation_event(

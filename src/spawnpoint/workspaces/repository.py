@@ -34,7 +34,7 @@ from spawnpoint.kit.clock import utcnow
 from spawnpoint.kit.errors import Conflict, NotFound
 from spawnpoint.kit.inserts import row_params, rows_statement
 from spawnpoint.kit.pagination import PageParams, fetch_page
-from spawnpoint.kit.repository import ScopedRepository
+from spawnpoint.kit.repository import PlatformRepository, ScopedRepository
 from spawnpoint.models import (
     Budget,
     Job,
@@ -533,3 +533,45 @@ class SweepRows:
             )
         ).one()
         return row[0], row[1]
+
+
+# The columns of the permit documents (status_cache.py); `Row`s of them have the
+# attributes the documents are built from.
+STATUS_COLUMNS = (
+    Workspace.id,
+    Workspace.tenant_id,
+    Workspace.external_ref,
+    Workspace.state,
+    Workspace.error,
+    Workspace.updated_at,
+    Workspace.connection,
+)
+
+
+class StatusRows(PlatformRepository[Workspace]):
+    """The permit documents' columns of every tenant's workspaces: the status cache's
+    writers are system code (after-commit steps, the repair sweep, the rebuild command)."""
+
+    model = Workspace
+    noun = "workspace"
+
+    async def by_ids(self, ids: Sequence[uuid.UUID]) -> list[Any]:
+        """The rows of the workspaces `ids` that still exist."""
+        statement = select(*STATUS_COLUMNS).where(Workspace.id.in_(list(ids)))
+        return list((await self.session.execute(statement)).all())
+
+    async def batch(self, *, after: tuple[uuid.UUID, str] | None, limit: int) -> list[Any]:
+        """The next `limit` workspaces with a permit id after `after`, in (tenant, permit id)
+        order: the partial unique index on both serves it."""
+        statement = select(*STATUS_COLUMNS).where(Workspace.external_ref.is_not(None))
+        if after is not None:
+            statement = statement.where(tuple_(Workspace.tenant_id, Workspace.external_ref) > after)
+        statement = statement.order_by(Workspace.tenant_id, Workspace.external_ref).limit(limit)
+        return list((await self.session.execute(statement)).all())
+
+    async def existing(self, pairs: Sequence[tuple[uuid.UUID, str]]) -> set[tuple[uuid.UUID, str]]:
+        """Which (tenant, permit id) pairs name a workspace."""
+        statement = select(Workspace.tenant_id, Workspace.external_ref).where(
+            tuple_(Workspace.tenant_id, Workspace.external_ref).in_(list(pairs))
+        )
+        return {(row[0], str(row[1])) for row in await self.session.execute(statement)}

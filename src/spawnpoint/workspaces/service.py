@@ -79,6 +79,7 @@ from spawnpoint.workspaces.schemas import (
     SpawnRequest,
     Usage,
 )
+from spawnpoint.workspaces.status_cache import refresh_on_commit
 
 S = WorkspaceState
 USER = "user"
@@ -584,4 +585,11 @@ class WorkspaceService:
         workspace = await self._actionable(actor, workspace_id)
         workspace.last_activity_at = utcnow()
         workspace.last_activity_source = source
+        # The row's updated_at moves, and the status document shows it.
+        refresh_on_commit(
+            self.session,
+            workspace_id=workspace.id,
+            tenant_id=workspace.tenant_id,
+            external_ref=workspace.external_ref,
+        )
         await self.repository.flush()
