@@ -42,6 +42,10 @@ audit_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(audit_app, name="audit")
+cache_app = typer.Typer(
+    help="The Redis cache of permit status and connection documents.", no_args_is_help=True
+)
+app.add_typer(cache_app, name="cache")
 events_app = typer.Typer(help="RabbitMQ events: the outbox relay.", no_args_is_help=True)
 app.add_typer(events_app, name="events")
 
@@ -527,6 +531,37 @@ def events_relay(
         _fail("the outbox relay needs RABBITMQ_URL")
     configure_logging(settings)
     asyncio.run(serve_relay(settings, batch_size=batch_size, poll_interval=poll_interval))
+
+
+@cache_app.command("rebuild")
+def cache_rebuild(
+    batch_size: Annotated[
+        int, typer.Option(min=1, max=10_000, help="Workspaces read and written per batch.")
+    ] = 500,
+    keep_orphans: Annotated[
+        bool,
+        typer.Option("--keep-orphans", help="Keep the keys of permits no workspace has any more."),
+    ] = False,
+) -> None:
+    """Rewrite every permit workspace's status and connection documents in Redis."""
+    from spawnpoint.workspaces.status_cache import StatusCache, attach_status_cache, rebuild
+
+    settings = load_settings()
+    if not settings.redis_url:
+        _fail("the status cache needs REDIS_URL")
+
+    async def run(database: Database) -> dict[str, int]:
+        keeper = attach_status_cache(database, StatusCache.from_settings(settings))
+        try:
+            report = await rebuild(keeper, batch_size=batch_size, delete_orphans=not keep_orphans)
+        finally:
+            await keeper.cache.aclose()
+        return vars(report)
+
+    report = asyncio.run(_with_database(settings, run))
+    typer.echo(json.dumps(report))
+    if report["failed"]:
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -693,6 +693,10 @@ async def serve_worker(
     database = Database(
         settings.sqlalchemy_url, pool_size=max(settings.database_pool_size, concurrency + 2)
     )
+    # Transitions written here update the permit status cache too (with REDIS_URL).
+    from spawnpoint.workspaces.status_cache import detach_status_cache, install_status_cache
+
+    install_status_cache(database, settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     main = asyncio.current_task()
@@ -722,4 +726,5 @@ async def serve_worker(
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
+        await detach_status_cache(database)
         await database.dispose()
