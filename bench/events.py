@@ -1,0 +1,357 @@
+"""Events in and out of RabbitMQ, each figure a ratio against a baseline of the same run.
+
+    .venv/bin/python bench/events.py [--sections relay] [--backlog 20000] [--rounds 3]
+                                     [--batch-size 500] [--backend postgres|sqlite]
+
+Sections (`--sections`, comma-separated; each a function that returns its table rows):
+
+- **relay** (`relay_section`): the outbox relay draining a backlog of `--backlog` outbox rows
+  (workspace lifecycle events: four per workspace, written in waves as spawns write them)
+  to a durable queue through the topic exchange, from the first read to the last row marked
+  published, against raw aio-pika publishing the same messages (same bodies, properties and
+  routing keys) with publisher confirms, `--batch-size` at a time, every confirm awaited
+  per batch. Both publish into the same vhost of this run's own (rabbitmqctl) and the same
+  durable queue, purged between runs; rounds alternate raw, relay, relay, raw, ... and the
+  ratio is taken per round (the machine's speed moves between rounds). Goal: >= 0.5.
+
+Prints a Markdown table with the load average, writes bench/results/events.md. Exit status
+0 when every goal is met, 1 when one is not, 2 on error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+from sqlalchemy import insert, update
+
+from _common import markdown_table, median, scratch_database, write_result
+from spawnpoint.config import Settings
+from spawnpoint.db import Database
+from spawnpoint.events.outbox import workspace_event
+from spawnpoint.events.relay import OutboxRelay
+from spawnpoint.events.repository import PendingEvent, RelayRepository
+from spawnpoint.kit.clock import utcnow
+from spawnpoint.migrations import upgrade
+from spawnpoint.models import OutboxEvent
+
+EXCHANGE = "spawnpoint.events"
+QUEUE = "bench.events"
+GOAL_RELAY = 0.5
+STATES = ("pending", "provisioning", "running", "stopping")
+WAVE = 250  # workspaces whose events interleave, as a burst of spawns writes them
+
+
+@dataclass
+class Row:
+    """One line of the table."""
+
+    measurement: str
+    baseline: str
+    result: str
+    ratio: float
+    goal: float
+
+    @property
+    def met(self) -> bool:
+        return self.ratio >= self.goal
+
+
+# --------------------------------------------------------------------------- the broker
+
+
+def _ctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=60)
+
+
+@contextlib.contextmanager
+def scratch_vhost() -> Iterator[str]:
+    name = f"spawnpoint-bench-{uuid.uuid4().hex[:10]}"
+    _ctl("add_vhost", name)
+    try:
+        _ctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
+        yield f"amqp://guest:guest@127.0.0.1:5672/{name}"
+    finally:
+        _ctl("delete_vhost", name)
+
+
+@contextlib.asynccontextmanager
+async def bound_queue(url: str) -> AsyncIterator[aio_pika.abc.AbstractQueue]:
+    """A durable queue bound to every event type: routed, persistent messages land here."""
+    connection = await aio_pika.connect(url)
+    try:
+        channel = await connection.channel()
+        exchange = await channel.declare_exchange(
+            EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True
+        )
+        queue = await channel.declare_queue(QUEUE, durable=True)
+        await queue.bind(exchange, "#")
+        yield queue
+    finally:
+        await connection.close()
+
+
+async def purge(queue: aio_pika.abc.AbstractQueue, expected: int) -> None:
+    declared = await queue.declare()
+    count = declared.message_count or 0
+    if count != expected:
+        raise RuntimeError(f"the queue holds {count} messages, expected {expected}")
+    await queue.purge()
+
+
+# --------------------------------------------------------------------------- the relay section
+
+
+def backlog_rows(count: int) -> list[dict[str, Any]]:
+    """`count` workspace events: waves of WAVE workspaces, each wave's events state by state."""
+    rows: list[dict[str, Any]] = []
+    tenant = uuid.uuid4()
+    at = utcnow()
+    while len(rows) < count:
+        wave = [uuid.uuid4() for _ in range(WAVE)]
+        previous: str | None = None
+        for state in STATES:
+            for workspace in wave:
+                if len(rows) == count:
+                    return rows
+                rows.append(
+                    workspace_event(
+                        tenant_id=tenant,
+                        workspace_id=workspace,
+                        external_ref=f"permit-{workspace.hex[:8]}",
+                        from_state=previous,
+                        to_state=state,
+                        actor="system",
+                        actor_id=None,
+                        reason="bench",
+                        at=at,
+                    )
+                )
+            previous = state
+    return rows
+
+
+async def write_backlog(database: Database, rows: list[dict[str, Any]]) -> None:
+    for start in range(0, len(rows), 1000):
+        async with database.transaction(write=True) as session:
+            await session.execute(insert(OutboxEvent), rows[start : start + 1000])
+
+
+async def unpublish_all(database: Database) -> None:
+    async with database.transaction(write=True) as session:
+        await session.execute(update(OutboxEvent).values(published_at=None, attempts=0))
+
+
+async def read_all(database: Database, count: int) -> list[PendingEvent]:
+    async with database.transaction(write=False) as session:
+        events = await RelayRepository(session).unpublished(limit=count)
+    if len(events) != count:
+        raise RuntimeError(f"read {len(events)} unpublished events, expected {count}")
+    return events
+
+
+async def raw_publish(url: str, events: list[PendingEvent], batch_size: int) -> float:
+    """Seconds to publish `events` with plain aio-pika: confirms, a batch at a time."""
+    connection = await aio_pika.connect(url)
+    try:
+        channel = await connection.channel(publisher_confirms=True)
+        exchange = await channel.declare_exchange(
+            EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True
+        )
+        started = time.perf_counter()
+        for start in range(0, len(events), batch_size):
+            batch = events[start : start + batch_size]
+            await asyncio.gather(
+                *(
+                    exchange.publish(
+                        aio_pika.Message(
+                            event.body,
+                            message_id=str(event.id),
+                            content_type="application/json",
+                            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                            timestamp=event.created_at,
+                            type=event.type,
+                            headers={"key": event.key, "tenant_id": str(event.tenant_id)},
+                        ),
+                        routing_key=event.type,
+                        mandatory=True,
+                    )
+                    for event in batch
+                )
+            )
+        return time.perf_counter() - started
+    finally:
+        await connection.close()
+
+
+async def relay_drain(
+    database: Database, settings: Settings, url: str, count: int, batch_size: int
+) -> float:
+    """Seconds for the relay to publish and mark the whole backlog (connected beforehand)."""
+    relay = OutboxRelay(database, settings, url=url, batch_size=batch_size)
+    try:
+        await relay.contend()
+        await relay.connect()
+        started = time.perf_counter()
+        published = 0
+        while published < count:
+            outcome = await relay.publish_batch()
+            if outcome.broken is not None or outcome.failed or outcome.unroutable:
+                raise RuntimeError(f"the relay's batch did not go out cleanly: {outcome}")
+            if not await relay.mark(outcome):
+                raise RuntimeError("the relay lost its lease")
+            if not outcome.confirmed:
+                raise RuntimeError(f"the relay stalled after {published} events")
+            published += len(outcome.confirmed)
+        return time.perf_counter() - started
+    finally:
+        await relay.disconnect()
+        await relay.release()
+
+
+@contextlib.contextmanager
+def bench_database(backend: str) -> Iterator[Settings]:
+    with contextlib.ExitStack() as stack:
+        data_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="events-bench-")))
+        if backend == "sqlite":
+            url = f"sqlite+aiosqlite:///{data_dir / 'events.db'}"
+        else:
+            scratch = stack.enter_context(scratch_database("spawnpoint_bench_events"))
+            url = scratch.url
+        settings = Settings(  # type: ignore[call-arg]
+            _env_file=None, database_url=url, data_dir=data_dir, environment="development"
+        )
+        upgrade(settings)
+        yield settings
+
+
+def relay_section(
+    *, backlog: int, rounds: int, batch_size: int, backend: str, log: Callable[[str], None]
+) -> list[Row]:
+    with bench_database(backend) as settings, scratch_vhost() as url:
+        raw_rates, relay_rates = asyncio.run(
+            relay_rounds(
+                settings, url, backlog=backlog, rounds=rounds, batch_size=batch_size, log=log
+            )
+        )
+    ratios = [relay / raw for relay, raw in zip(relay_rates, raw_rates, strict=True)]
+    return [
+        Row(
+            measurement=f"outbox relay, backlog of {backlog:,} events, batches of {batch_size}, "
+            f"{backend} (median of {rounds} rounds; per-round ratios "
+            + ", ".join(f"{r:.2f}" for r in ratios)
+            + ")",
+            baseline=f"raw aio-pika with confirms: {median(raw_rates):,.0f} events/s",
+            result=f"relay, read + publish + mark: {median(relay_rates):,.0f} events/s",
+            ratio=median(ratios),
+            goal=GOAL_RELAY,
+        )
+    ]
+
+
+async def relay_rounds(
+    settings: Settings,
+    url: str,
+    *,
+    backlog: int,
+    rounds: int,
+    batch_size: int,
+    log: Callable[[str], None],
+) -> tuple[list[float], list[float]]:
+    """Events per second of raw publishing and of the relay, one of each per round."""
+    database = Database(settings.sqlalchemy_url, pool_size=4)
+    raw_rates: list[float] = []
+    relay_rates: list[float] = []
+    try:
+        await write_backlog(database, backlog_rows(backlog))
+        events = await read_all(database, backlog)
+        async with bound_queue(url) as queue:
+            for n in range(rounds):
+                order = ("raw", "relay") if n % 2 == 0 else ("relay", "raw")
+                rates: dict[str, float] = {}
+                for what in order:
+                    if what == "raw":
+                        seconds = await raw_publish(url, events, batch_size)
+                    else:
+                        await unpublish_all(database)
+                        seconds = await relay_drain(database, settings, url, backlog, batch_size)
+                    await purge(queue, backlog)
+                    rates[what] = backlog / seconds
+                    log(f"round {n + 1}: {what} {rates[what]:,.0f} events/s")
+                raw_rates.append(rates["raw"])
+                relay_rates.append(rates["relay"])
+    finally:
+        await database.dispose()
+    return raw_rates, relay_rates
+
+
+# --------------------------------------------------------------------------- the report
+
+
+def report(rows: list[Row]) -> str:
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    table = markdown_table(
+        ["measurement", "baseline (same run)", "spawnpoint", "ratio", "goal"],
+        [
+            [
+                r.measurement,
+                r.baseline,
+                r.result,
+                f"**{r.ratio:.2f}**",
+                f">= {r.goal} " + ("✔" if r.met else "✘"),
+            ]
+            for r in rows
+        ],
+    )
+    return f"{table}\n\nLoad average at the end (1, 5, 15 min): {load}; {os.cpu_count()} CPUs.\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sections", default="relay", help="comma-separated: relay")
+    parser.add_argument("--backlog", type=int, default=20_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--backend", choices=("postgres", "sqlite"), default="postgres")
+    args = parser.parse_args()
+    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    unknown = set(sections) - {"relay"}
+    if unknown:
+        parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
+
+    def log(line: str) -> None:
+        print(line, flush=True)
+
+    rows: list[Row] = []
+    try:
+        if "relay" in sections:
+            rows += relay_section(
+                backlog=args.backlog,
+                rounds=args.rounds,
+                batch_size=args.batch_size,
+                backend=args.backend,
+                log=log,
+            )
+    except Exception as exc:
+        print(f"bench/events.py failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    text = report(rows)
+    print(text)
+    write_result("events.md", text)
+    return 0 if all(r.met for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
