@@ -6,16 +6,20 @@
 1. creates a scratch database (SPAWNPOINT_BENCH_PG_URL, else SPAWNPOINT_TEST_PG_URL, else
    the local server) and migrates it;
 2. writes a month (720 hours) of cost records for `--workspaces` always-on workspaces of the
-   demo tenant, spread over `--projects` projects, in one INSERT ... SELECT. With one record
-   per workspace per hour (the roll-up spawnpoint meters, extended in place each 60-second
-   interval) that is 7.2 million rows for 10,000 workspaces, instead of the 432 million of
-   one row per 60-second interval; the amounts are exact to the cent either way;
+   demo tenant, spread over `--projects` projects, one INSERT ... SELECT per day (the daily
+   summary's triggers run on each, as on any write). With one record per workspace per hour
+   (the roll-up spawnpoint meters, extended in place each 60-second interval) that is 7.2
+   million rows for 10,000 workspaces, instead of the 432 million of one row per 60-second
+   interval, and 300,000 summary rows; the amounts are exact to the cent either way;
 3. times `GET /api/costs?group_by=project` for the month through the app in process (the
    dev token, an admin of the demo tenant) against the same aggregate as one SQL statement
-   on the table, alternating the two, and reports p50/p99 of each;
+   on the records table, alternating the two, and reports p50/p99 of each and their ratio;
+   then the same request over a window cut inside its first and last days (the summary
+   for the whole days, the records for the edges);
 4. plants `--running` running workspaces (with their `running` events) and times metering
    passes at a controlled clock: the first (which writes their hour's records) and the
-   following ones a minute apart (which extend them in place), per 1,000 workspaces;
+   following ones a minute apart (which extend them in place), per 1,000 workspaces, with
+   the statements each pass sends;
 5. prints a Markdown table, writes bench/results/costs.md and drops the database.
 """
 
@@ -29,10 +33,11 @@ import tempfile
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 
 import httpx
-from sqlalchemy import insert, text
+from sqlalchemy import event, insert, text
 
 from _common import markdown_table, percentile, scratch_database, write_result
 from spawnpoint.app import create_app
@@ -49,18 +54,23 @@ DEMO_TEMPLATE = uuid.UUID("00000000-0000-0000-0000-000000000100")
 MONTH = datetime(2024, 7, 1, tzinfo=UTC)
 HOURS = 720
 
-SEED = text(
+SEED_WORKSPACES = text(
+    """
+    CREATE TEMPORARY TABLE bench_workspaces ON COMMIT DROP AS
+    SELECT gen_random_uuid() AS id,
+           (CAST(:projects AS uuid[]))[1 + (n % cardinality(CAST(:projects AS uuid[])))]
+               AS project_id,
+           gen_random_uuid() AS user_id
+    FROM generate_series(1, :workspaces) AS n
+    """
+)
+SEED_DAY = text(
     """
     INSERT INTO cost_records (id, tenant_id, workspace_id, template_id, project_id, user_id,
                               period_start, period_end, amount, rate, currency, open, recorded_at)
     SELECT gen_random_uuid(), :tenant, w.id, :template, w.project_id, w.user_id,
            h, h + interval '1 hour', 0.12, 0.12, 'USD', false, h + interval '1 hour'
-    FROM (
-        SELECT gen_random_uuid() AS id,
-               (:projects)[1 + (n % cardinality(:projects))] AS project_id,
-               gen_random_uuid() AS user_id
-        FROM generate_series(1, :workspaces) AS n
-    ) AS w
+    FROM bench_workspaces AS w
     CROSS JOIN generate_series(CAST(:start AS timestamptz),
                                CAST(:start AS timestamptz) + (:hours - 1) * interval '1 hour',
                                interval '1 hour') AS h
@@ -75,46 +85,53 @@ RAW = text(
 )
 
 
-async def seed(database: Database, workspaces: int, projects: int) -> float:
+async def seed(database: Database, workspaces: int, projects: int) -> tuple[float, int]:
+    """A month of records, a day per statement; returns the seconds and the summary rows."""
     started = time.perf_counter()
     project_ids = [uuid.uuid4() for _ in range(projects)]
     async with database.transaction(write=True) as session:
-        await session.execute(
-            SEED,
-            {
-                "tenant": DEMO_TENANT,
-                "template": DEMO_TEMPLATE,
-                "projects": project_ids,
-                "workspaces": workspaces,
-                "start": MONTH,
-                "hours": HOURS,
-            },
-        )
+        await session.execute(SEED_WORKSPACES, {"projects": project_ids, "workspaces": workspaces})
+        for day in range(HOURS // 24):
+            await session.execute(
+                SEED_DAY,
+                {
+                    "tenant": DEMO_TENANT,
+                    "template": DEMO_TEMPLATE,
+                    "start": MONTH + timedelta(days=day),
+                    "hours": 24,
+                },
+            )
     async with database.transaction(write=True) as session:
         await session.execute(text("ANALYZE cost_records"))
-    return time.perf_counter() - started
+        await session.execute(text("ANALYZE cost_days"))
+        days = (await session.execute(text("SELECT count(*) FROM cost_days"))).scalar_one()
+    return time.perf_counter() - started, int(days)
 
 
 async def aggregates(
     settings: Settings, database: Database, requests: int
-) -> tuple[list[float], list[float], str, int]:
+) -> tuple[list[float], list[float], list[float], str, int]:
+    """(API latencies, the bare statement's, the API's over a window cut inside days,
+    the month's total, groups)."""
     app = create_app(settings, database=database)
     headers = {"Authorization": f"Bearer {settings.dev_bypass_token}"}
-    params = {
+    month = {
         "group_by": "project",
         "since": "2024-07-01T00:00:00Z",
         "until": "2024-08-01T00:00:00Z",
         "limit": "200",
     }
+    cut = {**month, "since": "2024-07-01T05:30:00Z", "until": "2024-07-30T18:15:00Z"}
     api: list[float] = []
     raw: list[float] = []
+    edges: list[float] = []
     total = ""
     groups = 0
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://bench") as client:
         for i in range(requests + 2):
             started = time.perf_counter()
-            response = await client.get("/api/costs", headers=headers, params=params)
+            response = await client.get("/api/costs", headers=headers, params=month)
             elapsed = time.perf_counter() - started
             response.raise_for_status()
             total, groups = response.json()["total"], len(response.json()["items"])
@@ -132,13 +149,20 @@ async def aggregates(
                 ).all()
             raw_elapsed = time.perf_counter() - started
             assert len(rows) == groups
+            assert sum((row[1] for row in rows), Decimal(0)) == Decimal(total)
+            started = time.perf_counter()
+            response = await client.get("/api/costs", headers=headers, params=cut)
+            edge_elapsed = time.perf_counter() - started
+            response.raise_for_status()
             if i >= 2:  # the first two warm the caches
                 api.append(elapsed)
                 raw.append(raw_elapsed)
-    return api, raw, total, groups
+                edges.append(edge_elapsed)
+    return api, raw, edges, total, groups
 
 
-async def metering(database: Database, running: int, passes: int) -> tuple[float, list[float]]:
+async def metering(database: Database, running: int, passes: int) -> tuple[float, list[float], int]:
+    """(first pass, following passes, most statements a pass sent)."""
     start = MONTH + timedelta(days=40)
     workspaces = []
     events = []
@@ -184,12 +208,24 @@ async def metering(database: Database, running: int, passes: int) -> tuple[float
         await session.execute(insert(WorkspaceEvent), events)
         await session.execute(text("ALTER TABLE workspaces ENABLE TRIGGER USER"))
     timings = []
-    for n in range(passes + 1):
-        started = time.perf_counter()
-        async with database.transaction(write=True) as session:
-            await meter(session, start + timedelta(minutes=10 + n))
-        timings.append(time.perf_counter() - started)
-    return timings[0], timings[1:]
+    statements: list[int] = []
+    sent = [0]
+
+    def count(*_: object) -> None:
+        sent[0] += 1
+
+    event.listen(database.engine.sync_engine, "before_cursor_execute", count)
+    try:
+        for n in range(passes + 1):
+            sent[0] = 0
+            started = time.perf_counter()
+            async with database.transaction(write=True) as session:
+                await meter(session, start + timedelta(minutes=10 + n))
+            timings.append(time.perf_counter() - started)
+            statements.append(sent[0])
+    finally:
+        event.remove(database.engine.sync_engine, "before_cursor_execute", count)
+    return timings[0], timings[1:], max(statements)
 
 
 async def main() -> int:
@@ -200,6 +236,7 @@ async def main() -> int:
     parser.add_argument("--running", type=int, default=1000)
     parser.add_argument("--passes", type=int, default=5)
     args = parser.parse_args()
+    load_start = os.getloadavg()[0]
     with scratch_database("spawnpoint_bench_costs") as scratch:
         settings = Settings(  # type: ignore[call-arg]
             _env_file=None,
@@ -212,9 +249,9 @@ async def main() -> int:
         await asyncio.to_thread(upgrade, settings)
         database = Database(settings.sqlalchemy_url)
         try:
-            seconds = await seed(database, args.workspaces, args.projects)
-            api, raw, total, groups = await aggregates(settings, database, args.requests)
-            first, following = await metering(database, args.running, args.passes)
+            seconds, days = await seed(database, args.workspaces, args.projects)
+            api, raw, edges, total, groups = await aggregates(settings, database, args.requests)
+            first, following, statements = await metering(database, args.running, args.passes)
         finally:
             await database.dispose()
     rows = args.workspaces * HOURS
@@ -225,7 +262,8 @@ async def main() -> int:
         [
             ["cost records (a month, hourly roll-up)", f"{rows:,}"],
             ["rows one per 60 s interval would be", f"{args.workspaces * HOURS * 60:,}"],
-            ["seeding (INSERT ... SELECT, ANALYZE)", f"{seconds:.1f} s"],
+            ["daily summary rows (cost_days)", f"{days:,}"],
+            ["seeding (INSERT ... SELECT a day at a time, ANALYZE)", f"{seconds:.1f} s"],
             [
                 f"GET /api/costs?group_by=project p50 ({groups} groups)",
                 f"{percentile(api, 50) * 1000:.1f} ms",
@@ -233,12 +271,23 @@ async def main() -> int:
             ["GET /api/costs?group_by=project p99", f"{percentile(api, 99) * 1000:.1f} ms"],
             ["one SQL statement on the table p50", f"{percentile(raw, 50) * 1000:.1f} ms"],
             ["one SQL statement on the table p99", f"{percentile(raw, 99) * 1000:.1f} ms"],
+            [
+                "API p50 / statement p50 (lower is better)",
+                f"{percentile(api, 50) / percentile(raw, 50):.3f}",
+            ],
+            [
+                "the same request cut inside its first and last days p50",
+                f"{percentile(edges, 50) * 1000:.1f} ms",
+            ],
+            ["the same request cut inside days p99", f"{percentile(edges, 99) * 1000:.1f} ms"],
             ["month total", total],
             ["first metering pass per 1,000 running", f"{first * per_thousand * 1000:.0f} ms"],
             [
                 "following passes per 1,000 running (median)",
                 f"{sorted(following)[len(following) // 2] * per_thousand * 1000:.0f} ms",
             ],
+            ["statements per metering pass (at most)", f"{statements}"],
+            ["load average (1 min) at the start", f"{load_start:.1f}"],
             ["load average (1 min) at the end", f"{load:.1f}"],
         ],
     )
