@@ -310,10 +310,39 @@ class StatusCache:
 
 @dataclass
 class StatusKeeper:
-    """The status cache of one database: writes after commits, reads with a fallback."""
+    """The status cache of one database: writes after commits, reads with a fallback.
+
+    While writes are owed, a background task writes them again every `retry_seconds`, so
+    the cache heals once Redis answers even if this process writes and reads nothing more.
+    """
 
     database: Database
     cache: StatusCache
+    _retry: asyncio.Task[None] | None = None
+
+    def _retry_later(self) -> None:
+        if self._retry is None or self._retry.done():
+            self._retry = asyncio.get_running_loop().create_task(
+                self._write_owed(), name="status cache: owed writes"
+            )
+
+    async def _write_owed(self) -> None:
+        # A pause, not a test sleep: Redis is given `retry_seconds` to come back.
+        await asyncio.sleep(max(self.cache.retry_seconds, 0.05))
+        self._retry = None
+        try:
+            await self.refresh({})
+        except Exception:
+            # The database read failed (it may be down too): try again later.
+            log.exception("status cache: writing owed documents failed")
+            self._retry_later()
+
+    async def aclose(self) -> None:
+        if self._retry is not None:
+            self._retry.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._retry
+        await self.cache.aclose()
 
     async def refresh(
         self,
@@ -337,6 +366,7 @@ class StatusKeeper:
         if cache.paused:
             cache.owe(announced)
             CACHE_WRITES.labels("failed").inc(len(ids))
+            self._retry_later()
             return
         async with self.database.transaction(write=False) as session:
             rows = await StatusRows(session).by_ids(ids)
@@ -365,9 +395,12 @@ class StatusKeeper:
             log.warning("status cache: %d documents not written: %s", len(ids), exc)
             CACHE_WRITES.labels("failed").inc(len(ids))
             cache.owe(announced)
+            self._retry_later()
             return
         for workspace_id in ids:
             cache.pending.pop(workspace_id, None)
+        if cache.pending:
+            self._retry_later()
         written = sum(flags)
         if written:
             CACHE_WRITES.labels("written").inc(written)
@@ -431,7 +464,7 @@ async def detach_status_cache(database: Database) -> None:
     """Forget and close the cache of `database` (at shutdown)."""
     keeper = _keepers.pop(database, None)
     if keeper is not None:
-        await keeper.cache.aclose()
+        await keeper.aclose()
 
 
 def refresh_on_commit(
