@@ -46,7 +46,9 @@ cache_app = typer.Typer(
     help="The Redis cache of permit status and connection documents.", no_args_is_help=True
 )
 app.add_typer(cache_app, name="cache")
-events_app = typer.Typer(help="RabbitMQ events: the outbox relay.", no_args_is_help=True)
+events_app = typer.Typer(
+    help="RabbitMQ events: the outbox relay, the permit consumer.", no_args_is_help=True
+)
 app.add_typer(events_app, name="events")
 
 DURATION = re.compile(r"^(\d+)([smhd]?)$")
@@ -562,6 +564,18 @@ def cache_rebuild(
     typer.echo(json.dumps(report))
     if report["failed"]:
         raise typer.Exit(1)
+
+
+@events_app.command("consume")
+def events_consume() -> None:
+    """Apply permit events from RABBITMQ_QUEUE until SIGTERM or SIGINT (no job worker)."""
+    from spawnpoint.permits.consumer import serve_consumer
+
+    settings = load_settings()
+    if not settings.rabbitmq_url:
+        _fail("the permit consumer needs RABBITMQ_URL")
+    configure_logging(settings)
+    asyncio.run(serve_consumer(settings))
 
 
 def main() -> None:

@@ -664,6 +664,11 @@ async def run_worker_in_process(
     from spawnpoint.events.relay import relay_runners
 
     runners.extend(relay_runners(database, settings, stop, owner=owner))
+    if settings.rabbitmq_url:
+        # Every worker consumes permit events (issue 13); the inbox makes that safe.
+        from spawnpoint.permits.consumer import run_consumer
+
+        runners.append(run_consumer(database, settings, stop))
     if scheduler:
         periodic = default_tasks() if tasks is None else tasks
         runners.append(

@@ -7,6 +7,7 @@ from spawnpoint.models.costs import Budget, CostRecord, MeteringWatermark
 from spawnpoint.models.identity import ApiKey, Credential, Invite, PasswordToken, RefreshToken
 from spawnpoint.models.jobs import Job, JobLog, JobState, LeaderLeaseRow
 from spawnpoint.models.outbox import OutboxEvent
+from spawnpoint.models.permits import InboxMessage, Permit
 from spawnpoint.models.templates import Template, TemplateVersion
 from spawnpoint.models.tenancy import Plan, Project, Role, Tenant, TenantStatus, User, UserStatus
 from spawnpoint.models.workspaces import (
@@ -28,6 +29,7 @@ __all__ = [
     "CostRecord",
     "Credential",
     "IdempotencyRecord",
+    "InboxMessage",
     "Invite",
     "Job",
     "JobLog",
@@ -36,6 +38,7 @@ __all__ = [
     "MeteringWatermark",
     "OutboxEvent",
     "PasswordToken",
+    "Permit",
     "Plan",
     "Project",
     "RefreshToken",

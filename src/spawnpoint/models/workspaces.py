@@ -88,6 +88,8 @@ class Workspace(IdMixin, TimestampMixin, Base):
     state: Mapped[str] = mapped_column(String(16), default=WorkspaceState.pending)
     external_ref: Mapped[str | None] = mapped_column(String(200))
     parameters: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # The template stage whose overrides the drivers apply (permit.stage_changed sets it).
+    stage: Mapped[str | None] = mapped_column(String(63))
     # Copied from the template version so quota sums and sweeps need no join.
     cpu: Mapped[float]
     memory_mb: Mapped[int] = mapped_column(Integer)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated, ClassVar
+from typing import Annotated, Any, ClassVar
 
 from annotated_types import Ge, Le
 from pydantic import Field, WithJsonSchema, field_validator
@@ -46,6 +46,39 @@ IdleMinutes = Annotated[int, Ge(1), Le(MAX_IDLE_TIMEOUT_MINUTES), whole_number]
 LifetimeDays = Annotated[int, Ge(1), Le(MAX_LIFETIME_DAYS), whole_number]
 
 
+STAGE_PATTERN = r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$"
+StageName = Annotated[str, Field(min_length=1, max_length=63, pattern=STAGE_PATTERN)]
+# An egress destination: an IPv4/IPv6 network in CIDR notation or a DNS name.
+EGRESS_TARGET = r"^([0-9a-fA-F:.]+/[0-9]{1,3}|[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?)$"
+
+
+class EgressRule(InputSchema):
+    """Outbound traffic a workspace may send: to a network or host, on some ports."""
+
+    to: str = Field(
+        max_length=253, pattern=EGRESS_TARGET, description="A CIDR network or a DNS name."
+    )
+    ports: list[Port] = Field(
+        default_factory=list, max_length=32, description="Destination ports; empty: all."
+    )
+
+
+class StageOverride(InputSchema):
+    """What a workspace in one stage of its permit gets instead of the template's values.
+
+    A field left out keeps the template's value; `env` is merged over the template's.
+    """
+
+    egress: list[EgressRule] | None = Field(
+        None,
+        max_length=64,
+        description="Outbound traffic allowed in this stage (the network policy); an empty "
+        "list allows none; left out: the driver's default.",
+    )
+    storage_gb: StorageGb | None = Field(None, description="Persistent storage in this stage.")
+    env: Env | None = Field(None, description="Environment added in this stage.")
+
+
 class TemplateSpec(InputSchema):
     """What a workspace of this template runs and what it may consume."""
 
@@ -72,6 +105,12 @@ class TemplateSpec(InputSchema):
         0, ge=0, le=MAX_HOURLY_COST, description="Cost per running hour, in the plan's currency."
     )
     restricted: Flag = Field(False, description="Only tenant admins may spawn it.")
+    stages: dict[StageName, StageOverride] = Field(
+        default_factory=dict,
+        max_length=32,
+        description="Per-stage overrides, by stage name (a permit's `stage`): network egress "
+        "rules, storage, environment. Empty: every stage runs the template as it is.",
+    )
 
     @field_validator("ports")
     @classmethod
@@ -99,6 +138,7 @@ class TemplateSpecUpdate(UpdateSchema):
     max_lifetime_days: LifetimeDays | None = Field(None)
     hourly_cost: Number | None = Field(None, ge=0, le=MAX_HOURLY_COST)
     restricted: Flag | None = Field(None)
+    stages: dict[StageName, StageOverride] | None = Field(None, max_length=32)
 
 
 class TemplateCreate(InputSchema):
@@ -147,6 +187,7 @@ class TemplateSpecRead(ReadSchema):
     max_lifetime_days: int | None = None
     hourly_cost: float = 0
     restricted: bool = False
+    stages: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
 
 class TemplateRead(ReadSchema):

@@ -155,7 +155,10 @@ class TemplateService:
                 setattr(template, field, changes[field])
         provisioner = changes.get("provisioner", template.provisioner)
         spec = merge_spec(version.spec, changes.get("spec", {}))
-        if provisioner != template.provisioner or spec.model_dump(mode="json") != version.spec:
+        # Compared as validated, so fields added to the spec since (with their defaults)
+        # are no change.
+        stored = merge_spec(version.spec, {}).model_dump(mode="json")
+        if provisioner != template.provisioner or spec.model_dump(mode="json") != stored:
             version = await self._new_version(actor, template, provisioner, spec)
         await self.repository.flush()
         return template, version

@@ -35,6 +35,7 @@ from spawnpoint.provisioners import (
     ProvisionResult,
     WorkspaceRef,
 )
+from spawnpoint.templates.stages import stage_spec
 from spawnpoint.workspaces.lifecycle import SYSTEM, can_move, move, transition
 from spawnpoint.workspaces.repository import JobRows
 from spawnpoint.workspaces.status_cache import refresh_on_commit
@@ -86,7 +87,10 @@ def provision_context(
     log: LogSink,
     settings: Settings,
 ) -> ProvisionContext:
-    """What a driver call about `workspace` gets: its identity, spec and saved state."""
+    """What a driver call about `workspace` gets: its identity, spec and saved state.
+
+    The spec is the template version's with the overrides of the workspace's stage.
+    """
     return ProvisionContext(
         workspace=WorkspaceRef(
             id=workspace.id,
@@ -95,7 +99,7 @@ def provision_context(
             template_id=workspace.template_id,
             template_version=workspace.template_version,
         ),
-        spec=spec or {},
+        spec=stage_spec(spec or {}, workspace.stage),
         state=dict(workspace.driver_state),
         idempotency_key=idempotency_key,
         log=log,

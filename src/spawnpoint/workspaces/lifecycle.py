@@ -25,7 +25,8 @@ from spawnpoint.workspaces.status_cache import refresh_on_commit
 TRANSITIONS: dict[S, frozenset[S]] = {
     S.pending: frozenset({S.provisioning, S.deleting, S.failed}),
     S.provisioning: frozenset({S.running, S.deleting, S.failed}),
-    S.running: frozenset({S.stopping, S.deleting, S.failed}),
+    # running -> provisioning: re-provisioned in place for a new permit stage.
+    S.running: frozenset({S.provisioning, S.stopping, S.deleting, S.failed}),
     S.stopping: frozenset({S.stopped, S.deleting, S.failed}),
     S.stopped: frozenset({S.starting, S.deleting}),
     S.starting: frozenset({S.running, S.deleting, S.failed}),

@@ -18,6 +18,7 @@ from spawnpoint.kit.schemas import (
     whole_number,
 )
 from spawnpoint.models import WorkspaceState
+from spawnpoint.templates.schemas import StageName
 
 
 class SpawnRequest(InputSchema):
@@ -42,6 +43,11 @@ class SpawnRequest(InputSchema):
         default_factory=dict,
         description="Free-form JSON for the driver and the policy; at most "
         "MAX_JSON_FIELD_BYTES bytes.",
+    )
+    stage: StageName | None = Field(
+        None,
+        description="Stage of the template (its `stages` overrides apply); one the template "
+        "defines when it defines any.",
     )
 
 
@@ -97,6 +103,7 @@ class WorkspaceRead(ReadSchema):
     state: WorkspaceState
     external_ref: str | None
     parameters: dict[str, Any]
+    stage: str | None = None
     connection: dict[str, Any] | None
     console_url: str
     error: str | None

@@ -67,6 +67,7 @@ from spawnpoint.policy.input import (
 from spawnpoint.security import Principal
 from spawnpoint.templates.repository import TemplateRepository
 from spawnpoint.templates.schemas import TemplateSpec
+from spawnpoint.templates.stages import defines_stage, stage_storage_gb
 from spawnpoint.uow import unit_of
 from spawnpoint.workspaces.alive import budget_stops
 from spawnpoint.workspaces.lifecycle import announce, creation_event, move
@@ -321,6 +322,12 @@ class WorkspaceService:
         period = period_of(utcnow(), tenant.time_zone)
         found = await standings(self.session, budgets, {tenant.id: period}) if budgets else []
         spec = stored_spec(version)
+        if spawn_in.stage is not None:
+            if not defines_stage(version.spec, spawn_in.stage):
+                raise field_error("#/stage", "The template defines no such stage.")
+            # A stage may hold more (or less) storage than the template: quotas count it.
+            storage = stage_storage_gb(version.spec, spawn_in.stage)
+            spec = spec.model_copy(update={"storage_gb": storage})
         violations = quota_violations(plan, usage, spec)
         if violations and not dry_run:
             raise_for_quota(plan, usage, violations)
@@ -454,6 +461,7 @@ class WorkspaceService:
                 "state": S.pending,
                 "external_ref": spawn_in.external_ref,
                 "parameters": spawn_in.parameters,
+                "stage": spawn_in.stage,
                 "cpu": spec.cpu,
                 "memory_mb": spec.memory_mb,
                 "storage_gb": spec.storage_gb,

@@ -1,0 +1,356 @@
+"""Permit events through a real broker (a vhost per test) on both databases."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import httpx
+from sqlalchemy import func, select
+
+from conftest import World
+from polling import eventually
+from spawnpoint.db import Database
+from spawnpoint.kit.clock import utcnow
+from spawnpoint.models import AuditEntry, InboxMessage, OutboxEvent, Role, Workspace
+from spawnpoint.permits.consumer import DEATH_REASON, PERMITS_CONSUMED
+from spawnpoint.permits.repository import service_account_id
+from spawnpoint.policy.engine import Decision, PolicyEngine
+
+from .conftest import (
+    Broker,
+    StartConsumer,
+    inbox_outcome,
+    later,
+    new_permit,
+    permit_event,
+    staged_template,
+    workspace_of,
+)
+
+
+async def status_of(client: httpx.AsyncClient, permit_id: str, headers: dict[str, str]) -> Any:
+    response = await client.get(f"/api/v1/workspaces/{permit_id}/status", headers=headers)
+    return response.json().get("status") if response.status_code == 200 else None
+
+
+async def wait_status(
+    client: httpx.AsyncClient, permit_id: str, headers: dict[str, str], status: str
+) -> None:
+    async def reached() -> bool:
+        return await status_of(client, permit_id, headers) == status
+
+    await eventually(reached, within=30, what=f"permit {permit_id} {status}")
+
+
+async def outbox_of(database: Database, tenant_id: uuid.UUID, kind: str) -> list[OutboxEvent]:
+    async with database.transaction(write=False) as session:
+        rows = await session.execute(
+            select(OutboxEvent)
+            .where(OutboxEvent.tenant_id == tenant_id, OutboxEvent.type == kind)
+            .order_by(OutboxEvent.id)
+        )
+        return list(rows.scalars())
+
+
+async def test_each_message_type_end_to_end(
+    client: httpx.AsyncClient,
+    world: World,
+    broker: Broker,
+    start_consumer: StartConsumer,
+    worker: None,
+) -> None:
+    org = await world.org()
+    admin = org.headers[Role.admin]
+    template = await staged_template(world.database, org.tenant_id)
+    await start_consumer()
+    permit = new_permit()
+    t0 = utcnow()
+    ids = dict(tenant_id=org.tenant_id, template_id=template, permit_id=permit)
+
+    await broker.publish(permit_event("permit.approved", at=t0, stage="intake", **ids))
+    await wait_status(client, permit, admin, "running")
+    workspace = await workspace_of(world.database, org.tenant_id, permit)
+    assert workspace is not None
+    assert workspace.owner_id == service_account_id(org.tenant_id)
+    assert workspace.stage == "intake"
+    assert workspace.driver_state["specs"][-1]["egress"] == []
+
+    await broker.publish(
+        permit_event("permit.stage_changed", at=later(t0, 1), stage="analysis", **ids)
+    )
+
+    async def reprovisioned() -> Any:
+        found = await workspace_of(world.database, org.tenant_id, permit)
+        done = found and found.state == "running" and len(found.driver_state["specs"]) == 2
+        return found if done else None
+
+    workspace = await eventually(reprovisioned, within=30, what="re-provisioning")
+    spec = workspace.driver_state["specs"][-1]
+    assert spec["stage"] == "analysis"
+    assert spec["egress"] == [{"to": "10.20.0.0/16", "ports": [443]}]
+    assert spec["env"] == {"MODE": "analysis"}
+    assert spec["storage_gb"] == workspace.storage_gb == 5
+    events = (await client.get(f"/api/workspaces/{workspace.id}/events", headers=admin)).json()
+    moves = [(e["from_state"], e["to_state"], e["reason"]) for e in events["items"]]
+    assert moves[3] == ("running", "provisioning", f"permit {permit} moved to stage analysis")
+    assert moves[4][:2] == ("provisioning", "running")
+
+    await broker.publish(permit_event("permit.revoked", at=later(t0, 2), **ids))
+    await wait_status(client, permit, admin, "deleted")
+
+    # permit.closed of another permit, then that permit's (older) approval: nothing spawned.
+    closed = new_permit()
+    closed_ids = {**ids, "permit_id": closed}
+    closing = await broker.publish(permit_event("permit.closed", at=later(t0, 5), **closed_ids))
+    approval = await broker.publish(permit_event("permit.approved", at=later(t0, 4), **closed_ids))
+
+    async def settled() -> bool:
+        return await inbox_outcome(world.database, approval) == "ignored"
+
+    await eventually(settled, within=30, what="the late approval ignored")
+    assert await inbox_outcome(world.database, closing) == "applied"
+    assert await workspace_of(world.database, org.tenant_id, closed) is None
+    async with world.database.transaction(write=False) as session:
+        actions = (
+            await session.execute(
+                select(AuditEntry.action).where(
+                    AuditEntry.tenant_id == org.tenant_id, AuditEntry.actor_id == "permit-consumer"
+                )
+            )
+        ).scalars()
+        assert set(actions) >= {"permit.approved", "permit.stage_changed", "permit.revoked"}
+
+
+async def test_the_same_message_twice_has_one_effect(
+    world: World, broker: Broker, start_consumer: StartConsumer
+) -> None:
+    org = await world.org()
+    await start_consumer()
+    permit = new_permit()
+    body = permit_event(
+        "permit.approved", permit_id=permit, tenant_id=org.tenant_id, template_id=org.template_id
+    )
+    message_id = await broker.publish(body)
+    await broker.publish(body, message_id=message_id)
+    before = PERMITS_CONSUMED.labels("permit.approved", "ignored")._value.get()
+
+    async def both_handled() -> bool:
+        ignored = PERMITS_CONSUMED.labels("permit.approved", "ignored")._value.get()
+        return ignored > before and await inbox_outcome(world.database, message_id) is not None
+
+    await eventually(both_handled, within=30, what="both deliveries handled")
+    async with world.database.transaction(write=False) as session:
+        workspaces = await session.scalar(
+            select(func.count())
+            .select_from(Workspace)
+            .where(Workspace.tenant_id == org.tenant_id, Workspace.external_ref == permit)
+        )
+        inbox = await session.scalar(
+            select(func.count())
+            .select_from(InboxMessage)
+            .where(InboxMessage.message_id == message_id)
+        )
+    assert (workspaces, inbox) == (1, 1)
+    assert len(await outbox_of(world.database, org.tenant_id, "workspace.pending")) == 1
+    assert await broker.depth(broker.queue) == 0
+
+
+async def test_poison_messages_go_to_the_dead_letter_queue_and_the_consumer_keeps_going(
+    client: httpx.AsyncClient,
+    world: World,
+    broker: Broker,
+    start_consumer: StartConsumer,
+    worker: None,
+) -> None:
+    org = await world.org()
+    staged = await staged_template(world.database, org.tenant_id, provisioner="dry-run")
+    await start_consumer()
+    valid = dict(tenant_id=org.tenant_id, template_id=org.template_id)
+    # (aiormq gives every message it publishes a message_id, so a missing one is not sent.)
+    poison: list[tuple[dict[str, Any] | bytes, str | None, str]] = [
+        (b"{not json", "", "not JSON"),
+        ({"type": "permit.approved", "permit_id": "p"}, "", "schema violation"),
+        (
+            permit_event(
+                "permit.approved",
+                permit_id=new_permit(),
+                tenant_id=uuid.uuid4(),
+                template_id=org.template_id,
+            ),
+            "",
+            "no tenant",
+        ),
+        (
+            permit_event(
+                "permit.approved",
+                permit_id=new_permit(),
+                tenant_id=org.tenant_id,
+                template_id=uuid.uuid4(),
+            ),
+            "",
+            "template",
+        ),
+        (
+            permit_event(
+                "permit.approved",
+                permit_id=new_permit(),
+                tenant_id=org.tenant_id,
+                template_id=staged,
+                stage="nope",
+            ),
+            "",
+            "stage",
+        ),
+    ]
+    sent = []
+    for body, message_id, _ in poison:
+        sent.append(await broker.publish(body, message_id=message_id))
+    good = new_permit()
+    await broker.publish(permit_event("permit.approved", permit_id=good, **valid))
+    await wait_status(client, good, org.headers[Role.admin], "running")
+
+    async def all_dead() -> int:
+        return await broker.depth(broker.dead_letters()) == len(poison)
+
+    await eventually(all_dead, within=30, what="every poison message dead-lettered")
+    dead = await broker.drain(broker.dead_letters())
+    reasons = {str(m.message_id): str(m.headers[DEATH_REASON]) for m in dead}
+    for (_, _, expected), message_id in zip(poison, sent, strict=True):
+        assert expected in reasons[message_id], (expected, reasons)
+        assert await inbox_outcome(world.database, message_id) == "dead_lettered"
+    async with world.database.transaction(write=False) as session:
+        entries = await session.scalar(
+            select(func.count())
+            .select_from(AuditEntry)
+            .where(
+                AuditEntry.action == "permit.dead_lettered",
+                AuditEntry.resource_id.in_(
+                    [str(body.get("permit_id")) for body, _, _ in poison if isinstance(body, dict)]
+                ),
+            )
+        )
+    # One per poison message that names a permit (tenant chain, or the platform's).
+    assert entries == sum(1 for body, _, _ in poison if isinstance(body, dict))
+    assert await broker.depth(broker.queue) == 0
+
+
+async def test_out_of_order_stage_changes_and_a_parked_stage_change(
+    world: World, broker: Broker, start_consumer: StartConsumer
+) -> None:
+    org = await world.org()
+    template = await staged_template(world.database, org.tenant_id)
+    await start_consumer()
+    permit = new_permit()
+    t0 = utcnow()
+    ids = dict(tenant_id=org.tenant_id, template_id=template, permit_id=permit)
+    # The stage change comes before its permit's approval: parked, then applied.
+    early = await broker.publish(
+        permit_event("permit.stage_changed", at=later(t0, 1), stage="intake", **ids)
+    )
+
+    async def parked() -> bool:
+        return PERMITS_CONSUMED.labels("permit.stage_changed", "parked")._value.get() > 0
+
+    await eventually(parked, within=30, what="the early stage change parked")
+    await broker.publish(permit_event("permit.approved", at=t0, **ids))
+
+    async def applied() -> bool:
+        return await inbox_outcome(world.database, early) == "applied"
+
+    await eventually(applied, within=30, what="the parked stage change applied")
+    workspace = await workspace_of(world.database, org.tenant_id, permit)
+    assert workspace is not None
+    assert workspace.stage == "intake"
+
+    # A newer stage change, then one that happened before it but arrives after it.
+    newest = await broker.publish(
+        permit_event("permit.stage_changed", at=later(t0, 3), stage="analysis", **ids)
+    )
+
+    async def newest_handled() -> str | None:
+        return await inbox_outcome(world.database, newest)
+
+    assert await eventually(newest_handled, within=30, what="the newest change") == "applied"
+    stale = await broker.publish(
+        permit_event("permit.stage_changed", at=later(t0, 2), stage="intake", **ids)
+    )
+
+    async def stale_handled() -> str | None:
+        return await inbox_outcome(world.database, stale)
+
+    assert await eventually(stale_handled, within=30, what="the stale change") == "ignored"
+    workspace = await workspace_of(world.database, org.tenant_id, permit)
+    assert workspace is not None
+    assert workspace.stage == "analysis"
+
+
+async def test_a_refusal_is_an_outbox_event_and_the_message_is_acked(
+    world: World, broker: Broker, start_consumer: StartConsumer
+) -> None:
+    org = await world.org(max_workspaces=0)
+    await start_consumer()
+    permit = new_permit()
+    message_id = await broker.publish(
+        permit_event(
+            "permit.approved",
+            permit_id=permit,
+            tenant_id=org.tenant_id,
+            template_id=org.template_id,
+        )
+    )
+
+    async def refused() -> bool:
+        return await inbox_outcome(world.database, message_id) == "refused"
+
+    await eventually(refused, within=30, what="the refusal")
+    events = await outbox_of(world.database, org.tenant_id, "permit.refused")
+    assert len(events) == 1
+    assert events[0].payload["permit_id"] == permit
+    assert events[0].payload["message_id"] == message_id
+    assert "max_workspaces" in events[0].payload["reasons"][0]
+    assert await workspace_of(world.database, org.tenant_id, permit) is None
+    assert await broker.depth(broker.queue) == 0
+    assert await broker.depth(broker.dead_letters()) == 0
+
+
+class BrokenPolicy(PolicyEngine):
+    """A policy engine that fails with an error the consumer does not know."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def evaluate(self, policy_input: dict[str, Any]) -> Decision:
+        self.calls += 1
+        raise RuntimeError("policy exploded")
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def test_an_effect_that_keeps_failing_is_dead_lettered_after_max_deliveries(
+    world: World, broker: Broker, start_consumer: StartConsumer
+) -> None:
+    org = await world.org()
+    policy = BrokenPolicy()
+    await start_consumer(policy=policy, rabbitmq_max_deliveries=3)
+    message_id = await broker.publish(
+        permit_event(
+            "permit.approved",
+            permit_id=new_permit(),
+            tenant_id=org.tenant_id,
+            template_id=org.template_id,
+        )
+    )
+
+    async def dead() -> bool:
+        return await broker.depth(broker.dead_letters()) == 1
+
+    await eventually(dead, within=30, what="the failing message dead-lettered")
+    assert policy.calls == 3
+    (message,) = await broker.drain(broker.dead_letters())
+    assert message.message_id == message_id
+    assert "failed 3 times" in str(message.headers[DEATH_REASON])
+    assert "policy exploded" in str(message.headers[DEATH_REASON])
+    assert await inbox_outcome(world.database, message_id) == "dead_lettered"
+    assert await broker.depth(broker.queue) == 0
