@@ -112,6 +112,25 @@ async def test_a_rerun_and_a_late_scheduler_never_double_charge(world: World) ->
     await assert_summary_exact(world, org.tenant_id)
 
 
+async def test_a_stop_committed_just_after_a_pass_corrects_what_it_charged(
+    world: World,
+) -> None:
+    """A pass just after the hour charges the new hour; the stop that happened just before
+    the hour commits after that pass read: the next pass takes back both overcharges."""
+    org = await world.org()
+    template = await priced_template(world, org, "3.6")  # a cent per ten seconds
+    workspace = await workspace_with_runs(world, org, template, [(T0 + 10 * MIN, None)])
+    hour = T0 + 60 * MIN
+    await run_pass(world, hour + timedelta(seconds=30))
+    assert total(await records(world, workspace)) == Decimal("3.03")
+    await stop_workspace(world, org, workspace, hour - timedelta(seconds=20))
+    await run_pass(world, hour + MIN)
+    rows = await records(world, workspace)
+    assert [(row.period_start, row.open) for row in rows] == [(T0, False)]
+    assert total(rows) == Decimal("2.98")
+    await assert_summary_exact(world, org.tenant_id)
+
+
 async def test_a_short_run_between_two_passes_is_charged(world: World) -> None:
     org = await world.org()
     template = await priced_template(world, org, 6)

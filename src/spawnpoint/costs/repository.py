@@ -16,9 +16,13 @@ from sqlalchemy import (
     ColumnElement,
     Integer,
     String,
+    Table,
     Uuid,
     any_,
+    bindparam,
+    case,
     cast,
+    delete,
     func,
     literal,
     or_,
@@ -114,14 +118,18 @@ class MeteringRows(PlatformRepository[CostRecord]):
         return list(found.all())
 
     async def transitions(
-        self, ids: Sequence[uuid.UUID]
+        self, ids: Sequence[uuid.UUID], recent_hour: datetime | None = None
     ) -> list[tuple[uuid.UUID, str | None, str, datetime]]:
         """The workspaces' lifecycle events a pass needs, in time order: (workspace, from,
-        to, at). Those from each one's latest metered hour on, and the last one before it
-        (whether it was running then): a pass recomputes from that hour, so a workspace's
-        cost per pass does not grow with its history."""
+        to, at). Those from each one's latest metered hour on (or from `recent_hour`, if
+        earlier), and the last one before that (whether it was running then): a pass
+        recomputes from that hour, so a workspace's cost per pass does not grow with its
+        history."""
         events = WorkspaceEvent
-        bound = func.coalesce(_latest_hour(), literal(EPOCH, UTCDateTime()))
+        bound: Any = func.coalesce(_latest_hour(), literal(EPOCH, UTCDateTime()))
+        if recent_hour is not None:
+            recent = literal(recent_hour, UTCDateTime())
+            bound = case((bound < recent, bound), else_=recent)
         columns = (events.workspace_id, events.from_state, events.to_state, events.at, events.id)
         since = (
             select(*columns)
@@ -183,6 +191,36 @@ class MeteringRows(PlatformRepository[CostRecord]):
             list(records),
         )
 
+    async def remove_stale(
+        self, recomputed: Sequence[tuple[uuid.UUID, datetime]], now: datetime
+    ) -> None:
+        """Delete the records a pass at `now` recomputed and found no running time for: each
+        (workspace, first hour) pair's records from that hour on that this pass did not
+        just write (`recorded_at` older than `now`; a later pass's are newer and stay)."""
+        if not recomputed:
+            return
+        if _postgres(self.session):
+            await self.session.execute(
+                REMOVE_STALE_POSTGRES,
+                {
+                    "workspace_id": [workspace for workspace, _ in recomputed],
+                    "first_hour": [hour for _, hour in recomputed],
+                    "now": now,
+                },
+            )
+            return
+        table = CostRecord.__table__
+        assert isinstance(table, Table)
+        connection = await self.session.connection()
+        await connection.execute(
+            delete(table).where(
+                table.c.workspace_id == bindparam("workspace"),
+                table.c.period_start >= bindparam("first_hour"),
+                table.c.recorded_at < bindparam("now"),
+            ),
+            [{"workspace": w, "first_hour": h, "now": now} for w, h in recomputed],
+        )
+
     def _among(self, column: Any, ids: Sequence[uuid.UUID]) -> ColumnElement[bool]:
         """`column IN ids`; on PostgreSQL one array parameter instead of one per id."""
         if _postgres(self.session):
@@ -227,6 +265,17 @@ UPSERT_POSTGRES = text(
         period_end = EXCLUDED.period_end, amount = EXCLUDED.amount, rate = EXCLUDED.rate,
         currency = EXCLUDED.currency, open = EXCLUDED.open, recorded_at = EXCLUDED.recorded_at
     WHERE r.recorded_at <= EXCLUDED.recorded_at
+    """
+)
+
+
+REMOVE_STALE_POSTGRES = text(
+    """
+    DELETE FROM cost_records AS r
+    USING unnest(CAST(:workspace_id AS uuid[]), CAST(:first_hour AS timestamptz[]))
+          AS s(workspace_id, first_hour)
+    WHERE r.workspace_id = s.workspace_id AND r.period_start >= s.first_hour
+      AND r.recorded_at < CAST(:now AS timestamptz)
     """
 )
 
