@@ -35,6 +35,7 @@ from spawnpoint.jobs.worker import Worker
 from spawnpoint.kit.clock import utcnow
 from spawnpoint.models import Role, Workspace, WorkspaceState
 from spawnpoint.provisioners import ProvisionerRegistry
+from spawnpoint.runtime import periodic_tasks
 from spawnpoint.workspaces.handlers import WorkspaceHandlers
 from spawnpoint.workspaces.lifecycle import move
 from spawnpoint.workspaces.repository import StatusRows
@@ -480,6 +481,7 @@ async def test_the_repair_sweep_rewrites_drifted_documents_in_bounded_batches(
     assert status_cache_task(cached.settings.model_copy(update={"redis_url": None})) == []
     (task,) = status_cache_task(cached.settings)
     assert task.name == "status_cache.repair"
+    assert task.name in {t.name for t in periodic_tasks(cached.settings)}
     sweep = RepairSweep(batch_size=2)
     # Every permit workspace of the database is swept, 2 per tick, until these are repaired.
 

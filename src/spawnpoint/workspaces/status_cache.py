@@ -193,6 +193,9 @@ class StatusCache:
     pending: dict[uuid.UUID, tuple[uuid.UUID, str]] = field(default_factory=dict)
     _paused_until: float = 0.0
 
+    def __post_init__(self) -> None:
+        self._compare_and_set = self.client.register_script(COMPARE_AND_SET)
+
     @classmethod
     def connect(cls, url: str, *, prefix: str, timeout: float, retry_seconds: float) -> StatusCache:
         client = Redis.from_url(
@@ -264,8 +267,7 @@ class StatusCache:
         values: list[bytes | int] = []
         for d in documents:
             values += [d.version, d.status, d.connection]
-        script = self.client.register_script(COMPARE_AND_SET)
-        flags = await self._call(script(keys=keys, args=values))
+        flags = await self._call(self._compare_and_set(keys=keys, args=values))
         return [bool(flag) for flag in flags]
 
     async def drop(self, keys: Sequence[tuple[uuid.UUID, str]]) -> None:
