@@ -230,7 +230,7 @@ def bench_database(backend: str) -> Iterator[Settings]:
         else:
             scratch = stack.enter_context(scratch_database("spawnpoint_bench_events"))
             url = scratch.url
-        settings = Settings(  # type: ignore[call-arg]
+        settings = Settings(
             _env_file=None, database_url=url, data_dir=data_dir, environment="development"
         )
         upgrade(settings)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from datetime import timedelta
@@ -19,6 +21,7 @@ import orjson
 import pytest
 from sqlalchemy import delete, select
 
+from chaos.deployment import SPAWNPOINT
 from conftest import BACKENDS, PostgresDatabase, World, make_settings, postgres_or_skip
 from events.broker import Listener, amqp_url, fresh_vhost, full_after, listening
 from polling import eventually
@@ -27,6 +30,8 @@ from spawnpoint.config import Settings
 from spawnpoint.db import Database
 from spawnpoint.events.outbox import outbox_event
 from spawnpoint.events.relay import RELAY_LEASE, OutboxRelay, relay_runners
+from spawnpoint.jobs.registry import default_registry
+from spawnpoint.jobs.worker import run_worker_in_process
 from spawnpoint.kit.clock import utcnow
 from spawnpoint.migrations import upgrade
 from spawnpoint.models import OutboxEvent, Role
@@ -365,7 +370,8 @@ async def test_prune_deletes_only_events_published_longer_ago_than_the_retention
 async def test_a_commit_nudges_the_idle_relay_at_once(
     relay_db: Database, vhost: str, make_relay: RelayFactory
 ) -> None:
-    relay = make_relay(poll_interval=600)  # without the nudge, nothing for ten minutes
+    # Without the nudge, nothing for ten minutes (the lease is renewed every third of 30).
+    relay = make_relay(poll_interval=600, lease_seconds=1800)
     async with listening(amqp_url(vhost), EXCHANGE) as listener, running(relay):
         await eventually(lambda: _true(relay.connected and relay.is_leader), what="connected")
         ids = await emit(relay_db, [("ws-n", "workspace.pending")])
@@ -486,3 +492,66 @@ async def test_readyz_checks_rabbitmq_and_reports_the_relay_lag(
         assert "rabbitmq" not in body["checks"]
         assert body["relay_lag_seconds"] is None
         assert "spawnpoint_events_relay_lag_seconds" not in (await client.get("/metrics")).text
+
+
+async def test_the_worker_runs_the_relay_when_rabbitmq_is_configured(
+    relay_db: Database, relay_settings: Settings, vhost: str
+) -> None:
+    settings = relay_settings.model_copy(update={"rabbitmq_url": amqp_url(vhost)})
+    stop = asyncio.Event()
+    async with listening(amqp_url(vhost), EXCHANGE) as listener:
+        worker = asyncio.create_task(
+            run_worker_in_process(relay_db, settings, default_registry(settings), stop, tasks=[])
+        )
+        try:
+            ids = await emit(relay_db, [("ws-w", "workspace.pending")])
+            await eventually(delivered(listener, ids), what="the worker's relay to publish")
+        finally:
+            stop.set()
+            await asyncio.wait_for(worker, 30)
+    async with relay_db.transaction(write=False) as session:
+        lease = await session.get(LeaderLeaseRow, RELAY_LEASE)
+    assert lease is not None
+    assert lease.expires_at <= utcnow()  # released on the way out
+
+
+async def test_spawnpoint_events_relay_publishes_until_sigterm(
+    relay_db: Database, relay_settings: Settings, vhost: str, tmp_path: Path
+) -> None:
+    env = {
+        **os.environ,
+        "DATABASE_URL": relay_settings.sqlalchemy_url,
+        "RABBITMQ_URL": amqp_url(vhost),
+        "ENVIRONMENT": "development",
+        "DATA_DIR": str(tmp_path),
+        "LOG_FORMAT": "console",
+    }
+    async with listening(amqp_url(vhost), EXCHANGE) as listener:
+        process = await asyncio.create_subprocess_exec(
+            SPAWNPOINT,
+            "events",
+            "relay",
+            "--poll-interval",
+            "0.1",
+            env=env,
+            cwd=tmp_path,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        try:
+            ids = await emit(
+                relay_db, [("ws-c", "workspace.pending"), ("ws-c", "workspace.running")]
+            )
+            await eventually(delivered(listener, ids), what="the relay process to publish")
+        finally:
+            process.send_signal(signal.SIGTERM)
+            output, _ = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 0, output.decode()
+    assert "took leadership" in output.decode()
+    assert [m.message_id for m in listener.first_seen() if m.message_id in set(map(str, ids))] == [
+        str(i) for i in ids
+    ]
+    async with relay_db.transaction(write=False) as session:
+        lease = await session.get(LeaderLeaseRow, RELAY_LEASE)
+    assert lease is not None
+    assert lease.expires_at <= utcnow()

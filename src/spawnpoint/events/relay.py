@@ -212,7 +212,10 @@ class OutboxRelay:
         if outcome.broken is not None:
             await self.disconnect()
             return self._connect_failed(outcome.broken)
-        return 0.0 if outcome.read >= self.batch_size and outcome.settled else self.poll_interval
+        if outcome.read >= self.batch_size and outcome.settled:
+            return 0.0  # more is waiting
+        # Back before the lease needs renewing, however long the poll interval.
+        return min(self.poll_interval, self.lease.ttl.total_seconds() / 3)
 
     async def contend(self) -> bool:
         """Take or renew the relay lease (every third of its lifetime); whether we hold it."""
@@ -313,6 +316,10 @@ class OutboxRelay:
                 if len(page) < self.batch_size or len(found) >= self.batch_size // 2:
                     break
                 after = page[-1].id
+        # Forget holds that ran out on keys with nothing left to send (sent by another relay).
+        keys = {event.key for event in found}
+        for key in [k for k, (_, until) in self._held.items() if until <= now and k not in keys]:
+            del self._held[key]
         return read, found[: self.batch_size]
 
     async def publish_batch(self) -> BatchOutcome:
