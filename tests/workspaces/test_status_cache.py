@@ -18,8 +18,11 @@ from types import SimpleNamespace
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 from redis.asyncio import Redis
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
 from typer.testing import CliRunner, Result
 
 from conftest import World
@@ -572,3 +575,48 @@ def test_the_version_is_the_update_time_in_microseconds() -> None:
 def test_a_cache_needs_a_url(backend_settings: Settings) -> None:
     with pytest.raises(ValueError, match="REDIS_URL"):
         StatusCache.from_settings(backend_settings.model_copy(update={"redis_url": None}))
+
+
+async def test_a_hit_reads_nothing_from_the_database_even_while_it_is_locked(
+    cached_app: MakeCached, world: World, backend: str
+) -> None:
+    """The issue's "answer from Redis even while the database is slow": a cached read sends
+    no statement on workspaces (a miss does); on PostgreSQL, with the table locked by another
+    transaction, a cached read still answers."""
+    cached = await cached_app(auth_cache_seconds=60)
+    org = await world.org(roles=(Role.member,))
+    member = org.headers[Role.member]
+    workspace_id, permit = await spawn(cached, member, org.template_id)
+    expected = await cached.from_database(workspace_id)
+    await read_both(cached, permit, member)  # the caller's account is cached now
+    statements: list[str] = []
+
+    def seen(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        statements.append(statement)
+
+    engine = cached.database.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        answered = await read_both(cached, permit, member)
+        assert answered == {"status": expected["status"], "connection": expected["connection"]}
+        assert not [q for q in statements if "workspaces" in q]
+        await cached.redis.delete(cached.keeper.cache.key(org.tenant_id, permit))
+        assert (await read_both(cached, permit, member)) == answered
+        assert [q for q in statements if "workspaces" in q]
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    if backend != "postgres":
+        return  # SQLite readers never wait for a lock (WAL)
+    url = make_url(cached.settings.sqlalchemy_url).set(drivername="postgresql")
+    async with await psycopg.AsyncConnection.connect(url.render_as_string(False)) as blocker:
+        await blocker.execute("LOCK TABLE workspaces IN ACCESS EXCLUSIVE MODE")
+        answered = await asyncio.wait_for(read_both(cached, permit, member), timeout=5)
+        assert answered == {"status": expected["status"], "connection": expected["connection"]}
+        # A miss has to wait for the database: the lock is real.
+        await cached.redis.delete(cached.keeper.cache.key(org.tenant_id, permit))
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(
+                cached.client.get(f"/api/v1/workspaces/{permit}/status", headers=member),
+                timeout=0.5,
+            )
+        await blocker.rollback()
