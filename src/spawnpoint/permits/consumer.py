@@ -535,10 +535,14 @@ async def serve_consumer(settings: Settings) -> None:
 
     The jobs it enqueues (provision, destroy) are run by the workers of the deployment.
     """
+    from spawnpoint.workspaces.status_cache import detach_status_cache, install_status_cache
+
     database = Database(
         settings.sqlalchemy_url,
         pool_size=max(2, min(settings.database_pool_size, settings.rabbitmq_prefetch)),
     )
+    # Transitions written here update the permit status cache too (with REDIS_URL).
+    install_status_cache(database, settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -548,4 +552,5 @@ async def serve_consumer(settings: Settings) -> None:
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
+        await detach_status_cache(database)
         await database.dispose()
