@@ -25,6 +25,8 @@ from conftest import IN_CI
 
 RABBITMQ_HOST = "127.0.0.1"
 RABBITMQ_PORT = 5672
+# The relay's default RABBITMQ_EVENTS_EXCHANGE.
+EXCHANGE = "spawnpoint.events"
 
 
 def _ctl(*args: str) -> None:

@@ -11,7 +11,7 @@ import contextlib
 import os
 import signal
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,8 @@ from sqlalchemy import delete, select
 
 from chaos.deployment import SPAWNPOINT
 from conftest import BACKENDS, PostgresDatabase, World, make_settings, postgres_or_skip
-from events.broker import Listener, amqp_url, fresh_vhost, full_after, listening
+from events.broker import EXCHANGE, amqp_url, fresh_vhost, full_after, listening
+from events.relaying import delivered, drain, emit, rows, unpublished
 from polling import eventually
 from spawnpoint.app import create_app
 from spawnpoint.config import Settings
@@ -37,8 +38,6 @@ from spawnpoint.migrations import upgrade
 from spawnpoint.models import OutboxEvent, Role
 from spawnpoint.models.jobs import LeaderLeaseRow
 from tcp_proxy import TcpProxies
-
-EXCHANGE = "spawnpoint.events"
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
@@ -107,52 +106,6 @@ async def running(relay: OutboxRelay) -> AsyncIterator[asyncio.Event]:
     finally:
         stop.set()
         await asyncio.wait_for(task, 15)
-
-
-async def emit(
-    database: Database, events: Sequence[tuple[str, str]], *, tenant_id: uuid.UUID | None = None
-) -> list[uuid.UUID]:
-    """Commit one outbox row per (key, type), in this order; their ids."""
-    ids = []
-    async with database.unit_of_work(write=True) as uow:
-        for n, (key, event_type) in enumerate(events):
-            row = outbox_event(
-                tenant_id=tenant_id, type=event_type, key=key, payload={"n": n, "key": key}
-            )
-            uow.emit(row)
-            ids.append(row["id"])
-    return ids
-
-
-async def rows(database: Database, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, OutboxEvent]:
-    async with database.transaction(write=False) as session:
-        found = (
-            await session.execute(select(OutboxEvent).where(OutboxEvent.id.in_(list(ids))))
-        ).scalars()
-        return {row.id: row for row in found}
-
-
-async def unpublished(database: Database, ids: Sequence[uuid.UUID]) -> int:
-    return sum(1 for row in (await rows(database, ids)).values() if row.published_at is None)
-
-
-def delivered(listener: Listener, ids: Sequence[uuid.UUID]) -> Callable[[], Any]:
-    wanted = {str(i) for i in ids}
-
-    async def probe() -> bool:
-        return wanted <= set(listener.ids())
-
-    return probe
-
-
-async def drain(relay: OutboxRelay, database: Database, ids: Sequence[uuid.UUID]) -> None:
-    """Step `relay` until every row of `ids` is marked published."""
-
-    async def probe() -> bool:
-        await relay.step()
-        return await unpublished(database, ids) == 0
-
-    await eventually(probe, within=20, what="the relay to mark every event published")
 
 
 async def test_events_leave_with_their_properties_and_are_marked_after_the_confirm(
