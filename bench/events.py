@@ -1,7 +1,9 @@
 """Events in and out of RabbitMQ, each figure a ratio against a baseline of the same run.
 
-    .venv/bin/python bench/events.py [--sections relay] [--backlog 20000] [--rounds 3]
-                                     [--batch-size 500] [--backend postgres|sqlite]
+    .venv/bin/python bench/events.py [--sections relay,status] [--rounds 3]
+                                     [--backlog 20000] [--batch-size 500]
+                                     [--backend postgres|sqlite]
+                                     [--status-requests 2000] [--permits 200]
 
 Sections (`--sections`, comma-separated; each a function that returns its table rows):
 
@@ -13,6 +15,10 @@ Sections (`--sections`, comma-separated; each a function that returns its table 
   per batch. Both publish into the same vhost of this run's own (rabbitmqctl) and the same
   durable queue, purged between runs; rounds alternate raw, relay, relay, raw, ... and the
   ratio is taken per round (the machine's speed moves between rounds). Goal: >= 0.5.
+- **status** (`status_section`): `GET /api/v1/workspaces/{permitId}/status` p50 and p99
+  answered from Redis against the same server code answering from the database
+  (bench/_status_read.py's `measure_status_reads`, PostgreSQL, Redis at `--redis-url`);
+  reported as the latency ratio Redis / database, with no goal set.
 
 Prints a Markdown table with the load average, writes bench/results/events.md. Exit status
 0 when every goal is met, 1 when one is not, 2 on error.
@@ -62,11 +68,11 @@ class Row:
     baseline: str
     result: str
     ratio: float
-    goal: float
+    goal: float | None  # None: reported, no goal
 
     @property
     def met(self) -> bool:
-        return self.ratio >= self.goal
+        return self.goal is None or self.ratio >= self.goal
 
 
 # --------------------------------------------------------------------------- the broker
@@ -297,6 +303,34 @@ async def relay_rounds(
     return raw_rates, relay_rates
 
 
+# --------------------------------------------------------------------------- the status section
+
+
+def status_section(
+    *, redis_url: str, requests: int, rounds: int, permits: int, log: Callable[[str], None]
+) -> list[Row]:
+    from _status_read import measure_status_reads
+
+    log(f"status: {rounds} rounds of {requests} GETs over {permits} permits")
+    summary = measure_status_reads(
+        redis_url=redis_url, requests=requests, rounds=rounds, permits=permits
+    ).summary()
+    return [
+        Row(
+            measurement=f"GET /api/v1/workspaces/{{permitId}}/status, {requests} sequential GETs "
+            f"over {permits} permits, PostgreSQL (median of {rounds} rounds; "
+            f"{summary['hits']} reads from Redis); ratio = Redis / database p50 "
+            f"(p99: {summary['p99_ratio']:.2f})",
+            baseline=f"from the database: p50 {summary['database_p50_ms']:.2f} ms, "
+            f"p99 {summary['database_p99_ms']:.2f} ms",
+            result=f"from Redis: p50 {summary['redis_p50_ms']:.2f} ms, "
+            f"p99 {summary['redis_p99_ms']:.2f} ms",
+            ratio=summary["p50_ratio"],
+            goal=None,
+        )
+    ]
+
+
 # --------------------------------------------------------------------------- the report
 
 
@@ -310,7 +344,7 @@ def report(rows: list[Row]) -> str:
                 r.baseline,
                 r.result,
                 f"**{r.ratio:.2f}**",
-                f">= {r.goal} " + ("✔" if r.met else "✘"),
+                goal_cell(r),
             ]
             for r in rows
         ],
@@ -318,16 +352,28 @@ def report(rows: list[Row]) -> str:
     return f"{table}\n\nLoad average at the end (1, 5, 15 min): {load}; {os.cpu_count()} CPUs.\n"
 
 
+def goal_cell(row: Row) -> str:
+    if row.goal is None:
+        return "(none)"
+    return f">= {row.goal} " + ("✔" if row.met else "✘")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sections", default="relay", help="comma-separated: relay")
+    parser.add_argument("--sections", default="relay,status", help="comma-separated: relay, status")
     parser.add_argument("--backlog", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--backend", choices=("postgres", "sqlite"), default="postgres")
+    parser.add_argument("--status-requests", type=int, default=2000)
+    parser.add_argument("--permits", type=int, default=200)
+    parser.add_argument(
+        "--redis-url",
+        default=os.environ.get("SPAWNPOINT_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"),
+    )
     args = parser.parse_args()
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
-    unknown = set(sections) - {"relay"}
+    unknown = set(sections) - {"relay", "status"}
     if unknown:
         parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
 
@@ -342,6 +388,14 @@ def main() -> int:
                 rounds=args.rounds,
                 batch_size=args.batch_size,
                 backend=args.backend,
+                log=log,
+            )
+        if "status" in sections:
+            rows += status_section(
+                redis_url=args.redis_url,
+                requests=args.status_requests,
+                rounds=args.rounds,
+                permits=args.permits,
                 log=log,
             )
     except Exception as exc:
