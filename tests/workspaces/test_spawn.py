@@ -139,6 +139,9 @@ async def test_dry_run_reports_and_creates_nothing(client: httpx.AsyncClient, wo
         "allowed": True,
         "reasons": [],
         "usage": {"workspaces": 0, "cpu": 0.0, "memory_mb": 0, "storage_gb": 0},
+        "hourly_cost": 0.0,
+        "currency": "USD",
+        "budgets": [],
     }
     assert await count_rows(world.database, org.tenant_id) == (0, 0, 0)
     await client.post("/api/spawn", headers=member, json=body)

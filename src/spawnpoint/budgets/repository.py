@@ -40,10 +40,11 @@ class BudgetScopeRepository(ScopedRepository[Budget]):
     noun = "budget"
 
     async def applying(self, user_id: uuid.UUID, limit: int) -> list[Budget]:
-        """Up to `limit` budgets that limit `user_id`'s spawns, in scope then id order."""
+        """Up to `limit` budgets that limit `user_id`'s spawns, in scope then id order: of
+        the caller's own tenant, operators included (a spawn is in one's own tenant)."""
         found = await self.session.execute(
-            self.readable()
-            .where(applying_to(user_id))
+            select(Budget)
+            .where(self.tenant_condition(Budget.tenant_id), applying_to(user_id))
             .order_by(Budget.scope, Budget.id)
             .limit(limit)
         )

@@ -24,7 +24,7 @@ is empty. IDs are UUID strings; money and CPU are JSON numbers.
     "spec": {
       "command": "jupyter lab --port {port}", "image": null, "cpu": 2.0, "memory_mb": 4096,
       "storage_gb": 10, "ports": [8888], "env": {"MODE": "lab"}, "idle_timeout_minutes": 60,
-      "max_lifetime_days": 7, "hourly_cost": 0.12, "restricted": false
+      "max_lifetime_days": 7, "hourly_cost": 0.12, "restricted": false, "stages": {}
     }
   },
   "request": {
@@ -80,8 +80,9 @@ is empty. IDs are UUID strings; money and CPU are JSON numbers.
 `usage` is what the tenant's live workspaces use **before** this spawn. `template.spec` has
 the `TemplateSpec` fields: `command`, `image` (string or null), `cpu` (number), `memory_mb`,
 `storage_gb` (integers), `ports` (array of integers), `env` (object of strings),
-`idle_timeout_minutes`, `max_lifetime_days` (integer or null), `hourly_cost` (number) and
-`restricted` (boolean: only tenant admins may spawn it).
+`idle_timeout_minutes`, `max_lifetime_days` (integer or null), `hourly_cost` (number),
+`restricted` (boolean: only tenant admins may spawn it) and `stages` (object: each stage's
+overrides).
 
 The default policy (`default.rego`, package `spawn`) denies, each with a reason: an absent
 input or a missing section; a restricted template unless the user is an `admin`/`operator` or
