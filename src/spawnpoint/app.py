@@ -102,14 +102,16 @@ def create_app(
     blobs = blob_store_for_settings(settings)
     jobs = job_registry or default_registry(settings)
     attach_blob_store(database, blobs)
-    # With REDIS_URL, permit status and connection documents are cached (after each commit).
-    install_status_cache(database, settings)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         if settings.dev_bypass_active:
             log.warning(settings.dev_bypass_warning)
         await asyncio.to_thread(blobs.sweep_staging)
+        # With REDIS_URL, permit status and connection documents are cached (after each
+        # commit). Attached here, not at build time: an app that never starts (a test's)
+        # leaves a shared database without one.
+        install_status_cache(database, settings)
         stop = asyncio.Event()
         worker = None
         if run_worker:

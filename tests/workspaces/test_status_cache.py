@@ -49,6 +49,7 @@ from spawnpoint.workspaces.status_cache import (
     StatusKeeper,
     detach_status_cache,
     documents_of,
+    install_status_cache,
     status_cache_of,
     status_cache_task,
     version_of,
@@ -144,7 +145,9 @@ async def cached_app(backend_settings: Settings, prefix: str) -> AsyncIterator[M
         )
         database = Database(settings.sqlalchemy_url, pool_size=5)
         app = create_app(settings, database=database)
-        keeper = status_cache_of(database)
+        # What the app's lifespan does at start-up (ASGITransport runs no lifespan).
+        assert status_cache_of(database) is None
+        keeper = install_status_cache(database, settings)
         assert keeper is not None
         client = httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app), base_url="http://spawnpoint.test"
@@ -620,3 +623,23 @@ async def test_a_hit_reads_nothing_from_the_database_even_while_it_is_locked(
                 timeout=0.5,
             )
         await blocker.rollback()
+
+
+async def test_the_app_attaches_the_cache_at_start_up_and_closes_it_at_shutdown(
+    backend_settings: Settings, prefix: str
+) -> None:
+    settings = backend_settings.model_copy(
+        update={"redis_url": REDIS_URL, "status_cache_prefix": prefix}
+    )
+    database = Database(settings.sqlalchemy_url, pool_size=2)
+    app = create_app(settings, database=database)
+    assert status_cache_of(database) is None
+    async with app.router.lifespan_context(app):
+        keeper = status_cache_of(database)
+        assert keeper is not None
+        assert keeper.cache.prefix == prefix
+    assert status_cache_of(database) is None
+    plain = Database(settings.sqlalchemy_url, pool_size=2)
+    app = create_app(settings.model_copy(update={"redis_url": None}), database=plain)
+    async with app.router.lifespan_context(app):
+        assert status_cache_of(plain) is None
