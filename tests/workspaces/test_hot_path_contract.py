@@ -25,6 +25,7 @@ from spawnpoint.jobs.queue import claim, queued_job
 from spawnpoint.kit.inserts import with_defaults
 from spawnpoint.migrations import upgrade
 from spawnpoint.models import (
+    Budget,
     Job,
     OutboxEvent,
     Plan,
@@ -43,6 +44,14 @@ NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 BASE = 0xC0FFEE << 100  # clear of the demo rows the migrations seed
 TENANT, PLAN, USER = (uuid.UUID(int=BASE + n) for n in (1, 2, 3))
 TEMPLATE, WORKSPACE, JOB = (uuid.UUID(int=BASE + n) for n in (4, 5, 6))
+# Budgets: the tenant's and the user's are in scope of the user's spawn without a project;
+# another user's and a project's are not.
+BUDGETS = [
+    (uuid.UUID(int=BASE + 10), "tenant", TENANT),
+    (uuid.UUID(int=BASE + 11), "user", USER),
+    (uuid.UUID(int=BASE + 12), "user", uuid.UUID(int=BASE + 99)),
+    (uuid.UUID(int=BASE + 13), "project", uuid.UUID(int=BASE + 98)),
+]
 # Generated where the rows are written (uuid7 ids of events, the clock's updated_at).
 VOLATILE = {"id", "created_at", "updated_at", "started_at", "lease_expires_at"}
 
@@ -84,6 +93,19 @@ async def _seed(database: Database) -> None:
         session.add(Tenant(id=TENANT, name="contract", slug="contract", plan_id=PLAN))
         await session.flush()
         session.add(User(id=USER, tenant_id=TENANT, email="c@example.test", role="member"))
+        for number, (budget_id, scope, scope_id) in enumerate(BUDGETS):
+            session.add(
+                Budget(
+                    id=budget_id,
+                    tenant_id=TENANT,
+                    scope=scope,
+                    scope_id=scope_id,
+                    limit_amount=Decimal(10 + number),
+                    warn_ratio=Decimal("0.8"),
+                    hard_ratio=Decimal(1),
+                    warned_period=NOW if scope == "user" else None,
+                )
+            )
         session.add(Template(id=TEMPLATE, tenant_id=TENANT, name="t", provisioner="dry-run"))
         await session.flush()
         session.add(
@@ -148,6 +170,13 @@ async def _scenario(database: Database) -> dict[str, Any]:
     async with database.unit_of_work(write=True) as uow:
         _, _, usage = await SpawnRows(uow.session).lock_tenant_with_usage(TENANT)
         seen["usage"] = usage.model_dump()
+    async with database.unit_of_work(write=True) as uow:
+        *_, budgets = await SpawnRows(uow.session).lock_tenant_for_spawn(
+            TENANT, budgets_for=(None, USER)
+        )
+        seen["budgets"] = [
+            (b.id, b.scope, b.scope_id, float(b.limit_amount), b.warned_period) for b in budgets
+        ]
     async with database.unit_of_work(write=True) as uow:
         (claimed,) = await claim(
             uow.session, owner="contract", limit=5, lease=timedelta(minutes=1), now=NOW
@@ -219,6 +248,8 @@ async def test_both_backends_leave_the_same_rows(databases: list[Database]) -> N
     sqlite, postgres = [await _scenario(database) for database in databases]
     assert sqlite["stale"] == "StaleLease"
     assert sqlite["usage"]["workspaces"] == 1
+    assert [b[0] for b in sqlite["budgets"]] == [b[0] for b in BUDGETS[:2]]
+    assert sqlite["budgets"][1][4] == NOW
     assert sqlite["rows"]["workspaces"][0]["driver_state"] == {"pid": 7}
     assert [e["type"] for e in sqlite["rows"]["outbox"]] == [
         "workspace.pending",
