@@ -8,6 +8,7 @@ repositories of those domains, built for the message's tenant.
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -17,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from spawnpoint.kit.clock import utcnow
 from spawnpoint.kit.ids import uuid7
-from spawnpoint.models import InboxMessage, Permit, Role, Tenant, User, UserStatus
+from spawnpoint.models import InboxMessage, Permit, Role, Tenant, User, UserStatus, Workspace
 from spawnpoint.models.permits import PermitState
 
 # Service accounts get ids derived from their tenant's, so every consumer finds the same.
@@ -32,6 +33,17 @@ def service_account_id(tenant_id: uuid.UUID) -> uuid.UUID:
 def service_account_email(tenant_id: uuid.UUID) -> str:
     # `.invalid` is reserved (RFC 2606): no mail can reach it, nobody can register it.
     return f"permits.{tenant_id}@service.spawnpoint.invalid"
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What handling a message starts from, read in one round trip."""
+
+    tenant_found: bool
+    account: User | None
+    handled: str | None  # the inbox outcome of this message id, when it was handled
+    permit: Permit | None  # not locked
+    workspace_id: uuid.UUID | None  # the tenant's workspace with the permit as external_ref
 
 
 class PermitRows:
@@ -81,6 +93,58 @@ class PermitRows:
             )
         )
 
+    async def facts(self, *, message_id: str, tenant_id: uuid.UUID, permit_id: str) -> Facts:
+        """The message's inbox outcome, the tenant, its service account, the permit's row and
+        its workspace, in one statement (no lock: see `permit_for_update`)."""
+        handled = (
+            select(InboxMessage.outcome)
+            .where(InboxMessage.message_id == message_id)
+            .scalar_subquery()
+        )
+        workspace = (
+            select(Workspace.id)
+            .where(Workspace.tenant_id == Tenant.id, Workspace.external_ref == permit_id)
+            .scalar_subquery()
+        )
+        statement = (
+            select(Tenant.id, User, Permit, handled, workspace)
+            .outerjoin(
+                User, (User.id == service_account_id(tenant_id)) & (User.tenant_id == Tenant.id)
+            )
+            .outerjoin(Permit, (Permit.tenant_id == Tenant.id) & (Permit.permit_id == permit_id))
+            .where(Tenant.id == tenant_id)
+        )
+        row = (await self.session.execute(statement)).one_or_none()
+        if row is None:
+            return Facts(False, None, None, None, None)
+        return Facts(True, row[1], row[3], row[2], row[4])
+
+    def add_inbox(
+        self,
+        *,
+        message_id: str,
+        outcome: str,
+        type: str,
+        permit_id: str,
+        tenant_id: uuid.UUID,
+        occurred_at: datetime,
+        detail: str,
+    ) -> InboxMessage:
+        """A pending inbox row (written with the session's next flush)."""
+        row = InboxMessage(
+            id=uuid7(),
+            message_id=message_id,
+            received_at=utcnow(),
+            type=type,
+            permit_id=permit_id,
+            tenant_id=tenant_id,
+            occurred_at=occurred_at,
+            outcome=outcome,
+            detail=detail,
+        )
+        self.session.add(row)
+        return row
+
     async def tenant_and_account(self, tenant_id: uuid.UUID) -> tuple[Tenant | None, User | None]:
         """The tenant and its service account (either None when missing), in one query."""
         statement = (
@@ -123,6 +187,7 @@ class PermitRows:
             select(Permit)
             .where(Permit.tenant_id == tenant_id, Permit.permit_id == permit_id)
             .with_for_update()
+            .execution_options(populate_existing=True)
         )
         found: Permit | None = (await self.session.execute(statement)).scalar_one_or_none()
         return found

@@ -33,7 +33,7 @@ from spawnpoint.jobs.queue import enqueue
 from spawnpoint.kit.auditing import system_action
 from spawnpoint.kit.clock import utcnow
 from spawnpoint.kit.errors import Conflict, Forbidden, NotFound, Unprocessable
-from spawnpoint.models import Permit, Role, User, UserStatus, Workspace, WorkspaceState
+from spawnpoint.models import InboxMessage, Permit, Role, UserStatus, Workspace, WorkspaceState
 from spawnpoint.models.permits import InboxOutcome, PermitState
 from spawnpoint.permits.repository import PermitRows
 from spawnpoint.permits.schemas import PermitEvent, PermitType
@@ -137,17 +137,26 @@ class PermitService:
     async def handle(self, *, message_id: str, event: PermitEvent, attempt: int = 1) -> Handled:
         """Apply `event` once; return what it did (also written to the inbox).
 
+        A spawn commits the unit of work itself (with the inbox row, the permit's row and
+        the audit entry, written first), as `POST /api/spawn` does, so the tenant's lock is
+        held no longer than for a spawn through the API.
+
         Raises:
             InvalidMessage: the tenant, template or stage does not exist, or the event is
                 dated in the future; nothing was written.
             Parked: a stage change for a permit that has no workspace yet.
             Retry: another consumer created the permit's row or workspace meanwhile.
         """
-        if await self.rows.handled(message_id) is not None:
-            return Handled(InboxOutcome.ignored, "already handled")
         if event.occurred_at > utcnow() + MAX_CLOCK_SKEW:
             raise InvalidMessage(f"occurred_at {event.occurred_at.isoformat()} is in the future")
-        account = await self._account(event.tenant_id)
+        facts = await self.rows.facts(
+            message_id=message_id, tenant_id=event.tenant_id, permit_id=event.permit_id
+        )
+        if facts.handled is not None:
+            return Handled(InboxOutcome.ignored, "already handled")
+        if not facts.tenant_found:
+            raise InvalidMessage(f"no tenant has id {event.tenant_id}")
+        account = facts.account or await self.rows.create_account(event.tenant_id)
         if account.status != UserStatus.active:
             raise InvalidMessage(f"the tenant's service account {account.id} is disabled")
         actor = Principal(user_id=account.id, tenant_id=event.tenant_id, role=Role(account.role))
@@ -158,9 +167,30 @@ class PermitService:
             policy=self.policy,
             max_job_attempts=self.max_job_attempts,
         )
-        permit = await self.rows.permit_for_update(event.tenant_id, event.permit_id)
-        handled = await self._apply(workspaces, actor, permit, message_id, event, attempt)
-        await self.rows.record(
+        permit = facts.permit
+        if permit is not None:
+            permit = await self.rows.permit_for_update(event.tenant_id, event.permit_id)
+        handled = self._settled(permit, event)
+        if handled is None and event.type is PermitType.approved:
+            return await self._approve(
+                workspaces, actor, permit, facts.workspace_id, message_id, event, attempt
+            )
+        if handled is None and event.type is PermitType.stage_changed:
+            handled = await self._change_stage(
+                workspaces, actor, permit, facts.workspace_id, message_id, event
+            )
+        elif handled is None:
+            handled = await self._close(
+                workspaces, actor, permit, facts.workspace_id, message_id, event
+            )
+        self._record(message_id, event, handled)
+        return handled
+
+    def _record(
+        self, message_id: str, event: PermitEvent, handled: Handled
+    ) -> tuple[InboxMessage, AuditDraft | None]:
+        """The message's inbox row and (unless it changed nothing) its audit entry."""
+        inbox = self.rows.add_inbox(
             message_id=message_id,
             outcome=handled.outcome.value,
             type=event.type.value,
@@ -175,55 +205,36 @@ class PermitService:
                 handled.detail,
                 extra={"permit_id": event.permit_id, "message_id": message_id},
             )
-        else:
-            unit_of(self.session).record(
-                system_action(
-                    tenant_id=event.tenant_id,
-                    action=event.type.value,
-                    resource_type="workspace",
-                    resource_id=handled.workspace_id,
-                    reason=handled.detail[:500],
-                    actor_id=CONSUMER,
-                    permit_id=event.permit_id,
-                    message_id=message_id,
-                    outcome=handled.outcome.value,
-                )
-            )
-        return handled
+            return inbox, None
+        draft = system_action(
+            tenant_id=event.tenant_id,
+            action=event.type.value,
+            resource_type="permit",
+            resource_id=event.permit_id,
+            reason=handled.detail[:500],
+            actor_id=CONSUMER,
+            message_id=message_id,
+            workspace_id=handled.workspace_id,
+            outcome=handled.outcome.value,
+        )
+        unit_of(self.session).record(draft)
+        return inbox, draft
 
-    async def _account(self, tenant_id: uuid.UUID) -> User:
-        tenant, account = await self.rows.tenant_and_account(tenant_id)
-        if tenant is None:
-            raise InvalidMessage(f"no tenant has id {tenant_id}")
-        if account is None:
-            account = await self.rows.create_account(tenant_id)
-        return account
-
-    async def _apply(
-        self,
-        workspaces: WorkspaceService,
-        actor: Principal,
-        permit: Permit | None,
-        message_id: str,
-        event: PermitEvent,
-        attempt: int,
-    ) -> Handled:
-        if permit is not None and event.occurred_at < permit.last_occurred_at:
+    @staticmethod
+    def _settled(permit: Permit | None, event: PermitEvent) -> Handled | None:
+        """The outcome of an event that its permit's row decides (stale, closed), or None."""
+        if permit is None:
+            return None
+        if event.occurred_at < permit.last_occurred_at:
             return Handled(
                 InboxOutcome.ignored,
                 f"{event.type.value} of {event.occurred_at.isoformat()} is older than the "
                 f"permit's last applied event ({permit.last_occurred_at.isoformat()})",
                 permit.workspace_id,
             )
-        if permit is not None and permit.state == PermitState.closed:
+        if permit.state == PermitState.closed:
             return Handled(InboxOutcome.ignored, "the permit is closed", permit.workspace_id)
-        if event.type is PermitType.approved:
-            handled = await self._approve(workspaces, actor, permit, message_id, event, attempt)
-        elif event.type is PermitType.stage_changed:
-            handled = await self._change_stage(workspaces, actor, permit, message_id, event)
-        else:
-            handled = await self._close(workspaces, actor, permit, message_id, event)
-        return handled
+        return None
 
     def _remember(
         self,
@@ -233,9 +244,9 @@ class PermitService:
         *,
         state: PermitState,
         workspace_id: uuid.UUID | None,
-    ) -> None:
+    ) -> Permit:
         if permit is None:
-            self.rows.add_permit(
+            return self.rows.add_permit(
                 tenant_id=event.tenant_id,
                 permit_id=event.permit_id,
                 state=state,
@@ -244,40 +255,36 @@ class PermitService:
                 last_message_id=message_id,
                 last_occurred_at=event.occurred_at,
             )
-            return
         permit.state = state.value
         permit.workspace_id = workspace_id
         permit.last_type = event.type.value
         permit.last_message_id = message_id
         permit.last_occurred_at = event.occurred_at
         permit.updated_at = utcnow()
-
-    async def _workspace(self, workspaces: WorkspaceService, permit_id: str) -> Workspace | None:
-        try:
-            return await workspaces.by_permit(permit_id)
-        except NotFound:
-            return None
+        return permit
 
     async def _approve(
         self,
         workspaces: WorkspaceService,
         actor: Principal,
         permit: Permit | None,
+        workspace_id: uuid.UUID | None,
         message_id: str,
         event: PermitEvent,
         attempt: int,
     ) -> Handled:
+        done: Handled | None = None
         if permit is not None and permit.state == PermitState.active:
-            return Handled(
-                InboxOutcome.ignored, "the permit is approved already", permit.workspace_id
-            )
-        existing = await self._workspace(workspaces, event.permit_id)
-        if existing is not None:
+            done = Handled(InboxOutcome.ignored, "the permit is approved already", workspace_id)
+        elif workspace_id is not None:
             # Spawned through the API with this external_ref, or by a consumer that won a race.
             self._remember(
-                permit, event, message_id, state=PermitState.active, workspace_id=existing.id
+                permit, event, message_id, state=PermitState.active, workspace_id=workspace_id
             )
-            return Handled(InboxOutcome.ignored, "the permit has a workspace already", existing.id)
+            done = Handled(InboxOutcome.ignored, "the permit has a workspace already", workspace_id)
+        if done is not None:
+            self._record(message_id, event, done)
+            return done
         try:
             spawn_in = SpawnRequest(
                 template_id=event.template_id,
@@ -287,15 +294,25 @@ class PermitService:
             )
         except ValidationError as exc:
             raise InvalidMessage(f"not a valid spawn: {exc.errors(include_url=False)}") from exc
+        # Written first, so that the spawn commits with its last round trip.
+        inbox, draft = self._record(
+            message_id, event, Handled(InboxOutcome.applied, "spawned the permit's workspace")
+        )
+        row = self._remember(permit, event, message_id, state=PermitState.active, workspace_id=None)
+        await self.session.flush()
         uow = unit_of(self.session)
         try:
-            workspace, _ = await workspaces.spawn(actor=actor, spawn_in=spawn_in)
+            workspace, _ = await workspaces.spawn(actor=actor, spawn_in=spawn_in, final=True)
         except Unprocessable as exc:
             errors = exc.extra.get("errors") or []
             raise InvalidMessage("; ".join(e["detail"] for e in errors) or exc.detail) from exc
-        except (QuotaExceeded, Forbidden) as exc:
+        except (QuotaExceeded, Forbidden, Conflict) as exc:
+            if isinstance(exc, Conflict) and attempt < RETRIES:
+                # Most likely another consumer's spawn for this permit (its insert failed,
+                # and with it this transaction): look again in a new one.
+                raise Retry(exc.detail) from exc
             uow.refusals.clear()
-            reasons = exc.extra.get("reasons") or [exc.detail]
+            reasons = [str(r) for r in exc.extra.get("reasons") or [exc.detail]]
             uow.emit(
                 permit_refused(
                     event=event,
@@ -304,19 +321,13 @@ class PermitService:
                     usage=exc.extra.get("usage"),
                 )
             )
-            self._remember(permit, event, message_id, state=PermitState.refused, workspace_id=None)
-            return Handled(InboxOutcome.refused, "; ".join(reasons))
-        except Conflict as exc:
-            if attempt < RETRIES:
-                # Most likely another consumer's spawn for this permit (its insert failed,
-                # and with it this transaction): look again in a new one.
-                raise Retry(exc.detail) from exc
-            uow.emit(permit_refused(event=event, message_id=message_id, reasons=[exc.detail]))
-            self._remember(permit, event, message_id, state=PermitState.refused, workspace_id=None)
-            return Handled(InboxOutcome.refused, exc.detail)
-        self._remember(
-            permit, event, message_id, state=PermitState.active, workspace_id=workspace.id
-        )
+            detail = "; ".join(reasons)
+            inbox.outcome, inbox.detail = InboxOutcome.refused.value, detail[:2000]
+            row.state = PermitState.refused.value
+            if draft is not None:
+                draft.reason = detail[:500]
+                draft.details["outcome"] = InboxOutcome.refused.value
+            return Handled(InboxOutcome.refused, detail)
         return Handled(InboxOutcome.applied, f"spawned workspace {workspace.id}", workspace.id)
 
     async def _change_stage(
@@ -324,16 +335,16 @@ class PermitService:
         workspaces: WorkspaceService,
         actor: Principal,
         permit: Permit | None,
+        workspace_id: uuid.UUID | None,
         message_id: str,
         event: PermitEvent,
     ) -> Handled:
         assert event.stage is not None  # the schema requires it
-        existing = await self._workspace(workspaces, event.permit_id)
-        if existing is None:
+        if workspace_id is None:
             if permit is not None and permit.state == PermitState.refused:
                 return Handled(InboxOutcome.ignored, "the permit's spawn was refused")
             raise Parked(f"permit {event.permit_id} has no workspace yet")
-        workspace = await workspaces.repository.get_for_update(existing.id)
+        workspace = await workspaces.repository.get_for_update(workspace_id)
         if workspace.state in (S.deleting, S.deleted):
             return Handled(
                 InboxOutcome.ignored, f"the workspace is {workspace.state}", workspace.id
@@ -350,21 +361,17 @@ class PermitService:
         if storage > workspace.storage_gb:
             refusal = await self._storage_refusal(workspace, storage)
             if refusal is not None:
+                reason = refusal.reason("the plan")
                 unit_of(self.session).emit(
-                    permit_refused(
-                        event=event,
-                        message_id=message_id,
-                        reasons=[refusal.reason(refusal.limit)],
-                    )
+                    permit_refused(event=event, message_id=message_id, reasons=[reason])
                 )
                 self._remember(
                     permit, event, message_id, state=PermitState.active, workspace_id=workspace.id
                 )
-                return Handled(InboxOutcome.refused, refusal.reason("the plan"), workspace.id)
+                return Handled(InboxOutcome.refused, reason, workspace.id)
         previous = workspace.stage
         workspace.stage = event.stage
         workspace.storage_gb = storage
-        reason = f"permit {event.permit_id} moved to stage {event.stage}"
         if workspace.state == S.running:
             move(
                 self.session,
@@ -372,7 +379,7 @@ class PermitService:
                 S.provisioning,
                 actor="user",
                 actor_id=actor.user_id,
-                reason=reason,
+                reason=f"permit {event.permit_id} moved to stage {event.stage}",
             )
         if workspace.state == S.provisioning:
             # From running, or already provisioning with what may be the old stage.
@@ -411,20 +418,20 @@ class PermitService:
         workspaces: WorkspaceService,
         actor: Principal,
         permit: Permit | None,
+        workspace_id: uuid.UUID | None,
         message_id: str,
         event: PermitEvent,
     ) -> Handled:
-        existing = await self._workspace(workspaces, event.permit_id)
-        if existing is None:
+        if workspace_id is None:
             self._remember(permit, event, message_id, state=PermitState.closed, workspace_id=None)
             return Handled(InboxOutcome.applied, "closed before any workspace existed")
         try:
-            workspace, job = await workspaces.delete(actor=actor, workspace_id=existing.id)
+            workspace, job = await workspaces.delete(actor=actor, workspace_id=workspace_id)
         except Forbidden as exc:
             unit_of(self.session).emit(
                 permit_refused(event=event, message_id=message_id, reasons=[exc.detail])
             )
-            return Handled(InboxOutcome.refused, exc.detail, existing.id)
+            return Handled(InboxOutcome.refused, exc.detail, workspace_id)
         self._remember(
             permit, event, message_id, state=PermitState.closed, workspace_id=workspace.id
         )
