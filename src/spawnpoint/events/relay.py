@@ -181,7 +181,8 @@ class OutboxRelay:
                 else:
                     outage.succeeded()
                 if delay > 0:
-                    await self._wait(stop, delay)
+                    # Never longer than the lease can go unrenewed, a broker outage included.
+                    await self._wait(stop, min(delay, self.lease.ttl.total_seconds() / 3))
         finally:
             self.database.outbox_nudges.discard(self.nudge)
             await self.disconnect()
@@ -214,8 +215,7 @@ class OutboxRelay:
             return self._connect_failed(outcome.broken)
         if outcome.read >= self.batch_size and outcome.settled:
             return 0.0  # more is waiting
-        # Back before the lease needs renewing, however long the poll interval.
-        return min(self.poll_interval, self.lease.ttl.total_seconds() / 3)
+        return self.poll_interval
 
     async def contend(self) -> bool:
         """Take or renew the relay lease (every third of its lifetime); whether we hold it."""
