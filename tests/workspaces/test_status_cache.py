@@ -483,6 +483,9 @@ async def test_the_repair_sweep_rewrites_drifted_documents_in_bounded_batches(
         cache.key(org.tenant_id, spawned[1][1]),
         mapping={"v": 1, "status": b"{}", "connection": b"{}"},
     )
+    # And the key of a permit whose workspace is gone (a deleted tenant's).
+    orphan = cache.key(uuid.uuid4(), "gone-permit")
+    await cached.redis.hset(orphan, mapping={"v": 1, "status": b"{}", "connection": b"{}"})
 
     assert status_cache_task(cached.settings.model_copy(update={"redis_url": None})) == []
     (task,) = status_cache_task(cached.settings)
@@ -499,7 +502,7 @@ async def test_the_repair_sweep_rewrites_drifted_documents_in_bounded_batches(
                 workspace_id
             ):
                 return False
-        return True
+        return not await cached.redis.exists(orphan)
 
     await eventually(repaired, what="the sweep to repair the drift", within=60, every=0)
 

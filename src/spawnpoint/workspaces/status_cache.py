@@ -577,12 +577,17 @@ async def _delete_orphans(keeper: StatusKeeper, batch_size: int) -> int:
 class RepairSweep:
     """The scheduler's drift repair: each tick rewrites the next `batch_size` permit
     workspaces' documents (compare-and-set), starting over after the last one, and the
-    writes this process owes. A row that no document holds is logged, counted and skipped.
+    writes this process owes; and takes one SCAN step over the prefix's keys, deleting
+    those no workspace has any more (a deleted tenant's). A row that no document holds is
+    logged, counted and skipped.
     """
 
     batch_size: int
     name: str = TASK
+    # Keys SCAN looks at per tick (of every prefix: the keyspace may be shared).
+    scan_count: int = 1000
     _after: tuple[uuid.UUID, str] | None = None
+    _scan_cursor: int = 0
 
     async def __call__(self, session: AsyncSession, _now: datetime) -> int:
         keeper = status_cache_of(unit_of(session).database)
@@ -600,6 +605,13 @@ class RepairSweep:
             return 0
         if keeper.cache.pending:
             await keeper.refresh({}, force_drain=True)
+        try:
+            self._scan_cursor, pairs = await keeper.cache.scan(self._scan_cursor, self.scan_count)
+            if pairs:
+                alive = await StatusRows(session).existing(pairs)
+                await keeper.cache.drop([p for p in pairs if p not in alive])
+        except CacheUnavailable as exc:
+            log.warning("%s: orphan keys not scanned: %s", self.name, exc)
         return sum(flags)
 
 
