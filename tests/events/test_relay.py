@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy import delete, select
 
 from chaos.deployment import SPAWNPOINT
@@ -115,6 +116,7 @@ async def test_events_leave_with_their_properties_and_are_marked_after_the_confi
     ids = await emit(
         relay_db, [("ws-1", "workspace.pending"), ("ws-2", "spawn.refused")], tenant_id=tenant
     )
+    routed_before = published_count("routed")
     async with listening(amqp_url(vhost), EXCHANGE) as listener:
         relay = make_relay(batch_size=50)
         before = utcnow()
@@ -138,6 +140,12 @@ async def test_events_leave_with_their_properties_and_are_marked_after_the_confi
         assert row.attempts == 1
         assert row.last_error is None
     assert listener.counts() == {str(i): 1 for i in ids}
+    assert published_count("routed") >= routed_before + 2
+
+
+def published_count(outcome: str) -> float:
+    value = REGISTRY.get_sample_value("spawnpoint_events_published_total", {"outcome": outcome})
+    return value or 0.0
 
 
 async def test_each_keys_events_arrive_in_order_across_batches(
@@ -214,7 +222,9 @@ async def test_unroutable_events_are_marked_with_the_reason_not_retried(
 ) -> None:
     ids = await emit(relay_db, [("ws-9", "nobody.listens")])
     relay = make_relay()
+    unroutable_before = published_count("unroutable")
     await drain(relay, relay_db, ids)
+    assert published_count("unroutable") >= unroutable_before + 1
     row = (await rows(relay_db, ids))[ids[0]]
     assert row.published_at is not None
     assert row.last_error is not None
