@@ -120,7 +120,8 @@ class Settings(BaseSettings):
         None,
         validation_alias=AliasChoices("rabbitmq_url", "wps_rabbitmq__url"),
         description="RabbitMQ URL (optional; also WPS_RABBITMQ__URL); when set, /healthz and "
-        "/readyz check it and every worker consumes permit events from RABBITMQ_QUEUE.",
+        "/readyz check it, every worker consumes permit events from RABBITMQ_QUEUE, and one "
+        "worker (the relay's leader) publishes the outbox to RABBITMQ_EVENTS_EXCHANGE.",
     )
     rabbitmq_queue: str = Field(
         "spe.workspace.events",
