@@ -14,6 +14,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -646,3 +647,19 @@ async def test_the_app_attaches_the_cache_at_start_up_and_closes_it_at_shutdown(
     app = create_app(settings.model_copy(update={"redis_url": None}), database=plain)
     async with app.router.lifespan_context(app):
         assert status_cache_of(plain) is None
+
+
+async def test_a_write_through_whose_database_read_fails_is_owed_not_raised(
+    prefix: str, tmp_path: Path
+) -> None:
+    gone = Database(f"sqlite+aiosqlite:///{tmp_path / 'missing' / 'no.db'}", pool_size=1)
+    cache = StatusCache.connect(REDIS_URL, prefix=prefix, timeout=1, retry_seconds=60)
+    keeper = StatusKeeper(database=gone, cache=cache)
+    workspace_id, tenant_id = uuid.uuid4(), uuid.uuid4()
+    try:
+        await keeper.refresh({workspace_id: (tenant_id, "permit")})
+        assert cache.pending == {workspace_id: (tenant_id, "permit")}
+        assert not cache.trusted
+    finally:
+        await keeper.aclose()
+        await gone.dispose()

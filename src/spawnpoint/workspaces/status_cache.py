@@ -332,12 +332,7 @@ class StatusKeeper:
         # A pause, not a test sleep: Redis is given `retry_seconds` to come back.
         await asyncio.sleep(max(self.cache.retry_seconds, 0.05))
         self._retry = None
-        try:
-            await self.refresh({})
-        except Exception:
-            # The database read failed (it may be down too): try again later.
-            log.exception("status cache: writing owed documents failed")
-            self._retry_later()
+        await self.refresh({})
 
     async def aclose(self) -> None:
         if self._retry is not None:
@@ -356,7 +351,7 @@ class StatusKeeper:
         as the transaction knew them) and of up to DRAIN_BATCH owed workspaces.
 
         A workspace that is gone, or whose permit id changed, has its old key deleted.
-        Never raises for Redis: what could not be written is owed.
+        Never raises: what could not be read or written is owed, and written again later.
         """
         cache = self.cache
         if force_drain or not cache.paused:
@@ -370,8 +365,15 @@ class StatusKeeper:
             CACHE_WRITES.labels("failed").inc(len(ids))
             self._retry_later()
             return
-        async with self.database.transaction(write=False) as session:
-            rows = await StatusRows(session).by_ids(ids)
+        try:
+            async with self.database.transaction(write=False) as session:
+                rows = await StatusRows(session).by_ids(ids)
+        except Exception as exc:
+            # The database may be down as well: owe the writes, as for Redis.
+            log.warning("status cache: %d workspaces' rows could not be read: %r", len(ids), exc)
+            cache.owe(announced)
+            self._retry_later()
+            return
         documents: list[PermitDocuments] = []
         stale_keys: list[tuple[uuid.UUID, str]] = []
         seen: set[uuid.UUID] = set()
