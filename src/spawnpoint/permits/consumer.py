@@ -187,6 +187,12 @@ class PermitConsumer:
             settings, timeout=settings.policy_timeout_seconds
         )
         self.queue_name = settings.rabbitmq_queue
+        # Messages whose transactions run at once: the rest of the prefetch waits here, not
+        # for a connection of the pool (beyond it, each checkout would open a new one),
+        # and the job worker sharing the pool keeps its share. Approvals for one tenant
+        # queue on its lock anyway.
+        self.slots = max(1, min(settings.rabbitmq_prefetch, settings.database_pool_size // 2))
+        self._slots = asyncio.Semaphore(self.slots)
         self.ready = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._channel: AbstractChannel | None = None
@@ -204,9 +210,10 @@ class PermitConsumer:
             queue = await self.declare(channel)
             tag = await queue.consume(self._on_message)
             log.info(
-                "consuming permit events from %s (prefetch %d)",
+                "consuming permit events from %s (prefetch %d, %d at once)",
                 self.queue_name,
                 self.settings.rabbitmq_prefetch,
+                self.slots,
             )
             self.ready.set()
             await stop.wait()
@@ -350,7 +357,7 @@ class PermitConsumer:
     async def _apply(self, message_id: str, event: PermitEvent) -> Handled:
         for attempt in range(1, RETRIES + 1):
             try:
-                async with self.database.unit_of_work(write=True) as uow:
+                async with self._slots, self.database.unit_of_work(write=True) as uow:
                     service = PermitService(PermitRows(uow.session), policy=self.policy)
                     return await service.handle(message_id=message_id, event=event, attempt=attempt)
             except (Retry, IntegrityError):
@@ -476,7 +483,7 @@ class PermitConsumer:
         delay = RETRY_BASE_SECONDS
         while True:
             try:
-                async with self.database.unit_of_work(write=True) as uow:
+                async with self._slots, self.database.unit_of_work(write=True) as uow:
                     rows = PermitRows(uow.session)
                     tenant_id = invalid.tenant_id
                     if (
