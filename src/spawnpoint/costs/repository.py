@@ -345,8 +345,8 @@ def _column(model: type[Any], name: str) -> ColumnElement[Any]:
 
 @dataclass(frozen=True)
 class Part:
-    """Where some of a window's records are summed: whole UTC days in `cost_days`, or
-    the hours at the window's edges in `cost_records`."""
+    """Where some of a window's records are summed: UTC days in `cost_days`, or hours in
+    `cost_records`, added (`nanos`, `records` as they are) or taken away (negated)."""
 
     model: type[Any]
     nanos: Any
@@ -354,34 +354,41 @@ class Part:
     window: tuple[ColumnElement[bool], ...]
 
 
+def _midnight(moment: datetime) -> datetime:
+    return moment.replace(hour=0, minute=0, second=0, microsecond=0)
+
+
 def parts(session: AsyncSession, since: datetime, until: datetime) -> list[Part]:
-    """The records of hours starting in [since, until): the whole days between the first
-    midnight at or after `since` and the last at or before `until` from the summary, the
-    rest (or everything, in a window with no whole day) from the records."""
+    """The records of hours starting in [since, until): the days it covers whole from the
+    summary; a day it cuts (its first or last), from the records of the day's hours inside
+    the window or, when those are the larger share, as the summary's day minus the records
+    of its hours outside. No day costs more than half a day of records."""
     since, until = since.astimezone(UTC), until.astimezone(UTC)
-    first = since.replace(hour=0, minute=0, second=0, microsecond=0)
-    if first < since:
-        first += DAY
-    last = until.replace(hour=0, minute=0, second=0, microsecond=0)
-    one = literal(1, Integer())
-    if first >= last:
-        window = (CostRecord.period_start >= since, CostRecord.period_start < until)
-        return [Part(CostRecord, record_nanos(session), one, window)]
-    found = [
-        Part(
-            CostDay,
-            CostDay.amount_nanos,
-            CostDay.records,
-            (CostDay.day >= first.date(), CostDay.day < last.date()),
-        )
-    ]
-    edges = [
-        (CostRecord.period_start >= start) & (CostRecord.period_start < end)
-        for start, end in ((since, first), (last, until))
-        if start < end
-    ]
-    if edges:
-        found.append(Part(CostRecord, record_nanos(session), one, (or_(*edges),)))
+    first = _midnight(since)
+    end = _midnight(until) if _midnight(until) == until else _midnight(until) + DAY
+    added: list[tuple[datetime, datetime]] = []
+    taken: list[tuple[datetime, datetime]] = []
+    days = {first + DAY * n for n in range((end - first) // DAY)}
+    for day in sorted({first, end - DAY}):
+        inside = (max(since, day), min(until, day + DAY))
+        if inside == (day, day + DAY):
+            continue
+        if inside[1] - inside[0] <= DAY / 2:
+            days.discard(day)
+            added.append(inside)
+        else:
+            taken += [(a, b) for a, b in ((day, inside[0]), (inside[1], day + DAY)) if a < b]
+    found: list[Part] = []
+    if days:
+        window = (CostDay.day >= min(days).date(), CostDay.day <= max(days).date())
+        found.append(Part(CostDay, CostDay.amount_nanos, CostDay.records, window))
+    for spans, sign in ((added, 1), (taken, -1)):
+        if spans:
+            hours = or_(
+                *((CostRecord.period_start >= a) & (CostRecord.period_start < b) for a, b in spans)
+            )
+            nanos = record_nanos(session) if sign > 0 else -record_nanos(session)
+            found.append(Part(CostRecord, nanos, literal(sign, Integer()), (hours,)))
     return found
 
 
