@@ -10,6 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import signal
+import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -663,3 +666,50 @@ async def test_a_write_through_whose_database_read_fails_is_owed_not_raised(
     finally:
         await keeper.aclose()
         await gone.dispose()
+
+
+async def test_the_worker_process_writes_its_transitions_through(
+    cached_app: MakeCached, world: World, tmp_path: Path
+) -> None:
+    """`spawnpoint worker` attaches the cache: the provisioning it carries out reaches Redis."""
+    cached = await cached_app()
+    org = await world.org(roles=(Role.member,))
+    workspace_id, permit = await spawn(cached, org.headers[Role.member], org.template_id)
+    settings = cached.settings
+    env = {
+        **os.environ,
+        "DATABASE_URL": settings.sqlalchemy_url,
+        "DATA_DIR": str(settings.data_dir),
+        "ENVIRONMENT": "development",
+        "REDIS_URL": REDIS_URL,
+        "STATUS_CACHE_PREFIX": settings.status_cache_prefix,
+        "RATE_LIMIT_PER_MINUTE": "0",
+        "RATE_LIMIT_TENANT_PER_MINUTE": "0",
+    }
+    log = tmp_path / "worker.log"
+    with log.open("ab") as out:
+        worker = await asyncio.create_subprocess_exec(
+            str(Path(sys.executable).with_name("spawnpoint")),
+            "worker",
+            "--no-scheduler",
+            "--poll-interval",
+            "0.1",
+            env=env,
+            cwd=tmp_path,
+            stdout=out,
+            stderr=out,
+        )
+    try:
+
+        async def running() -> bool:
+            found = await cached.stored(org.tenant_id, permit)
+            return bool(found and found["status"]["status"] == "running")
+
+        await eventually(running, what="the worker's running state in Redis", within=60)
+        assert await cached.stored(org.tenant_id, permit) == await cached.from_database(
+            workspace_id
+        )
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(worker.wait(), 30)
+    assert worker.returncode == 0, log.read_text()[-3000:]
