@@ -142,6 +142,10 @@ async def populate(client: httpx.AsyncClient, world: World) -> Rows:
         owner_id=org.users[Role.member],
         project_id=uuid.UUID(project["id"]),
     )
+    # Budgets on the tenant and the project: lists of budgets, and the workspaces' lifecycle
+    # (the budgets covering them), must not show them to another tenant.
+    budget = await created("/api/budgets", {"scope": "tenant", "limit": 100})
+    await created("/api/budgets", {"scope": "project", "scope_id": project["id"], "limit": 50})
     return Rows(
         org,
         {
@@ -155,6 +159,7 @@ async def populate(client: httpx.AsyncClient, world: World) -> Rows:
             "workspace": uuid.UUID(spawned["workspace"]["id"]),
             "job": uuid.UUID(spawned["job_id"]),
             "running": running,
+            "budget": uuid.UUID(budget["id"]),
         },
     )
 
