@@ -354,3 +354,68 @@ async def test_an_effect_that_keeps_failing_is_dead_lettered_after_max_deliverie
     assert "policy exploded" in str(message.headers[DEATH_REASON])
     assert await inbox_outcome(world.database, message_id) == "dead_lettered"
     assert await broker.depth(broker.queue) == 0
+
+
+async def test_a_cut_broker_connection_loses_nothing_and_applies_nothing_twice(
+    world: World, broker: Broker, start_consumer: StartConsumer, tcp_proxy: Any
+) -> None:
+    org = await world.org(max_workspaces=1000, max_cpu=1000, max_memory_mb=10_000_000)
+    proxy = await tcp_proxy("127.0.0.1", 5672)
+    vhost = broker.url.rsplit("/", 1)[1]
+    consumer = await start_consumer(
+        rabbitmq_url=f"amqp://guest:guest@127.0.0.1:{proxy.port}/{vhost}"
+    )
+    permits = [new_permit() for _ in range(60)]
+    for permit in permits[:30]:
+        await broker.publish(
+            permit_event(
+                "permit.approved",
+                permit_id=permit,
+                tenant_id=org.tenant_id,
+                template_id=org.template_id,
+            )
+        )
+    await proxy.cut()  # live connections reset, reconnects refused for a while
+    for permit in permits[30:]:
+        await broker.publish(
+            permit_event(
+                "permit.approved",
+                permit_id=permit,
+                tenant_id=org.tenant_id,
+                template_id=org.template_id,
+            )
+        )
+    await proxy.restore()
+
+    async def all_spawned() -> bool:
+        async with world.database.transaction(write=False) as session:
+            count = await session.scalar(
+                select(func.count())
+                .select_from(Workspace)
+                .where(Workspace.tenant_id == org.tenant_id)
+            )
+        return count == len(permits)
+
+    await eventually(all_spawned, within=60, what="every permit's workspace")
+
+    async def drained() -> bool:
+        return await broker.depth(broker.queue) == 0
+
+    await eventually(drained, within=30, what="the queue drained")
+    async with world.database.transaction(write=False) as session:
+        refs = (
+            await session.execute(
+                select(Workspace.external_ref).where(Workspace.tenant_id == org.tenant_id)
+            )
+        ).scalars()
+        inbox = await session.scalar(
+            select(func.count())
+            .select_from(InboxMessage)
+            .where(InboxMessage.tenant_id == org.tenant_id)
+        )
+    assert sorted(refs) == sorted(permits)
+    assert inbox == len(permits)
+    assert len(await outbox_of(world.database, org.tenant_id, "workspace.pending")) == 60
+    assert await broker.depth(broker.dead_letters()) == 0
+    assert proxy.accepted >= 2  # the consumer did reconnect
+    assert consumer.ready.is_set()
