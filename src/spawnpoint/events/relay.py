@@ -64,6 +64,16 @@ class BrokerUnavailable(RuntimeError):
 
 
 @dataclass
+class Page:
+    """Unpublished rows read for one batch; every row up to `cursor` was read (held keys'
+    rows skipped), so the next batch reads after it."""
+
+    read: int
+    events: list[PendingEvent]
+    cursor: uuid.UUID | None
+
+
+@dataclass
 class BatchOutcome:
     """What one batch's publication came to, before the mark."""
 
@@ -207,9 +217,7 @@ class OutboxRelay:
                 await self.connect()
             except Exception as error:  # down, refused, bad credentials: all "try later"
                 return self._connect_failed(error)
-        outcome = await self.publish_batch()
-        if outcome.read:
-            await self.mark(outcome)
+        outcome = await self._drain()
         if outcome.broken is not None:
             await self.disconnect()
             return self._connect_failed(outcome.broken)
@@ -295,8 +303,8 @@ class OutboxRelay:
                 waiter.cancel()
         self._wake.clear()
 
-    async def _pending(self) -> tuple[int, list[PendingEvent]]:
-        """The oldest unpublished rows whose key is not held back, and how many were read.
+    async def _pending(self, *, after: uuid.UUID | None = None) -> Page:
+        """The oldest unpublished rows (after `after`) whose key is not held back.
 
         Held keys' rows are skipped; when they fill a whole page, the next page is read
         (a few at most), so a key the broker keeps refusing does not starve the others.
@@ -306,21 +314,25 @@ class OutboxRelay:
         held = {key for key, (_, until) in self._held.items() if until > now}
         found: list[PendingEvent] = []
         read = 0
-        after = None
+        cursor = after
         async with self.database.transaction(write=False) as session:
             repository = RelayRepository(session)
             for _ in range(4):
-                page = await repository.unpublished(limit=self.batch_size, after=after)
+                page = await repository.unpublished(limit=self.batch_size, after=cursor)
                 read += len(page)
                 found.extend(event for event in page if event.key not in held)
+                if page:
+                    cursor = page[-1].id
                 if len(page) < self.batch_size or len(found) >= self.batch_size // 2:
                     break
-                after = page[-1].id
+        if len(found) > self.batch_size:
+            found = found[: self.batch_size]
+            cursor = found[-1].id
         # Forget holds that ran out on keys with nothing left to send (sent by another relay).
         keys = {event.key for event in found}
         for key in [k for k, (_, until) in self._held.items() if until <= now and k not in keys]:
             del self._held[key]
-        return read, found[: self.batch_size]
+        return Page(read=read, events=found, cursor=cursor)
 
     async def publish_batch(self) -> BatchOutcome:
         """Publish the oldest unpublished events and wait for the broker's answers.
@@ -328,8 +340,45 @@ class OutboxRelay:
         Nothing is marked here (see `mark`): a relay that stops between the two leaves its
         rows to be sent again.
         """
-        read, events = await self._pending()
-        outcome = BatchOutcome(read=read)
+        return await self._publish_page(await self._pending())
+
+    async def _drain(self, *, batches: int = 20) -> BatchOutcome:
+        """Up to `batches` batches back to back; the last one's outcome.
+
+        The next batch is read while this one is published, and this one is marked while
+        the next is published (marks one at a time, in order). The next batch holds only
+        rows after this one's, and goes out only once every round of this one is confirmed,
+        so each key's order holds across batches as within one.
+        """
+        page = await self._pending()
+        marking: asyncio.Task[bool] | None = None
+        prefetch: asyncio.Task[Page] | None = None
+        try:
+            for n in range(batches):
+                if page.read >= self.batch_size and n + 1 < batches:
+                    prefetch = asyncio.create_task(self._pending(after=page.cursor))
+                outcome = await self._publish_page(page)
+                if marking is not None and not await marking:
+                    return outcome  # the lease is lost: this batch's mark would be refused too
+                marking = asyncio.create_task(self.mark(outcome))
+                if prefetch is None or outcome.broken is not None or not outcome.settled:
+                    return outcome
+                page = await prefetch
+                prefetch = None
+            return outcome
+        finally:
+            if prefetch is not None:
+                prefetch.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await prefetch
+            if marking is not None:
+                await marking
+
+    async def _publish_page(self, page: Page) -> BatchOutcome:
+        outcome = BatchOutcome(read=page.read)
+        now = time.monotonic()
+        # Held again since the page was read (a refusal in the batch before): not yet.
+        events = [e for e in page.events if self._held.get(e.key, (0, 0.0))[1] <= now]
         if not events:
             return outcome
         exchange = self._exchange
