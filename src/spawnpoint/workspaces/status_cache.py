@@ -359,6 +359,9 @@ class StatusKeeper:
             announced = {**owed, **announced}
         ids = list(announced)
         if not ids:
+            if cache.pending:
+                # Paused: the owed writes wait for the next try.
+                self._retry_later()
             return
         if cache.paused:
             cache.owe(announced)
