@@ -544,6 +544,14 @@ def cache_rebuild(
         bool,
         typer.Option("--keep-orphans", help="Keep the keys of permits no workspace has any more."),
     ] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Replace documents Redis holds at a newer version than the database's "
+            "(after restoring the database from a backup).",
+        ),
+    ] = False,
 ) -> None:
     """Rewrite every permit workspace's status and connection documents in Redis."""
     from spawnpoint.workspaces.status_cache import StatusCache, attach_status_cache, rebuild
@@ -555,9 +563,11 @@ def cache_rebuild(
     async def run(database: Database) -> dict[str, int]:
         keeper = attach_status_cache(database, StatusCache.from_settings(settings))
         try:
-            report = await rebuild(keeper, batch_size=batch_size, delete_orphans=not keep_orphans)
+            report = await rebuild(
+                keeper, batch_size=batch_size, delete_orphans=not keep_orphans, force=force
+            )
         finally:
-            await keeper.cache.aclose()
+            await keeper.aclose()
         return vars(report)
 
     report = asyncio.run(_with_database(settings, run))

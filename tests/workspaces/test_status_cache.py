@@ -534,6 +534,27 @@ async def test_the_rebuild_command_rewrites_every_document_and_drops_orphans(
     assert not await cached.redis.exists(orphan)
 
 
+async def test_the_forced_rebuild_replaces_documents_newer_than_the_database(
+    cached_app: MakeCached, world: World
+) -> None:
+    """After the database is restored from a backup, Redis may hold newer versions."""
+    cached = await cached_app()
+    org = await world.org(roles=(Role.member,))
+    workspace_id, permit = await spawn(cached, org.headers[Role.member], org.template_id)
+    key = cached.keeper.cache.key(org.tenant_id, permit)
+    ahead = {"v": 2**52, "status": b'{"status":"running"}', "connection": b"{}"}
+    await cached.redis.hset(key, mapping=ahead)
+
+    result = await rebuild_cli(cached.settings)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout.strip().splitlines()[-1])["stale"] >= 1
+    assert int(await cached.redis.hget(key, "v")) == 2**52
+
+    result = await rebuild_cli(cached.settings, "--force")
+    assert result.exit_code == 0, result.output
+    assert await cached.stored(org.tenant_id, permit) == await cached.from_database(workspace_id)
+
+
 async def test_the_rebuild_command_needs_redis(backend_settings: Settings) -> None:
     result = await rebuild_cli(backend_settings.model_copy(update={"redis_url": None}))
     assert result.exit_code == 1

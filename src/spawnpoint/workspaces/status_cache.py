@@ -513,12 +513,20 @@ class RebuildReport:
 
 
 async def rebuild(
-    keeper: StatusKeeper, *, batch_size: int = 500, delete_orphans: bool = True
+    keeper: StatusKeeper,
+    *,
+    batch_size: int = 500,
+    delete_orphans: bool = True,
+    force: bool = False,
 ) -> RebuildReport:
     """Rewrite every permit workspace's documents from the database, batch after batch in
     (tenant, permit id) order, then (with `delete_orphans`) delete the keys of this prefix
     that no workspace has any more.
 
+    Compare-and-set leaves a document whose stored version is newer than the database's
+    (the database was restored from a backup, say); `force` deletes each batch's keys
+    first, so the database's documents replace them. A write that commits meanwhile still
+    wins over the batch it races with, or is repaired by the next sweep.
     A batch that Redis refuses is counted as failed and the rebuild goes on.
     """
     report = RebuildReport()
@@ -532,6 +540,8 @@ async def rebuild(
         after = (last.tenant_id, str(last.external_ref))
         documents = _documents(rows, report)
         try:
+            if force:
+                await _drop_now(keeper.cache, [(d.tenant_id, d.permit_id) for d in documents])
             flags = await _put_now(keeper.cache, documents)
         except CacheUnavailable as exc:
             log.warning("cache rebuild: %d documents not written: %s", len(documents), exc)
@@ -561,6 +571,11 @@ async def _put_now(cache: StatusCache, documents: Sequence[PermitDocuments]) -> 
     """`put`, trying Redis even during a retry pause (an operator asked for it)."""
     cache._paused_until = 0.0
     return await cache.put(documents)
+
+
+async def _drop_now(cache: StatusCache, keys: Sequence[tuple[uuid.UUID, str]]) -> None:
+    cache._paused_until = 0.0
+    await cache.drop(keys)
 
 
 async def _delete_orphans(keeper: StatusKeeper, batch_size: int) -> int:
