@@ -83,6 +83,17 @@ class Broker:
         self.sent.append(str(message_id))
         return str(message_id)
 
+    async def declare(self) -> None:
+        """Declare what the consumer declares (same arguments), so publications are routed
+        before a consumer in another task or process has started."""
+        queue = await self.channel.declare_queue(
+            self.queue, durable=True, arguments={"x-queue-type": "quorum"}
+        )
+        exchange = await self.channel.declare_exchange(
+            EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True
+        )
+        await queue.bind(exchange, routing_key="#")
+
     async def drain(self, queue: str) -> list[aio_pika.abc.AbstractIncomingMessage]:
         """Take every message now in `queue`."""
         declared = await self.channel.get_queue(queue, ensure=True)

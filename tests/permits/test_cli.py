@@ -8,8 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import aio_pika
-
 from conftest import AUDIT_SIGNING_KEY, JWT_SECRET, World
 from polling import eventually
 from spawnpoint.models import WorkspaceState
@@ -23,6 +21,7 @@ async def test_events_consume_applies_permit_events_until_sigterm(
     world: World, broker: Broker, tmp_path: Path
 ) -> None:
     org = await world.org()
+    await broker.declare()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("WPS_", "RABBITMQ_"))},
         "DATABASE_URL": world.settings.sqlalchemy_url,
@@ -37,18 +36,6 @@ async def test_events_consume_applies_permit_events_until_sigterm(
         [SPAWNPOINT, "events", "consume"], env=env, stdout=log, stderr=subprocess.STDOUT
     )
     try:
-
-        async def declared() -> bool:
-            # A passive declaration of a missing exchange closes its channel: one per look.
-            channel = await broker.connection.channel()
-            try:
-                await channel.get_exchange("spe.permits", ensure=True)
-            except aio_pika.exceptions.ChannelClosed:
-                return False
-            await channel.close()
-            return True
-
-        await eventually(declared, within=30, what="the consumer's declarations")
         permit = new_permit()
         await broker.publish(
             permit_event(

@@ -103,6 +103,11 @@ async def test_each_message_type_end_to_end(
     closed = new_permit()
     closed_ids = {**ids, "permit_id": closed}
     closing = await broker.publish(permit_event("permit.closed", at=later(t0, 5), **closed_ids))
+
+    async def closed_first() -> str | None:
+        return await inbox_outcome(world.database, closing)
+
+    await eventually(closed_first, within=30, what="the permit closed")
     approval = await broker.publish(permit_event("permit.approved", at=later(t0, 4), **closed_ids))
 
     async def settled() -> bool:
@@ -131,9 +136,9 @@ async def test_the_same_message_twice_has_one_effect(
     body = permit_event(
         "permit.approved", permit_id=permit, tenant_id=org.tenant_id, template_id=org.template_id
     )
+    before = PERMITS_CONSUMED.labels("permit.approved", "ignored")._value.get()
     message_id = await broker.publish(body)
     await broker.publish(body, message_id=message_id)
-    before = PERMITS_CONSUMED.labels("permit.approved", "ignored")._value.get()
 
     async def both_handled() -> bool:
         ignored = PERMITS_CONSUMED.labels("permit.approved", "ignored")._value.get()

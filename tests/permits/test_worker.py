@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-import aio_pika
 import httpx
 
 from conftest import World
@@ -21,6 +20,7 @@ async def test_the_worker_runs_the_consumer_with_rabbitmq_url(
     client: httpx.AsyncClient, world: World, broker: Broker
 ) -> None:
     org = await world.org()
+    await broker.declare()
     settings = world.settings.model_copy(update={"rabbitmq_url": broker.url})
     stop = asyncio.Event()
     worker = asyncio.create_task(
@@ -31,16 +31,6 @@ async def test_the_worker_runs_the_consumer_with_rabbitmq_url(
     try:
         permit = new_permit()
 
-        async def declared() -> bool:
-            channel = await broker.connection.channel()
-            try:
-                await channel.declare_queue(broker.queue, passive=True)
-            except aio_pika.exceptions.ChannelClosed:  # not declared yet (closes the channel)
-                return False
-            await channel.close()
-            return True
-
-        await eventually(declared, within=30, what="the worker's consumer")
         await broker.publish(
             permit_event(
                 "permit.approved",
