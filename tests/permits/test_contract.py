@@ -159,3 +159,28 @@ def test_stage_specs_apply_their_overrides() -> None:
 def test_bad_stages_are_refused(stages: object) -> None:
     with pytest.raises(ValueError, match="validation error"):
         TemplateSpec.model_validate({"stages": stages})
+
+
+def test_the_shipped_schema_judges_bodies_as_the_consumer_does() -> None:
+    from jsonschema import Draft202012Validator, FormatChecker
+
+    validator = Draft202012Validator(shipped_json_schema(), format_checker=FormatChecker())
+    Draft202012Validator.check_schema(shipped_json_schema())
+    good = [
+        EVENT,
+        {**EVENT, "type": "permit.stage_changed", "stage": "analysis"},
+        {**EVENT, "parameters": {"size": 3}, "extra": "ignored"},
+    ]
+    bad = [
+        {**EVENT, "type": "permit.stage_changed"},
+        {**EVENT, "type": "permit.unknown"},
+        {k: v for k, v in EVENT.items() if k != "occurred_at"},
+        {**EVENT, "permit_id": "a/b"},
+        {**EVENT, "stage": "Not A Stage"},
+    ]
+    for body in good:
+        assert validator.is_valid(body), body
+        assert isinstance(parse(orjson.dumps(body), max_bytes=10_000, max_depth=8), PermitEvent)
+    for body in bad:
+        assert not validator.is_valid(body), body
+        assert isinstance(parse(orjson.dumps(body), max_bytes=10_000, max_depth=8), Invalid)
