@@ -9,11 +9,16 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 import aio_pika
 import orjson
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractConnection
+from pamqp import body as amqp_body
+from pamqp import commands, frame
+from pamqp import header as amqp_header
+from pamqp.exceptions import UnmarshalingException
 from sqlalchemy import select
 
 from conftest import DRY_RUN_SPEC
@@ -112,6 +117,65 @@ class Broker:
 
     def parked(self) -> str:
         return parking_queue(self.queue)
+
+
+async def publish_without_message_id(url: str, routing_key: str, payload: bytes) -> None:
+    """Publish as a client that sets no `message_id` (aiormq always sets one), in raw AMQP."""
+    parts = urlsplit(url)
+    reader, writer = await asyncio.open_connection(parts.hostname, parts.port or 5672)
+    buffer = b""
+
+    async def read() -> Any:
+        nonlocal buffer
+        while True:
+            try:
+                used, _, value = frame.unmarshal(buffer)
+            except UnmarshalingException:
+                buffer += await reader.read(65536)
+                continue
+            buffer = buffer[used:]
+            return value
+
+    try:
+        writer.write(frame.marshal(amqp_header.ProtocolHeader(), 0))
+        await read()  # Connection.Start
+        credentials = f"\0{parts.username}\0{parts.password}"
+        writer.write(
+            frame.marshal(
+                commands.Connection.StartOk(
+                    client_properties={}, mechanism="PLAIN", response=credentials
+                ),
+                0,
+            )
+        )
+        tune = await read()
+        writer.write(
+            frame.marshal(
+                commands.Connection.TuneOk(
+                    channel_max=tune.channel_max, frame_max=tune.frame_max, heartbeat=0
+                ),
+                0,
+            )
+        )
+        writer.write(frame.marshal(commands.Connection.Open(virtual_host=parts.path[1:]), 0))
+        await read()  # Connection.OpenOk
+        writer.write(frame.marshal(commands.Channel.Open(), 1))
+        await read()  # Channel.OpenOk
+        properties = commands.Basic.Properties(content_type="application/json", delivery_mode=2)
+        writer.write(
+            frame.marshal(commands.Basic.Publish(exchange=EXCHANGE, routing_key=routing_key), 1)
+        )
+        writer.write(frame.marshal(amqp_header.ContentHeader(0, len(payload), properties), 1))
+        writer.write(frame.marshal(amqp_body.ContentBody(payload), 1))
+        writer.write(
+            frame.marshal(
+                commands.Channel.Close(reply_code=200, reply_text="done", class_id=0, method_id=0),
+                1,
+            )
+        )
+        await read()  # Channel.CloseOk: the publication reached the broker
+    finally:
+        writer.close()
 
 
 @pytest.fixture

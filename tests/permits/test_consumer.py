@@ -6,6 +6,7 @@ import uuid
 from typing import Any
 
 import httpx
+import orjson
 from sqlalchemy import func, select
 
 from conftest import World
@@ -24,6 +25,7 @@ from .conftest import (
     later,
     new_permit,
     permit_event,
+    publish_without_message_id,
     staged_template,
     workspace_of,
 )
@@ -172,7 +174,6 @@ async def test_poison_messages_go_to_the_dead_letter_queue_and_the_consumer_keep
     staged = await staged_template(world.database, org.tenant_id, provisioner="dry-run")
     await start_consumer()
     valid = dict(tenant_id=org.tenant_id, template_id=org.template_id)
-    # (aiormq gives every message it publishes a message_id, so a missing one is not sent.)
     poison: list[tuple[dict[str, Any] | bytes, str | None, str]] = [
         (b"{not json", "", "not JSON"),
         ({"type": "permit.approved", "permit_id": "p"}, "", "schema violation"),
@@ -211,16 +212,24 @@ async def test_poison_messages_go_to_the_dead_letter_queue_and_the_consumer_keep
     sent = []
     for body, message_id, _ in poison:
         sent.append(await broker.publish(body, message_id=message_id))
+    nameless = new_permit()
+    body = permit_event("permit.approved", permit_id=nameless, **valid)
+    await publish_without_message_id(broker.url, "permit.approved", orjson.dumps(body))
     good = new_permit()
     await broker.publish(permit_event("permit.approved", permit_id=good, **valid))
     await wait_status(client, good, org.headers[Role.admin], "running")
 
     async def all_dead() -> int:
-        return await broker.depth(broker.dead_letters()) == len(poison)
+        return await broker.depth(broker.dead_letters()) == len(poison) + 1
 
     await eventually(all_dead, within=30, what="every poison message dead-lettered")
     dead = await broker.drain(broker.dead_letters())
     reasons = {str(m.message_id): str(m.headers[DEATH_REASON]) for m in dead}
+    # (Its copy in the dead-letter queue got an id from the client that moved it there.)
+    nameless_ids = [k for k, reason in reasons.items() if "no message_id" in reason]
+    assert len(nameless_ids) == 1
+    del reasons[nameless_ids[0]]
+    assert await workspace_of(world.database, org.tenant_id, nameless) is None
     for (_, _, expected), message_id in zip(poison, sent, strict=True):
         assert expected in reasons[message_id], (expected, reasons)
         assert await inbox_outcome(world.database, message_id) == "dead_lettered"
@@ -237,6 +246,13 @@ async def test_poison_messages_go_to_the_dead_letter_queue_and_the_consumer_keep
         )
     # One per poison message that names a permit (tenant chain, or the platform's).
     assert entries == sum(1 for body, _, _ in poison if isinstance(body, dict))
+    async with world.database.transaction(write=False) as session:
+        nameless_entries = await session.scalar(
+            select(func.count())
+            .select_from(AuditEntry)
+            .where(AuditEntry.action == "permit.dead_lettered", AuditEntry.resource_id == nameless)
+        )
+    assert nameless_entries == 1
     assert await broker.depth(broker.queue) == 0
 
 
