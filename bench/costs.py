@@ -15,7 +15,8 @@
    dev token, an admin of the demo tenant) against the same aggregate as one SQL statement
    on the records table, alternating the two, and reports p50/p99 of each and their ratio;
    then the same request over a window cut inside its first and last days (the summary
-   for the whole days, the records for the edges);
+   for the whole days, the records for the edges), and the month by user, workspace,
+   template and day (a page of 200 groups each);
 4. plants `--running` running workspaces (with their `running` events) and times metering
    passes at a controlled clock: the first (which writes their hour's records) and the
    following ones a minute apart (which extend them in place), per 1,000 workspaces, with
@@ -110,9 +111,9 @@ async def seed(database: Database, workspaces: int, projects: int) -> tuple[floa
 
 async def aggregates(
     settings: Settings, database: Database, requests: int
-) -> tuple[list[float], list[float], list[float], str, int]:
-    """(API latencies, the bare statement's, the API's over a window cut inside days,
-    the month's total, groups)."""
+) -> tuple[list[float], list[float], list[float], dict[str, list[float]], str, int]:
+    """(API latencies, the bare statement's, the API's over a window cut inside days, the
+    API's for the month by each other grouping, the month's total, groups)."""
     app = create_app(settings, database=database)
     headers = {"Authorization": f"Bearer {settings.dev_bypass_token}"}
     month = {
@@ -125,6 +126,7 @@ async def aggregates(
     api: list[float] = []
     raw: list[float] = []
     edges: list[float] = []
+    others: dict[str, list[float]] = {g: [] for g in ("user", "workspace", "template", "day")}
     total = ""
     groups = 0
     transport = httpx.ASGITransport(app=app)
@@ -154,11 +156,21 @@ async def aggregates(
             response = await client.get("/api/costs", headers=headers, params=cut)
             edge_elapsed = time.perf_counter() - started
             response.raise_for_status()
+            for grouping, timings in others.items():
+                started = time.perf_counter()
+                response = await client.get(
+                    "/api/costs", headers=headers, params={**month, "group_by": grouping}
+                )
+                grouped = time.perf_counter() - started
+                response.raise_for_status()
+                assert response.json()["total"] == total
+                if i >= 2:
+                    timings.append(grouped)
             if i >= 2:  # the first two warm the caches
                 api.append(elapsed)
                 raw.append(raw_elapsed)
                 edges.append(edge_elapsed)
-    return api, raw, edges, total, groups
+    return api, raw, edges, others, total, groups
 
 
 async def metering(database: Database, running: int, passes: int) -> tuple[float, list[float], int]:
@@ -250,7 +262,9 @@ async def main() -> int:
         database = Database(settings.sqlalchemy_url)
         try:
             seconds, days = await seed(database, args.workspaces, args.projects)
-            api, raw, edges, total, groups = await aggregates(settings, database, args.requests)
+            api, raw, edges, others, total, groups = await aggregates(
+                settings, database, args.requests
+            )
             first, following, statements = await metering(database, args.running, args.passes)
         finally:
             await database.dispose()
@@ -280,6 +294,14 @@ async def main() -> int:
                 f"{percentile(edges, 50) * 1000:.1f} ms",
             ],
             ["the same request cut inside days p99", f"{percentile(edges, 99) * 1000:.1f} ms"],
+            *(
+                [
+                    f"the month by {grouping} (a page of 200) p50 / p99",
+                    f"{percentile(timings, 50) * 1000:.1f} / "
+                    f"{percentile(timings, 99) * 1000:.1f} ms",
+                ]
+                for grouping, timings in others.items()
+            ),
             ["month total", total],
             ["first metering pass per 1,000 running", f"{first * per_thousand * 1000:.0f} ms"],
             [

@@ -131,9 +131,10 @@ async def _meter_batch(
     currency: str,
     recent: datetime | None,
 ) -> int:
-    """Four statements for the batch, whatever its size: who the workspaces are charged
-    to (with their latest metered hours), the events since those hours, the records, and
-    the removal of records the events no longer bear out.
+    """At most four statements for the batch, whatever its size: who the workspaces are
+    charged to (with their latest metered hours), the events since those hours, the
+    records, and the removal of records the events no longer bear out (when there may be
+    some).
 
     Each workspace is recomputed from its latest metered hour, or from an earlier hour
     when a transition that committed after the last pass read (at or after `recent`)
@@ -153,14 +154,19 @@ async def _meter_batch(
         moved = [at for _, _, at in transitions if recent is not None and at >= recent]
         if first_hour is not None and moved:
             first_hour = min(first_hour, hour_of(min(moved)))
-        if first_hour is not None:
-            recomputed.append((workspace.id, first_hour))
-        if not spans:
-            continue
         rate = hourly_rate(workspace.spec)
-        for hour, last, amount, is_open in hourly_records(
-            spans, first_hour=first_hour or hour_of(spans[0][0]), now=now, rate=rate
+        hours = (
+            hourly_records(spans, first_hour=first_hour or hour_of(spans[0][0]), now=now, rate=rate)
+            if spans
+            else []
+        )
+        # Records from `first_hour` on that this pass does not rewrite are stale. When it
+        # starts at the latest metered hour and rewrites it, there can be none.
+        if first_hour is not None and (
+            first_hour < _utc(workspace.latest) or not any(h[0] == first_hour for h in hours)
         ):
+            recomputed.append((workspace.id, first_hour))
+        for hour, last, amount, is_open in hours:
             records.append(
                 {
                     "id": uuid7(),

