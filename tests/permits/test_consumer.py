@@ -440,3 +440,30 @@ async def test_a_cut_broker_connection_loses_nothing_and_applies_nothing_twice(
     assert await broker.depth(broker.dead_letters()) == 0
     assert proxy.accepted >= 2  # the consumer did reconnect
     assert consumer.ready.is_set()
+
+
+async def test_a_stage_change_whose_permit_never_appears_is_dead_lettered_after_max_parks(
+    world: World, broker: Broker, start_consumer: StartConsumer
+) -> None:
+    org = await world.org()
+    await start_consumer(rabbitmq_max_parks=2, rabbitmq_park_seconds=0.1)
+    message_id = await broker.publish(
+        permit_event(
+            "permit.stage_changed",
+            permit_id=new_permit(),
+            tenant_id=org.tenant_id,
+            template_id=org.template_id,
+            stage="analysis",
+        )
+    )
+
+    async def dead() -> bool:
+        return await broker.depth(broker.dead_letters()) == 1
+
+    await eventually(dead, within=30, what="the orphan stage change dead-lettered")
+    (message,) = await broker.drain(broker.dead_letters())
+    assert message.message_id == message_id
+    assert "parked 2 times" in str(message.headers[DEATH_REASON])
+    assert message.headers["x-spawnpoint-parks"] == 2
+    assert await inbox_outcome(world.database, message_id) == "dead_lettered"
+    assert await broker.depth(broker.parked()) == 0
