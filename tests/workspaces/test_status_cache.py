@@ -284,6 +284,26 @@ async def test_a_rolled_back_transaction_writes_nothing(
     assert after == await cached.from_database(workspace_id)
 
 
+async def test_any_orm_change_of_a_permit_workspace_is_written_through(
+    cached_app: MakeCached, world: World
+) -> None:
+    """A column set outside a transition still moves updated_at, which the status shows."""
+    cached = await cached_app()
+    org = await world.org(roles=(Role.member,))
+    workspace_id, permit = await spawn(cached, org.headers[Role.member], org.template_id)
+    before = await cached.stored(org.tenant_id, permit)
+    assert before is not None
+    async with cached.database.unit_of_work(write=True) as uow:
+        workspace = await uow.session.get(Workspace, workspace_id)
+        assert workspace is not None
+        workspace.error = "a note set by hand"
+    after = await cached.stored(org.tenant_id, permit)
+    assert after is not None
+    assert after["v"] > before["v"]
+    assert after["status"]["error"] == "a note set by hand"
+    assert after == await cached.from_database(workspace_id)
+
+
 def _row(updated_at_offset: float, state: str, tenant_id: uuid.UUID, permit: str) -> Any:
     return SimpleNamespace(
         id=uuid.UUID(int=7),

@@ -9,15 +9,17 @@ same bytes either way (both paths render the documents with `documents_of`).
 
 Writes go through after the commit (an `on_commit` step of the unit of work, registered by
 `refresh_on_commit` wherever a permit workspace's state, error, connection or `updated_at`
-changes). The step does not write what the transaction saw: it reads the committed row
-again and writes that, under the row's version (`updated_at` in microseconds: every writer
-of a workspace holds its row lock when it stamps it, so the stamps of one row grow with its
-commits). A Lua script compares and sets: an older version never replaces a newer one, so
-of two writers racing after their commits the one that read the newer row wins, whichever
-arrives last. Writes that fail are remembered by the process (up to PENDING_MAX ids) and
-written again before it trusts Redis for reads; the scheduler's sweep (`status_cache_task`)
-and `spawnpoint cache rebuild` rewrite every document from the database to repair drift
-that no process remembers (a write lost by a process that died, for one).
+changes: by the transitions, by the job handlers' Core updates, and by an ORM flush hook
+for any other change of a permit workspace). The step does not write what the transaction
+saw: it reads the committed row again and writes that, under the row's version
+(`updated_at` in microseconds: every writer of a workspace holds its row lock when it
+stamps it, so the stamps of one row grow with its commits). A Lua script compares and
+sets: an older version never replaces a newer one, so of two writers racing after their
+commits the one that read the newer row wins, whichever arrives last. Writes that fail are
+remembered by the process (up to PENDING_MAX ids), retried in the background, and written
+before it trusts Redis for reads again; the scheduler's sweep (`status_cache_task`) and
+`spawnpoint cache rebuild` rewrite documents from the database to repair drift that no
+process remembers (a write lost by a process that died, for one).
 
 Keys are `{STATUS_CACHE_PREFIX}:{tenant id}:{permit id}`, one hash each (`v`, `status`,
 `connection`): a tenant's key is only ever built from the caller's own tenant, so another
@@ -36,21 +38,24 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, cast
 
 from prometheus_client import Counter
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
+from sqlalchemy import event
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from spawnpoint.config import Settings
 from spawnpoint.db import Database
 from spawnpoint.jobs.scheduler import PeriodicTask
 from spawnpoint.kit.metrics import SWEEP_ROW_ERRORS
-from spawnpoint.models import WorkspaceState
-from spawnpoint.uow import unit_of
+from spawnpoint.models import Workspace, WorkspaceState
+from spawnpoint.uow import NoUnitOfWork, unit_of
 from spawnpoint.workspaces.repository import StatusRows
 from spawnpoint.workspaces.schemas import PermitConnection, PermitStatus
 
@@ -502,6 +507,32 @@ def refresh_on_commit(
         announced.clear()
 
     uow.on_commit(write_through, key=_SESSION_KEY)
+
+
+@event.listens_for(Session, "after_flush")
+def _flushed_workspaces(session: Session, _context: object) -> None:
+    """Every ORM flush that changes, adds or deletes a permit workspace refreshes it after
+    the commit: a writer that forgets `refresh_on_commit` (a column set outside a
+    transition, which still moves `updated_at`) cannot leave Redis behind. Core updates
+    (`JobRows.save`) call it themselves.
+    """
+    # Before the flush is final, new, dirty and deleted still list what it wrote.
+    for obj in (*session.new, *session.dirty, *session.deleted):
+        if not isinstance(obj, Workspace):
+            continue
+        values = sa_inspect(obj).dict
+        # Only loaded values: a lazy load cannot run here.
+        if values.get("external_ref") is None or "id" not in values or "tenant_id" not in values:
+            continue
+        try:
+            refresh_on_commit(
+                cast(AsyncSession, session),
+                workspace_id=values["id"],
+                tenant_id=values["tenant_id"],
+                external_ref=values["external_ref"],
+            )
+        except NoUnitOfWork:
+            return
 
 
 @dataclass
