@@ -278,8 +278,13 @@ class PermitConsumer:
         except asyncio.CancelledError:
             raise
         except Exception:
-            # The message stays unacknowledged; the broker redelivers it after a reconnect.
             log.exception("permit event %s could not be settled", message.message_id)
+            # Back to the queue after a pause (the quorum queue counts the redelivery in
+            # x-delivery-count, so a message that always ends here is dead-lettered); when
+            # the channel is gone, the broker redelivers it anyway.
+            await asyncio.sleep(RETRY_MAX_SECONDS / 10)
+            with contextlib.suppress(Exception):
+                await message.nack(requeue=True)
         finally:
             json_field_limit.reset(token)
             if task is not None:
