@@ -412,6 +412,14 @@ class Settings(BaseSettings):
         max_length=100,
         description="Prefix of the rate-limit and login-throttle keys in Redis.",
     )
+    rate_limit_redis_timeout_seconds: float = Field(
+        0.25,
+        gt=0,
+        le=10,
+        description="How long a rate-limit or login-throttle count in Redis may take. Past "
+        "it, or with Redis down, each process counts in its own memory (a second at a time) "
+        "until Redis answers again: requests are still limited, never failed.",
+    )
     cors_origins: str = Field(
         "",
         description="Comma-separated origins allowed to call the API from a browser "

@@ -14,10 +14,13 @@ from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from conftest import IN_CI, World
 from factories import unique
 from identity_factories import KNOWN_PASSWORD, login_account, login_email
+from polling import eventually
 from spawnpoint.config import Settings
 from spawnpoint.db import Database
+from spawnpoint.kit.metrics import RATE_LIMIT_FALLBACKS
 from spawnpoint.kit.ratelimit import Counters, Hit
 from spawnpoint.models import Role
+from tcp_proxy import TcpProxies
 
 LOGIN = "/api/v1/auth/login"
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -302,3 +305,49 @@ async def test_one_requests_counters_count_alike_in_memory_and_in_redis(
         assert 1 <= window.reset <= 60
     await counters.give_back(third[1], seconds=60)
     assert await storage.get(third[1].key) == 2
+
+
+async def test_redis_cut_off_limits_in_memory_and_never_fails_a_request(
+    backend_settings: Settings,
+    database: Database,
+    world: World,
+    redis_prefix: str,
+    tcp_proxy: TcpProxies,
+) -> None:
+    proxy = await tcp_proxy("127.0.0.1", 6379)
+    org = await world.org(roles=(Role.viewer,))
+    viewer = org.headers[Role.viewer]
+    settings = {
+        "redis_url": f"redis://127.0.0.1:{proxy.port}/0",
+        "rate_limit_key_prefix": redis_prefix,
+        "rate_limit_per_minute": 3,
+        "rate_limit_redis_timeout_seconds": 0.2,
+    }
+    fallbacks = RATE_LIMIT_FALLBACKS._value.get()
+    async with app_client(backend_settings, database, **settings) as (_, client):
+        assert (await client.get("/api/projects", headers=viewer)).status_code == 200
+        await proxy.cut()
+        # Counted in this process's memory now: answered, with headers, and still limited.
+        answers = [await client.get("/api/projects", headers=viewer) for _ in range(4)]
+        assert [a.status_code for a in answers] == [200, 200, 200, 429]
+        assert [a.headers["RateLimit-Remaining"] for a in answers[:3]] == ["2", "1", "0"]
+        assert "Retry-After" in answers[3].headers
+        assert RATE_LIMIT_FALLBACKS._value.get() > fallbacks
+        await proxy.restore()
+
+        async def counted_in_redis_again() -> bool:
+            before = await redis_count(redis_prefix)
+            await client.get("/api/projects", headers=viewer)
+            return await redis_count(redis_prefix) > before
+
+        await eventually(counted_in_redis_again, what="the counters to be back in Redis")
+
+
+async def redis_count(prefix: str) -> int:
+    """The sum of the rate-limit counters under `prefix`."""
+    client = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        keys = [key async for key in client.scan_iter(match=f"{prefix}*")]
+        return sum(int(v) for v in await client.mget(keys) if v is not None) if keys else 0
+    finally:
+        await client.aclose()

@@ -88,6 +88,12 @@ SPAWN_REFUSALS = Counter(
     ["reason"],
 )
 
+RATE_LIMIT_FALLBACKS = Counter(
+    "spawnpoint_rate_limit_fallbacks",
+    "Times Redis failed or was too slow to count rate limits or login attempts, after which "
+    "this process counted in its own memory for a second.",
+)
+
 EVENTS_PUBLISHED = Counter(
     "spawnpoint_events_published",
     "Outbox events the relay published and the broker confirmed, by outcome: routed, or "

@@ -7,7 +7,12 @@ storage counts for one process; with REDIS_URL every replica counts in the same 
 Every authenticated request hits two counters at once, the principal's (a user or an API
 key) and its tenant's; a public auth route hits one, its client address's. On Redis the
 counters of one request are counted in one round trip: one script runs the `limits`
-library's INCRBY-then-EXPIRE step for each key, under the storage's own key prefix. The answer
+library's INCRBY-then-EXPIRE step for each key, under the storage's own key prefix.
+
+Redis down or slower than RATE_LIMIT_REDIS_TIMEOUT_SECONDS never fails a request: the
+process counts in its own memory for `FALLBACK_SECONDS`, then tries Redis again (counted
+in `spawnpoint_rate_limit_fallbacks`). Limits and login throttling then hold per process
+instead of per deployment, which is looser, not off. The answer
 carries the IETF draft's `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset` of
 the tighter one, and a refusal is a 429 with `Retry-After`.
 """
@@ -15,11 +20,12 @@ the tighter one, and a refusal is a 429 with `Retry-After`.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from limits import RateLimitItemPerSecond
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
@@ -28,9 +34,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from spawnpoint.config import Settings
 from spawnpoint.kit.errors import ProblemError
+from spawnpoint.kit.metrics import RATE_LIMIT_FALLBACKS
+
+log = logging.getLogger("spawnpoint.ratelimit")
+T = TypeVar("T")
 
 STATE_KEY = "spawnpoint.ratelimit"
 MINUTE = 60
+# After Redis failed, how long a process counts in its memory before trying Redis again.
+FALLBACK_SECONDS = 1.0
 
 # The `limits` library's incr_expire.lua, for each key in turn: ARGV holds an
 # (expiry, amount) pair per key. Returns the counts in the order of KEYS.
@@ -81,10 +93,13 @@ class Window:
 def build_storage(settings: Settings) -> Storage:
     """Redis storage when REDIS_URL is set (shared by replicas), else this process's memory."""
     if settings.redis_url:
+        timeout = settings.rate_limit_redis_timeout_seconds
         return RedisStorage(
             "async+" + settings.redis_url,
             implementation="redispy",
             key_prefix=settings.rate_limit_key_prefix,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
         )
     return MemoryStorage()
 
@@ -100,10 +115,16 @@ class Hit:
 
 
 class Counters:
-    """Fixed, clock-aligned windows over a `limits` storage."""
+    """Fixed, clock-aligned windows over a `limits` storage (and, for a shared storage, this
+    process's memory while that one fails)."""
 
     def __init__(self, storage: Storage) -> None:
         self.storage = storage
+        self.fallback = None if isinstance(storage, MemoryStorage) else MemoryStorage()
+        self._failing_until = 0.0
+        self._errors: tuple[type[BaseException], ...] = (TimeoutError, OSError)
+        if self.fallback is not None:
+            self._errors += _errors(storage)
         self._incr_each: Any = None
         # Plain Redis through redis-py only: a cluster would need a request's keys in one slot.
         if type(storage) is RedisStorage and isinstance(storage.bridge, RedispyBridge):
@@ -118,28 +139,55 @@ class Counters:
     def _reset(seconds: int, now: float) -> int:
         return max(1, math.ceil(seconds - now % seconds))
 
+    async def _counted(
+        self,
+        shared: Callable[[Storage], Awaitable[T]],
+        local: Callable[[Storage], Awaitable[T]] | None = None,
+    ) -> T:
+        """`shared(storage)`, or `local` (default `shared`) on the fallback memory while the
+        shared storage fails."""
+        local = local or shared
+        if self.fallback is None:
+            return await shared(self.storage)
+        if time.monotonic() < self._failing_until:
+            return await local(self.fallback)
+        try:
+            return await shared(self.storage)
+        except self._errors as exc:
+            self._failing_until = time.monotonic() + FALLBACK_SECONDS
+            RATE_LIMIT_FALLBACKS.inc()
+            log.warning("rate limits count in this process's memory: %s", exc)
+            return await local(self.fallback)
+
     async def hit(
         self, name: str, identifier: str, *, limit: int, seconds: int, cost: int = 1
     ) -> Window:
         now = time.time()
         key = self._key(name, identifier, limit, seconds, now)
-        count = await self.storage.incr(key, seconds + 1, amount=cost)
+        count = await self._counted(lambda storage: storage.incr(key, seconds + 1, amount=cost))
         return Window(limit, limit - count, self._reset(seconds, now), key)
 
     async def hit_all(self, hits: Sequence[Hit]) -> list[Window]:
         """Count one request in each of `hits`, in one round trip on Redis."""
         now = time.time()
         keys = [self._key(h.name, h.identifier, h.limit, h.seconds, now) for h in hits]
-        if self._incr_each is not None and len(hits) > 1:
-            storage = cast(RedisStorage, self.storage)
+
+        async def each(storage: Storage) -> list[int]:
+            counts = await asyncio.gather(
+                *(storage.incr(k, h.seconds + 1) for k, h in zip(keys, hits, strict=True))
+            )
+            return list(counts)
+
+        async def at_once(storage: Storage) -> list[int]:
+            if self._incr_each is None or len(hits) < 2:
+                return await each(storage)
             args: list[int] = []
             for hit in hits:
                 args += [hit.seconds + 1, 1]
-            counts = await self._incr_each([storage.bridge.prefixed_key(k) for k in keys], args)
-        else:
-            counts = await asyncio.gather(
-                *(self.storage.incr(k, h.seconds + 1) for k, h in zip(keys, hits, strict=True))
-            )
+            bridge = cast(RedisStorage, storage).bridge
+            return list(await self._incr_each([bridge.prefixed_key(k) for k in keys], args))
+
+        counts = await self._counted(at_once, each)
         return [
             Window(h.limit, h.limit - int(count), self._reset(h.seconds, now), key)
             for h, key, count in zip(hits, keys, counts, strict=True)
@@ -147,12 +195,18 @@ class Counters:
 
     async def give_back(self, window: Window, *, seconds: int) -> None:
         """Undo one hit of `window` (its own key: the window it was counted in)."""
-        await self.storage.incr(window.key, seconds + 1, amount=-1)
+        await self._counted(lambda storage: storage.incr(window.key, seconds + 1, amount=-1))
 
     async def peek(self, name: str, identifier: str, *, limit: int, seconds: int) -> Window:
         now = time.time()
-        count = await self.storage.get(self._key(name, identifier, limit, seconds, now))
+        key = self._key(name, identifier, limit, seconds, now)
+        count = await self._counted(lambda storage: storage.get(key))
         return Window(limit, limit - count, self._reset(seconds, now))
+
+
+def _errors(storage: Storage) -> tuple[type[BaseException], ...]:
+    errors = storage.base_exceptions
+    return errors if isinstance(errors, tuple) else (errors,)
 
 
 class RateLimiter:
