@@ -1,13 +1,14 @@
 """Inbound permit events to running workspaces, against POST /api/spawn in the same run.
 
     .venv/bin/python bench/_permits_inbound.py [--count 500] [--rounds 3] [--clients 16]
-                                               [--concurrency 16]
+                                               [--concurrency 16] [--consumer worker|process]
 
 One scratch PostgreSQL database and one RabbitMQ vhost of this run's own (rabbitmqctl), both
 dropped at the end; `spawnpoint serve --no-worker` for the API and one `spawnpoint worker`
 with RABBITMQ_URL set, so the same process runs the permit consumer, the job worker (the
-dry-run driver: WPS_DISABLE_PULUMI=true) and the outbox relay for both measurements. Each
-round, in alternating order:
+dry-run driver: WPS_DISABLE_PULUMI=true) and the outbox relay for both measurements
+(`--consumer process`: the consumer runs as `spawnpoint events consume` beside a worker
+without RABBITMQ_URL instead, as the API runs beside it). Each round, in alternating order:
 
 - **api**: `--count` POST /api/spawn (a dry-run template, an `external_ref` each) from
   `--clients` keep-alive connections;
@@ -255,7 +256,7 @@ def measure_permits_inbound(
     rounds: int = 3,
     clients: int = 16,
     concurrency: int = 16,
-    consumer: str = "process",
+    consumer: str = "worker",
 ) -> InboundResult:
     """Run the measurement (see the module's docstring); needs PostgreSQL and RabbitMQ."""
     spawnpoint = venv_command("spawnpoint")
@@ -348,9 +349,9 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=16, help="the worker's job slots")
     parser.add_argument(
         "--consumer",
-        choices=("process", "worker"),
-        default="process",
-        help="`spawnpoint events consume` beside the worker, or the worker's own consumer",
+        choices=("worker", "process"),
+        default="worker",
+        help="the worker's own consumer, or `spawnpoint events consume` beside the worker",
     )
     args = parser.parse_args()
     raise_on_sigterm(deadline=900)
