@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import socket
 import subprocess
@@ -10,6 +11,7 @@ import time
 import urllib.request
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -118,6 +120,36 @@ def test_development_generates_a_local_secret_once(tmp_path: Path) -> None:
     assert first
     assert first == second
     assert (tmp_path / ".jwt-secret").stat().st_mode & 0o077 == 0
+
+
+def _read_secret(data_dir: Path, secret: str, starting: Any, out: Any) -> None:
+    configured = settings(data_dir=data_dir)
+    starting.wait()
+    out.put(getattr(configured, secret))
+
+
+@pytest.mark.parametrize("secret", ["signing_secret", "audit_key_material"])
+def test_processes_starting_at_once_share_one_generated_secret(tmp_path: Path, secret: str) -> None:
+    """An API and its workers start together in development: every one must get the same
+    JWT secret and audit key, never a half-written file or a secret another overwrote."""
+    context = multiprocessing.get_context("fork")
+    for attempt in range(3):
+        data_dir = tmp_path / str(attempt)
+        starting, out = context.Barrier(8), context.Queue()
+        processes = [
+            context.Process(target=_read_secret, args=(data_dir, secret, starting, out))
+            for _ in range(8)
+        ]
+        for process in processes:
+            process.start()
+        values = {out.get(timeout=30) for _ in processes}
+        for process in processes:
+            process.join(timeout=30)
+        assert len(values) == 1
+        assert "" not in values
+        assert [p.name for p in data_dir.iterdir()] == [  # no candidate file left behind
+            ".jwt-secret" if secret == "signing_secret" else ".audit-signing-key"
+        ]
 
 
 @pytest.mark.parametrize("command", [["serve"], ["migrate"]])

@@ -7,10 +7,12 @@ DESIGN.md adds ENVIRONMENT, DATA_DIR, PROVISIONER and POLICY_ENGINE.
 from __future__ import annotations
 
 import base64
+import contextlib
 import ipaddress
 import os
 import secrets
 import uuid
+from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
@@ -548,33 +550,46 @@ class Settings(BaseSettings):
         """AUDIT_SIGNING_KEY; in development a random key generated once under DATA_DIR."""
         if self.audit_signing_key or not self.is_development:
             return self.audit_signing_key
-        path = self.data_dir / DEV_AUDIT_KEY_FILE
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Any 32 random bytes are an Ed25519 private key (its seed). O_EXCL: of two
-        # processes starting at once, one writes the key and the other reads it.
-        key = base64.b64encode(secrets.token_bytes(32)).decode()
-        try:
-            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            return path.read_text().strip()
-        with os.fdopen(descriptor, "w") as file:
-            file.write(key)
-        return key
+        # Any 32 random bytes are an Ed25519 private key (its seed).
+        return generated_once(
+            self.data_dir / DEV_AUDIT_KEY_FILE,
+            lambda: base64.b64encode(secrets.token_bytes(32)).decode(),
+        )
 
     @cached_property
     def signing_secret(self) -> str | None:
         """The JWT secret; in development one is generated once under DATA_DIR if unset."""
         if self.jwt_secret or not self.is_development:
             return self.jwt_secret
-        path = self.data_dir / DEV_SECRET_FILE
-        try:
-            return path.read_text().strip()
-        except FileNotFoundError:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            secret = secrets.token_urlsafe(48)
-            path.touch(mode=0o600)
-            path.write_text(secret)
-            return secret
+        return generated_once(self.data_dir / DEV_SECRET_FILE, lambda: secrets.token_urlsafe(48))
+
+
+def generated_once(path: Path, make: Callable[[], str]) -> str:
+    """The secret in `path`; made by `make` and stored there if there is none yet.
+
+    Processes that start at once (an API and its workers) must all end up with the same
+    secret: each writes its candidate to a file of its own, and a hard link publishes one
+    complete file under `path` or fails because another process's is already there. No
+    process can read a file that is still being written, or overwrite the one that won.
+    """
+    try:
+        if found := path.read_text().strip():
+            return found
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    candidate = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(8)}")
+    descriptor = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(descriptor, "w") as file:
+            file.write(make())
+            file.flush()
+            os.fsync(file.fileno())
+        with contextlib.suppress(FileExistsError):
+            os.link(candidate, path)
+    finally:
+        candidate.unlink()
+    return path.read_text().strip()
 
 
 def is_loopback(host: str) -> bool:
