@@ -5,7 +5,17 @@ from datetime import datetime
 from typing import Annotated, Any, ClassVar
 
 from annotated_types import Ge, Le
-from pydantic import Field, WithJsonSchema, field_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    GetJsonSchemaHandler,
+    SerializerFunctionWrapHandler,
+    WithJsonSchema,
+    field_validator,
+    model_serializer,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
 from spawnpoint.kit.schemas import (
     Cpus,
@@ -31,7 +41,8 @@ Env = Annotated[
             "type": "object",
             "maxProperties": 256,
             "propertyNames": {"pattern": ENV_NAME, "maxLength": 128},
-            "additionalProperties": {"type": "string", "maxLength": 8192},
+            # No NUL: the request parser refuses it in every string.
+            "additionalProperties": {"type": "string", "maxLength": 8192, "pattern": "^[^\\x00]*$"},
         }
     ),
 ]
@@ -52,7 +63,16 @@ StageName = Annotated[str, Field(min_length=1, max_length=63, pattern=STAGE_PATT
 EGRESS_TARGET = r"^([0-9a-fA-F:.]+/[0-9]{1,3}|[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?)$"
 
 
-class EgressRule(InputSchema):
+class _AsGiven(BaseModel):
+    """Dumped with the fields that were given only, so a stored spec reads back as written."""
+
+    @model_serializer(mode="wrap")
+    def _given_only(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        dumped: dict[str, Any] = handler(self)
+        return {k: v for k, v in dumped.items() if k in self.model_fields_set}
+
+
+class EgressRule(_AsGiven, InputSchema):
     """Outbound traffic a workspace may send: to a network or host, on some ports."""
 
     to: str = Field(
@@ -63,10 +83,12 @@ class EgressRule(InputSchema):
     )
 
 
-class StageOverride(InputSchema):
+class StageOverride(_AsGiven, UpdateSchema):
     """What a workspace in one stage of its permit gets instead of the template's values.
 
-    A field left out keeps the template's value; `env` is merged over the template's.
+    A field left out keeps the template's value (null is refused, so that left out is the
+    only way to say so); `env` is merged over the template's. Stored as given: the fields
+    left out stay out.
     """
 
     egress: list[EgressRule] | None = Field(
@@ -77,6 +99,26 @@ class StageOverride(InputSchema):
     )
     storage_gb: StorageGb | None = Field(None, description="Persistent storage in this stage.")
     env: Env | None = Field(None, description="Environment added in this stage.")
+
+
+class _KeysMatch:
+    """Document a dict's key pattern as `propertyNames` (every key must match it) and its
+    value schema as `additionalProperties`: pydantic writes them as `patternProperties`,
+    which lets keys that do not match through with any value."""
+
+    def __get_pydantic_json_schema__(
+        self, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        schema = handler(core_schema)
+        patterns = schema.pop("patternProperties", None)
+        if patterns:
+            ((pattern, values),) = patterns.items()
+            schema["propertyNames"] = {**schema.get("propertyNames", {}), "pattern": pattern}
+            schema["additionalProperties"] = values
+        return schema
+
+
+Stages = Annotated[dict[StageName, StageOverride], Field(max_length=32), _KeysMatch()]
 
 
 class TemplateSpec(InputSchema):
@@ -105,9 +147,8 @@ class TemplateSpec(InputSchema):
         0, ge=0, le=MAX_HOURLY_COST, description="Cost per running hour, in the plan's currency."
     )
     restricted: Flag = Field(False, description="Only tenant admins may spawn it.")
-    stages: dict[StageName, StageOverride] = Field(
+    stages: Stages = Field(
         default_factory=dict,
-        max_length=32,
         description="Per-stage overrides, by stage name (a permit's `stage`): network egress "
         "rules, storage, environment. Empty: every stage runs the template as it is.",
     )
@@ -138,7 +179,7 @@ class TemplateSpecUpdate(UpdateSchema):
     max_lifetime_days: LifetimeDays | None = Field(None)
     hourly_cost: Number | None = Field(None, ge=0, le=MAX_HOURLY_COST)
     restricted: Flag | None = Field(None)
-    stages: dict[StageName, StageOverride] | None = Field(None, max_length=32)
+    stages: Stages | None = Field(None)
 
 
 class TemplateCreate(InputSchema):

@@ -22,7 +22,8 @@ def stage_spec(spec: Mapping[str, Any], stage: str | None) -> dict[str, Any]:
     effective["stage"] = stage
     override: Mapping[str, Any] = (spec.get("stages") or {}).get(stage) or {}
     if override.get("egress") is not None:
-        effective["egress"] = list(override["egress"])
+        # A rule stored without ports allows every port.
+        effective["egress"] = [{"ports": [], **rule} for rule in override["egress"]]
     if override.get("storage_gb") is not None:
         effective["storage_gb"] = override["storage_gb"]
     if override.get("env"):
