@@ -99,6 +99,7 @@ def spec_for(i: int, version: int) -> dict[str, Any]:
         "max_lifetime_days": 7,
         "hourly_cost": round(0.05 * (1 + i % 10), 2),
         "restricted": i % 11 == 0,
+        "stages": {},
     }
 
 
@@ -167,6 +168,12 @@ def seed(db: ScratchDatabase) -> dict[str, int]:
         ) as copy:
             for row in version_rows:
                 copy.write_row(row)
+        # The migrations' demo template was stored before specs had `stages`; spawnpoint
+        # reads it with the default, the bare baseline as stored: store it with the default.
+        conn.execute(
+            "UPDATE template_versions SET spec = (spec::jsonb || '{\"stages\": {}}')::json"
+            " WHERE NOT spec::jsonb ? 'stages'"
+        )
         conn.commit()
     with psycopg.connect(db.url, autocommit=True) as conn:
         conn.execute("VACUUM ANALYZE")
