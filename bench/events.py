@@ -1,12 +1,18 @@
 """Events in and out of RabbitMQ, each figure a ratio against a baseline of the same run.
 
-    .venv/bin/python bench/events.py [--sections relay,status] [--rounds 3]
+    .venv/bin/python bench/events.py [--sections inbound,relay,status] [--rounds 3]
                                      [--backlog 20000] [--batch-size 500]
                                      [--backend postgres|sqlite]
                                      [--status-requests 2000] [--permits 200]
+                                     [--inbound-count 500]
 
 Sections (`--sections`, comma-separated; each a function that returns its table rows):
 
+- **inbound** (`inbound_section`): `--inbound-count` `permit.approved` messages published to
+  the permit queue's exchange until that many workspaces are running (dry-run driver), against
+  as many `POST /api/spawn` to running, rounds alternating, one `spawnpoint worker` running the
+  consumer, the jobs and the relay for both (bench/_permits_inbound.py's
+  `measure_permits_inbound`, PostgreSQL). Goal: >= 0.8.
 - **relay** (`relay_section`): the outbox relay draining a backlog of `--backlog` outbox rows
   (workspace lifecycle events: four per workspace, written in waves as spawns write them)
   to a durable queue through the topic exchange, from the first read to the last row marked
@@ -328,6 +334,27 @@ def status_section(
     ]
 
 
+# --------------------------------------------------------------------------- the inbound section
+
+
+def inbound_section(*, count: int, rounds: int, log: Callable[[str], None]) -> list[Row]:
+    from _permits_inbound import GOAL, measure_permits_inbound
+
+    log(f"inbound: {rounds} rounds of {count} permit.approved against {count} POST /api/spawn")
+    result = measure_permits_inbound(count=count, rounds=rounds)
+    ratios = ", ".join(f"{r:.2f}" for r in result.ratios)
+    return [
+        Row(
+            measurement=f"{count} permit.approved messages to running workspaces, dry-run, "
+            f"PostgreSQL (median of {rounds} rounds; per round {ratios})",
+            baseline=f"POST /api/spawn to running: {median(result.api_rates):,.1f}/s",
+            result=f"permit events to running: {median(result.permit_rates):,.1f}/s",
+            ratio=result.ratio,
+            goal=GOAL,
+        )
+    ]
+
+
 # --------------------------------------------------------------------------- the report
 
 
@@ -357,7 +384,12 @@ def goal_cell(row: Row) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sections", default="relay,status", help="comma-separated: relay, status")
+    parser.add_argument(
+        "--sections",
+        default="inbound,relay,status",
+        help="comma-separated: inbound, relay, status",
+    )
+    parser.add_argument("--inbound-count", type=int, default=500)
     parser.add_argument("--backlog", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=500)
@@ -370,7 +402,7 @@ def main() -> int:
     )
     args = parser.parse_args()
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
-    unknown = set(sections) - {"relay", "status"}
+    unknown = set(sections) - {"inbound", "relay", "status"}
     if unknown:
         parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
 
@@ -379,6 +411,8 @@ def main() -> int:
 
     rows: list[Row] = []
     try:
+        if "inbound" in sections:
+            rows += inbound_section(count=args.inbound_count, rounds=args.rounds, log=log)
         if "relay" in sections:
             rows += relay_section(
                 backlog=args.backlog,
