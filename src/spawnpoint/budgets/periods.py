@@ -31,6 +31,12 @@ def _known() -> frozenset[str]:
     return frozenset(available_timezones()) | {DEFAULT_TIME_ZONE}
 
 
+def time_zone_names() -> list[str]:
+    """Every IANA name `is_time_zone` accepts, sorted (the tz database: the system's, else
+    the `tzdata` package's)."""
+    return sorted(_known())
+
+
 def is_time_zone(name: str) -> bool:
     """Whether `name` is an IANA time zone name this system knows (as zoneinfo loads it)."""
     if name not in _known():

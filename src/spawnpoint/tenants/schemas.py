@@ -4,9 +4,9 @@ import uuid
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, Field, WithJsonSchema
 
-from spawnpoint.budgets.periods import DEFAULT_TIME_ZONE, is_time_zone
+from spawnpoint.budgets.periods import DEFAULT_TIME_ZONE, is_time_zone, time_zone_names
 from spawnpoint.kit.schemas import InputSchema, Name, ReadSchema, UpdateSchema
 from spawnpoint.models import TenantStatus
 
@@ -29,6 +29,14 @@ TimeZone = Annotated[
         description="IANA time zone name; budget periods are calendar months in this zone.",
     ),
     AfterValidator(_known_zone),
+    # The names themselves, so a client (and a schema-driven test) knows which are valid.
+    WithJsonSchema(
+        {
+            "type": "string",
+            "enum": time_zone_names(),
+            "description": "IANA time zone name; budget periods are calendar months in it.",
+        }
+    ),
 ]
 
 
