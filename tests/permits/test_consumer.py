@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import uuid
 from typing import Any
 
 import httpx
 import orjson
+import pytest
 from sqlalchemy import func, select
 
 from conftest import World
 from polling import eventually
+from spawnpoint.config import Settings
 from spawnpoint.db import Database
 from spawnpoint.kit.clock import utcnow
 from spawnpoint.models import AuditEntry, InboxMessage, OutboxEvent, Role, Workspace
-from spawnpoint.permits.consumer import DEATH_REASON, PERMITS_CONSUMED
+from spawnpoint.permits.consumer import DEATH_REASON, PERMITS_CONSUMED, PermitConsumer
 from spawnpoint.permits.repository import service_account_id
 from spawnpoint.policy.engine import Decision, PolicyEngine
 
@@ -467,3 +471,54 @@ async def test_a_stage_change_whose_permit_never_appears_is_dead_lettered_after_
     assert message.headers["x-spawnpoint-parks"] == 2
     assert await inbox_outcome(world.database, message_id) == "dead_lettered"
     assert await broker.depth(broker.parked()) == 0
+
+
+async def test_reconnects_back_off_doubling_and_start_over_once_consuming(
+    backend_settings: Settings,
+    database: Database,
+    broker: Broker,
+    tcp_proxy: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    proxy = await tcp_proxy("127.0.0.1", 5672)
+    await proxy.cut()  # the broker is unreachable from the start
+    vhost = broker.url.rsplit("/", 1)[1]
+    settings = backend_settings.model_copy(
+        update={
+            "rabbitmq_url": f"amqp://guest:guest@127.0.0.1:{proxy.port}/{vhost}",
+            "rabbitmq_reconnect_max_seconds": 2.0,
+        }
+    )
+    consumer = PermitConsumer(database, settings)
+    stop = asyncio.Event()
+    caplog.set_level(logging.WARNING, logger="spawnpoint.permits.consumer")
+    task = asyncio.create_task(consumer.run(stop))
+    try:
+
+        def waits() -> list[float]:
+            return [
+                float(r.getMessage().rsplit(" in ", 1)[1].split()[0])
+                for r in caplog.records
+                if "next try in" in r.getMessage()
+            ]
+
+        async def backed_off() -> bool:
+            return len(waits()) >= 4
+
+        await eventually(backed_off, within=20, what="four refused connection attempts")
+        assert waits()[:4] == [0.5, 1.0, 2.0, 2.0]  # doubling, up to the maximum
+        await proxy.restore()
+        await asyncio.wait_for(consumer.ready.wait(), 20)
+        caplog.clear()
+        await proxy.cut()  # lost while consuming: the backoff starts over
+
+        async def retried() -> bool:
+            return bool(waits())
+
+        await eventually(retried, within=20, what="a reconnect attempt after the loss")
+        assert waits()[0] == 0.5
+        await proxy.restore()
+        await asyncio.wait_for(consumer.ready.wait(), 20)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)

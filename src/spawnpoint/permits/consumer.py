@@ -28,10 +28,11 @@ ack means a redelivery, which the inbox row turns into a no-op. Outcomes:
   dead-letter queue. An unreachable database is no failure of the message: it is held and
   tried again until the database answers.
 
-The connection is aio-pika's robust one: after a broker restart or a dropped connection it
-reconnects (every second) and restores the channel, its prefetch, the declarations and the
-consumer; the first connection is tried with a doubling backoff up to
-RABBITMQ_RECONNECT_MAX_SECONDS.
+A lost connection (a broker restart, a dropped link) is reopened with a doubling backoff
+from half a second up to RABBITMQ_RECONNECT_MAX_SECONDS, as is the first one; each new
+connection gets a new channel, its prefetch, the declarations and the consumer, and the
+backoff starts over once it consumes again. Deliveries of the lost connection that were not
+acked are redelivered by the broker; those whose effect had committed are no-ops then.
 """
 
 from __future__ import annotations
@@ -51,7 +52,6 @@ from aio_pika.abc import (
     AbstractChannel,
     AbstractIncomingMessage,
     AbstractQueue,
-    AbstractRobustConnection,
 )
 from prometheus_client import Counter
 from pydantic import ValidationError
@@ -198,17 +198,44 @@ class PermitConsumer:
         self._channel: AbstractChannel | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Connect (with backoff), declare, consume until `stop`, then finish in-flight work."""
-        connection = await self._connect(stop)
-        if connection is None:
+        """Connect, declare, consume until `stop`, reconnecting with a doubling backoff
+        whenever the connection is lost; then finish in-flight work."""
+        delay = FIRST_CONNECT_SECONDS
+        try:
+            while not stop.is_set():
+                if await self._consume_once(stop):
+                    delay = FIRST_CONNECT_SECONDS  # it consumed: a later loss starts over
+                if stop.is_set():
+                    break
+                log.warning("RabbitMQ connection lost or refused; next try in %.1f s", delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+                delay = min(delay * 2, self.settings.rabbitmq_reconnect_max_seconds)
+        finally:
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
             await self._close_policy()
-            return
+            log.info("permit consumer stopped")
+
+    async def _consume_once(self, stop: asyncio.Event) -> bool:
+        """One connection's life: open it, consume until `stop` or until it is lost.
+        Returns whether it got as far as consuming."""
+        try:
+            connection = await aio_pika.connect(self.url, timeout=10.0)
+        except Exception as exc:  # any failure to connect: the caller tries again
+            log.warning("RabbitMQ unreachable: %s", first_line(exc))
+            return False
+        lost = asyncio.Event()
+        connection.close_callbacks.add(lambda *_: lost.set())
+        consuming = False
         try:
             channel = await connection.channel(publisher_confirms=True)
             self._channel = channel
             await channel.set_qos(prefetch_count=self.settings.rabbitmq_prefetch)
             queue = await self.declare(channel)
             tag = await queue.consume(self._on_message)
+            consuming = True
             log.info(
                 "consuming permit events from %s (prefetch %d, %d at once)",
                 self.queue_name,
@@ -216,36 +243,30 @@ class PermitConsumer:
                 self.slots,
             )
             self.ready.set()
-            await stop.wait()
-            with contextlib.suppress(Exception):
-                await queue.cancel(tag)
-            if self._tasks:
-                # Unfinished ones are redelivered once the connection closes.
-                await asyncio.wait(set(self._tasks), timeout=10.0)
+            stopping = asyncio.ensure_future(stop.wait())
+            losing = asyncio.ensure_future(lost.wait())
+            try:
+                await asyncio.wait({stopping, losing}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stopping.cancel()
+                losing.cancel()
+            if stop.is_set() and not lost.is_set():
+                with contextlib.suppress(Exception):
+                    await queue.cancel(tag)
+                if self._tasks:
+                    # Unfinished ones are redelivered once the connection closes.
+                    await asyncio.wait(set(self._tasks), timeout=10.0)
+        except Exception as exc:  # the connection broke while being set up
+            log.warning("RabbitMQ connection failed: %s", first_line(exc))
         finally:
-            for task in list(self._tasks):
-                task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            self.ready.clear()
             with contextlib.suppress(Exception):
                 await connection.close()
-            await self._close_policy()
-            log.info("permit consumer stopped")
+        return consuming
 
     async def _close_policy(self) -> None:
         if self._own_policy:
             await self.policy.aclose()
-
-    async def _connect(self, stop: asyncio.Event) -> AbstractRobustConnection | None:
-        delay = FIRST_CONNECT_SECONDS
-        while not stop.is_set():
-            try:
-                return await aio_pika.connect_robust(self.url, reconnect_interval=1.0, timeout=10.0)
-            except Exception as exc:  # any failure to connect: try again
-                log.warning("RabbitMQ unreachable (%s); next try in %.1f s", first_line(exc), delay)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), delay)
-            delay = min(delay * 2, self.settings.rabbitmq_reconnect_max_seconds)
-        return None
 
     async def declare(self, channel: AbstractChannel) -> AbstractQueue:
         """Declare the queue, its dead-letter and parking queues and the binding."""
