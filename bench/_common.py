@@ -226,6 +226,26 @@ def migrated_deployment(
     return Deployment(workdir=workdir, db=db, env=env)
 
 
+# --------------------------------------------------------------------------- RabbitMQ
+
+
+@contextlib.contextmanager
+def scratch_vhost(prefix: str = "spawnpoint-bench") -> Iterator[str]:
+    """A RabbitMQ vhost of this run's own (rabbitmqctl; guest may use it); its AMQP URL.
+    Deleted afterwards, with everything declared in it."""
+    name = f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+    def ctl(*args: str) -> None:
+        subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=60)
+
+    ctl("add_vhost", name)
+    try:
+        ctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
+        yield f"amqp://guest:guest@{LOCALHOST}:5672/{name}"
+    finally:
+        ctl("delete_vhost", name)
+
+
 # --------------------------------------------------------------------------- servers
 
 

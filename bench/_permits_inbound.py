@@ -36,7 +36,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -53,6 +52,7 @@ from _common import (
     median,
     migrated_deployment,
     raise_on_sigterm,
+    scratch_vhost,
     server_process,
     venv_command,
     write_result,
@@ -103,21 +103,6 @@ class InboundResult:
                 ]
             ],
         )
-
-
-def _ctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=60)
-
-
-@contextlib.contextmanager
-def scratch_vhost() -> Iterator[str]:
-    name = f"spawnpoint-bench-permits-{uuid.uuid4().hex[:10]}"
-    _ctl("add_vhost", name)
-    try:
-        _ctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
-        yield f"amqp://guest:guest@{LOCALHOST}:5672/{name}"
-    finally:
-        _ctl("delete_vhost", name)
 
 
 def _post(conn: http.client.HTTPConnection, path: str, body: dict[str, object]) -> bytes:
@@ -262,7 +247,7 @@ def measure_permits_inbound(
     spawnpoint = venv_command("spawnpoint")
     result = InboundResult(count=count)
     with contextlib.ExitStack() as stack:
-        url = stack.enter_context(scratch_vhost())
+        url = stack.enter_context(scratch_vhost("spawnpoint-bench-permits"))
         deployment = migrated_deployment(
             stack,
             "permits-inbound",

@@ -36,7 +36,6 @@ import argparse
 import asyncio
 import contextlib
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -49,7 +48,7 @@ from typing import Any
 import aio_pika
 from sqlalchemy import insert, update
 
-from _common import markdown_table, median, scratch_database, write_result
+from _common import markdown_table, median, scratch_database, scratch_vhost, write_result
 from spawnpoint.config import Settings
 from spawnpoint.db import Database
 from spawnpoint.events.outbox import workspace_event
@@ -82,21 +81,6 @@ class Row:
 
 
 # --------------------------------------------------------------------------- the broker
-
-
-def _ctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=60)
-
-
-@contextlib.contextmanager
-def scratch_vhost() -> Iterator[str]:
-    name = f"spawnpoint-bench-{uuid.uuid4().hex[:10]}"
-    _ctl("add_vhost", name)
-    try:
-        _ctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
-        yield f"amqp://guest:guest@127.0.0.1:5672/{name}"
-    finally:
-        _ctl("delete_vhost", name)
 
 
 @contextlib.asynccontextmanager
