@@ -14,6 +14,7 @@ from factories import make_template, plant_workspace
 from spawnpoint.costs.metering import WATERMARK, meter
 from spawnpoint.costs.service import month_start, next_month
 from spawnpoint.kit.clock import utcnow
+from spawnpoint.kit.ids import uuid7
 from spawnpoint.models import (
     CostRecord,
     MeteringWatermark,
@@ -136,3 +137,32 @@ def total(rows: Sequence[CostRecord]) -> Decimal:
 
 def cents(value: Decimal) -> Decimal:
     return value.quantize(Decimal("0.01"))
+
+
+async def charge(
+    world: World,
+    org: Org,
+    amount: str,
+    *,
+    user_id: uuid.UUID | None = None,
+    project_id: uuid.UUID | None = None,
+) -> None:
+    """A closed cost record of `amount` in this month's first hour (the current period)."""
+    start = month_start(utcnow())
+    async with world.database.transaction(write=True) as session:
+        session.add(
+            CostRecord(
+                tenant_id=org.tenant_id,
+                workspace_id=uuid7(),
+                template_id=org.template_id,
+                project_id=project_id,
+                user_id=user_id,
+                period_start=start,
+                period_end=start,
+                amount=Decimal(amount),
+                rate=Decimal(1),
+                currency="USD",
+                open=False,
+                recorded_at=start,
+            )
+        )

@@ -13,44 +13,13 @@ import httpx
 from sqlalchemy import select
 
 from conftest import Org, World
-from costs.support import priced_template
+from costs.support import charge, priced_template
 from factories import make_project
-from spawnpoint.budgets.periods import period_of
 from spawnpoint.costs.enforcement import enforce_budgets
 from spawnpoint.kit.clock import utcnow
-from spawnpoint.kit.ids import uuid7
-from spawnpoint.models import CostRecord, OutboxEvent, Role
+from spawnpoint.models import OutboxEvent, Role
 
 ROOMY = {"max_workspaces": 60, "max_cpu": 60, "max_memory_mb": 60 * 512, "max_storage_gb": 60}
-
-
-async def charge(
-    world: World,
-    org: Org,
-    amount: str,
-    *,
-    user_id: uuid.UUID | None = None,
-    project_id: uuid.UUID | None = None,
-) -> None:
-    """A closed cost record in this period's first hour."""
-    start, _ = period_of(utcnow())
-    async with world.database.transaction(write=True) as session:
-        session.add(
-            CostRecord(
-                tenant_id=org.tenant_id,
-                workspace_id=uuid7(),
-                template_id=org.template_id,
-                project_id=project_id,
-                user_id=user_id,
-                period_start=start,
-                period_end=start,
-                amount=Decimal(amount),
-                rate=Decimal(1),
-                currency="USD",
-                open=False,
-                recorded_at=start,
-            )
-        )
 
 
 async def budget(

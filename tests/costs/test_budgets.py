@@ -2,47 +2,14 @@
 
 from __future__ import annotations
 
-import uuid
-from decimal import Decimal
 from typing import Any
 
 import httpx
 
 from conftest import Org, World
+from costs.support import charge
 from factories import make_project
-from spawnpoint.costs.service import month_start
-from spawnpoint.kit.clock import utcnow
-from spawnpoint.kit.ids import uuid7
-from spawnpoint.models import CostRecord, Role
-
-
-async def charge(
-    world: World,
-    org: Org,
-    amount: str,
-    *,
-    user_id: uuid.UUID | None = None,
-    project_id: uuid.UUID | None = None,
-) -> None:
-    """A cost record of this month's first hour (so it is in the current period)."""
-    start = month_start(utcnow())
-    async with world.database.transaction(write=True) as session:
-        session.add(
-            CostRecord(
-                tenant_id=org.tenant_id,
-                workspace_id=uuid7(),
-                template_id=org.template_id,
-                project_id=project_id,
-                user_id=user_id,
-                period_start=start,
-                period_end=start,
-                amount=Decimal(amount),
-                rate=Decimal(1),
-                currency="USD",
-                open=False,
-                recorded_at=start,
-            )
-        )
+from spawnpoint.models import Role
 
 
 async def create(
