@@ -16,6 +16,7 @@ from spawnpoint.costs.service import month_start, next_month
 from spawnpoint.kit.clock import utcnow
 from spawnpoint.kit.ids import uuid7
 from spawnpoint.models import (
+    Budget,
     CostRecord,
     MeteringWatermark,
     Workspace,
@@ -166,3 +167,21 @@ async def charge(
                 recorded_at=start,
             )
         )
+
+
+async def budget_on(
+    world: World, org: Org, scope: str, scope_id: uuid.UUID, limit: int
+) -> uuid.UUID:
+    """A budget row written directly (warn at 80 %, hard at 100 %); its id."""
+    async with world.database.transaction(write=True) as session:
+        budget = Budget(
+            tenant_id=org.tenant_id,
+            scope=scope,
+            scope_id=scope_id,
+            limit_amount=Decimal(limit),
+            warn_ratio=Decimal("0.8"),
+            hard_ratio=Decimal(1),
+        )
+        session.add(budget)
+        await session.flush()
+        return budget.id

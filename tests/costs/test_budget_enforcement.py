@@ -7,17 +7,16 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
-from decimal import Decimal
 
 import pytest
 from sqlalchemy import select
 
-from conftest import Org, World
-from costs.support import priced_template, reset_watermark, workspace_with_runs
+from conftest import World
+from costs.support import budget_on, priced_template, reset_watermark, workspace_with_runs
 from spawnpoint.costs.metering import metering_tasks
 from spawnpoint.costs.service import month_start, next_month
 from spawnpoint.kit.clock import utcnow
-from spawnpoint.models import Budget, Job, OutboxEvent, Role, Workspace, WorkspaceEvent
+from spawnpoint.models import Job, OutboxEvent, Role, Workspace, WorkspaceEvent
 
 MIN = timedelta(minutes=1)
 # Stops are audited, and audit entries need their month's partition on PostgreSQL (made
@@ -38,23 +37,6 @@ async def scheduled_pass(world: World, now: datetime) -> None:
     (task,) = metering_tasks(world.settings)
     async with world.database.transaction(write=True) as session:
         await task.fn(session, now)
-
-
-async def budget_on(
-    world: World, org: Org, scope: str, scope_id: uuid.UUID, limit: int
-) -> uuid.UUID:
-    async with world.database.transaction(write=True) as session:
-        budget = Budget(
-            tenant_id=org.tenant_id,
-            scope=scope,
-            scope_id=scope_id,
-            limit_amount=Decimal(limit),
-            warn_ratio=Decimal("0.8"),
-            hard_ratio=Decimal(1),
-        )
-        session.add(budget)
-        await session.flush()
-        return budget.id
 
 
 async def events(world: World, budget_id: uuid.UUID) -> list[OutboxEvent]:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 import uuid
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
 
-from events.broker import Listener
+from chaos.deployment import SPAWNPOINT
+from events.broker import Listener, amqp_url
 from polling import eventually
 from spawnpoint.db import Database
 from spawnpoint.events.outbox import outbox_event
@@ -60,3 +64,26 @@ async def drain(relay: OutboxRelay, database: Database, ids: Sequence[uuid.UUID]
         return await unpublished(database, ids) == 0
 
     await eventually(probe, within=20, what="the relay to mark every event published")
+
+
+async def relay_process(
+    database_url: str, vhost: str, workdir: Path, *, output: int | None
+) -> asyncio.subprocess.Process:
+    """`spawnpoint events relay` on `database_url` and the test's vhost, polling every 0.1 s;
+    its stdout and stderr both go to `output` (asyncio.subprocess.PIPE or DEVNULL)."""
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "RABBITMQ_URL": amqp_url(vhost),
+        "ENVIRONMENT": "development",
+        "DATA_DIR": str(workdir),
+        "LOG_FORMAT": "console",
+    }
+    return await asyncio.create_subprocess_exec(
+        SPAWNPOINT,
+        *("events", "relay", "--poll-interval", "0.1"),
+        env=env,
+        cwd=workdir,
+        stdout=output,
+        stderr=asyncio.subprocess.STDOUT if output == asyncio.subprocess.PIPE else output,
+    )

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -22,10 +21,9 @@ import pytest
 from prometheus_client import REGISTRY
 from sqlalchemy import delete, select
 
-from chaos.deployment import SPAWNPOINT
 from conftest import BACKENDS, PostgresDatabase, World, make_settings, postgres_or_skip
 from events.broker import EXCHANGE, amqp_url, fresh_vhost, full_after, listening
-from events.relaying import delivered, drain, emit, rows, unpublished
+from events.relaying import delivered, drain, emit, relay_process, rows, unpublished
 from polling import eventually
 from spawnpoint.app import create_app
 from spawnpoint.config import Settings
@@ -481,25 +479,9 @@ async def test_the_worker_runs_the_relay_when_rabbitmq_is_configured(
 async def test_spawnpoint_events_relay_publishes_until_sigterm(
     relay_db: Database, relay_settings: Settings, vhost: str, tmp_path: Path
 ) -> None:
-    env = {
-        **os.environ,
-        "DATABASE_URL": relay_settings.sqlalchemy_url,
-        "RABBITMQ_URL": amqp_url(vhost),
-        "ENVIRONMENT": "development",
-        "DATA_DIR": str(tmp_path),
-        "LOG_FORMAT": "console",
-    }
     async with listening(amqp_url(vhost), EXCHANGE) as listener:
-        process = await asyncio.create_subprocess_exec(
-            SPAWNPOINT,
-            "events",
-            "relay",
-            "--poll-interval",
-            "0.1",
-            env=env,
-            cwd=tmp_path,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
+        process = await relay_process(
+            relay_settings.sqlalchemy_url, vhost, tmp_path, output=asyncio.subprocess.PIPE
         )
         try:
             ids = await emit(

@@ -9,7 +9,6 @@ locks: holding its one write lock would also stop the relay from taking its leas
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -19,10 +18,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from chaos.deployment import SPAWNPOINT
 from conftest import PostgresDatabase, make_settings, pg_conninfo, postgres_or_skip
 from events.broker import EXCHANGE, amqp_url, fresh_vhost, listening
-from events.relaying import delivered, drain, emit, rows, unpublished
+from events.relaying import delivered, drain, emit, relay_process, rows, unpublished
 from polling import eventually
 from spawnpoint.config import Settings
 from spawnpoint.db import Database
@@ -58,23 +56,8 @@ async def test_a_relay_process_killed_between_confirm_and_mark_loses_nothing(
                 "SELECT id FROM outbox WHERE id = ANY(%s::uuid[]) FOR UPDATE",
                 [[str(i) for i in ids]],
             )
-            env = {
-                **os.environ,
-                "DATABASE_URL": pg_settings.sqlalchemy_url,
-                "RABBITMQ_URL": amqp_url(vhost),
-                "ENVIRONMENT": "development",
-                "DATA_DIR": str(tmp_path),
-            }
-            process = await asyncio.create_subprocess_exec(
-                SPAWNPOINT,
-                "events",
-                "relay",
-                "--poll-interval",
-                "0.1",
-                env=env,
-                cwd=tmp_path,
-                stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.DEVNULL,
+            process = await relay_process(
+                pg_settings.sqlalchemy_url, vhost, tmp_path, output=asyncio.subprocess.DEVNULL
             )
             try:
                 await eventually(delivered(listener, ids), what="the relay to publish all 20")

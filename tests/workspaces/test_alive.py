@@ -13,11 +13,12 @@ import httpx
 from sqlalchemy import event
 
 from conftest import Org, World
+from costs.support import budget_on
 from factories import make_template, plant_workspace
 from spawnpoint.budgets.periods import period_of
 from spawnpoint.kit.clock import utcnow
 from spawnpoint.kit.ids import uuid7
-from spawnpoint.models import Budget, CostRecord, Role, WorkspaceState
+from spawnpoint.models import CostRecord, Role, WorkspaceState
 from workspaces.conftest import StartWorker, wait_for_state
 
 
@@ -90,23 +91,6 @@ async def test_the_activity_heartbeat_records_its_source(
     assert refused.headers["content-type"].startswith("application/problem+json")
 
 
-async def add_budget(
-    world: World, org: Org, scope: str, scope_id: uuid.UUID, limit: int
-) -> uuid.UUID:
-    async with world.database.transaction(write=True) as session:
-        budget = Budget(
-            tenant_id=org.tenant_id,
-            scope=scope,
-            scope_id=scope_id,
-            limit_amount=Decimal(limit),
-            warn_ratio=Decimal("0.8"),
-            hard_ratio=Decimal(1),
-        )
-        session.add(budget)
-        await session.flush()
-        return budget.id
-
-
 async def record(
     world: World,
     org: Org,
@@ -152,8 +136,8 @@ async def test_budget_stop_names_the_budget_that_stops_it_first_at_the_current_r
 ) -> None:
     org = await world.org()
     member, publisher = org.users[Role.member], org.users[Role.publisher]
-    on_member = await add_budget(world, org, "user", member, 10)
-    on_tenant = await add_budget(world, org, "tenant", org.tenant_id, 40)
+    on_member = await budget_on(world, org, "user", member, 10)
+    on_tenant = await budget_on(world, org, "tenant", org.tenant_id, 40)
     # The member's scope runs at 2 + 2 an hour with 4 spent: 6 left, 1.5 hours.
     mine = [await running_for(world, org, member, "2") for _ in range(2)]
     theirs = await running_for(world, org, publisher, "5")
@@ -218,8 +202,8 @@ async def test_a_page_of_workspaces_reads_its_budget_stops_in_a_fixed_number_of_
 ) -> None:
     org = await world.org(max_workspaces=20)
     member = org.users[Role.member]
-    await add_budget(world, org, "user", member, 100)
-    await add_budget(world, org, "tenant", org.tenant_id, 1000)
+    await budget_on(world, org, "user", member, 100)
+    await budget_on(world, org, "tenant", org.tenant_id, 1000)
     admin = org.headers[Role.admin]
     url = f"/api/workspaces?owner={member}&limit=50"
     # The first request of a principal may read what later ones find cached.
