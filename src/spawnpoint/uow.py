@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import uuid
 from collections.abc import AsyncIterator, Callable, Hashable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -74,8 +73,6 @@ class UnitOfWork:
     # when this one rolls back (a refused spawn changes nothing else).
     refusals: list[dict[str, Any]] = field(default_factory=list)
     _callbacks: dict[Hashable, Callback] = field(default_factory=dict)
-    # Audit chain heads locked in this transaction (PostgreSQL fast paths), by chain id.
-    _heads: dict[uuid.UUID, Any] = field(default_factory=dict)
     _committed: bool = False
     _finished: bool = False
 
@@ -152,58 +149,20 @@ class UnitOfWork:
         """Run `steps` in this transaction in one round trip (PostgreSQL only).
 
         With `final`, the caller writes nothing more: the ORM's pending changes are flushed
-        first, then the outbox rows, the audit entries and the COMMIT go out with `steps`
-        (one round trip more when there are audit entries: their chain heads must be read
-        under lock before the entries' hashes exist). Returns a cursor per step of `steps`.
+        first, then `steps`, the outbox rows, the audit entries and the COMMIT go out in one
+        round trip (an entry is numbered and hashed under its chain head's lock by the
+        database itself, `AuditLog.append_steps`). Returns a cursor per step of `steps`.
         """
         self._check_open()
         if not final:
             return await pipelined(self.session, steps)
         await self.session.flush()
-        drafts = self._drafts()
-        tail = self._outbox_steps()
-        if not drafts:
-            cursors = await pipelined(self.session, [*steps, *tail], commit=True)
-            self._committed = True
-            return cursors[: len(steps)]
-        from spawnpoint.audit.chain import chain_of
         from spawnpoint.audit.repository import AuditLog
 
-        chains = AuditLog(self.session)
-        missing = sorted({chain_of(d.tenant_id) for d in drafts} - self._heads.keys())
-        if missing:
-            lock = chains.lock_steps(missing)
-            cursors = await pipelined(self.session, [*steps, *tail, *lock])
-            self._heads.update(await chains.heads_from(cursors[len(steps) + len(tail) :]))
-            await pipelined(self.session, chains.write_steps(self._heads, drafts), commit=True)
-        else:
-            write = chains.write_steps(self._heads, drafts)
-            cursors = await pipelined(self.session, [*steps, *tail, *write], commit=True)
+        tail = [*self._outbox_steps(), *AuditLog(self.session).append_steps(self._drafts())]
+        cursors = await pipelined(self.session, [*steps, *tail], commit=True)
         self._committed = True
         return cursors[: len(steps)]
-
-    def head_lock_steps(self) -> list[Step]:
-        """Steps that lock the audit chain heads this unit of work will write (PostgreSQL).
-
-        A fast path that already holds a lock every writer of the chain would wait for (a
-        spawn holds its tenant's) sends them in an early round trip and hands the cursors
-        to `keep_heads`; the final pipeline then writes the entries and commits in one
-        round trip instead of two, which is one round trip less under that lock.
-        """
-        from spawnpoint.audit.chain import chain_of
-        from spawnpoint.audit.repository import AuditLog
-
-        chains = {chain_of(d.tenant_id) for d in self.audit}
-        if self.request is not None and self.request.principal is not None:
-            chains.add(chain_of(self.request.chain()))
-        missing = sorted(chains - self._heads.keys())
-        return AuditLog(self.session).lock_steps(missing) if missing else []
-
-    async def keep_heads(self, cursors: Sequence[Any]) -> None:
-        """Remember the heads locked by `head_lock_steps` (their cursors)."""
-        from spawnpoint.audit.repository import AuditLog
-
-        self._heads.update(await AuditLog(self.session).heads_from(cursors))
 
     def _outbox_steps(self) -> list[Step]:
         from spawnpoint.events.repository import OutboxWriter

@@ -38,7 +38,7 @@ from spawnpoint.models import (
     WorkspaceState,
 )
 from spawnpoint.workspaces.lifecycle import announce, creation_event, transition
-from spawnpoint.workspaces.repository import JobRows, SpawnRows
+from spawnpoint.workspaces.repository import Admission, JobRows, OverQuota, SpawnRows
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 BASE = 0xC0FFEE << 100  # clear of the demo rows the migrations seed
@@ -52,6 +52,7 @@ BUDGETS = [
     (uuid.UUID(int=BASE + 12), "user", uuid.UUID(int=BASE + 99)),
     (uuid.UUID(int=BASE + 13), "project", uuid.UUID(int=BASE + 98)),
 ]
+PLAN_CPU, PLAN_STORAGE = Decimal("8.3"), 100
 # Generated where the rows are written (uuid7 ids of events, the clock's updated_at).
 VOLATILE = {"id", "created_at", "updated_at", "started_at", "lease_expires_at"}
 
@@ -81,9 +82,9 @@ async def _seed(database: Database) -> None:
                 id=PLAN,
                 name="contract",
                 max_workspaces=5,
-                max_cpu=8,
+                max_cpu=PLAN_CPU,
                 max_memory_mb=16384,
-                max_storage_gb=100,
+                max_storage_gb=PLAN_STORAGE,
                 max_concurrent_jobs=5,
                 max_jobs_per_day=500,
                 monthly_budget=Decimal("12.50"),
@@ -119,11 +120,13 @@ async def _seed(database: Database) -> None:
         )
 
 
-def _spawn_rows() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+def _spawn_rows(
+    workspace_id: uuid.UUID = WORKSPACE, job_id: uuid.UUID = JOB
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     workspace = with_defaults(
         Workspace,
         {
-            "id": WORKSPACE,
+            "id": workspace_id,
             "tenant_id": TENANT,
             "project_id": None,
             "owner_id": USER,
@@ -132,7 +135,7 @@ def _spawn_rows() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
             "provisioner": "dry-run",
             "name": "contract",
             "state": WorkspaceState.pending,
-            "external_ref": "permit-1",
+            "external_ref": f"permit-{workspace_id.int - BASE}",
             "parameters": {"a": [1, 2]},
             "cpu": Decimal("1.5"),
             "memory_mb": 512,
@@ -148,14 +151,14 @@ def _spawn_rows() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
             "expires_at": NOW + timedelta(days=1),
         },
     )
-    event = creation_event(workspace_id=WORKSPACE, tenant_id=TENANT, actor_id=USER, now=NOW)
+    event = creation_event(workspace_id=workspace_id, tenant_id=TENANT, actor_id=USER, now=NOW)
     job = queued_job(
         job_type="workspace.provision",
-        payload={"workspace_id": str(WORKSPACE)},
+        payload={"workspace_id": str(workspace_id)},
         tenant_id=TENANT,
         actor_id=USER,
     )
-    job.update(id=JOB, run_after=NOW, created_at=NOW, updated_at=NOW)
+    job.update(id=job_id, run_after=NOW, created_at=NOW, updated_at=NOW)
     return workspace, event, job
 
 
@@ -166,14 +169,13 @@ async def _scenario(database: Database) -> dict[str, Any]:
         seen["locked"] = (tenant.slug, plan.name, plan.monthly_budget, usage.model_dump())
         workspace, event, job = _spawn_rows()
         announce(uow.session, workspace["external_ref"], event)
-        await SpawnRows(uow.session).insert(workspace, event, job, final=True)
+        admit = Admission(TENANT, cpu=Decimal("1.5"), memory_mb=512, storage_gb=1)
+        await SpawnRows(uow.session).insert(workspace, event, job, admit=admit, final=True)
     async with database.unit_of_work(write=True) as uow:
         _, _, usage = await SpawnRows(uow.session).lock_tenant_with_usage(TENANT)
         seen["usage"] = usage.model_dump()
     async with database.unit_of_work(write=True) as uow:
-        *_, budgets = await SpawnRows(uow.session).lock_tenant_for_spawn(
-            TENANT, budgets_for=(None, USER)
-        )
+        *_, budgets = await SpawnRows(uow.session).facts_for_spawn(TENANT, budgets_for=(None, USER))
         seen["budgets"] = [
             (b.id, b.scope, b.scope_id, float(b.limit_amount), b.warned_period) for b in budgets
         ]
@@ -211,6 +213,24 @@ async def _scenario(database: Database) -> dict[str, Any]:
         assert failing is not None
         seen["failing"] = (failing.state, failing.error)
         assert await JobRows(uow.session).lock_for_failure(uuid.uuid4()) is None
+    # A workspace one more than the plan allows is refused as its rows would be written,
+    # with the usage read then; nothing of it is stored.
+    more = {"workspace_id": uuid.UUID(int=BASE + 7), "job_id": uuid.UUID(int=BASE + 8)}
+    cpu_left = PLAN_CPU - Decimal("1.5")
+    for too_big in (
+        Admission(TENANT, cpu=cpu_left + Decimal("0.0001"), memory_mb=0, storage_gb=0),
+        Admission(TENANT, cpu=Decimal(0), memory_mb=0, storage_gb=PLAN_STORAGE),
+    ):
+        try:
+            async with database.unit_of_work(write=True) as uow:
+                rows = _spawn_rows(**more)
+                await SpawnRows(uow.session).insert(*rows, admit=too_big, final=True)
+        except OverQuota as exc:
+            seen.setdefault("refused", []).append(exc.usage.model_dump())
+    # Exactly at the plan's cpu limit is allowed (Decimal sums on both: 0.1 + 0.2 == 0.3).
+    async with database.unit_of_work(write=True) as uow:
+        at_limit = Admission(TENANT, cpu=cpu_left, memory_mb=0, storage_gb=0)
+        await SpawnRows(uow.session).insert(*_spawn_rows(**more), admit=at_limit, final=True)
     seen["rows"] = await _dump(database)
     return seen
 
@@ -251,6 +271,9 @@ async def test_both_backends_leave_the_same_rows(databases: list[Database]) -> N
     assert [b[0] for b in sqlite["budgets"]] == [b[0] for b in BUDGETS[:2]]
     assert sqlite["budgets"][1][4] == NOW
     assert sqlite["rows"]["workspaces"][0]["driver_state"] == {"pid": 7}
+    # Both refusals saw the first workspace only; the one at the limit went in.
+    assert sqlite["refused"] == [sqlite["usage"]] * 2
+    assert [w["external_ref"] for w in sqlite["rows"]["workspaces"]] == ["permit-5", "permit-7"]
     assert [e["type"] for e in sqlite["rows"]["outbox"]] == [
         "workspace.pending",
         "workspace.provisioning",

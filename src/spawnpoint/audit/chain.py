@@ -127,6 +127,23 @@ def canonical(entry_fields: Mapping[str, Any]) -> bytes:
     return encode_document(document).encode("utf-8")
 
 
+def canonical_around(entry_fields: Mapping[str, Any]) -> tuple[str, str, str]:
+    """An entry's canonical JSON in three pieces around its `seq` and its `time`.
+
+    `canonical(fields)` is `head + str(seq) + mid + json_time(time) + tail`, for the fields
+    of `entry_fields` (all of `HASHED_FIELDS` but `seq` and `time`). PostgreSQL appends an
+    entry in one statement this way (`AuditLog.append_steps`): it numbers the entry and
+    floors its time under the chain head's lock, then hashes the pieces around them.
+    Every key before `seq` sorts before it, `tenant_id` and `time` between `seq` and
+    `user_agent`, the last key.
+    """
+    before = {name: _json_value(entry_fields[name]) for name in HASHED_FIELDS if name < "seq"}
+    head = encode_document(before)[:-1] + ',"seq":'
+    tenant_id = encode_document({"": _json_value(entry_fields["tenant_id"])})[4:-1]
+    user_agent = encode_document({"": entry_fields["user_agent"]})[4:-1]
+    return head, f',"tenant_id":{tenant_id},"time":"', f'","user_agent":{user_agent}}}'
+
+
 def entry_hash(prev_hash: str, entry_fields: Mapping[str, Any]) -> str:
     """SHA-256 (hex) over `prev_hash` (ASCII hex) followed by the entry's canonical JSON."""
     return hashlib.sha256(prev_hash.encode("ascii") + canonical(entry_fields)).hexdigest()

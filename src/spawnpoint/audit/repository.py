@@ -51,6 +51,7 @@ from spawnpoint.audit.chain import (
     GENESIS_HASH,
     HASHED_FIELDS,
     AuditDraft,
+    canonical_around,
     chain_of,
     encode_document,
     entry_hash,
@@ -142,6 +143,72 @@ def statements(dialect: Dialect) -> _Statements:
         insert_entry=Statement(insert_entry, dialect),
         move_head=Statement(move_head, dialect),
     )
+
+
+# The columns of an entry that its draft gives (the rest come from the chain head).
+_DRAFT_COLUMNS = (
+    "tenant_id",
+    "actor_type",
+    "actor_id",
+    "action",
+    "resource_type",
+    "resource_id",
+    "result",
+    "ip",
+    "user_agent",
+    "reason",
+    "request_id",
+)
+
+
+# `time` floored at the head's, and written as `chain.json_time` writes it. (Colons that
+# are not parameters are escaped for SQLAlchemy's `text`.)
+_APPEND_SQL = r"""
+WITH moved AS (
+    UPDATE audit_heads SET
+        seq = audit_heads.seq + 1,
+        time = GREATEST(CAST(:time AS timestamptz), audit_heads.time),
+        prev_hash = audit_heads.hash,
+        hash = encode(sha256(convert_to(
+            audit_heads.hash || :head || CAST(audit_heads.seq + 1 AS text) || :mid
+            || to_char(
+                GREATEST(CAST(:time AS timestamptz), audit_heads.time) AT TIME ZONE 'UTC',
+                'YYYY-MM-DD"T"HH24\:MI\:SS.US'
+            ) || '+00\:00' || :tail,
+            'UTF8'
+        )), 'hex')
+    WHERE audit_heads.chain_id = :chain
+    RETURNING audit_heads.chain_id, audit_heads.seq, audit_heads.time,
+        audit_heads.prev_hash, audit_heads.hash
+)
+INSERT INTO audit_log (
+    chain_id, seq, time, prev_hash, hash, tenant_id, actor_type, actor_id, action,
+    resource_type, resource_id, result, ip, user_agent, reason, request_id, details
+)
+SELECT moved.chain_id, moved.seq, moved.time, moved.prev_hash, moved.hash, :tenant_id,
+    :actor_type, :actor_id, :action, :resource_type, :resource_id, :result, :ip,
+    :user_agent, :reason, :request_id, CAST(:details AS json)
+FROM moved
+"""
+
+
+@functools.lru_cache(maxsize=4)
+def _append_statement(dialect: Dialect) -> Statement:
+    """Append one entry to its chain in one PostgreSQL statement (`AuditLog.append_steps`).
+
+    The UPDATE locks the chain head (or waits for the writer holding it, then sees the
+    head as that writer left it: READ COMMITTED re-reads a row it waited for), numbers the
+    entry after it, floors its time at the head's, and hashes the canonical JSON pieces
+    the client sent around `seq` and `time` (`chain.canonical_around`), with `time` written
+    as `chain.json_time` writes it. The head keeps its previous hash for the entry's
+    `prev_hash`; the INSERT takes what the UPDATE returned.
+    """
+    clause = text(_APPEND_SQL).bindparams(
+        bindparam("chain", type_=_HEADS.c.chain_id.type),
+        bindparam("time", type_=_HEADS.c.time.type),
+        bindparam("tenant_id", type_=_LOG.c.tenant_id.type),
+    )
+    return Statement(clause, dialect)
 
 
 def _details(details: Mapping[str, Any]) -> dict[str, Any]:
@@ -287,14 +354,43 @@ class AuditLog:
                 steps.append((st.move_head, {**values, "new_time": head.time}))
         return steps
 
+    def append_steps(self, drafts: Sequence[AuditDraft]) -> list[Step]:
+        """Steps that append `drafts` to their chains, needing no head read first
+        (PostgreSQL): one pipeline, so the unit of work sends them with its COMMIT.
+
+        Each chain's head is created if it is new, then one statement per entry locks it,
+        numbers, hashes and inserts the entry (`_append_statement`). Entries go in chain id
+        order (their own order within a chain), so two transactions writing to the same
+        chains lock the heads in one order and never deadlock.
+        """
+        st = statements(self.dialect)
+        append = _append_statement(self.dialect)
+        ordered = sorted(drafts, key=lambda d: chain_of(d.tenant_id))
+        chains = sorted({chain_of(d.tenant_id) for d in drafts})
+        steps: list[Step] = [(st.create_head, {"chain": chain_id}) for chain_id in chains]
+        for draft in ordered:
+            details = _details(draft.details)
+            fields = {name: getattr(draft, name) for name in _DRAFT_COLUMNS}
+            head, mid, tail = canonical_around({**fields, "details": details})
+            values = {
+                **fields,
+                "chain": chain_of(draft.tenant_id),
+                "time": draft.time.astimezone(UTC),
+                "details": encode_document(details),
+                "head": head,
+                "mid": mid,
+                "tail": tail,
+            }
+            steps.append((append, values))
+        return steps
+
     async def append(self, drafts: Sequence[AuditDraft]) -> None:
         """Append `drafts` to their chains in the caller's transaction (never commits)."""
         if not drafts:
             return
         chains = sorted({chain_of(d.tenant_id) for d in drafts})
         if self.is_postgres:
-            heads = await self.heads_from(await pipelined(self.session, self.lock_steps(chains)))
-            await pipelined(self.session, self.write_steps(heads, drafts))
+            await pipelined(self.session, self.append_steps(drafts))
             return
         connection = await self.session.connection()
         heads = {}

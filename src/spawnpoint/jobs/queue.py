@@ -54,7 +54,7 @@ from spawnpoint.db import DriverStatement
 from spawnpoint.jobs.errors import StaleLease
 from spawnpoint.kit.auditing import system_action
 from spawnpoint.kit.clock import utcnow
-from spawnpoint.kit.inserts import NewRow, insert_together, with_defaults
+from spawnpoint.kit.inserts import NewRow, Step, insert_together, with_defaults
 from spawnpoint.models.jobs import Job, JobLog, JobState
 from spawnpoint.uow import unit_of
 
@@ -304,15 +304,20 @@ def queued_job(
 
 @tracing.traced("job.enqueue", tracing.enqueue_attributes)
 async def enqueue_with(
-    session: AsyncSession, rows: Sequence[NewRow], job: dict[str, Any], *, final: bool = False
+    session: AsyncSession,
+    rows: Sequence[NewRow],
+    job: dict[str, Any],
+    *,
+    final: bool = False,
+    before: Sequence[Step] = (),
 ) -> None:
     """Insert `rows` and then the job `job` (from `queued_job`) in one round trip.
 
     The job's NOTIFY goes out in the same statement on PostgreSQL; in-process workers are
-    woken after the commit, as with `enqueue`. `final` as in `insert_together`.
+    woken after the commit, as with `enqueue`. `final` and `before` as in `insert_together`.
     """
     _wake_workers_on_commit(session)
-    await insert_together(session, [*rows, (Job, job)], notify=CHANNEL, final=final)
+    await insert_together(session, [*rows, (Job, job)], notify=CHANNEL, final=final, before=before)
 
 
 def _payload(text: str | None) -> tuple[dict[str, Any], str | None]:

@@ -102,9 +102,7 @@ class JobRepository(ScopedRepository[Job]):
         """Lock the caller's tenant (as a spawn does) and count its jobs under the lock.
 
         Returns the tenant and its plan (detached), then `job_counts`. On PostgreSQL the
-        lock, the counts and the lock on the tenant's audit chain head go out in one round
-        trip (as a spawn's do), so enqueues of one tenant, which queue on that lock, hold it
-        for one round trip less each, and the commit needs only one more.
+        lock and the counts go out in one round trip, and the commit needs only one more.
 
         Raises:
             NotFound: the tenant is gone.
@@ -119,11 +117,7 @@ class JobRepository(ScopedRepository[Job]):
             self.session.get_bind().dialect, tuple(sorted(job_types))
         )
         values = {"tenant_id": tenant_id, "since_id": first_id_at(since)}
-        heads = uow.head_lock_steps()
-        locked, counted, *held = await uow.pipelined(
-            [(lock, {"tenant_id": tenant_id}), (counts, values), *heads]
-        )
-        await uow.keep_heads(held)
+        locked, counted = await uow.pipelined([(lock, {"tenant_id": tenant_id}), (counts, values)])
         row = await locked.fetchone()
         if row is None:
             raise NotFound("Tenant not found.")

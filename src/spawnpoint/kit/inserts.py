@@ -23,6 +23,7 @@ from spawnpoint.db import Base, DriverStatement
 from spawnpoint.uow import unit_of
 
 NewRow = tuple[type[Base], dict[str, Any]]
+Step = tuple[DriverStatement, dict[str, Any]]
 
 
 def with_defaults(model: type[Base], values: dict[str, Any]) -> dict[str, Any]:
@@ -70,6 +71,7 @@ async def insert_together(
     *,
     notify: str | None = None,
     final: bool = False,
+    before: Sequence[Step] = (),
 ) -> None:
     """Insert `rows` (complete column values, parents first) in the session's transaction.
 
@@ -79,6 +81,8 @@ async def insert_together(
         final: the caller writes nothing more in this transaction, so on PostgreSQL the
             unit of work that owns it may send its own rows and the COMMIT in the same
             round trip (`UnitOfWork.pipelined`). Elsewhere it commits as usual.
+        before: PostgreSQL statements to run first in the same round trip (a spawn's
+            admission check); one that fails leaves the rows unwritten. Ignored elsewhere.
     """
     dialect = session.get_bind().dialect
     if dialect.name != "postgresql":
@@ -92,7 +96,7 @@ async def insert_together(
         dialect, tuple((model, tuple(values)) for model, values in rows), notify
     )
     try:
-        await unit_of(session).pipelined([(statement, row_params(rows))], final=final)
+        await unit_of(session).pipelined([*before, (statement, row_params(rows))], final=final)
     except psycopg.IntegrityError as exc:
         raise IntegrityError(statement.sql, None, exc) from exc
 

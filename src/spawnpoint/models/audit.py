@@ -103,6 +103,9 @@ class AuditHead(Base):
     hash: Mapped[str] = mapped_column(String(HASH_LENGTH))
     # The last entry's time (None before the first): the floor for the next entry's time.
     time: Mapped[datetime | None]
+    # The hash before the last move (None before it): the last entry's `prev_hash`, which
+    # the UPDATE that appends an entry on PostgreSQL hands to the entry's INSERT.
+    prev_hash: Mapped[str | None] = mapped_column(String(HASH_LENGTH))
     archived_seq: Mapped[int] = mapped_column(BigInteger)
     archived_hash: Mapped[str] = mapped_column(String(HASH_LENGTH))
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -8,6 +9,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import psycopg
 from sqlalchemy import (
     ColumnElement,
     Select,
@@ -68,6 +70,9 @@ def usage_statement(
     return select(
         TenantUsage.workspaces, TenantUsage.cpu, TenantUsage.memory_mb, TenantUsage.storage_gb
     ).where(TenantUsage.tenant_id == tenant_id)
+
+
+USAGE_KEYS = ("workspaces", "cpu", "memory_mb", "storage_gb")
 
 
 def usage_from_row(row: Sequence[Any] | None) -> Usage:
@@ -178,6 +183,51 @@ def _tenant_lock(tenant_id: uuid.UUID | ColumnElement[uuid.UUID]) -> Select[Any]
     )
 
 
+def _tenant_read(tenant_id: uuid.UUID | ColumnElement[uuid.UUID]) -> Select[Any]:
+    """`_tenant_lock` without the lock."""
+    return (
+        select(*TENANT_COLUMNS, *PLAN_COLUMNS)
+        .join_from(Tenant, Plan, Plan.id == Tenant.plan_id)
+        .where(Tenant.id == tenant_id)
+    )
+
+
+# Locks the tenant, then refuses (raises) when one more workspace of this size breaks its
+# plan: migration 0020's function, the SQL twin of `WorkspaceService`'s `quota_violations`.
+_ADMIT = text(
+    "SELECT spawnpoint_admit_spawn(:tenant_id, CAST(:cpu AS numeric), :memory_mb, :storage_gb)"
+)
+
+
+@dataclass(frozen=True)
+class Admission:
+    """What one more workspace takes of its tenant's plan, checked as its rows are written."""
+
+    tenant_id: uuid.UUID
+    cpu: Decimal
+    memory_mb: int
+    storage_gb: int
+
+
+def breaks_plan(plan: Plan, usage: Usage, admit: Admission) -> bool:
+    """Whether one more workspace of `admit`'s size breaks `plan` at `usage`: SQLite's
+    check, the same sums and comparisons as `spawnpoint_admit_spawn` (Decimal cpu)."""
+    return (
+        usage.workspaces + 1 > plan.max_workspaces
+        or Decimal(str(usage.cpu)) + admit.cpu > plan.max_cpu
+        or usage.memory_mb + admit.memory_mb > plan.max_memory_mb
+        or usage.storage_gb + admit.storage_gb > plan.max_storage_gb
+    )
+
+
+class OverQuota(Exception):
+    """The tenant's usage, read under its lock, leaves no room for the workspace."""
+
+    def __init__(self, usage: Usage) -> None:
+        super().__init__("quota exceeded")
+        self.usage = usage
+
+
 def _budgets_in_scope(
     tenant_id: uuid.UUID | ColumnElement[uuid.UUID],
     project_id: uuid.UUID | ColumnElement[uuid.UUID] | None,
@@ -227,6 +277,8 @@ def _job_load(workspace_id: uuid.UUID | ColumnElement[uuid.UUID]) -> Select[Any]
 @dataclass(frozen=True)
 class _Compiled:
     lock: DriverStatement
+    tenant: DriverStatement
+    admit: DriverStatement
     usage: DriverStatement
     load: DriverStatement
     lease: DriverStatement
@@ -249,6 +301,8 @@ def _compiled(dialect: Dialect) -> _Compiled:
     user_id = bindparam("user_id", type_=uuid_type, required=False)
     return _Compiled(
         lock=DriverStatement(_tenant_lock(tenant_id), dialect),
+        tenant=DriverStatement(_tenant_read(tenant_id), dialect),
+        admit=DriverStatement(_ADMIT.bindparams(tenant_id), dialect),
         usage=DriverStatement(usage_statement(tenant_id), dialect),
         load=DriverStatement(_job_load(workspace_id), dialect),
         lease=DriverStatement(lease, dialect),
@@ -303,29 +357,38 @@ class SpawnRows:
         return _tenant_and_plan(row)
 
     async def lock_tenant_with_usage(self, tenant_id: uuid.UUID) -> tuple[Tenant, Plan, Usage]:
-        tenant, plan, usage, _ = await self.lock_tenant_for_spawn(tenant_id)
-        return tenant, plan, usage
-
-    async def lock_tenant_for_spawn(
-        self,
-        tenant_id: uuid.UUID,
-        *,
-        budgets_for: tuple[uuid.UUID | None, uuid.UUID] | None = None,
-    ) -> tuple[Tenant, Plan, Usage, list[Budget]]:
         """`lock_tenant`, and the usage counters as of the moment the lock is held.
 
-        On PostgreSQL both statements go out in one pipeline, so the counters are read the
-        moment the lock is granted instead of one event-loop turn later: the lock is held
-        for that much less time, and spawns of one tenant, which queue on it, go through
-        that much faster. Each statement takes its own snapshot (READ COMMITTED), so the
-        usage counts every spawn committed before the lock was granted. (A workspace that
-        stops meanwhile may still be counted until it commits: the check errs on the safe
-        side.)
-
-        With `budgets_for` (the spawn's project, or None, and user), also the budgets in
-        scope of the spawn (`_budgets_in_scope`), read in the same round trip just before
-        the lock: a tenant without budgets pays nothing more for them.
+        On PostgreSQL both statements go out in one pipeline, each with its own snapshot
+        (READ COMMITTED), so the usage counts every spawn committed before the lock was
+        granted.
         """
+        tenant, plan, usage, _ = await self._tenant_facts(tenant_id, None, lock=True)
+        return tenant, plan, usage
+
+    async def facts_for_spawn(
+        self, tenant_id: uuid.UUID, *, budgets_for: tuple[uuid.UUID | None, uuid.UUID]
+    ) -> tuple[Tenant, Plan, Usage, list[Budget]]:
+        """The tenant and its plan (detached), its usage counters, and the budgets in scope
+        of a spawn by `budgets_for` (the project, or None, and the user): what a spawn is
+        decided on, in one round trip on PostgreSQL.
+
+        Nothing is locked on PostgreSQL: the usage is a snapshot for the quick quota check
+        and the policy, and `insert` checks the plan again under the tenant lock, in the
+        round trip that writes the rows and commits, so spawns of one tenant hold its lock
+        for that round trip only, never across the policy's decision or the event loop's
+        other work. On SQLite the write transaction (BEGIN IMMEDIATE) serialises every
+        writer from its first statement, so what is read here still holds at `insert`.
+        """
+        return await self._tenant_facts(tenant_id, budgets_for, lock=False)
+
+    async def _tenant_facts(
+        self,
+        tenant_id: uuid.UUID,
+        budgets_for: tuple[uuid.UUID | None, uuid.UUID] | None,
+        *,
+        lock: bool,
+    ) -> tuple[Tenant, Plan, Usage, list[Budget]]:
         if not unit_of(self.session).is_postgres:
             budgets: list[Budget] = []
             if budgets_for is not None:
@@ -336,25 +399,20 @@ class SpawnRows:
             return tenant, plan, usage_from_row(found), budgets
         compiled = _compiled(self.session.get_bind().dialect)
         values: dict[str, Any] = {"tenant_id": tenant_id}
-        uow = unit_of(self.session)
         steps: list[tuple[DriverStatement, dict[str, Any]]] = []
         if budgets_for is not None:
             project_id, user_id = budgets_for
             scope = {"tenant_id": tenant_id, "project_id": project_id, "user_id": user_id}
             steps.append((compiled.budgets, scope))
-        # The audit chain's head is locked in the same round trip: the tenant lock already
-        # serialises this tenant's spawns, and the commit then needs no round trip of its own.
-        heads = uow.head_lock_steps()
-        cursors = await uow.pipelined(
-            [*steps, (compiled.lock, values), (compiled.usage, values), *heads]
+        read = compiled.lock if lock else compiled.tenant
+        cursors = await unit_of(self.session).pipelined(
+            [*steps, (read, values), (compiled.usage, values)]
         )
         budget_rows = await cursors[0].fetchall() if steps else []
-        locked, measured, *held = cursors[len(steps) :]
-        await uow.keep_heads(held)
-        row = await locked.fetchone()
+        row = await cursors[-2].fetchone()
         if row is None:
             raise NotFound("Tenant not found.")
-        usage = usage_from_row(await measured.fetchone())
+        usage = usage_from_row(await cursors[-1].fetchone())
         return (*_tenant_and_plan(row), usage, [_budget(r) for r in budget_rows])
 
     async def project(self, tenant_id: uuid.UUID, project_id: uuid.UUID) -> Project | None:
@@ -369,20 +427,59 @@ class SpawnRows:
         event: dict[str, Any],
         job: dict[str, Any],
         *,
+        admit: Admission,
         final: bool,
     ) -> None:
         """Insert the workspace, its first event and its job in one round trip.
 
-        With `final` the caller writes nothing more, so on PostgreSQL the unit of work may
-        commit in the same round trip (with its outbox rows and audit entries).
+        On PostgreSQL the round trip begins with `admit`'s check (`spawnpoint_admit_spawn`):
+        it takes the tenant lock and reads the usage counters after it, so concurrent
+        spawns never exceed the plan, and the lock is held from there to the COMMIT. With
+        `final` the caller writes nothing more, so the unit of work commits in the same
+        round trip (with its outbox rows and audit entries). SQLite, whose write
+        transaction serialises every writer, reads the tenant, plan and usage again and
+        checks them (`breaks_plan`) before the rows.
 
         Raises:
-            Conflict: the external_ref is taken, or the project or owner went meanwhile.
+            OverQuota: the workspace would break the plan (PostgreSQL, under the lock).
+            Conflict: the external_ref is taken, the project or owner went meanwhile, or
+                the tenant is being deleted.
+            NotFound: the tenant is gone.
         """
+        before: list[tuple[DriverStatement, dict[str, Any]]] = []
+        if not unit_of(self.session).is_postgres:
+            tenant, plan, usage, _ = await self._tenant_facts(admit.tenant_id, None, lock=True)
+            if tenant.deletion_requested_at is not None:
+                raise Conflict("The tenant is being deleted; nothing can be spawned in it.")
+            if breaks_plan(plan, usage, admit):
+                raise OverQuota(usage)
+        else:
+            need = {
+                "tenant_id": admit.tenant_id,
+                "cpu": admit.cpu,
+                "memory_mb": admit.memory_mb,
+                "storage_gb": admit.storage_gb,
+            }
+            before.append((_compiled(self.session.get_bind().dialect).admit, need))
         try:
             await enqueue_with(
-                self.session, [(Workspace, workspace), (WorkspaceEvent, event)], job, final=final
+                self.session,
+                [(Workspace, workspace), (WorkspaceEvent, event)],
+                job,
+                final=final,
+                before=before,
             )
+        except psycopg.Error as exc:
+            if exc.sqlstate == "SP429":
+                detail = json.loads(exc.diag.message_detail or "{}")
+                raise OverQuota(usage_from_row([detail[k] for k in USAGE_KEYS])) from exc
+            if exc.sqlstate == "SP409":
+                raise Conflict(
+                    "The tenant is being deleted; nothing can be spawned in it."
+                ) from exc
+            if exc.sqlstate == "SP404":
+                raise NotFound("Tenant not found.") from exc
+            raise
         except IntegrityError as exc:
             if "external_ref" in str(exc.orig) or "UNIQUE" in str(exc.orig):
                 raise Conflict("A workspace with this external_ref already exists.") from exc

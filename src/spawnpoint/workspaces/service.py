@@ -71,7 +71,12 @@ from spawnpoint.templates.stages import defines_stage, stage_storage_gb
 from spawnpoint.uow import unit_of
 from spawnpoint.workspaces.alive import budget_stops
 from spawnpoint.workspaces.lifecycle import announce, creation_event, move
-from spawnpoint.workspaces.repository import SpawnRows, WorkspaceRepository
+from spawnpoint.workspaces.repository import (
+    Admission,
+    OverQuota,
+    SpawnRows,
+    WorkspaceRepository,
+)
 from spawnpoint.workspaces.schemas import (
     ActivitySource,
     BudgetPreview,
@@ -123,9 +128,10 @@ def stored_spec(version: TemplateVersion) -> TemplateSpec:
 
 def quota_violations(plan: Plan, usage: Usage, spec: TemplateSpec) -> list[QuotaViolation]:
     """Which plan limits one more workspace of `spec` would break."""
-    checks = [
+    # Decimal arithmetic, as `spawnpoint_admit_spawn` counts: 0.1 + 0.2 is 0.3 there.
+    checks: list[tuple[str, Decimal | int, Decimal | int, Decimal | int]] = [
         ("max_workspaces", plan.max_workspaces, usage.workspaces, 1),
-        ("max_cpu", float(plan.max_cpu), usage.cpu, spec.cpu),
+        ("max_cpu", plan.max_cpu, Decimal(str(usage.cpu)), Decimal(str(spec.cpu))),
         ("max_memory_mb", plan.max_memory_mb, usage.memory_mb, spec.memory_mb),
         ("max_storage_gb", plan.max_storage_gb, usage.storage_gb, spec.storage_gb),
     ]
@@ -296,11 +302,12 @@ class WorkspaceService:
     async def _evaluate(
         self, *, actor: Principal, spawn_in: SpawnRequest, dry_run: bool
     ) -> Evaluation:
-        """Gather the facts under the tenant lock, check quotas, then ask the policy.
+        """Gather the facts, check quotas, then ask the policy.
 
-        The lock is taken after the template and project lookups, which need none, so it
-        is held only for what must be serialised. A spawn that breaks a quota is refused
-        before the policy is asked; a dry run asks anyway, to report every reason.
+        The facts are one snapshot of the tenant (`SpawnRows.facts_for_spawn`): nothing is
+        locked while the policy decides; the plan is checked again under the tenant lock
+        when the rows are written. A spawn that breaks a quota is refused before the policy
+        is asked; a dry run asks anyway, to report every reason.
         """
         template, version = await self._version(spawn_in.template_id, spawn_in.version)
         if template.deletion_requested_at is not None:
@@ -311,10 +318,10 @@ class WorkspaceService:
                 raise field_error("#/project_id", "No project of your tenant has this id.")
             if project.deletion_requested_at is not None:
                 raise Conflict("The project is being deleted; nothing can be spawned into it.")
-        tenant, plan, usage, budgets = await self.rows.lock_tenant_for_spawn(
+        tenant, plan, usage, budgets = await self.rows.facts_for_spawn(
             actor.tenant_id, budgets_for=(spawn_in.project_id, actor.user_id)
         )
-        # Read under the tenant lock, which a cascading delete of the tenant conflicts with.
+        # Checked again under the tenant lock, which a cascading delete conflicts with.
         if tenant.deletion_requested_at is not None:
             raise Conflict("The tenant is being deleted; nothing can be spawned in it.")
         # The budgets came with the lock, in its round trip; their spending is read only
@@ -404,20 +411,20 @@ class WorkspaceService:
     ) -> tuple[Workspace, uuid.UUID]:
         """Create the pending workspace, its first event and its provisioning job.
 
-        The three rows go out in one round trip while the tenant lock is held. With `final`
-        (the caller writes nothing more), the unit of work may send its outbox rows, audit
-        entries and the COMMIT that releases the lock in the same round trips on
-        PostgreSQL. Returns the workspace (not attached to the session) and the job's id.
+        The three rows go out in one round trip that takes the tenant lock and checks the
+        plan under it first. With `final` (the caller writes nothing more), the unit of
+        work sends its outbox rows, audit entries and the COMMIT that releases the lock in
+        the same round trip on PostgreSQL. Returns the workspace (not attached to the
+        session) and the job's id.
         """
-        uow = unit_of(self.session)
         try:
-            evaluation = await self._evaluate(actor=actor, spawn_in=spawn_in, dry_run=False)
+            return await self._spawn(actor=actor, spawn_in=spawn_in, final=final)
         except ServiceUnavailable:
             SPAWN_REFUSALS.labels("policy_unavailable").inc()
             raise
         except QuotaExceeded as exc:
             SPAWN_REFUSALS.labels("quota").inc()
-            uow.emit_if_refused(
+            unit_of(self.session).emit_if_refused(
                 spawn_refused(
                     tenant_id=actor.tenant_id,
                     template_id=spawn_in.template_id,
@@ -426,6 +433,12 @@ class WorkspaceService:
                 )
             )
             raise
+
+    async def _spawn(
+        self, *, actor: Principal, spawn_in: SpawnRequest, final: bool
+    ) -> tuple[Workspace, uuid.UUID]:
+        uow = unit_of(self.session)
+        evaluation = await self._evaluate(actor=actor, spawn_in=spawn_in, dry_run=False)
         exceeded = evaluation.exceeded()
         if not evaluation.decision.allow or exceeded:
             reasons = evaluation.refusal_reasons() or ["the policy did not allow this spawn"]
@@ -498,7 +511,24 @@ class WorkspaceService:
             version=evaluation.version.version,
             job_id=job["id"],
         )
-        await self.rows.insert(workspace, event, job, final=final)
+        admit = Admission(
+            tenant_id=evaluation.tenant.id,
+            cpu=Decimal(str(spec.cpu)),
+            memory_mb=spec.memory_mb,
+            storage_gb=spec.storage_gb,
+        )
+        try:
+            await self.rows.insert(workspace, event, job, admit=admit, final=final)
+        except OverQuota as exc:
+            # Another spawn of the tenant took the room since the facts were read (or the
+            # plan changed: then the stored plan refused what the one read allowed).
+            plan, usage = evaluation.plan, exc.usage
+            raise_for_quota(plan, usage, quota_violations(plan, usage, spec))
+            raise QuotaExceeded(
+                "Quota exceeded: the tenant's plan changed while this spawn was checked.",
+                usage=usage.model_dump(),
+                plan=PolicyPlan.model_validate(plan).model_dump(mode="json"),
+            ) from exc
         return Workspace(**workspace), job["id"]
 
     async def _send_warnings(self, found: Sequence[Standing], now: datetime) -> None:
