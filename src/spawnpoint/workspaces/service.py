@@ -324,7 +324,7 @@ class WorkspaceService:
         # Checked again under the tenant lock, which a cascading delete conflicts with.
         if tenant.deletion_requested_at is not None:
             raise Conflict("The tenant is being deleted; nothing can be spawned in it.")
-        # The budgets came with the lock, in its round trip; their spending is read only
+        # The budgets came with the facts, in their round trip; their spending is read only
         # when there are some (a tenant without budgets pays no query for them).
         period = period_of(utcnow(), tenant.time_zone)
         found = await standings(self.session, budgets, {tenant.id: period}) if budgets else []
