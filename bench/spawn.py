@@ -1271,6 +1271,10 @@ def summary(results: Rounds) -> dict[str, float]:
         "failed": max(r.jobs["failed"] for r in s),
         "retried": max(r.jobs["retried"] for r in s),
         "rejected": max(r.rejected for r in s),
+        # spawnpoint's own processes and their database backends, per spawn
+        "cpu_ms": median(
+            [sum(r.cpu_ms_per_spawn[k] for k in ("api", "workers", "postgres")) for r in s]
+        ),
         **(
             {
                 "paced_rps": median([r.rps for r in results.paced]),
