@@ -208,6 +208,11 @@ async def test_fifty_concurrent_spawns_against_a_quota_of_five(
     assert statuses.count(202) == 5
     assert statuses.count(429) == 45
     assert (await count_rows(world.database, org.tenant_id))[0] == 5
+    # Refused on the request's snapshot or, on PostgreSQL, under the tenant lock as the rows
+    # were about to be written: either way the answer names the limit and the usage then.
+    for refused in (r.json() for r in responses if r.status_code == 429):
+        assert refused["limit"] == "max_workspaces"
+        assert refused["usage"]["workspaces"] == 5
 
 
 async def test_idempotency_key_semantics(client: httpx.AsyncClient, world: World) -> None:
