@@ -11,7 +11,15 @@ from sqlalchemy import func, literal_column, select
 
 from spawnpoint.jobs.repository import ACTIVE, first_id_at
 from spawnpoint.kit.repository import PlatformRepository
-from spawnpoint.models import Job, Plan, Tenant, TenantUsage, Workspace, WorkspaceState
+from spawnpoint.models import (
+    Job,
+    JobStateEntry,
+    Plan,
+    Tenant,
+    TenantUsage,
+    Workspace,
+    WorkspaceState,
+)
 from spawnpoint.models.jobs import QUEUED
 
 # Series are bounded: label values come from the registered job types and the state enums,
@@ -35,9 +43,9 @@ class HealthRepository(PlatformRepository[Job]):
     async def queue_depth(self) -> dict[str, int]:
         """Queued jobs (due or waiting for a retry) by job type."""
         statement = (
-            select(Job.type, func.count())
+            select(JobStateEntry.type, func.count())
             .where(literal_column(QUEUED))
-            .group_by(Job.type)
+            .group_by(JobStateEntry.type)
             .order_by(func.count().desc())
             .limit(MAX_JOB_TYPES)
         )
@@ -96,9 +104,13 @@ class HealthRepository(PlatformRepository[Job]):
             active = dict(
                 (
                     await self.session.execute(
-                        select(Job.tenant_id, func.count())
-                        .where(Job.tenant_id.in_(ids), Job.state.in_(ACTIVE), Job.type.in_(types))
-                        .group_by(Job.tenant_id)
+                        select(JobStateEntry.tenant_id, func.count())
+                        .where(
+                            JobStateEntry.tenant_id.in_(ids),
+                            JobStateEntry.state.in_(ACTIVE),
+                            JobStateEntry.type.in_(types),
+                        )
+                        .group_by(JobStateEntry.tenant_id)
                     )
                 ).all()
             )

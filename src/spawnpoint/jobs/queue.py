@@ -55,7 +55,7 @@ from spawnpoint.jobs.errors import StaleLease
 from spawnpoint.kit.auditing import system_action
 from spawnpoint.kit.clock import utcnow
 from spawnpoint.kit.inserts import NewRow, Step, insert_together, with_defaults
-from spawnpoint.models.jobs import Job, JobLog, JobState
+from spawnpoint.models.jobs import Job, JobLog, JobState, JobStateEntry
 from spawnpoint.uow import unit_of
 
 log = logging.getLogger("spawnpoint.jobs")
@@ -127,6 +127,7 @@ class LogLine:
 # Core tables for the executemany statements, which the ORM's bulk modes cannot fence.
 _jobs = cast(Table, Job.__table__)
 _job_logs = cast(Table, JobLog.__table__)
+_entries = cast(Table, JobStateEntry.__table__)
 
 _CLAIMED_COLUMNS = (
     Job.id,
@@ -146,9 +147,41 @@ _CLAIMED_COLUMNS = (
 
 
 def _state_is(state: JobState) -> ColumnElement[bool]:
-    # A literal, not a bound parameter: only then can the planners match the partial indexes
-    # `ix_jobs_claim` and `ix_jobs_lease_expires_at` (see spawnpoint.models.jobs).
+    # A literal, not a bound parameter, as the predicates of the partial indexes are spelled
+    # (see spawnpoint.models.jobs).
     return Job.state == literal_column(f"'{state.value}'")
+
+
+def _entry_is(state: JobState) -> ColumnElement[bool]:
+    # A literal for the partial index `ix_job_states_claim`, as in `_state_is`.
+    return JobStateEntry.state == literal_column(f"'{state.value}'")
+
+
+def state_entry(job: dict[str, Any]) -> dict[str, Any]:
+    """The `job_states` row of a new job, from its complete column values (`queued_job`)."""
+    return {
+        "job_id": job["id"],
+        "tenant_id": job["tenant_id"],
+        "type": job["type"],
+        "state": job["state"],
+        "run_after": job["run_after"],
+    }
+
+
+async def _resync_entries(session: AsyncSession, job_ids: Collection[uuid.UUID]) -> None:
+    """Copy state and `run_after` of the jobs `job_ids` to their `job_states` rows, in the
+    caller's transaction: after a write of those jobs that changed either (the rare paths:
+    failures, cancellations, releases, rescues). Claims and completions keep the rows in step
+    in their own statements."""
+    if not job_ids:
+        return
+    statement = (
+        update(JobStateEntry)
+        .where(JobStateEntry.job_id == Job.id, JobStateEntry.job_id.in_(sorted(job_ids)))
+        .values(state=Job.state, run_after=Job.run_after)
+        .execution_options(synchronize_session=False)
+    )
+    await session.execute(statement)
 
 
 def _dialect(session: AsyncSession) -> str:
@@ -317,7 +350,10 @@ async def enqueue_with(
     woken after the commit, as with `enqueue`. `final` and `before` as in `insert_together`.
     """
     _wake_workers_on_commit(session)
-    await insert_together(session, [*rows, (Job, job)], notify=CHANNEL, final=final, before=before)
+    entry = (JobStateEntry, state_entry(job))
+    await insert_together(
+        session, [*rows, (Job, job), entry], notify=CHANNEL, final=final, before=before
+    )
 
 
 def _payload(text: str | None) -> tuple[dict[str, Any], str | None]:
@@ -360,11 +396,10 @@ async def claim(
 ) -> list[ClaimedJob]:
     """Take up to `limit` due queued jobs, oldest `run_after` first, and lease them to `owner`.
 
-    One UPDATE ... RETURNING fed by a materialised CTE that picks the candidates. On
-    PostgreSQL the CTE locks them with FOR UPDATE SKIP LOCKED, so concurrent claimers split
-    the queue without waiting on each other; it must be a CTE, evaluated once, because a
-    `WHERE id IN (subquery)` may be re-run by the planner, each run locking further rows and
-    overshooting `limit`. SQLite has no row locks; call this inside a write (BEGIN
+    The candidates are picked from the jobs' entries (`job_states`); on PostgreSQL one
+    statement locks them with FOR UPDATE SKIP LOCKED, so concurrent claimers split the queue
+    without waiting on each other, leases the jobs and marks the entries running (see
+    `_claim_postgres`). SQLite has no row locks; call this inside a write (BEGIN
     IMMEDIATE) transaction, which serialises claimers instead.
 
     Each claimed job gets state running, `attempts + 1`, `fencing_token + 1`,
@@ -389,8 +424,10 @@ async def claim(
     if uow.is_postgres:
         # BEGIN, the claim and COMMIT in one round trip, as cheap as autocommit.
         types = None if job_types is None else tuple(sorted(job_types))
-        statement = _claim_statement(session.get_bind().dialect, types)
-        (cursor,) = await uow.pipelined([(statement, values)], final=True)
+        before, statement, after = _claim_steps(session.get_bind().dialect, types)
+        _, cursor, _ = await uow.pipelined(
+            [(before, {}), (statement, values), (after, {})], final=True
+        )
         return _sorted_claims([_ClaimedRow(*row) for row in await cursor.fetchall()])
     return _sorted_claims(await _claim_rows(session, values, job_types))
 
@@ -407,12 +444,21 @@ def _claim_values(owner: str, limit: int, lease: timedelta, now: datetime) -> di
 async def _claim_rows(
     session: AsyncSession, values: dict[str, Any], job_types: Collection[str] | None
 ) -> list[Any]:
-    """The claim through SQLAlchemy, in the caller's transaction (SQLite; PostgreSQL when
-    the claim shares a transaction with other writes)."""
+    """The claim through SQLAlchemy, in the caller's transaction (SQLite, whose write
+    transaction serialises claimers): the due jobs' ids, their rows, their entries."""
     types = None if job_types is None else tuple(sorted(job_types))
-    postgres = unit_of(session).is_postgres
-    result = await session.execute(_claim(types, postgres=postgres), values)
-    return [_ClaimedRow(*row) for row in result.all()]
+    due = (await session.execute(_due(types, postgres=False), values)).scalars().all()
+    if not due:
+        return []
+    statement = _lease(Job.id.in_(due), returning=_CLAIMED_COLUMNS)
+    rows: list[Any] = [_ClaimedRow(*row) for row in (await session.execute(statement, values))]
+    await session.execute(
+        update(JobStateEntry)
+        .where(JobStateEntry.job_id.in_([row.id for row in rows]))
+        .values(state=JobState.running)
+        .execution_options(synchronize_session=False)
+    )
+    return rows
 
 
 def _sorted_claims(rows: Sequence[Any]) -> list[ClaimedJob]:
@@ -426,35 +472,36 @@ def _bind(name: str, column: Any) -> Any:
     return bindparam(name, type_=column.type, required=False)
 
 
-def _claim(job_types: tuple[str, ...] | None, *, postgres: bool) -> Any:
-    """The claim statement (see `claim`), its values bound by name."""
+def _due(job_types: tuple[str, ...] | None, *, postgres: bool) -> Select[uuid.UUID]:
+    """The ids of up to `claim_limit` due queued jobs, oldest `run_after` first, read from
+    `job_states` in the order of `ix_job_states_claim`."""
     due = (
-        select(Job.id)
+        select(JobStateEntry.job_id)
         .where(
-            _state_is(JobState.queued),
-            Job.run_after <= _bind("claim_now", _jobs.c.run_after),
-            Job.fencing_token < MAX_FENCING_TOKEN,
+            _entry_is(JobState.queued),
+            JobStateEntry.run_after <= _bind("claim_now", _entries.c.run_after),
         )
-        .order_by(Job.run_after, Job.id)
+        .order_by(JobStateEntry.run_after, JobStateEntry.job_id)
         .limit(bindparam("claim_limit", type_=Integer, required=False))
     )
     if job_types is not None:
-        due = due.where(Job.type.in_(job_types))
+        due = due.where(JobStateEntry.type.in_(job_types))
     if postgres:
-        due = due.with_for_update(skip_locked=True)
-    candidates = due.cte("due").prefix_with("MATERIALIZED")
-    # On PostgreSQL the candidates are looked up by primary key as an array (evaluated once):
-    # joined to `due` instead, the planner may hash-join against a scan of every queued job,
-    # a cost that grows with the queue at every claim.
-    picked = (
-        Job.id == func.any(literal_column("ARRAY(SELECT due.id FROM due)"))
-        if postgres
-        else Job.id == candidates.c.id
-    )
+        # The entries are locked, not the jobs: concurrent claimers skip each other's.
+        due = due.with_for_update(of=JobStateEntry, skip_locked=True)
+    return due
+
+
+def _lease(picked: ColumnElement[bool], *, returning: Sequence[Any]) -> Any:
+    """The UPDATE that leases the queued jobs `picked` picks, RETURNING `returning`.
+
+    A token at its limit is passed over (`fencing_token + 1` would overflow and fail the
+    batch). No write leaves a job queued with such a token (`fail`, `release` and
+    `rescue_expired` fail it instead), so only a row written by hand can be passed over.
+    """
     return (
         update(Job)
-        .add_cte(candidates)
-        .where(picked, _state_is(JobState.queued))
+        .where(picked, _state_is(JobState.queued), Job.fencing_token < MAX_FENCING_TOKEN)
         .values(
             state=JobState.running,
             lease_owner=_bind("claim_owner", _jobs.c.lease_owner),
@@ -464,14 +511,72 @@ def _claim(job_types: tuple[str, ...] | None, *, postgres: bool) -> Any:
             started_at=_bind("claim_now", _jobs.c.started_at),
             updated_at=_bind("claim_now", _jobs.c.updated_at),
         )
-        .returning(*_CLAIMED_COLUMNS)
+        .returning(*returning)
         .execution_options(synchronize_session=False)
     )
 
 
+def _claim_postgres(job_types: tuple[str, ...] | None) -> Any:
+    """The claim on PostgreSQL (see `claim`): one statement, its values bound by name.
+
+    A materialised CTE picks and locks the candidates' entries (FOR UPDATE SKIP LOCKED):
+    it must be a CTE, evaluated once, because a `WHERE id IN (subquery)` may be re-run by
+    the planner, each run locking further rows and overshooting `limit`. The jobs are then
+    looked up by primary key as an array (a join may be planned as a hash join against a
+    scan), leased, and their entries marked running in the same statement. Neither update
+    changes an indexed column of `jobs`, so the jobs' new versions are heap-only.
+    """
+    due = _due(job_types, postgres=True).cte("due").prefix_with("MATERIALIZED")
+    claimed = (
+        _lease(
+            Job.id == func.any(literal_column("ARRAY(SELECT due.job_id FROM due)")),
+            returning=_CLAIMED_COLUMNS,
+        )
+        .add_cte(due)
+        .cte("claimed")
+    )
+    entered = (
+        update(JobStateEntry)
+        .where(
+            JobStateEntry.job_id
+            == func.any(literal_column("ARRAY(SELECT claimed.id FROM claimed)"))
+        )
+        .values(state=JobState.running)
+        .cte("entered")
+    )
+    return select(*claimed.c).add_cte(due, claimed, entered)
+
+
 @functools.lru_cache(maxsize=16)
 def _claim_statement(dialect: Dialect, job_types: tuple[str, ...] | None) -> DriverStatement:
-    return DriverStatement(_claim(job_types, postgres=True), dialect)
+    return DriverStatement(_claim_postgres(job_types), dialect)
+
+
+def _planner(enabled: str) -> Any:
+    return select(
+        func.set_config("enable_bitmapscan", enabled, True),
+        func.set_config("enable_sort", enabled, True),
+    )
+
+
+@functools.lru_cache(maxsize=4)
+def _claim_steps(
+    dialect: Dialect, job_types: tuple[str, ...] | None
+) -> tuple[DriverStatement, DriverStatement, DriverStatement]:
+    """The claim between two planner settings: (index order only, the claim, reset).
+
+    The claim must read `ix_job_states_claim` in order and stop after `limit` rows, whatever
+    the statistics say. A queue's table changes faster than they follow: right after a burst
+    of enqueues, or on a server that has never analysed it, the planner expects a handful of
+    queued rows and prefers a bitmap scan of every due job and a sort, a cost that grows
+    with the queue at every claim. Bitmap scans and sorts are off for the claim only
+    (`set_config(..., true)` lasts until the next setting or the transaction's end).
+    """
+    return (
+        DriverStatement(_planner("off"), dialect),
+        _claim_statement(dialect, job_types),
+        DriverStatement(_planner("on"), dialect),
+    )
 
 
 async def heartbeat_many(
@@ -635,18 +740,30 @@ async def complete_many(
     ]
     matched = (await session.execute(statement, params)).rowcount  # type: ignore[attr-defined]
     if matched == len(completions):
-        return []
-    if len(completions) == 1:
-        return list(completions)
-    # Rare: find which ones lost their lease. A row now carrying our token and `succeeded`
-    # was written by this statement; anything else belongs to a newer attempt.
-    rows = await session.execute(
-        select(Job.id, Job.fencing_token, Job.state).where(
-            Job.id.in_([c.job_id for c in completions])
+        rejected = []
+    elif len(completions) == 1:
+        rejected = list(completions)
+    else:
+        # Rare: find which ones lost their lease. A row now carrying our token and
+        # `succeeded` was written by this statement; anything else belongs to a newer attempt.
+        rows = await session.execute(
+            select(Job.id, Job.fencing_token, Job.state).where(
+                Job.id.in_([c.job_id for c in completions])
+            )
         )
-    )
-    done = {(row.id, row.fencing_token) for row in rows if row.state == JobState.succeeded.value}
-    return [c for c in completions if (c.job_id, c.fencing_token) not in done]
+        done = {
+            (row.id, row.fencing_token) for row in rows if row.state == JobState.succeeded.value
+        }
+        rejected = [c for c in completions if (c.job_id, c.fencing_token) not in done]
+    settled = {c.job_id for c in completions} - {c.job_id for c in rejected}
+    if settled:
+        await session.execute(
+            update(JobStateEntry)
+            .where(JobStateEntry.job_id.in_(sorted(settled)))
+            .values(state=JobState.succeeded)
+            .execution_options(synchronize_session=False)
+        )
+    return rejected
 
 
 async def _complete_many_postgres(
@@ -664,7 +781,7 @@ def _complete_values(completions: Sequence[Completion], now: datetime) -> dict[s
         "ids": [c.job_id for c in completions],
         "tokens": [c.fencing_token for c in completions],
         # Encoded as SQLAlchemy's JSON type would (None is JSON null), decoded by the cast.
-        "results": [json.dumps(c.result) for c in completions],
+        "results": ["null" if c.result is None else json.dumps(c.result) for c in completions],
         "now": now,
     }
 
@@ -672,14 +789,19 @@ def _complete_values(completions: Sequence[Completion], now: datetime) -> dict[s
 @functools.lru_cache(maxsize=4)
 def _complete_statement(dialect: Dialect) -> DriverStatement:
     # Arrays, not a VALUES list: one statement text (prepared once) for any batch size.
+    # The jobs' rows first, then their entries (the lock order for running jobs); neither
+    # update changes an indexed column of `jobs`, so its new versions are heap-only.
     settled = text(
-        "UPDATE jobs SET state = 'succeeded', result = CAST(v.result AS json),"
-        " error = NULL, finished_at = :now, lease_owner = NULL, lease_expires_at = NULL,"
-        " updated_at = :now"
+        "WITH settled AS (UPDATE jobs SET state = 'succeeded',"
+        " result = CAST(v.result AS json), error = NULL, finished_at = :now,"
+        " lease_owner = NULL, lease_expires_at = NULL, updated_at = :now"
         " FROM unnest(CAST(:ids AS uuid[]), CAST(:tokens AS bigint[]),"
         " CAST(:results AS text[])) AS v(id, token, result)"
         " WHERE jobs.id = v.id AND jobs.fencing_token = v.token AND jobs.state = 'running'"
-        " RETURNING jobs.id, jobs.fencing_token"
+        " RETURNING jobs.id, jobs.fencing_token),"
+        " entered AS (UPDATE job_states SET state = 'succeeded'"
+        " WHERE job_id = any(ARRAY(SELECT settled.id FROM settled)))"
+        " SELECT settled.id, settled.fencing_token FROM settled"
     ).bindparams(bindparam("now", type_=_jobs.c.finished_at.type))
     return DriverStatement(settled, dialect)
 
@@ -727,7 +849,9 @@ async def complete_and_claim(
         steps.append((_complete_statement(dialect), _complete_values(completions, now)))
     if limit > 0:
         types = None if job_types is None else tuple(sorted(job_types))
-        steps.append((_claim_statement(dialect, types), _claim_values(owner, limit, lease, now)))
+        before, statement, after = _claim_steps(dialect, types)
+        values = _claim_values(owner, limit, lease, now)
+        steps += [(before, {}), (statement, values), (after, {})]
     if not steps:
         return [], []
     cursors = list(await uow.pipelined(steps, final=final))
@@ -737,7 +861,8 @@ async def complete_and_claim(
         rejected = [c for c in completions if (c.job_id, c.fencing_token) not in settled]
     claimed = []
     if limit > 0:
-        claimed = _sorted_claims([_ClaimedRow(*row) for row in await cursors.pop(0).fetchall()])
+        _, cursor, _ = cursors
+        claimed = _sorted_claims([_ClaimedRow(*row) for row in await cursor.fetchall()])
     return rejected, claimed
 
 
@@ -794,7 +919,8 @@ async def fail(
     values: dict[str, Any] = {"error": _storable(error), **_settled(now)}
     if found.cancel_requested:
         state = JobState.cancelled
-    elif permanent or found.attempts >= found.max_attempts:
+    elif permanent or found.attempts >= found.max_attempts or fencing_token >= MAX_FENCING_TOKEN:
+        # A token at its limit can be claimed no more (see `_lease`): no retry then.
         state = JobState.failed
     else:
         state = JobState.queued
@@ -839,10 +965,23 @@ async def release(
 ) -> None:
     """Give a running job back to the queue without counting the attempt (worker stopping).
 
+    A job whose token is at its limit could never be claimed again: it fails instead.
+
     Raises:
         StaleLease: The lease was lost; nothing was written.
     """
     now = now or utcnow()
+    if fencing_token >= MAX_FENCING_TOKEN:
+        await _write_fenced(
+            session,
+            job_id,
+            fencing_token,
+            state=JobState.failed,
+            error="released with its fencing token at the limit: it cannot be claimed again",
+            finished_at=now,
+            **_settled(now),
+        )
+        return
     await _write_fenced(
         session,
         job_id,
@@ -865,6 +1004,8 @@ async def _write_fenced(
     )
     if (await session.execute(statement)).rowcount != 1:  # type: ignore[attr-defined]
         raise StaleLease(job_id, fencing_token)
+    if "state" in values or "run_after" in values:
+        await _resync_entries(session, [job_id])
 
 
 class _AnyTenant:
@@ -901,6 +1042,11 @@ async def request_cancel(
         owner.append(Job.tenant_id == tenant_id)
     elif tenant_id is None:
         owner.append(Job.tenant_id.is_(None))
+    # The entry first, as a claim locks it: a queued job is then cancelled or claimed, and
+    # the two never wait on each other's second lock.
+    await session.execute(
+        select(JobStateEntry.job_id).where(JobStateEntry.job_id == job_id).with_for_update()
+    )
     statement = (
         update(Job)
         .where(Job.id == job_id, Job.state.in_([JobState.queued, JobState.running]), *owner)
@@ -914,7 +1060,17 @@ async def request_cancel(
         .execution_options(synchronize_session=False)
     )
     state = (await session.execute(statement)).scalar_one_or_none()
-    return None if state is None else JobState(state)
+    if state is None:
+        return None
+    if state == JobState.cancelled:
+        await _resync_entries(session, [job_id])
+    return JobState(state)
+
+
+# The ids of every running job, as an array (looked up in `jobs` by primary key).
+_RUNNING_IDS: ColumnElement[Any] = literal_column(
+    "ARRAY(SELECT job_id FROM job_states WHERE state = 'running')"
+)
 
 
 async def rescue_expired(session: AsyncSession, *, now: datetime | None = None) -> int:
@@ -938,9 +1094,17 @@ async def rescue_expired(session: AsyncSession, *, now: datetime | None = None) 
         (retry, literal(JobState.queued.value)),
         else_=literal(JobState.failed.value),
     )
+    # Running jobs are found through their entries (bounded by the workers' slots), the
+    # expired ones among them by their row: the jobs' rows are locked first, then the
+    # entries, as every write about a running job does.
+    picked = (
+        Job.id == func.any(_RUNNING_IDS)
+        if unit_of(session).is_postgres
+        else Job.id.in_(select(JobStateEntry.job_id).where(_entry_is(JobState.running)))
+    )
     statement = (
         update(Job)
-        .where(_state_is(JobState.running), Job.lease_expires_at < now)
+        .where(picked, _state_is(JobState.running), Job.lease_expires_at < now)
         .values(
             state=state,
             fencing_token=case((exhausted, Job.fencing_token), else_=Job.fencing_token + 1),
@@ -956,6 +1120,7 @@ async def rescue_expired(session: AsyncSession, *, now: datetime | None = None) 
     )
     rescued = (await session.execute(statement)).all()
     if rescued:
+        await _resync_entries(session, [row.id for row in rescued])
         log.warning("rescued %d job(s) whose lease expired", len(rescued))
         await _announce(session)  # they are due now; do not leave them to the next poll
     uow = unit_of(session)

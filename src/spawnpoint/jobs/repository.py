@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import uuid
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -15,7 +15,7 @@ from spawnpoint.db import DriverStatement
 from spawnpoint.kit.errors import NotFound
 from spawnpoint.kit.pagination import PageParams, fetch_page
 from spawnpoint.kit.repository import ScopedRepository
-from spawnpoint.models import Job, JobLog, JobState, Plan, Tenant
+from spawnpoint.models import Job, JobLog, JobState, JobStateEntry, Plan, Tenant
 from spawnpoint.uow import unit_of
 from spawnpoint.workspaces.repository import PLAN_COLUMNS, TENANT_COLUMNS, SpawnRows
 
@@ -44,20 +44,31 @@ class JobRepository(ScopedRepository[Job]):
         state: JobState | None,
         project_id: uuid.UUID | None,
     ) -> tuple[list[Job], str | None]:
-        """One page of jobs, newest first, meeting every filter given."""
+        """One page of jobs, newest first, meeting every filter given.
+
+        The state filter reads the tenant's entries in that state (`job_states`, indexed by
+        state, tenant and id: `jobs` has no index on its state, see `Job`) and pages by
+        their ids, then looks each job up by primary key.
+        """
         conditions: list[ColumnElement[bool]] = []
         if job_type is not None:
             conditions.append(Job.type == job_type)
-        if state is not None:
-            conditions.append(Job.state == state.value)
         if project_id is not None:
             conditions.append(Job.project_id == project_id)
+        statement = self.readable().where(*conditions)
+        key: Any = Job.id
+        if state is not None:
+            key = JobStateEntry.job_id
+            statement = (
+                statement.add_columns(JobStateEntry.job_id)
+                .join(JobStateEntry, JobStateEntry.job_id == Job.id)
+                .where(
+                    JobStateEntry.state == state.value,
+                    *self.owned_by(JobStateEntry.tenant_id, platform_rows=self.platform_rows),
+                )
+            )
         rows, cursor = await fetch_page(
-            self.session,
-            self.readable().where(*conditions),
-            key=Job.id,
-            params=params,
-            descending=True,
+            self.session, statement, key=key, params=params, descending=True
         )
         return [row[0] for row in rows], cursor
 
@@ -90,9 +101,7 @@ class JobRepository(ScopedRepository[Job]):
         `since`. One statement, two index range scans."""
         if not job_types:
             return 0, 0
-        statement = _counts(
-            self.tenant_condition(Job.tenant_id), sorted(job_types), first_id_at(since)
-        )
+        statement = _counts(self.tenant_condition, sorted(job_types), first_id_at(since))
         row = (await self.session.execute(statement)).one()
         return int(row[0] or 0), int(row[1] or 0)
 
@@ -128,10 +137,17 @@ class JobRepository(ScopedRepository[Job]):
         return tenant, plan, int(active), int(today)
 
 
-def _counts(tenant: ColumnElement[bool], types: Sequence[str], since: Any) -> Select[int, int]:
-    """Active jobs of `types` and those with ids from `since`, of the tenants `tenant` picks."""
-    active = select(func.count()).where(tenant, Job.state.in_(ACTIVE), Job.type.in_(types))
-    recent = select(func.count()).where(tenant, Job.type.in_(types), Job.id >= since)
+def _counts(
+    tenant: Callable[[Any], ColumnElement[bool]], types: Sequence[str], since: Any
+) -> Select[int, int]:
+    """Active jobs of `types` (counted from their entries, `job_states`) and those with ids
+    from `since`, of the tenants `tenant` picks (given the table's tenant column)."""
+    active = select(func.count()).where(
+        tenant(JobStateEntry.tenant_id),
+        JobStateEntry.state.in_(ACTIVE),
+        JobStateEntry.type.in_(types),
+    )
+    recent = select(func.count()).where(tenant(Job.tenant_id), Job.type.in_(types), Job.id >= since)
     return select(active.scalar_subquery(), recent.scalar_subquery())
 
 
@@ -149,5 +165,5 @@ def _enqueue_statements(
         .where(Tenant.id == tenant_id)
         .with_for_update(of=Tenant, key_share=True)
     )
-    counts = _counts(Job.tenant_id == tenant_id, types, since_id)
+    counts = _counts(lambda column: column == tenant_id, types, since_id)
     return DriverStatement(lock, dialect), DriverStatement(counts, dialect)

@@ -5,7 +5,7 @@ from spawnpoint.models.audit import AuditCheckpoint, AuditEntry, AuditHead
 from spawnpoint.models.cost_days import CostDay
 from spawnpoint.models.costs import Budget, CostRecord, MeteringWatermark
 from spawnpoint.models.identity import ApiKey, Credential, Invite, PasswordToken, RefreshToken
-from spawnpoint.models.jobs import Job, JobLog, JobState, LeaderLeaseRow
+from spawnpoint.models.jobs import Job, JobLog, JobState, JobStateEntry, LeaderLeaseRow
 from spawnpoint.models.outbox import OutboxEvent
 from spawnpoint.models.permits import InboxMessage, Permit
 from spawnpoint.models.templates import Template, TemplateVersion
@@ -34,6 +34,7 @@ __all__ = [
     "Job",
     "JobLog",
     "JobState",
+    "JobStateEntry",
     "LeaderLeaseRow",
     "MeteringWatermark",
     "OutboxEvent",
