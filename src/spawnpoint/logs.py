@@ -62,39 +62,34 @@ class RequestContext:
         return {key: value for key, value in found.items() if value is not None}
 
 
-@dataclass(slots=True, frozen=True)
 class JobLogContext:
-    job_id: str
-    job_type: str
-    attempt: int
-    tenant_id: str | None
-    project_id: str | None
-    actor_id: str | None
+    """The fields of a job's log lines, formatted only when a line is logged (a worker sets
+    one per attempt; most attempts log nothing)."""
+
+    __slots__ = ("job",)
+
+    def __init__(self, job: ClaimedJob) -> None:
+        self.job = job
 
     def fields(self) -> dict[str, Any]:
+        job = self.job
         found = {
-            "job_id": self.job_id,
-            "job_type": self.job_type,
-            "attempt": self.attempt,
-            "tenant_id": self.tenant_id,
-            "project_id": self.project_id,
-            "actor_id": self.actor_id,
+            "job_id": job.id,
+            "job_type": job.type,
+            "attempt": job.attempt,
+            "tenant_id": job.tenant_id,
+            "project_id": job.project_id,
+            "actor_id": job.actor_id,
         }
-        return {key: value for key, value in found.items() if value is not None}
+        return {
+            key: value if isinstance(value, str | int) else str(value)
+            for key, value in found.items()
+            if value is not None
+        }
 
 
 def job_log_context(job: ClaimedJob) -> JobLogContext:
-    def text(value: object) -> str | None:
-        return None if value is None else str(value)
-
-    return JobLogContext(
-        job_id=str(job.id),
-        job_type=job.type,
-        attempt=job.attempt,
-        tenant_id=text(job.tenant_id),
-        project_id=text(job.project_id),
-        actor_id=text(job.actor_id),
-    )
+    return JobLogContext(job)
 
 
 current: ContextVar[RequestContext | JobLogContext | None] = ContextVar(

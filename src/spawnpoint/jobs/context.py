@@ -33,9 +33,9 @@ class JobContext:
         self.database = database
         self.settings = settings
         self._clock = clock
-        self._cancel_requested = asyncio.Event()
-        if job.cancel_requested:
-            self._cancel_requested.set()
+        self._cancel_requested = job.cancel_requested
+        # Made when a handler first waits for it: most attempts never do.
+        self._cancel_event: asyncio.Event | None = None
         self._pending_logs: list[LogLine] = []
 
     @property
@@ -81,11 +81,15 @@ class JobContext:
 
         A handler that sees it should tidy up and raise `JobCancelled`.
         """
-        return self._cancel_requested.is_set()
+        return self._cancel_requested
 
     async def wait_cancel_requested(self) -> None:
         """Return once cancellation is requested (for handlers that mostly wait)."""
-        await self._cancel_requested.wait()
+        if self._cancel_event is None:
+            self._cancel_event = asyncio.Event()
+            if self._cancel_requested:
+                self._cancel_event.set()
+        await self._cancel_event.wait()
 
     def log(self, line: str) -> None:
         """Append a line to the job's log.
@@ -105,7 +109,9 @@ class JobContext:
         self._pending_logs[:0] = lines
 
     def set_cancel_requested(self, requested: bool) -> None:
-        if requested:
-            self._cancel_requested.set()
-        else:
-            self._cancel_requested.clear()
+        self._cancel_requested = requested
+        if self._cancel_event is not None:
+            if requested:
+                self._cancel_event.set()
+            else:
+                self._cancel_event.clear()

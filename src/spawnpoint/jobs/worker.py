@@ -179,6 +179,7 @@ class Worker:
         self._reserved = 0
         self._stopping = False
         self._more = True
+        self._durations: dict[tuple[str, _Kind], Any] = {}
         # Created in run(): events belong to the loop that runs the worker.
         self._wake: asyncio.Event
         self._settle_wake: asyncio.Event
@@ -295,7 +296,8 @@ class Worker:
         attempt = _Attempt(job=job, ctx=ctx, lease_expires_at=job.lease_expires_at)
         self._running[attempt.key] = attempt
         self._idle.clear()
-        attempt.task = asyncio.create_task(self._execute(attempt), name=f"job {job.id}")
+        # Unnamed: a name per task would format a UUID per job for nobody.
+        attempt.task = asyncio.create_task(self._execute(attempt))
         log.debug("job %s (%s) attempt %d started", job.id, job.type, job.attempt)
 
     async def _execute(self, attempt: _Attempt) -> None:
@@ -311,14 +313,17 @@ class Worker:
                 raise PermanentJobError(f"no handler for job type {job.type!r}")
             if job.payload_error is not None:
                 raise PermanentJobError(job.payload_error)
-            with tracing.span(
-                "job.execute",
-                tenant_id=job.tenant_id,
-                project_id=job.project_id,
-                job_type=job.type,
-                job_id=job.id,
-                attempt=job.attempt,
-            ):
+            if tracing.enabled():
+                with tracing.span(
+                    "job.execute",
+                    tenant_id=job.tenant_id,
+                    project_id=job.project_id,
+                    job_type=job.type,
+                    job_id=job.id,
+                    attempt=job.attempt,
+                ):
+                    result = await handler(ctx)
+            else:
                 result = await handler(ctx)
             outcome = self._success(attempt, result)
         except JobCancelled as exc:
@@ -339,15 +344,25 @@ class Worker:
                 self._forget(attempt)
             else:
                 elapsed_ms = (time.perf_counter() - started) * 1000
-                JOB_DURATION.labels(job.type, OUTCOME_LABELS[outcome.kind]).observe(elapsed_ms)
+                self._duration(job.type, outcome.kind).observe(elapsed_ms)
                 self._outcomes.append(outcome)
                 self._unrecorded += 1
                 self._settle_wake.set()
                 self._wake.set()  # its slot is free for the next claim
 
+    def _duration(self, job_type: str, kind: _Kind) -> Any:
+        """The `service_job_duration_ms` series of (job type, outcome), looked up once."""
+        key = (job_type, kind)
+        series = self._durations.get(key)
+        if series is None:
+            series = self._durations[key] = JOB_DURATION.labels(job_type, OUTCOME_LABELS[kind])
+        return series
+
     @staticmethod
     def _success(attempt: _Attempt, result: object) -> _Outcome:
-        if result is not None and not isinstance(result, dict):
+        if result is None:
+            return _Outcome(attempt, _Kind.succeeded)
+        if not isinstance(result, dict):
             error = f"handler returned {type(result).__name__}, expected dict or None"
             return _Outcome(attempt, _Kind.permanent, error=error)
         try:
