@@ -27,10 +27,11 @@ import asyncio
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 # Between attempts while the database is locked: short at first (another writer's
 # transaction takes a millisecond or so), never long.
+T = TypeVar("T")
 RETRY_DELAYS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02)
 
 
@@ -133,7 +134,16 @@ class InlineConnection:
         self._tx = _Immediate()
         self._busy_timeout = busy_timeout
 
-    async def _run(self, call: Callable[[], object]) -> None:
+    @property
+    def raw(self) -> sqlite3.Connection:
+        """The sqlite3 connection, for statements run on it directly (`sqlite_fast`)."""
+        return self._conn
+
+    async def run(self, call: Callable[[], T]) -> T:
+        """`call()` on the connection, waiting out a lock as `_run` does."""
+        return await self._run(call)
+
+    async def _run(self, call: Callable[[], T]) -> T:
         # Only a statement that opens a transaction may wait for a lock: inside one, a
         # locked answer means a conflicting writer and is the caller's to handle.
         may_wait = not self._conn.in_transaction
@@ -141,8 +151,7 @@ class InlineConnection:
         attempt = 0
         while True:
             try:
-                call()
-                return
+                return call()
             except sqlite3.OperationalError as exc:
                 if not may_wait or not _locked(exc) or time.monotonic() >= deadline:
                     raise

@@ -46,6 +46,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.sql.base import Executable
 from sqlalchemy.sql.elements import ClauseElement
 
+from spawnpoint import sqlite_fast
 from spawnpoint.audit.chain import (
     ENTRY_COLUMNS_WITH_HASHES,
     GENESIS_HASH,
@@ -391,6 +392,15 @@ class AuditLog:
         chains = sorted({chain_of(d.tenant_id) for d in drafts})
         if self.is_postgres:
             await pipelined(self.session, self.append_steps(drafts))
+            return
+        if self.dialect.name == "sqlite":
+            # On the sqlite3 connection itself (`spawnpoint.sqlite_fast`): the hot path of
+            # every mutating request in the embedded mode.
+            heads = {}
+            for outcome in await sqlite_fast.run(self.session, _fast(self.lock_steps(chains))):
+                for chain_id, seq, hash_, time in outcome.rows:
+                    heads[chain_id] = Head(chain_id, seq, hash_, time)
+            await sqlite_fast.run(self.session, _fast(self.write_steps(heads, drafts)))
             return
         connection = await self.session.connection()
         heads = {}
@@ -777,6 +787,16 @@ def _canonical_columns(dialect_name: str) -> dict[str, ColumnElement[Any]]:
         String(),
     )
     return columns
+
+
+@functools.lru_cache(maxsize=16)
+def _fast_statement(statement: Statement) -> sqlite_fast.FastStatement:
+    return sqlite_fast.FastStatement(cast(ClauseElement, statement.clause))
+
+
+def _fast(steps: Sequence[Step]) -> list[sqlite_fast.Step]:
+    """`steps` for the sqlite3 connection itself."""
+    return [(_fast_statement(cast(Statement, statement)), values) for statement, values in steps]
 
 
 def _clause(statement: DriverStatement) -> Executable:

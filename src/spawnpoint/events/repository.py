@@ -24,7 +24,7 @@ from sqlalchemy.orm import aliased
 from spawnpoint.db import DriverStatement
 from spawnpoint.events.schemas import EventFilters
 from spawnpoint.jobs.repository import first_id_at
-from spawnpoint.kit.inserts import row_params, rows_statement
+from spawnpoint.kit.inserts import insert_together, row_params, rows_statement
 from spawnpoint.kit.pagination import PageParams, decode_cursor, fetch_page
 from spawnpoint.kit.repository import PlatformRepository, ScopedRepository
 from spawnpoint.models import OutboxEvent
@@ -133,8 +133,12 @@ class OutboxWriter:
 
     async def insert(self, rows: Sequence[dict[str, Any]]) -> None:
         """Insert `rows` (complete column values from `events.outbox`) in one statement."""
-        if rows:
-            await self.session.execute(insert(OutboxEvent), list(rows))
+        if not rows:
+            return
+        if self.session.get_bind().dialect.name == "sqlite":
+            await insert_together(self.session, [(OutboxEvent, row) for row in rows])
+            return
+        await self.session.execute(insert(OutboxEvent), list(rows))
 
     def insert_steps(self, rows: Sequence[dict[str, Any]]) -> list[tuple[DriverStatement, Any]]:
         """The same insert as a pipelined step (PostgreSQL), to ride with a commit."""

@@ -19,6 +19,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from spawnpoint import sqlite_fast
 from spawnpoint.db import Base, DriverStatement
 from spawnpoint.uow import unit_of
 
@@ -85,11 +86,17 @@ async def insert_together(
             admission check); one that fails leaves the rows unwritten. Ignored elsewhere.
     """
     dialect = session.get_bind().dialect
+    if dialect.name == "sqlite":
+        # One INSERT per table and set of columns, compiled once, run on the sqlite3
+        # connection itself (`spawnpoint.sqlite_fast`).
+        steps = [
+            (_sqlite_insert(model, tuple(values)), {f"v_{c}": v for c, v in values.items()})
+            for model, values in rows
+        ]
+        await sqlite_fast.run(session, steps)
+        return
     if dialect.name != "postgresql":
         for model, values in rows:
-            # The table's own INSERT with the values as parameters: one statement per table
-            # and set of columns, compiled once and cached (`.values(...)` would build and
-            # look up a new one per row, through the ORM's DML path).
             await session.execute(insert(cast(Table, model.__table__)), values)
         return
     statement = rows_statement(
@@ -99,6 +106,13 @@ async def insert_together(
         await unit_of(session).pipelined([*before, (statement, row_params(rows))], final=final)
     except psycopg.IntegrityError as exc:
         raise IntegrityError(statement.sql, None, exc) from exc
+
+
+@functools.lru_cache(maxsize=64)
+def _sqlite_insert(model: type[Base], columns: tuple[str, ...]) -> sqlite_fast.FastStatement:
+    table = cast(Table, model.__table__)
+    values = {c: bindparam(f"v_{c}", type_=table.c[c].type, required=False) for c in columns}
+    return sqlite_fast.FastStatement(insert(table).values(values))
 
 
 def row_params(rows: Sequence[NewRow]) -> dict[str, Any]:

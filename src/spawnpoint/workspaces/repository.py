@@ -15,7 +15,6 @@ from sqlalchemy import (
     Select,
     and_,
     bindparam,
-    insert,
     or_,
     select,
     text,
@@ -29,12 +28,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute, defer
 from sqlalchemy.orm.attributes import set_committed_value
 
+from spawnpoint import sqlite_fast
 from spawnpoint.db import DriverStatement
 from spawnpoint.jobs.errors import StaleLease
-from spawnpoint.jobs.queue import enqueue_with, hold_lease, lease_statement
+from spawnpoint.jobs.queue import enqueue_with, lease_statement
 from spawnpoint.kit.clock import utcnow
 from spawnpoint.kit.errors import Conflict, NotFound
-from spawnpoint.kit.inserts import row_params, rows_statement
+from spawnpoint.kit.inserts import insert_together, row_params, rows_statement
 from spawnpoint.kit.pagination import PageParams, fetch_page
 from spawnpoint.kit.repository import PlatformRepository, ScopedRepository
 from spawnpoint.models import (
@@ -50,6 +50,7 @@ from spawnpoint.models import (
     WorkspaceState,
 )
 from spawnpoint.models.workspaces import IDLE_SWEEP_PREDICATE
+from spawnpoint.sqlite_fast import FastStatement
 from spawnpoint.uow import unit_of
 from spawnpoint.workspaces.schemas import Usage
 
@@ -311,6 +312,48 @@ def _compiled(dialect: Dialect) -> _Compiled:
     )
 
 
+@dataclass(frozen=True)
+class _Fast:
+    lock: FastStatement
+    usage: FastStatement
+    load: FastStatement
+    lease: FastStatement
+    budgets: FastStatement
+
+
+@functools.lru_cache(maxsize=1)
+def _fast() -> _Fast:
+    """The same statements for SQLite's connection itself (`spawnpoint.sqlite_fast`)."""
+    tenant_id = bindparam("tenant_id", type_=Tenant.__table__.c.id.type, required=False)
+    workspace_id = bindparam("workspace_id", type_=Workspace.__table__.c.id.type, required=False)
+    lease = lease_statement(
+        bindparam("job_id", type_=Job.__table__.c.id.type, required=False),
+        bindparam("fencing_token", type_=Job.__table__.c.fencing_token.type, required=False),
+    )
+    uuid_type = Budget.__table__.c.scope_id.type
+    project_id = bindparam("project_id", type_=uuid_type, required=False)
+    user_id = bindparam("user_id", type_=uuid_type, required=False)
+    return _Fast(
+        lock=FastStatement(_tenant_lock(tenant_id)),
+        usage=FastStatement(usage_statement(tenant_id)),
+        load=FastStatement(_job_load(workspace_id)),
+        lease=FastStatement(lease),
+        budgets=FastStatement(_budgets_in_scope(tenant_id, project_id, user_id)),
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _fast_update(columns: tuple[str, ...]) -> FastStatement:
+    """SQLite's `_update_statement`."""
+    table = Workspace.__table__
+    values = {
+        name: bindparam(name, type_=table.c[name].type, required=False)
+        for name in (*columns, "updated_at")
+    }
+    workspace_id = bindparam("workspace_id", type_=table.c.id.type, required=False)
+    return FastStatement(update(Workspace).where(Workspace.id == workspace_id).values(values))
+
+
 @functools.lru_cache(maxsize=64)
 def _update_statement(dialect: Dialect, columns: tuple[str, ...]) -> DriverStatement:
     """UPDATE of exactly `columns` (and `updated_at`) of one workspace, compiled once."""
@@ -390,13 +433,21 @@ class SpawnRows:
         lock: bool,
     ) -> tuple[Tenant, Plan, Usage, list[Budget]]:
         if not unit_of(self.session).is_postgres:
-            budgets: list[Budget] = []
+            # SQLite: the write transaction began IMMEDIATE, which serialises every writer.
+            fast = _fast()
+            values = {"tenant_id": tenant_id}
+            steps = [(fast.lock, values), (fast.usage, values)]
             if budgets_for is not None:
-                statement = _budgets_in_scope(tenant_id, *budgets_for)
-                budgets = [_budget(r) for r in (await self.session.execute(statement)).all()]
-            tenant, plan = await self.lock_tenant(tenant_id)
-            found = (await self.session.execute(usage_statement(tenant_id))).one_or_none()
-            return tenant, plan, usage_from_row(found), budgets
+                project_id, user_id = budgets_for
+                scope = {"tenant_id": tenant_id, "project_id": project_id, "user_id": user_id}
+                steps.append((fast.budgets, scope))
+            outcomes = await sqlite_fast.run(self.session, steps)
+            row = outcomes[0].one_or_none()
+            if row is None:
+                raise NotFound("Tenant not found.")
+            budgets = [_budget(r) for r in outcomes[2].rows] if budgets_for is not None else []
+            usage = usage_from_row(outcomes[1].one_or_none())
+            return (*_tenant_and_plan(row), usage, budgets)
         compiled = _compiled(self.session.get_bind().dialect)
         values: dict[str, Any] = {"tenant_id": tenant_id}
         steps: list[tuple[DriverStatement, dict[str, Any]]] = []
@@ -510,17 +561,24 @@ class JobRows:
         """
         uow = unit_of(self.session)
         if not uow.is_postgres:
+            fast = _fast()
+            steps: list[tuple[Any, dict[str, Any]]] = [(fast.load, {"workspace_id": workspace_id})]
             if lease is not None:
-                await hold_lease(self.session, job_id=lease[0], fencing_token=lease[1])
-            found = (await self.session.execute(_job_load(workspace_id))).one_or_none()
+                steps.insert(0, (fast.lease, {"job_id": lease[0], "fencing_token": lease[1]}))
+            outcomes = await sqlite_fast.run(self.session, steps)
+            if lease is not None and outcomes[0].one_or_none() is None:
+                raise StaleLease(lease[0], lease[1])
+            found = outcomes[-1].one_or_none()
         else:
             compiled = _compiled(self.session.get_bind().dialect)
-            steps: list[tuple[DriverStatement, dict[str, Any]]] = [
+            pipeline: list[tuple[DriverStatement, dict[str, Any]]] = [
                 (compiled.load, {"workspace_id": workspace_id})
             ]
             if lease is not None:
-                steps.insert(0, (compiled.lease, {"job_id": lease[0], "fencing_token": lease[1]}))
-            cursors = await uow.pipelined(steps)
+                pipeline.insert(
+                    0, (compiled.lease, {"job_id": lease[0], "fencing_token": lease[1]})
+                )
+            cursors = await uow.pipelined(pipeline)
             if lease is not None and await cursors[0].fetchone() is None:
                 raise StaleLease(lease[0], lease[1])
             found = await cursors[-1].fetchone()
@@ -538,11 +596,12 @@ class JobRows:
         changes["updated_at"] = utcnow()
         uow = unit_of(self.session)
         if not uow.is_postgres:
-            await self.session.execute(
-                update(Workspace).where(Workspace.id == workspace.id).values(changes)
+            columns = tuple(sorted(name for name in changes if name != "updated_at"))
+            await sqlite_fast.run(
+                self.session, [(_fast_update(columns), {"workspace_id": workspace.id, **changes})]
             )
             if event is not None:
-                await self.session.execute(insert(WorkspaceEvent).values(event))
+                await insert_together(self.session, [(WorkspaceEvent, event)])
             return
         dialect = self.session.get_bind().dialect
         columns = tuple(sorted(name for name in changes if name != "updated_at"))
