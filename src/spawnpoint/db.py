@@ -34,7 +34,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import ClauseElement
 from sqlalchemy.types import TypeDecorator
 
-from spawnpoint.sqlite_inline import connect_inline
+from spawnpoint.sqlite_inline import Checkpointer, connect_inline
 
 if TYPE_CHECKING:
     from spawnpoint.kit.auditing import RequestAudit
@@ -153,17 +153,33 @@ def _configure_sqlite(engine: AsyncEngine, *, busy_timeout_ms: int) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
 
-def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
+def inline_path(url: str) -> str | None:
+    """The database file of a SQLite URL whose statements run inline, else None."""
+    if not url.startswith("sqlite"):
+        return None
+    path = make_url(url).database or ""
+    if path and path != ":memory:" and not path.startswith("file:"):
+        return path
+    return None
+
+
+def create_engine(
+    url: str, *, pool_size: int = 10, checkpointer: Checkpointer | None = None
+) -> AsyncEngine:
+    """The engine for `url`; `checkpointer` takes over a SQLite file's WAL checkpoints."""
     # orjson decodes JSON columns (template specs, job payloads) several times faster.
     if url.startswith("sqlite"):
-        path = make_url(url).database or ""
-        if path and path != ":memory:" and not path.startswith("file:"):
+        path = inline_path(url)
+        if path is not None:
             # A database file: its statements run on the event loop's thread (see
             # `spawnpoint.sqlite_inline`), lock waits as non-blocking retries.
             engine = create_async_engine(
                 url,
                 async_creator=functools.partial(
-                    connect_inline, path, busy_timeout=SQLITE_BUSY_TIMEOUT_MS / 1000
+                    connect_inline,
+                    path,
+                    busy_timeout=SQLITE_BUSY_TIMEOUT_MS / 1000,
+                    checkpointer=checkpointer,
                 ),
                 pool_size=pool_size,
                 max_overflow=pool_size,
@@ -226,7 +242,10 @@ class Database:
 
     def __init__(self, url: str, *, pool_size: int = 10) -> None:
         self.url = url
-        self.engine = create_engine(url, pool_size=pool_size)
+        # A SQLite file's WAL is copied back by a thread of its own, off the event loop.
+        path = inline_path(url)
+        self.checkpointer = Checkpointer(path) if path is not None else None
+        self.engine = create_engine(url, pool_size=pool_size, checkpointer=self.checkpointer)
         reader = self.engine
         if not self.is_sqlite:
             # Reads need no transaction block: autocommit saves the BEGIN and COMMIT round
@@ -295,6 +314,8 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+        if self.checkpointer is not None:
+            await asyncio.to_thread(self.checkpointer.stop)
 
 
 async def driver_connection(session: AsyncSession) -> psycopg.AsyncConnection[Any]:
