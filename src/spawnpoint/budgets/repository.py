@@ -4,15 +4,17 @@ the once-per-period event claims. What a scope spent is read by `costs.repositor
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Collection, Sequence
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import BigInteger, ColumnElement, cast, func, or_, select, update
+from sqlalchemy import BigInteger, ColumnElement, bindparam, cast, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from spawnpoint import sqlite_fast
 from spawnpoint.kit.repository import PlatformRepository, ScopedRepository
 from spawnpoint.models import Budget, CostRecord, Tenant
 
@@ -31,6 +33,27 @@ def applying_to(user_id: uuid.UUID) -> ColumnElement[bool]:
         Budget.scope.in_(["tenant", "project"]),
         (Budget.scope == "user") & (Budget.scope_id == user_id),
     )
+
+
+BUDGET_KEYS = tuple(c.key for c in Budget.__table__.c)
+
+
+@functools.lru_cache(maxsize=2)
+def _covering_one(scoped: bool) -> sqlite_fast.FastStatement:
+    """`covering` for at most one tenant, project and user (NULL: none); `scoped`: of the
+    tenant `:caller_tenant` only, as `visible()` reads."""
+    table = Budget.__table__
+    uuid_type = table.c.scope_id.type
+    scopes = [
+        (table.c.scope == scope) & (table.c.scope_id == bindparam(scope, type_=uuid_type))
+        for scope in ("tenant", "project", "user")
+    ]
+    statement = select(*table.c).where(or_(*scopes))
+    if scoped:
+        statement = statement.where(
+            table.c.tenant_id == bindparam("caller_tenant", type_=table.c.tenant_id.type)
+        )
+    return sqlite_fast.FastStatement(statement.order_by(table.c.id))
 
 
 class BudgetScopeRepository(ScopedRepository[Budget]):
@@ -57,6 +80,11 @@ class BudgetScopeRepository(ScopedRepository[Budget]):
         users: Collection[uuid.UUID],
     ) -> list[Budget]:
         """The budgets on any of these tenants, projects or users, in one statement."""
+        single = len(tenants) <= 1 and len(projects) <= 1 and len(users) <= 1
+        if single and self.session.get_bind().dialect.name == "sqlite":
+            # One workspace's budgets (every read of a running one): a compiled statement
+            # on the sqlite3 connection itself (`spawnpoint.sqlite_fast`).
+            return await self._covering_one(tenants, projects, users)
         scopes = [
             (Budget.scope == scope) & Budget.scope_id.in_(list(ids))
             for scope, ids in (("tenant", tenants), ("project", projects), ("user", users))
@@ -66,6 +94,23 @@ class BudgetScopeRepository(ScopedRepository[Budget]):
             return []
         found = await self.session.execute(self.readable().where(or_(*scopes)).order_by(Budget.id))
         return list(found.scalars())
+
+    async def _covering_one(
+        self,
+        tenants: Collection[uuid.UUID],
+        projects: Collection[uuid.UUID],
+        users: Collection[uuid.UUID],
+    ) -> list[Budget]:
+        scoped = bool(self.visible())
+        values: dict[str, Any] = {
+            "tenant": next(iter(tenants), None),
+            "project": next(iter(projects), None),
+            "user": next(iter(users), None),
+        }
+        if scoped:
+            values["caller_tenant"] = self.scope.tenant_id
+        (outcome,) = await sqlite_fast.run(self.session, [(_covering_one(scoped), values)])
+        return [Budget(**dict(zip(BUDGET_KEYS, row, strict=True))) for row in outcome.rows]
 
     async def time_zones(self, tenant_ids: Collection[uuid.UUID]) -> dict[uuid.UUID, str]:
         """The time zone of each of these tenants the caller may see."""

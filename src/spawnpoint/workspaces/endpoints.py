@@ -167,14 +167,19 @@ async def list_workspaces(
     return Page(items=[console.read(w, stops.get(w.id)) for w in items], next_cursor=cursor)
 
 
-@router.get("/api/workspaces/{workspace_id}", summary="Retrieve workspace")
+@router.get(
+    "/api/workspaces/{workspace_id}", summary="Retrieve workspace", response_model=WorkspaceRead
+)
 async def read_workspace(
     _: RequireViewer, workspaces: Workspaces, console: ConsoleLinks, workspace_id: uuid.UUID
-) -> WorkspaceRead:
+) -> Response:
     """Retrieve one workspace with its state, connection and lifecycle."""
-    workspace = await workspaces.get(workspace_id)
+    workspace = await workspaces.read(workspace_id)
     stops = await workspaces.budget_stops([workspace])
-    return console.read(workspace, stops.get(workspace.id))
+    # Rendered here: the document is built and validated once, not again by the route
+    # (what every client polls for costs its serialisation once).
+    read = console.read(workspace, stops.get(workspace.id))
+    return Response(read.model_dump_json(), media_type="application/json")
 
 
 @router.post(

@@ -119,6 +119,22 @@ class WorkspaceRepository(ScopedRepository[Workspace]):
         ]
         return await self.page(params, *conditions)
 
+    async def read(self, workspace_id: uuid.UUID) -> Workspace:
+        """`get` for a read that changes nothing: on SQLite, a detached row read with one
+        compiled statement on the connection itself (a status poll's whole database work;
+        `spawnpoint.sqlite_fast`), scoped exactly as `readable()` is."""
+        if self.session.get_bind().dialect.name != "sqlite":
+            return await self.get(workspace_id)
+        scoped = bool(self.visible())
+        values: dict[str, Any] = {"workspace_id": workspace_id}
+        if scoped:
+            values["tenant_id"] = self.scope.tenant_id
+        (outcome,) = await sqlite_fast.run(self.session, [(_fast_read(scoped), values)])
+        row = outcome.one_or_none()
+        if row is None:
+            raise self.not_found()
+        return _clean(READ_COLUMNS, row)
+
     async def get_for_update(self, workspace_id: uuid.UUID) -> Workspace:
         statement = self.readable().where(Workspace.id == workspace_id).with_for_update()
         found = (await self.session.execute(statement)).scalar_one_or_none()
@@ -340,6 +356,19 @@ def _fast() -> _Fast:
         lease=FastStatement(lease),
         budgets=FastStatement(_budgets_in_scope(tenant_id, project_id, user_id)),
     )
+
+
+READ_COLUMNS = tuple(Workspace.__table__.c)
+
+
+@functools.lru_cache(maxsize=2)
+def _fast_read(scoped: bool) -> FastStatement:
+    """One workspace by id; `scoped`: of the tenant `:tenant_id` only (`visible()`)."""
+    table = Workspace.__table__
+    conditions = [table.c.id == bindparam("workspace_id", type_=table.c.id.type)]
+    if scoped:
+        conditions.append(table.c.tenant_id == bindparam("tenant_id", type_=table.c.id.type))
+    return FastStatement(select(*READ_COLUMNS).where(*conditions))
 
 
 @functools.lru_cache(maxsize=64)

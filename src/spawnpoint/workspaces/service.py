@@ -258,6 +258,10 @@ class WorkspaceService:
     async def get(self, workspace_id: uuid.UUID) -> Workspace:
         return await self.repository.get(workspace_id)
 
+    async def read(self, workspace_id: uuid.UUID) -> Workspace:
+        """The workspace as stored, detached: for reads that change nothing (polls)."""
+        return await self.repository.read(workspace_id)
+
     async def page(
         self,
         params: PageParams,
