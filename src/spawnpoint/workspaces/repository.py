@@ -462,21 +462,7 @@ class SpawnRows:
         lock: bool,
     ) -> tuple[Tenant, Plan, Usage, list[Budget]]:
         if not unit_of(self.session).is_postgres:
-            # SQLite: the write transaction began IMMEDIATE, which serialises every writer.
-            fast = _fast()
-            values = {"tenant_id": tenant_id}
-            steps = [(fast.lock, values), (fast.usage, values)]
-            if budgets_for is not None:
-                project_id, user_id = budgets_for
-                scope = {"tenant_id": tenant_id, "project_id": project_id, "user_id": user_id}
-                steps.append((fast.budgets, scope))
-            outcomes = await sqlite_fast.run(self.session, steps)
-            row = outcomes[0].one_or_none()
-            if row is None:
-                raise NotFound("Tenant not found.")
-            budgets = [_budget(r) for r in outcomes[2].rows] if budgets_for is not None else []
-            usage = usage_from_row(outcomes[1].one_or_none())
-            return (*_tenant_and_plan(row), usage, budgets)
+            return await self._lock_tenant_for_spawn_sqlite(tenant_id, budgets_for)
         compiled = _compiled(self.session.get_bind().dialect)
         values: dict[str, Any] = {"tenant_id": tenant_id}
         steps: list[tuple[DriverStatement, dict[str, Any]]] = []
@@ -494,6 +480,26 @@ class SpawnRows:
             raise NotFound("Tenant not found.")
         usage = usage_from_row(await cursors[-1].fetchone())
         return (*_tenant_and_plan(row), usage, [_budget(r) for r in budget_rows])
+
+    async def _lock_tenant_for_spawn_sqlite(
+        self, tenant_id: uuid.UUID, budgets_for: tuple[uuid.UUID | None, uuid.UUID] | None
+    ) -> tuple[Tenant, Plan, Usage, list[Budget]]:
+        """SQLite's `lock_tenant_for_spawn`: its write transaction began IMMEDIATE, which
+        serialises every writer; the statements run on the connection itself."""
+        fast = _fast()
+        values: dict[str, Any] = {"tenant_id": tenant_id}
+        steps: list[sqlite_fast.Step] = [(fast.lock, values), (fast.usage, values)]
+        if budgets_for is not None:
+            project_id, user_id = budgets_for
+            scope = {"tenant_id": tenant_id, "project_id": project_id, "user_id": user_id}
+            steps.append((fast.budgets, scope))
+        outcomes = await sqlite_fast.run(self.session, steps)
+        row = outcomes[0].one_or_none()
+        if row is None:
+            raise NotFound("Tenant not found.")
+        budgets = [_budget(r) for r in outcomes[2].rows] if budgets_for is not None else []
+        usage = usage_from_row(outcomes[1].one_or_none())
+        return (*_tenant_and_plan(row), usage, budgets)
 
     async def project(self, tenant_id: uuid.UUID, project_id: uuid.UUID) -> Project | None:
         """The tenant's project `project_id`, or None."""
@@ -590,30 +596,34 @@ class JobRows:
         """
         uow = unit_of(self.session)
         if not uow.is_postgres:
-            fast = _fast()
-            steps: list[tuple[Any, dict[str, Any]]] = [(fast.load, {"workspace_id": workspace_id})]
-            if lease is not None:
-                steps.insert(0, (fast.lease, {"job_id": lease[0], "fencing_token": lease[1]}))
-            outcomes = await sqlite_fast.run(self.session, steps)
-            if lease is not None and outcomes[0].one_or_none() is None:
-                raise StaleLease(lease[0], lease[1])
-            found = outcomes[-1].one_or_none()
+            found = await self._load_sqlite(workspace_id, lease)
         else:
             compiled = _compiled(self.session.get_bind().dialect)
-            pipeline: list[tuple[DriverStatement, dict[str, Any]]] = [
+            steps: list[tuple[DriverStatement, dict[str, Any]]] = [
                 (compiled.load, {"workspace_id": workspace_id})
             ]
             if lease is not None:
-                pipeline.insert(
-                    0, (compiled.lease, {"job_id": lease[0], "fencing_token": lease[1]})
-                )
-            cursors = await uow.pipelined(pipeline)
+                steps.insert(0, (compiled.lease, {"job_id": lease[0], "fencing_token": lease[1]}))
+            cursors = await uow.pipelined(steps)
             if lease is not None and await cursors[0].fetchone() is None:
                 raise StaleLease(lease[0], lease[1])
             found = await cursors[-1].fetchone()
         if found is None:
             return None
         return _clean(JOB_COLUMNS, found[:-1]), found[-1]
+
+    async def _load_sqlite(
+        self, workspace_id: uuid.UUID, lease: tuple[uuid.UUID, int] | None
+    ) -> tuple[Any, ...] | None:
+        """SQLite's `load` statements, on the connection itself (`spawnpoint.sqlite_fast`)."""
+        fast = _fast()
+        steps: list[sqlite_fast.Step] = [(fast.load, {"workspace_id": workspace_id})]
+        if lease is not None:
+            steps.insert(0, (fast.lease, {"job_id": lease[0], "fencing_token": lease[1]}))
+        outcomes = await sqlite_fast.run(self.session, steps)
+        if lease is not None and outcomes[0].one_or_none() is None:
+            raise StaleLease(lease[0], lease[1])
+        return outcomes[-1].one_or_none()
 
     async def save(self, workspace: Workspace, event: dict[str, Any] | None) -> None:
         """Write the columns set on `workspace` (from `load`) and its event; the last write.
