@@ -16,13 +16,14 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.sql.elements import ClauseElement
 
 from spawnpoint.db import DriverStatement
@@ -34,6 +35,7 @@ DIALECT: Dialect = sqlite.dialect(paramstyle="named", json_deserializer=orjson.l
 _RAW = "spawnpoint.sqlite_fast.raw"
 
 Processor = Callable[[Any], Any]
+M = TypeVar("M")
 
 
 class FastStatement:
@@ -67,6 +69,14 @@ class FastStatement:
             value if p is None or value is None else p(value)
             for p, value in zip(self._processors, raw, strict=True)
         )
+
+
+def detached(model: type[M], columns: Sequence[Any], row: Sequence[Any]) -> M:
+    """An instance of `model` holding `row` as loaded values (not in any session)."""
+    instance = model()
+    for column, value in zip(columns, row, strict=True):
+        set_committed_value(instance, column.key, value)
+    return instance
 
 
 @dataclass(frozen=True)

@@ -293,7 +293,7 @@ class WorkspaceService:
         self, template_id: uuid.UUID, version: int | None
     ) -> tuple[Template, TemplateVersion]:
         try:
-            template, current = await self.templates.get_with_current(template_id)
+            template, current = await self.templates.read_with_current(template_id)
         except NotFound as exc:
             raise field_error("#/template_id", "No template has this id.") from exc
         if version is None or version == current.version:
