@@ -173,6 +173,13 @@ class Counters:
         keys = [self._key(h.name, h.identifier, h.limit, h.seconds, now) for h in hits]
 
         async def each(storage: Storage) -> list[int]:
+            if isinstance(storage, MemoryStorage):
+                # One after another: in memory no call waits, and a task per counter
+                # (asyncio.gather) gave the event loop away on every request, so in the
+                # embedded mode each poll waited a whole turn of the loop behind the rest.
+                return [
+                    await storage.incr(k, h.seconds + 1) for k, h in zip(keys, hits, strict=True)
+                ]
             counts = await asyncio.gather(
                 *(storage.incr(k, h.seconds + 1) for k, h in zip(keys, hits, strict=True))
             )
