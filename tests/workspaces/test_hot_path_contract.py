@@ -16,12 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from conftest import DRY_RUN_SPEC, PostgresDatabase, make_settings, postgres_or_skip
 from spawnpoint.db import Database
 from spawnpoint.jobs.errors import StaleLease
 from spawnpoint.jobs.queue import claim, queued_job
+from spawnpoint.kit.errors import Conflict
 from spawnpoint.kit.inserts import with_defaults
 from spawnpoint.migrations import upgrade
 from spawnpoint.models import (
@@ -279,3 +280,50 @@ async def test_both_backends_leave_the_same_rows(databases: list[Database]) -> N
         "workspace.provisioning",
     ]
     assert sqlite == postgres
+
+
+def _more(n: int) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    return _spawn_rows(workspace_id=uuid.UUID(int=BASE + n), job_id=uuid.UUID(int=BASE + 100 + n))
+
+
+async def test_postgres_checks_the_plan_again_under_the_lock(databases: list[Database]) -> None:
+    """The facts a spawn is decided on are read without the tenant lock on PostgreSQL: a
+    spawn that commits meanwhile must still be counted when the rows are written."""
+    postgres = databases[1]
+    free = Admission(TENANT, cpu=Decimal(0), memory_mb=0, storage_gb=0)
+    async with postgres.unit_of_work(write=True) as late:
+        rows = SpawnRows(late.session)
+        _, plan, seen, _ = await rows.facts_for_spawn(TENANT, budgets_for=(None, USER))
+        assert seen.workspaces < plan.max_workspaces  # room, as far as the snapshot knows
+        # Other spawns take the rest of the room and commit while this one decides.
+        for n in range(20, 20 + plan.max_workspaces - seen.workspaces):
+            async with postgres.unit_of_work(write=True) as other:
+                await SpawnRows(other.session).insert(*_more(n), admit=free, final=True)
+        with pytest.raises(OverQuota) as refused:
+            await rows.insert(*_more(40), admit=free, final=True)
+    assert refused.value.usage.workspaces == plan.max_workspaces
+    rows_left = await _dump(postgres)
+    assert "permit-40" not in {w["external_ref"] for w in rows_left["workspaces"]}
+
+
+async def test_postgres_refuses_a_spawn_into_a_tenant_deleted_meanwhile(
+    databases: list[Database],
+) -> None:
+    postgres = databases[1]
+    free = Admission(TENANT, cpu=Decimal(0), memory_mb=0, storage_gb=0)
+    try:
+        async with postgres.unit_of_work(write=True) as late:
+            rows = SpawnRows(late.session)
+            tenant, *_ = await rows.facts_for_spawn(TENANT, budgets_for=(None, USER))
+            assert tenant.deletion_requested_at is None
+            async with postgres.transaction(write=True) as other:
+                await other.execute(
+                    update(Tenant).where(Tenant.id == TENANT).values(deletion_requested_at=NOW)
+                )
+            with pytest.raises(Conflict, match="being deleted"):
+                await rows.insert(*_more(41), admit=free, final=True)
+    finally:
+        async with postgres.transaction(write=True) as other:
+            await other.execute(
+                update(Tenant).where(Tenant.id == TENANT).values(deletion_requested_at=None)
+            )
