@@ -229,6 +229,30 @@ async def test_a_dead_pid_in_the_state_starts_a_new_process(
     await driver.destroy(ctx.with_state(result.state))
 
 
+async def test_a_launch_that_never_recorded_its_process_leaves_one_process(
+    driver: LocalProvisioner, make_ctx: ContextFactory, settings: Settings, job_log: JobLog
+) -> None:
+    """A worker killed between starting the process and writing its record: the next
+    attempt finds no record, kills the unrecorded process and starts one of its own."""
+    ctx = make_ctx(spec={"command": HTTP_SERVER})
+    root = workspace_dir(settings, ctx.workspace)
+    root.mkdir(parents=True)
+    paths = local._Paths.of(settings.data_dir, ctx)
+    port = local._free_port(None)
+    argv = shlex.split(
+        HTTP_SERVER.replace("{port}", str(port)).replace("{workspace_dir}", str(root))
+    )
+    unrecorded, _ = local._spawn(argv, dict(os.environ), paths, config(settings))
+    assert processes_in(root) == [unrecorded.pid]
+
+    result = await driver.provision(ctx)
+
+    assert f"process {unrecorded.pid} was started but never recorded" in job_log.text()
+    assert unrecorded.wait(timeout=5) == -signal.SIGKILL
+    assert processes_in(root) == [result.state["pid"]] != [unrecorded.pid]
+    await driver.destroy(ctx.with_state(result.state))
+
+
 async def test_a_reused_pid_is_neither_trusted_nor_signalled(
     driver: LocalProvisioner,
     make_ctx: ContextFactory,

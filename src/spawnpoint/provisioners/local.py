@@ -229,6 +229,12 @@ class LocalProvisioner(Provisioner[LocalConfig]):
                 return self._running_result(ctx, paths, recorded)
             if recorded is not None:
                 await ctx.log(f"process {recorded.pid} is gone; starting a new one")
+            for leftover in _unrecorded_leaders(paths.root):
+                # A launch interrupted before it wrote its record (the worker killed between
+                # starting the process and recording it) left this one running: it would be
+                # a second process of the workspace.
+                await ctx.log(f"process {leftover} was started but never recorded; killing it")
+                await _kill_orphans(leftover)
             argv_template = _command(ctx.spec)
             env_extra = _spec_env(ctx.spec)
             preferred = recorded.port if recorded else ctx.state.get("port")
@@ -610,6 +616,29 @@ def _has_live_members(pgid: int) -> bool:
         if fields[2] == group and fields[0] not in "ZX":
             return True
     return False
+
+
+def _unrecorded_leaders(root: Path) -> list[int]:
+    """Live session leaders working in `root`: what `_spawn` starts there (its own session,
+    `cwd=root`). Called under the workspace's lock when no recorded process is alive, so any
+    found is a launch that never got to record it. None where there is no /proc."""
+    if not PROC.joinpath("self", "stat").exists():
+        return []
+    found = []
+    for entry in PROC.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = entry.joinpath("stat").read_text()
+            # After the command name: state, parent pid, process group, session.
+            fields = stat[stat.rindex(")") + 2 :].split()
+            if fields[3] != entry.name or fields[0] in "ZX":
+                continue
+            if Path(os.readlink(entry / "cwd")) == root.resolve():
+                found.append(int(entry.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
 
 
 def _signal_group(pgid: int, signum: signal.Signals) -> None:
