@@ -46,6 +46,23 @@ DRY_RUN_SPEC: dict[str, object] = {
     "restricted": False,
 }
 BACKENDS = ["sqlite", "postgres"]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`@pytest.mark.backend("postgres")`: a test about one database's own behaviour (heap-only
+    updates, the embedded mode) runs with that backend only; its other parametrisations are
+    deselected at collection, so no skip hides in the report."""
+    keep, drop = [], []
+    for item in items:
+        marker = item.get_closest_marker("backend")
+        callspec = getattr(item, "callspec", None)
+        param = callspec.params.get("backend_settings") if callspec is not None else None
+        (drop if marker and param is not None and param not in marker.args else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
 NO_TEMPLATE = uuid.UUID(int=0)
 
 

@@ -40,11 +40,10 @@ async def turns_taken(request: Callable[[], Awaitable[Any]]) -> tuple[Any, int]:
     return answer, turns - start
 
 
+@pytest.mark.backend("sqlite")  # the embedded mode is SQLite's
 async def test_a_spawn_and_its_polls_never_give_the_loop_away(
-    world: World, client: httpx.AsyncClient, backend: str
+    world: World, client: httpx.AsyncClient
 ) -> None:
-    if backend != "sqlite":
-        pytest.skip("the embedded mode is SQLite's")
     body = {"template_id": str(world.settings.demo_template_id)}
     spawned, spawn_turns = await turns_taken(
         lambda: client.post("/api/spawn", json=body, headers=world.dev)

@@ -156,11 +156,8 @@ async def test_state_filter_and_counts_read_the_entries(database: Database, worl
     assert (active, today) == (2, 3)
 
 
-async def test_claims_and_completions_are_heap_only_updates(
-    database: Database, backend: str
-) -> None:
-    if backend != "postgres":
-        pytest.skip("heap-only tuples are PostgreSQL's")
+@pytest.mark.backend("postgres")  # heap-only tuples are PostgreSQL's
+async def test_claims_and_completions_are_heap_only_updates(database: Database) -> None:
     job_type = unique_type()
     for _ in range(20):
         await add_job(database, job_type)
