@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import text
 
 from spawnpoint.db import Database
+from spawnpoint.sqlite_inline import WriteGate
 
 
 @pytest.fixture
@@ -94,3 +95,37 @@ async def test_reads_take_no_transaction_unless_they_ask_for_a_snapshot(
     async with database.transaction(write=True) as session:
         await session.execute(text("INSERT INTO t VALUES (2)"))
         await AuditLog(session).snapshot()  # a writer's transaction is one snapshot already
+
+
+async def test_the_write_gate_lets_system_writers_go_first() -> None:
+    gate = WriteGate()
+    order: list[str] = []
+    await gate.acquire(system=False)  # a request holds it
+
+    async def writer(name: str, *, system: bool) -> None:
+        async with gate.held_by(system=system):
+            order.append(name)
+
+    tasks = [
+        asyncio.create_task(writer("request 1", system=False)),
+        asyncio.create_task(writer("request 2", system=False)),
+        *(asyncio.create_task(writer(f"worker {n}", system=True)) for n in range(1, 6)),
+    ]
+    cancelled = asyncio.create_task(writer("gone", system=True))
+    await asyncio.sleep(0)  # every writer is queued
+    cancelled.cancel()
+    await asyncio.sleep(0)
+    gate.release()
+    await asyncio.gather(*tasks)
+    # Three system writers in a row at most while a request waits.
+    assert order == [
+        "worker 1",
+        "worker 2",
+        "worker 3",
+        "request 1",
+        "worker 4",
+        "worker 5",
+        "request 2",
+    ]
+    assert cancelled.cancelled()
+    assert not gate.held

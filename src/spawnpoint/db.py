@@ -34,7 +34,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import ClauseElement
 from sqlalchemy.types import TypeDecorator
 
-from spawnpoint.sqlite_inline import Checkpointer, connect_inline
+from spawnpoint.sqlite_inline import Checkpointer, WriteGate, connect_inline
 
 if TYPE_CHECKING:
     from spawnpoint.kit.auditing import RequestAudit
@@ -263,7 +263,7 @@ class Database:
         self.wakeups = Wakeups()
         # The outbox relay of this process (events.relay), poked after commits that wrote events.
         self.outbox_nudges = Wakeups()
-        self._write_gate = asyncio.Lock() if self.is_sqlite else None
+        self._write_gate = WriteGate() if self.is_sqlite else None
 
     @property
     def is_sqlite(self) -> bool:
@@ -288,7 +288,7 @@ class Database:
             # of spawns cost more than the writes. A writer in another process is waited
             # for with retries that leave the event loop free (`spawnpoint.sqlite_inline`).
             async with (
-                self._write_gate,
+                self._write_gate.held_by(system=request is None),
                 UnitOfWork(
                     database=self, session=self._writer(), write=True, request=request
                 ) as uow,
