@@ -330,6 +330,14 @@ def worker(
         runner = asyncio.run
     else:
         runner = uvloop.run
+    # As in `serve`: what startup built lives as long as the process, and out of the
+    # collector's sight, full collections stay short. A busy worker allocates a few dozen
+    # objects per job (its task, context, outcome...), so young collections come every
+    # 10,000 allocations rather than every 700: the collector took a sixth of a draining
+    # worker's CPU before (bench/job_queue.py).
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 10, 10)
     runner(
         serve_worker(
             settings,
