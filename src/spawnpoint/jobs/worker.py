@@ -106,13 +106,11 @@ class _Attempt:
     job: ClaimedJob
     ctx: JobContext
     lease_expires_at: datetime
+    # (job id, fencing token): how the worker's maps name this attempt.
+    key: tuple[uuid.UUID, int]
     task: asyncio.Task[None] | None = None
     lost: bool = False
     releasing: bool = False
-
-    @property
-    def key(self) -> tuple[uuid.UUID, int]:
-        return (self.job.id, self.job.fencing_token)
 
 
 @dataclass(eq=False)
@@ -293,7 +291,9 @@ class Worker:
 
     def _start(self, job: ClaimedJob) -> None:
         ctx = JobContext(job=job, database=self.database, settings=self.settings, clock=self.clock)
-        attempt = _Attempt(job=job, ctx=ctx, lease_expires_at=job.lease_expires_at)
+        attempt = _Attempt(
+            job=job, ctx=ctx, lease_expires_at=job.lease_expires_at, key=(job.id, job.fencing_token)
+        )
         self._running[attempt.key] = attempt
         self._idle.clear()
         # Unnamed: a name per task would format a UUID per job for nobody.
@@ -437,10 +437,12 @@ class Worker:
                 now=now,
                 final=final,
             )
-            rejected_keys = {(c.job_id, c.fencing_token) for c in rejected}
-            stale.extend(o.attempt for o in successes if o.attempt.key in rejected_keys)
-            for o in successes:
-                if o.attempt.key not in rejected_keys:
+            if rejected:
+                rejected_keys = {(c.job_id, c.fencing_token) for c in rejected}
+                stale.extend(o.attempt for o in successes if o.attempt.key in rejected_keys)
+                successes = [o for o in successes if o.attempt.key not in rejected_keys]
+            if not final:
+                for o in successes:
                     self._govern(session, o.attempt.job, JOB_COMPLETED, now, result=o.result)
             for outcome in batch:
                 if outcome.kind is _Kind.succeeded:
