@@ -16,7 +16,7 @@ from spawnpoint.config import Settings
 from spawnpoint.db import Base
 from spawnpoint.kit.inserts import with_defaults
 from spawnpoint.migrations import downgrade, upgrade
-from spawnpoint.models import TenantUsage, Workspace, WorkspaceState
+from spawnpoint.models import Job, JobState, JobStateEntry, TenantUsage, Workspace, WorkspaceState
 from spawnpoint.workspaces.lifecycle import ACTIVE_STATES
 
 DEMO_TENANT = uuid.UUID("00000000-0000-0000-0000-000000000001")
@@ -96,3 +96,48 @@ def test_the_usage_migration_counts_existing_workspaces(empty_database: Settings
     assert row.storage_gb == sum(
         storage for state, (_, _, storage) in sizes.items() if state != WorkspaceState.deleted
     )
+
+
+def test_the_job_states_migration_enters_existing_jobs(empty_database: Settings) -> None:
+    upgrade(empty_database, "20240620_0020_spawn_admission")
+    engine = sync_engine(empty_database)
+    now = datetime.now(UTC)
+    jobs = {
+        state: with_defaults(
+            Job,
+            {
+                "type": f"test.{state.value}",
+                "payload": {},
+                "tenant_id": DEMO_TENANT if state != JobState.failed else None,
+                "state": state,
+                "run_after": now,
+                "created_at": now,
+                "updated_at": now,
+            },
+        )
+        for state in JobState
+    }
+    try:
+        with engine.begin() as connection:
+            for values in jobs.values():
+                # The jobs table as revision 0020 left it: no column of it was added since.
+                connection.execute(insert(Job.__table__).values(values))
+        upgrade(empty_database)
+        with engine.connect() as connection:
+            entries = {
+                row.job_id: row
+                for row in connection.execute(
+                    select(
+                        JobStateEntry.job_id,
+                        JobStateEntry.tenant_id,
+                        JobStateEntry.type,
+                        JobStateEntry.state,
+                    )
+                )
+            }
+    finally:
+        engine.dispose()
+    assert {
+        values["id"]: (values["tenant_id"], values["type"], values["state"].value)
+        for values in jobs.values()
+    } == {job_id: (row.tenant_id, row.type, row.state) for job_id, row in entries.items()}
