@@ -64,13 +64,29 @@ async def test_sigkilled_workers_lose_nothing_and_repeat_nothing(deployment: Dep
         if index % BURST == BURST - 1:
             burst_sent.put_nowait(index // BURST)
 
+    async def holding(*, within: float) -> list[Process]:
+        """The workers holding a job, polled for up to `within` seconds (none: [])."""
+        deadline = time.monotonic() + within
+        while True:
+            rows = await deployment.rows(
+                "SELECT lease_owner FROM jobs WHERE state = 'running' AND lease_owner IS NOT NULL"
+            )
+            pids = {owner.split(":")[1] for (owner,) in rows}
+            found = [w for w in workers if w.alive and str(w.process.pid) in pids]
+            if found or time.monotonic() >= deadline:
+                return found
+            await asyncio.sleep(0.01)  # the next look; the deadline bounds the wait
+
     async def killer() -> None:
         for burst in bursts:
             while await burst_sent.get() < burst:
                 pass
             await asyncio.sleep(chooser.uniform(0.005, 0.05))  # load shape, not a wait
+            # Kill a worker holding a job (its lease names its pid) if one does within a
+            # moment: a dry-run job takes milliseconds, and a kill between jobs tests less.
+            holders = await holding(within=0.5)
             # A worker that is still starting holds nothing yet: kill one at work if any is.
-            working = [w for w in workers if await worker_started(w)] or workers
+            working = holders or [w for w in workers if await worker_started(w)] or workers
             victim = chooser.choice(working)
             workers.remove(victim)
             await victim.kill()
