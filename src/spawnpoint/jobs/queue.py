@@ -564,11 +564,14 @@ def _claim_statement(dialect: Dialect, job_types: tuple[str, ...] | None) -> Dri
     return DriverStatement(_claim_postgres(job_types), dialect)
 
 
+def _planner_settings(enabled: str) -> Select[Any]:
+    names = ("seqscan", "bitmapscan", "sort")
+    return select(*(func.set_config(f"enable_{name}", enabled, True) for name in names))
+
+
 @functools.lru_cache(maxsize=8)
 def _planner(dialect: Dialect, enabled: str) -> DriverStatement:
-    names = ("seqscan", "bitmapscan", "sort")
-    settings = select(*(func.set_config(f"enable_{name}", enabled, True) for name in names))
-    return DriverStatement(settings, dialect)
+    return DriverStatement(_planner_settings(enabled), dialect)
 
 
 Steps = list[tuple[DriverStatement, dict[str, Any]]]
@@ -1135,7 +1138,14 @@ async def rescue_expired(session: AsyncSession, *, now: datetime | None = None) 
         .returning(Job.id, Job.tenant_id, Job.type, Job.state, Job.error)
         .execution_options(synchronize_session=False)
     )
-    rescued = (await session.execute(statement)).all()
+    if unit_of(session).is_postgres:
+        # By index, as the claims (see `_by_index`): every running entry by the state index,
+        # their jobs by primary key, never a scan of the retained tables.
+        await session.execute(_planner_settings("off"))
+        rescued = (await session.execute(statement)).all()
+        await session.execute(_planner_settings("on"))
+    else:
+        rescued = (await session.execute(statement)).all()
     if rescued:
         await _resync_entries(session, [row.id for row in rescued])
         log.warning("rescued %d job(s) whose lease expired", len(rescued))
