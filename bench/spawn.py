@@ -17,7 +17,8 @@ What it does, all on 127.0.0.1 and in under 3 minutes with the defaults (about 2
    first): the spawn transaction's statements in raw SQL on `--clients` concurrent psycopg
    connections -- look the user up, lock the tenant row FOR UPDATE (as spawnpoint does), read
    template + current version and the tenant's usage counters, insert the workspace (which
-   fires the usage trigger), its first event and its job, pg_notify, commit -- with no HTTP,
+   fires the usage trigger), its first event, its job and the job's `job_states` entry,
+   pg_notify, commit -- with no HTTP,
    ORM, policy engine or workers; then the same without FOR UPDATE. It runs before
    spawnpoint's processes start, whose connection pools would otherwise hold the slots it
    needs on a shared server;
@@ -705,6 +706,11 @@ BASELINE_JOB = (
     " VALUES (%s, 'bench.baseline', %s, %s, NULL, %s, 'queued', 0, 5, %s, NULL, NULL, 0, false,"
     " NULL, NULL, NULL, NULL, NULL, %s, %s)"
 )
+# A job's entry in the queue's narrow table, written with it (as `queue.enqueue_with` does).
+BASELINE_JOB_STATE = (
+    "INSERT INTO job_states (job_id, tenant_id, type, state, run_after)"
+    " VALUES (%s, %s, 'bench.baseline', 'queued', %s)"
+)
 
 
 @dataclass
@@ -786,6 +792,7 @@ async def _baseline(
                         now,
                     ),
                 )
+                await conn.execute(BASELINE_JOB_STATE, (job_id, tenant.tenant_id, now))
                 await conn.execute("SELECT pg_notify('spawnpoint_jobs', '')")
             done = time.perf_counter()
             if sent >= measure_from and done <= stop_at:
