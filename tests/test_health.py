@@ -73,13 +73,16 @@ async def probe_client(
 
 
 async def test_healthz_reports_checks_with_latency_and_the_queue_depth(
-    client: httpx.AsyncClient, database: Database
+    backend_settings: Settings, database: Database
 ) -> None:
     job_type = f"health.{uuid.uuid4().hex[:8]}"
     async with database.transaction(write=True) as session:
         for _ in range(3):
             await enqueue(session, job_type=job_type, payload={}, tenant_id=None)
-    response = await client.get("/healthz")
+    # An app of its own: the suite's shared one counts every earlier test's slow requests,
+    # and on a busy machine more than SLOW_REQUEST_MAX of them make it `degraded`.
+    async with probe_client(backend_settings, database) as (_, client):
+        response = await client.get("/healthz")
     assert response.status_code == 200
     body = response.json()
     assert body["status"] == "ok"
