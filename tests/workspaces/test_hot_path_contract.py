@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from conftest import DRY_RUN_SPEC, PostgresDatabase, make_settings, postgres_or_skip
 from spawnpoint.db import Database
@@ -170,7 +171,7 @@ async def _scenario(database: Database) -> dict[str, Any]:
         seen["locked"] = (tenant.slug, plan.name, plan.monthly_budget, usage.model_dump())
         workspace, event, job = _spawn_rows()
         announce(uow.session, workspace["external_ref"], event)
-        admit = Admission(TENANT, cpu=Decimal("1.5"), memory_mb=512, storage_gb=1)
+        admit = await _admission(uow.session, cpu=Decimal("1.5"), memory_mb=512, storage_gb=1)
         await SpawnRows(uow.session).insert(workspace, event, job, admit=admit, final=True)
     async with database.unit_of_work(write=True) as uow:
         _, _, usage = await SpawnRows(uow.session).lock_tenant_with_usage(TENANT)
@@ -218,19 +219,17 @@ async def _scenario(database: Database) -> dict[str, Any]:
     # with the usage read then; nothing of it is stored.
     more = {"workspace_id": uuid.UUID(int=BASE + 7), "job_id": uuid.UUID(int=BASE + 8)}
     cpu_left = PLAN_CPU - Decimal("1.5")
-    for too_big in (
-        Admission(TENANT, cpu=cpu_left + Decimal("0.0001"), memory_mb=0, storage_gb=0),
-        Admission(TENANT, cpu=Decimal(0), memory_mb=0, storage_gb=PLAN_STORAGE),
-    ):
+    for too_big in ({"cpu": cpu_left + Decimal("0.0001")}, {"storage_gb": PLAN_STORAGE}):
         try:
             async with database.unit_of_work(write=True) as uow:
+                admit = await _admission(uow.session, **too_big)
                 rows = _spawn_rows(**more)
-                await SpawnRows(uow.session).insert(*rows, admit=too_big, final=True)
+                await SpawnRows(uow.session).insert(*rows, admit=admit, final=True)
         except OverQuota as exc:
             seen.setdefault("refused", []).append(exc.usage.model_dump())
     # Exactly at the plan's cpu limit is allowed (Decimal sums on both: 0.1 + 0.2 == 0.3).
     async with database.unit_of_work(write=True) as uow:
-        at_limit = Admission(TENANT, cpu=cpu_left, memory_mb=0, storage_gb=0)
+        at_limit = await _admission(uow.session, cpu=cpu_left)
         await SpawnRows(uow.session).insert(*_spawn_rows(**more), admit=at_limit, final=True)
     seen["rows"] = await _dump(database)
     return seen
@@ -282,6 +281,18 @@ async def test_both_backends_leave_the_same_rows(databases: list[Database]) -> N
     assert sqlite == postgres
 
 
+async def _admission(
+    session: AsyncSession,
+    *,
+    cpu: Decimal = Decimal(0),
+    memory_mb: int = 0,
+    storage_gb: int = 0,
+) -> Admission:
+    """One more workspace of this size, with the plan and usage as read now."""
+    _, plan, usage, _ = await SpawnRows(session).facts_for_spawn(TENANT, budgets_for=(None, USER))
+    return Admission(TENANT, cpu, memory_mb, storage_gb, plan=plan, usage=usage)
+
+
 def _more(n: int) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     return _spawn_rows(workspace_id=uuid.UUID(int=BASE + n), job_id=uuid.UUID(int=BASE + 100 + n))
 
@@ -290,15 +301,16 @@ async def test_postgres_checks_the_plan_again_under_the_lock(databases: list[Dat
     """The facts a spawn is decided on are read without the tenant lock on PostgreSQL: a
     spawn that commits meanwhile must still be counted when the rows are written."""
     postgres = databases[1]
-    free = Admission(TENANT, cpu=Decimal(0), memory_mb=0, storage_gb=0)
     async with postgres.unit_of_work(write=True) as late:
         rows = SpawnRows(late.session)
-        _, plan, seen, _ = await rows.facts_for_spawn(TENANT, budgets_for=(None, USER))
+        free = await _admission(late.session)
+        plan, seen = free.plan, free.usage
         assert seen.workspaces < plan.max_workspaces  # room, as far as the snapshot knows
         # Other spawns take the rest of the room and commit while this one decides.
         for n in range(20, 20 + plan.max_workspaces - seen.workspaces):
             async with postgres.unit_of_work(write=True) as other:
-                await SpawnRows(other.session).insert(*_more(n), admit=free, final=True)
+                admit = await _admission(other.session)
+                await SpawnRows(other.session).insert(*_more(n), admit=admit, final=True)
         with pytest.raises(OverQuota) as refused:
             await rows.insert(*_more(40), admit=free, final=True)
     assert refused.value.usage.workspaces == plan.max_workspaces
@@ -310,12 +322,12 @@ async def test_postgres_refuses_a_spawn_into_a_tenant_deleted_meanwhile(
     databases: list[Database],
 ) -> None:
     postgres = databases[1]
-    free = Admission(TENANT, cpu=Decimal(0), memory_mb=0, storage_gb=0)
     try:
         async with postgres.unit_of_work(write=True) as late:
             rows = SpawnRows(late.session)
             tenant, *_ = await rows.facts_for_spawn(TENANT, budgets_for=(None, USER))
             assert tenant.deletion_requested_at is None
+            free = await _admission(late.session)
             async with postgres.transaction(write=True) as other:
                 await other.execute(
                     update(Tenant).where(Tenant.id == TENANT).values(deletion_requested_at=NOW)

@@ -218,12 +218,15 @@ _ADMIT = text(
 
 @dataclass(frozen=True)
 class Admission:
-    """What one more workspace takes of its tenant's plan, checked as its rows are written."""
+    """What one more workspace takes of its tenant's plan, checked as its rows are written,
+    and the plan and usage the spawn was decided on (`facts_for_spawn`)."""
 
     tenant_id: uuid.UUID
     cpu: Decimal
     memory_mb: int
     storage_gb: int
+    plan: Plan
+    usage: Usage
 
 
 def breaks_plan(plan: Plan, usage: Usage, admit: Admission) -> bool:
@@ -522,9 +525,10 @@ class SpawnRows:
         it takes the tenant lock and reads the usage counters after it, so concurrent
         spawns never exceed the plan, and the lock is held from there to the COMMIT. With
         `final` the caller writes nothing more, so the unit of work commits in the same
-        round trip (with its outbox rows and audit entries). SQLite, whose write
-        transaction serialises every writer, reads the tenant, plan and usage again and
-        checks them (`breaks_plan`) before the rows.
+        round trip (with its outbox rows and audit entries). On SQLite the write
+        transaction has serialised the spawn since `facts_for_spawn` read the plan and
+        usage `admit` carries, so they still hold: they are checked (`breaks_plan`) with no
+        statement.
 
         Raises:
             OverQuota: the workspace would break the plan (PostgreSQL, under the lock).
@@ -534,11 +538,8 @@ class SpawnRows:
         """
         before: list[tuple[DriverStatement, dict[str, Any]]] = []
         if not unit_of(self.session).is_postgres:
-            tenant, plan, usage, _ = await self._tenant_facts(admit.tenant_id, None, lock=True)
-            if tenant.deletion_requested_at is not None:
-                raise Conflict("The tenant is being deleted; nothing can be spawned in it.")
-            if breaks_plan(plan, usage, admit):
-                raise OverQuota(usage)
+            if breaks_plan(admit.plan, admit.usage, admit):
+                raise OverQuota(admit.usage)
         else:
             need = {
                 "tenant_id": admit.tenant_id,

@@ -520,6 +520,8 @@ class WorkspaceService:
             cpu=Decimal(str(spec.cpu)),
             memory_mb=spec.memory_mb,
             storage_gb=spec.storage_gb,
+            plan=evaluation.plan,
+            usage=evaluation.usage,
         )
         try:
             await self.rows.insert(workspace, event, job, admit=admit, final=final)
