@@ -1,10 +1,11 @@
 """SQL of the audit log: appending to chains, reading them, checkpoints and partitions.
 
-Appending has one shape on both databases: upsert and lock each chain head, then insert
-the entries and move the heads. PostgreSQL sends each half as one pipeline (two round
-trips; the unit of work can ride the second with its COMMIT, see `spawnpoint.uow`);
-SQLite runs the same statements one by one, its write transactions being serialised
-already (BEGIN IMMEDIATE).
+Appending upserts each chain head, then appends each entry after it under the head's lock.
+PostgreSQL does the lock, the numbering and the hash in one statement per entry
+(`append_steps`), so the unit of work sends the entries with its COMMIT in one round trip
+(see `spawnpoint.uow`); SQLite, its write transactions serialised already (BEGIN
+IMMEDIATE), reads the heads and writes entries hashed in Python (`lock_steps`,
+`write_steps`).
 """
 
 from __future__ import annotations
@@ -287,7 +288,7 @@ class AuditLog:
         Heads are locked sorted by chain id, so two transactions writing to the same
         chains never wait for each other in a cycle. A head created by a concurrent first
         writer is waited for (ON CONFLICT DO NOTHING), then locked like any other. The
-        lock steps' cursors give (chain_id, seq, hash, time): see `heads_from`.
+        lock statements give (chain_id, seq, hash, time).
         """
         st = statements(self.dialect)
         steps: list[Step] = []
@@ -295,16 +296,6 @@ class AuditLog:
             steps.append((st.create_head, {"chain": chain_id}))
             steps.append((st.lock_head, {"chain": chain_id}))
         return steps
-
-    async def heads_from(self, cursors: Sequence[Any]) -> dict[uuid.UUID, Head]:
-        """The locked heads, from the psycopg cursors of `lock_steps`' statements."""
-        heads: dict[uuid.UUID, Head] = {}
-        for cursor in cursors:
-            if cursor.description is None:
-                continue
-            for chain_id, seq, hash_, time in await cursor.fetchall():
-                heads[chain_id] = Head(chain_id, seq, hash_, time)
-        return heads
 
     def write_steps(
         self, heads: Mapping[uuid.UUID, Head], drafts: Sequence[AuditDraft]
