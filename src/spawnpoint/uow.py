@@ -12,7 +12,7 @@ work that belong to the commit:
 
 A fast path that wants its last statements to ride with the COMMIT asks for it with
 `pipelined(steps, final=True)`: the unit of work then sends the outbox rows, the audit
-entries and the COMMIT in the same round trips, so nothing it was given is left out.
+entries and the COMMIT in the same round trip, so nothing it was given is left out.
 """
 
 from __future__ import annotations
