@@ -147,23 +147,28 @@ async def charge(
     *,
     user_id: uuid.UUID | None = None,
     project_id: uuid.UUID | None = None,
+    workspace_id: uuid.UUID | None = None,
+    rate: str = "1",
+    open: bool = False,
 ) -> None:
-    """A closed cost record of `amount` in this month's first hour (the current period)."""
+    """A cost record of `amount` in this month's first hour (the current period), closed
+    unless `open` (an open one stands for a running workspace whose rate the last metering
+    pass saw)."""
     start = month_start(utcnow())
     async with world.database.transaction(write=True) as session:
         session.add(
             CostRecord(
                 tenant_id=org.tenant_id,
-                workspace_id=uuid7(),
+                workspace_id=workspace_id or uuid7(),
                 template_id=org.template_id,
                 project_id=project_id,
                 user_id=user_id,
                 period_start=start,
                 period_end=start,
                 amount=Decimal(amount),
-                rate=Decimal(1),
+                rate=Decimal(rate),
                 currency="USD",
-                open=False,
+                open=open,
                 recorded_at=start,
             )
         )

@@ -6,19 +6,18 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
-from decimal import Decimal
 from typing import Any
 
 import httpx
 from sqlalchemy import event
 
 from conftest import Org, World
-from costs.support import budget_on
+from costs.support import budget_on, charge
 from factories import make_template, plant_workspace
 from spawnpoint.budgets.periods import period_of
 from spawnpoint.kit.clock import utcnow
 from spawnpoint.kit.ids import uuid7
-from spawnpoint.models import CostRecord, Role, WorkspaceState
+from spawnpoint.models import Role, WorkspaceState
 from workspaces.conftest import StartWorker, wait_for_state
 
 
@@ -91,41 +90,9 @@ async def test_the_activity_heartbeat_records_its_source(
     assert refused.headers["content-type"].startswith("application/problem+json")
 
 
-async def record(
-    world: World,
-    org: Org,
-    *,
-    workspace_id: uuid.UUID,
-    user_id: uuid.UUID | None,
-    amount: str,
-    rate: str,
-    open: bool,
-) -> None:
-    """A cost record in this period's first hour; an open one stands for a running
-    workspace whose rate the last metering pass saw."""
-    start, _ = period_of(utcnow())
-    async with world.database.transaction(write=True) as session:
-        session.add(
-            CostRecord(
-                tenant_id=org.tenant_id,
-                workspace_id=workspace_id,
-                template_id=org.template_id,
-                project_id=None,
-                user_id=user_id,
-                period_start=start,
-                period_end=start,
-                amount=Decimal(amount),
-                rate=Decimal(rate),
-                currency="USD",
-                open=open,
-                recorded_at=start,
-            )
-        )
-
-
 async def running_for(world: World, org: Org, owner: uuid.UUID, rate: str) -> uuid.UUID:
     workspace = await plant_workspace(world.database, org, owner_id=owner)
-    await record(
+    await charge(
         world, org, workspace_id=workspace, user_id=owner, amount="0", rate=rate, open=True
     )
     return workspace
@@ -142,7 +109,7 @@ async def test_budget_stop_names_the_budget_that_stops_it_first_at_the_current_r
     mine = [await running_for(world, org, member, "2") for _ in range(2)]
     theirs = await running_for(world, org, publisher, "5")
     stopped = await plant_workspace(world.database, org, WorkspaceState.stopped, owner_id=member)
-    await record(world, org, workspace_id=uuid7(), user_id=member, amount="4", rate="2", open=False)
+    await charge(world, org, workspace_id=uuid7(), user_id=member, amount="4", rate="2", open=False)
     now = utcnow()
     _, period_end = period_of(now)
 
@@ -175,7 +142,7 @@ async def test_budget_stop_names_the_budget_that_stops_it_first_at_the_current_r
     assert stops[str(stopped)] is None
 
     # Exceeded: the scheduler's next pass stops it, so the stop is due now.
-    await record(world, org, workspace_id=uuid7(), user_id=member, amount="7", rate="2", open=False)
+    await charge(world, org, workspace_id=uuid7(), user_id=member, amount="7", rate="2", open=False)
     exceeded = (await read(client, org, mine[0]))["budget_stop"]
     assert (exceeded["state"], exceeded["remaining"]) == ("exceeded", 0)
     assert at(exceeded["at"]) <= utcnow()

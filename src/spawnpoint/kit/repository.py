@@ -133,6 +133,13 @@ class ScopedRepository(Repository[M]):
             getattr(self.model, self.tenant_key), platform_rows=self.platform_rows
         )
 
+    def compiled_scope(self, **values: Any) -> tuple[bool, dict[str, Any]]:
+        """For a statement compiled once per shape (`spawnpoint.sqlite_fast`), scoped as
+        `readable()` is: whether it filters by tenant, and `values` with the caller's
+        `tenant_id` when it does."""
+        scoped = bool(self.visible())
+        return scoped, {**values, "tenant_id": self.scope.tenant_id} if scoped else values
+
     def owned_by(
         self, tenant_column: Any, *, platform_rows: bool = False
     ) -> tuple[ColumnElement[bool], ...]:

@@ -104,10 +104,7 @@ class TemplateRepository(ScopedRepository[Template]):
         `spawnpoint.sqlite_fast`), scoped exactly as `readable()` is."""
         if self.session.get_bind().dialect.name != "sqlite":
             return await self.get_with_current(template_id)
-        scoped = bool(self.visible())
-        values: dict[str, Any] = {"template_id": template_id}
-        if scoped:
-            values["tenant_id"] = self.scope.tenant_id
+        scoped, values = self.compiled_scope(template_id=template_id)
         (outcome,) = await sqlite_fast.run(self.session, [(_fast_with_current(scoped), values)])
         row = outcome.one_or_none()
         if row is None:

@@ -125,10 +125,7 @@ class WorkspaceRepository(ScopedRepository[Workspace]):
         `spawnpoint.sqlite_fast`), scoped exactly as `readable()` is."""
         if self.session.get_bind().dialect.name != "sqlite":
             return await self.get(workspace_id)
-        scoped = bool(self.visible())
-        values: dict[str, Any] = {"workspace_id": workspace_id}
-        if scoped:
-            values["tenant_id"] = self.scope.tenant_id
+        scoped, values = self.compiled_scope(workspace_id=workspace_id)
         (outcome,) = await sqlite_fast.run(self.session, [(_fast_read(scoped), values)])
         row = outcome.one_or_none()
         if row is None:
