@@ -392,7 +392,8 @@ class Settings(BaseSettings):
         ge=0,
         le=1000,
         description="With the in-process worker (`spawnpoint serve`), API reads handled at "
-        "once; more wait their turn, so a flood of polls cannot starve the worker. 0: no limit.",
+        "once on the worker's event loop; more wait their turn, so a flood of reads cannot "
+        "starve the worker (SQLite's polls have a loop of their own). 0: no limit.",
     )
     # Generous by default: a control plane's clients poll (32 clients reading their
     # workspaces every 50 ms are 38,400 requests a minute from one token), and a limit is

@@ -57,6 +57,8 @@ WRITE_OPTION = "spawnpoint_write"
 # A server that is unreachable (not refusing: silent) must not hold a request or a worker
 # loop for the operating system's TCP timeout, minutes long.
 CONNECT_TIMEOUT_SECONDS = 5
+# Read connections of the serving loop (spawnpoint.kit.loops): its reads run one at a time.
+SERVING_POOL_SIZE = 2
 # SQLSTATEs that say the server is going away, starting up or out of connection slots, or
 # that it closed this idle session: any statement would fail the same way (class 08, the
 # connection exceptions, is recognised by its prefix).
@@ -264,6 +266,11 @@ class Database:
         # The outbox relay of this process (events.relay), poked after commits that wrote events.
         self.outbox_nudges = Wakeups()
         self._write_gate = WriteGate() if self.is_sqlite else None
+        # With two loops (spawnpoint.kit.loops), the loop every write runs on; reads from the
+        # other (the serving loop's polls) use engines of their own.
+        self.work_loop: asyncio.AbstractEventLoop | None = None
+        self._serving_engine: AsyncEngine | None = None
+        self._serving_reader: async_sessionmaker[AsyncSession] | None = None
 
     @property
     def is_sqlite(self) -> bool:
@@ -281,6 +288,14 @@ class Database:
         # Imported here: the unit of work builds on this module's pipelines.
         from spawnpoint.uow import UnitOfWork
 
+        if self.work_loop is not None and asyncio.get_running_loop() is not self.work_loop:
+            if write:
+                raise RuntimeError("writes run on the work loop (spawnpoint.kit.loops)")
+            async with UnitOfWork(
+                database=self, session=self._serving_reader_factory()(), write=False
+            ) as uow:
+                yield uow
+            return
         if write and self._write_gate is not None:
             # SQLite takes one writer at a time. Queued here, this process's writers go in
             # turn, each the moment the one before commits; left to SQLite, they would poll
@@ -300,6 +315,25 @@ class Database:
             database=self, session=factory(), write=write, request=request
         ) as uow:
             yield uow
+
+    def work_on(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Run every write on `loop` from now on; reads from any other loop get their own
+        connections (a pool's waiters are bound to one loop)."""
+        self.work_loop = loop
+
+    def _serving_reader_factory(self) -> async_sessionmaker[AsyncSession]:
+        if self._serving_reader is None:
+            self._serving_engine = create_engine(self.url, pool_size=SERVING_POOL_SIZE)
+            self._serving_reader = async_sessionmaker(
+                self._serving_engine.execution_options(**{AUTOCOMMIT_READ_OPTION: True}),
+                expire_on_commit=False,
+            )
+        return self._serving_reader
+
+    async def dispose_serving(self) -> None:
+        """Close the serving loop's read connections (on that loop)."""
+        if self._serving_engine is not None:
+            await self._serving_engine.dispose()
 
     @asynccontextmanager
     async def transaction(self, *, write: bool) -> AsyncIterator[AsyncSession]:

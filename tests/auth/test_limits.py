@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 from auth_support import app_client, entries
-from limits.aio.storage import MemoryStorage, RedisStorage, Storage
+from limits.aio.storage import RedisStorage, Storage
 
 from conftest import IN_CI, World
 from factories import unique
@@ -18,7 +18,7 @@ from polling import eventually
 from spawnpoint.config import Settings
 from spawnpoint.db import Database
 from spawnpoint.kit.metrics import RATE_LIMIT_FALLBACKS
-from spawnpoint.kit.ratelimit import Counters, Hit
+from spawnpoint.kit.ratelimit import Counters, Hit, MemoryStorage
 from spawnpoint.models import Role
 from tcp_proxy import TcpProxies
 

@@ -90,6 +90,14 @@ class LastUsed:
         if len(self._next) >= 10_000:
             self._next.clear()
         self._next[key_id] = now + self.every.total_seconds()
+        work = self.database.work_loop
+        if work is not None and work is not asyncio.get_running_loop():
+            # A poll on the serving loop (kit/loops.py): writes run on the work loop.
+            work.call_soon_threadsafe(self._start, key_id)
+        else:
+            self._start(key_id)
+
+    def _start(self, key_id: uuid.UUID) -> None:
         task = asyncio.create_task(self._write(key_id))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

@@ -10,7 +10,8 @@ process was busy with them either way.
 
 Writes are not held back (they queue on the database's write gate), nor are the probes and
 metrics (they must answer while the API is busy), nor the streamed reads (followed job logs
-and downloads last as long as their clients want).
+and downloads last as long as their clients want), nor the polls `spawnpoint serve` answers
+on a loop the worker does not share (kit/loops.py).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from __future__ import annotations
 import asyncio
 
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from spawnpoint.kit.loops import served_here
 
 READ_METHODS = frozenset({"GET", "HEAD"})
 STREAMED_SUFFIXES = ("/logs", "/download")
@@ -39,7 +42,8 @@ class ReadAdmission:
 
 
 def _admitted(scope: Scope) -> bool:
-    if scope["type"] != "http" or scope["method"] not in READ_METHODS:
+    if scope["type"] != "http" or scope["method"] not in READ_METHODS or served_here(scope):
+        # The serving loop's polls do not share a loop with the worker (kit/loops.py).
         return False
     path: str = scope["path"]
     return path.startswith("/api/") and not path.endswith(STREAMED_SUFFIXES)

@@ -14,16 +14,33 @@ import uuid
 
 RANDOM_BITS = 74
 _RANDOM_MASK = (1 << RANDOM_BITS) - 1
+# Random bytes are read from the kernel for this many ids at once: each read gives up the
+# interpreter lock, which under load costs a wait of up to a switch interval to get back.
+_BATCH = 64
 _lock = threading.Lock()
 _last = (0, 0)  # (milliseconds, random bits) of the last id
+_random = b""
+_used = 0
+
+
+def _forget_random() -> None:
+    """A forked child must not hand out its parent's random bits again."""
+    global _random, _used
+    _random, _used = b"", 0
+
+
+os.register_at_fork(after_in_child=_forget_random)
 
 
 def uuid7() -> uuid.UUID:
     """Return a UUIDv7: 48 bits of Unix milliseconds, then random bits, monotonic."""
-    global _last
+    global _last, _random, _used
     millis = time.time_ns() // 1_000_000
-    bits = int.from_bytes(os.urandom(10), "big") & _RANDOM_MASK
     with _lock:
+        if _used >= len(_random):
+            _random, _used = os.urandom(10 * _BATCH), 0
+        bits = int.from_bytes(_random[_used : _used + 10], "big") & _RANDOM_MASK
+        _used += 10
         last_millis, last_bits = _last
         if millis <= last_millis:
             millis = last_millis

@@ -22,13 +22,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 from limits import RateLimitItemPerSecond
-from limits.aio.storage import MemoryStorage, RedisStorage, Storage
+from limits.aio.storage import RedisStorage, Storage
 from limits.aio.storage.redis.redispy import RedispyBridge
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -88,6 +89,69 @@ class Window:
             (b"ratelimit-remaining", str(max(0, self.remaining)).encode()),
             (b"ratelimit-reset", str(self.reset).encode()),
         ]
+
+
+class MemoryStorage(Storage):
+    """Counters in this process's memory, safe to use from two event loops' threads.
+
+    `spawnpoint serve` on SQLite counts requests on two loops (kit/loops.py). The `limits`
+    library's asyncio memory storage guards each key with an `asyncio.Lock`, which belongs
+    to one loop, and its threaded twin starts a timer thread every 10 ms to expire keys
+    (each start a hand-over of the interpreter lock). Here one `threading.Lock` guards a
+    dict, nothing waits inside it, and expired keys go when the dict has grown by
+    `SWEEP_EVERY` keys since the last sweep. Fixed windows only: what `Counters` uses.
+    """
+
+    STORAGE_SCHEME = ["spawnpoint+memory"]
+    SWEEP_EVERY = 10_000
+
+    def __init__(self, uri: str | None = None, **options: Any) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[str, tuple[int, float]] = {}  # key: (count, expires at)
+        self._sweep_at = self.SWEEP_EVERY
+        super().__init__(uri, **options)
+
+    @property
+    def base_exceptions(self) -> type[Exception] | tuple[type[Exception], ...]:
+        return ValueError
+
+    async def incr(self, key: str, expiry: float, amount: int = 1) -> int:
+        now = time.time()
+        with self._lock:
+            count, expires = self._counts.get(key, (0, 0.0))
+            if expires <= now:
+                count, expires = 0, now + expiry
+            count += amount
+            self._counts[key] = (count, expires)
+            if len(self._counts) >= self._sweep_at:
+                self._sweep(now)
+        return count
+
+    def _sweep(self, now: float) -> None:
+        for stale in [k for k, (_, expires) in self._counts.items() if expires <= now]:
+            del self._counts[stale]
+        self._sweep_at = len(self._counts) + self.SWEEP_EVERY
+
+    async def get(self, key: str) -> int:
+        count, expires = self._counts.get(key, (0, 0.0))
+        return count if expires > time.time() else 0
+
+    async def get_expiry(self, key: str) -> float:
+        _, expires = self._counts.get(key, (0, 0.0))
+        return expires if expires > time.time() else time.time()
+
+    async def check(self) -> bool:
+        return True
+
+    async def reset(self) -> int | None:
+        with self._lock:
+            count = len(self._counts)
+            self._counts.clear()
+        return count
+
+    async def clear(self, key: str) -> None:
+        with self._lock:
+            self._counts.pop(key, None)
 
 
 def build_storage(settings: Settings) -> Storage:
