@@ -44,6 +44,7 @@ SWITCH_INTERVAL_SECONDS = 0.0005
 # What the serving loop answers itself: the reads clients poll.
 POLLS = re.compile(r"^/api/(?:workspaces|jobs)/[0-9a-fA-F-]{32,36}$")
 SERVING_SCOPE_KEY = "spawnpoint.serving_loop"
+LIFESPAN_ENDS = ("lifespan.shutdown.complete", "lifespan.shutdown.failed")
 
 
 class WorkLoop:
@@ -98,18 +99,20 @@ class TwoLoops:
             await self.app(scope, receive, send)
             return
         serving = asyncio.get_running_loop()
-        started: list[Message] = []
+        held: list[Message] = []
+        lifespan = scope["type"] == "lifespan"
 
         async def receive_there() -> Message:
             return await _on(serving, receive)
 
         async def send_there(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                # Sent with the first part of the body: one hand-over instead of two.
-                started.append(message)
+            if message["type"] in ("http.response.start", *LIFESPAN_ENDS):
+                # A response's start goes with the first part of its body: one hand-over,
+                # not two. The lifespan's end waits for the work loop's (below).
+                held.append(message)
                 return
-            if started:
-                head = started.pop()
+            if held:
+                head = held.pop()
 
                 async def both() -> None:
                     await send(head)
@@ -125,10 +128,13 @@ class TwoLoops:
         try:
             await self.work.run(there())
         finally:
-            if scope["type"] == "lifespan":
-                # The lifespan ends with the server: nothing runs on the work loop after it.
+            if lifespan:
+                # Nothing runs on the work loop after the lifespan: stop it before uvicorn
+                # hears that the shutdown is complete (and ends the process).
                 await self.database.dispose_serving()
                 await asyncio.to_thread(self.work.stop)
+                for message in held:
+                    await send(message)
 
 
 def uses_two_loops(settings: Settings) -> bool:
