@@ -177,3 +177,42 @@ async def test_memory_counters_start_a_new_window_once_one_expires() -> None:
     assert await storage.incr("gone", 60) == 1
     await storage.clear("k")
     assert await storage.get("k") == 0
+
+
+async def test_bodies_and_streamed_answers_cross_the_loops_whole_and_in_order(
+    tmp_path: Any,
+) -> None:
+    seen: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(threading.current_thread().name)
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        if scope["path"] == "/fails":
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            raise RuntimeError("after the start")
+        await send({"type": "http.response.start", "status": 201, "headers": []})
+        parts = [body] if scope["path"] == "/echo" else [b"one,", b"two,", b"three"]
+        for index, part in enumerate(parts):
+            more = index < len(parts) - 1
+            await send({"type": "http.response.body", "body": part, "more_body": more})
+
+    work = WorkLoop(asyncio.new_event_loop)
+    database = Database(f"sqlite+aiosqlite:///{tmp_path / 's.db'}")
+    transport = httpx.ASGITransport(app=TwoLoops(app, work, database), raise_app_exceptions=False)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://sp.test") as client:
+            echoed = await client.post("/echo", content=b"x" * 100_000)
+            assert (echoed.status_code, echoed.content) == (201, b"x" * 100_000)
+            streamed = await client.get("/stream")
+            assert (streamed.status_code, streamed.content) == (201, b"one,two,three")
+            failed = await client.get("/fails")
+            assert failed.status_code == 500  # the start alone never reached the client
+    finally:
+        work.stop()
+        await database.dispose()
+    assert seen == ["spawnpoint work loop"] * 3

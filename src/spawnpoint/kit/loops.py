@@ -99,28 +99,30 @@ class TwoLoops:
             await self.app(scope, receive, send)
             return
         serving = asyncio.get_running_loop()
-        held: list[Message] = []
         lifespan = scope["type"] == "lifespan"
+        # Held here until the work loop is done with the request, then sent from this loop:
+        # a whole response (its start and its one body) crosses the threads with the
+        # request's end, not in hand-overs of its own. Streamed parts go as they come.
+        held: list[Message] = []
+        # A request's body (or its first part) is read here first: one hand-over less.
+        first: list[Message] = [] if lifespan else [await receive()]
 
         async def receive_there() -> Message:
+            if first:
+                return first.pop()
             return await _on(serving, receive)
 
         async def send_there(message: Message) -> None:
-            if message["type"] in ("http.response.start", *LIFESPAN_ENDS):
-                # A response's start goes with the first part of its body: one hand-over,
-                # not two. The lifespan's end waits for the work loop's (below).
+            if message["type"] in LIFESPAN_ENDS or _whole(held, message):
                 held.append(message)
                 return
-            if held:
-                head = held.pop()
+            parts, held[:] = [*held, message], []
 
-                async def both() -> None:
-                    await send(head)
-                    await send(message)
+            async def in_order() -> None:
+                for part in parts:
+                    await send(part)
 
-                await _on(serving, both)
-                return
-            await _on(serving, lambda: send(message))
+            await _on(serving, in_order)
 
         async def there() -> None:
             await self.app(scope, receive_there, send_there)
@@ -133,8 +135,21 @@ class TwoLoops:
                 # hears that the shutdown is complete (and ends the process).
                 await self.database.dispose_serving()
                 await asyncio.to_thread(self.work.stop)
+            # A start without its body (the app failed) is dropped: uvicorn answers 500.
+            if lifespan or (held and held[-1]["type"] == "http.response.body"):
                 for message in held:
                     await send(message)
+
+
+def _whole(held: list[Message], message: Message) -> bool:
+    """Whether `message` starts a response or ends one started and held, unstreamed."""
+    if message["type"] == "http.response.start":
+        return True
+    return (
+        message["type"] == "http.response.body"
+        and not message.get("more_body", False)
+        and len(held) == 1
+    )
 
 
 def uses_two_loops(settings: Settings) -> bool:
