@@ -53,7 +53,11 @@ from spawnpoint.users.endpoints import router as users_router
 from spawnpoint.workspaces.endpoints import router as workspaces_router
 from spawnpoint.workspaces.status_cache import detach_status_cache, install_status_cache
 
+# Routes are matched in this order, router by router (FastAPI tries each route's pattern
+# until one fits): what clients send most (spawns and the polls, jobs) comes first.
 ROUTERS = (
+    workspaces_router,
+    jobs_router,
     health_router,
     plans_router,
     tenants_router,
@@ -64,9 +68,7 @@ ROUTERS = (
     invites_router,
     api_keys_router,
     templates_router,
-    workspaces_router,
     events_router,
-    jobs_router,
     quotas_router,
     audit_router,
     artifacts_router,
