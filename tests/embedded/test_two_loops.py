@@ -15,10 +15,10 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import World
+from conftest import World, make_settings
 from spawnpoint.app import create_app
 from spawnpoint.db import Database
-from spawnpoint.kit.loops import TwoLoops, WorkLoop, is_poll
+from spawnpoint.kit.loops import TwoLoops, WorkLoop, is_poll, uses_two_loops
 from spawnpoint.kit.ratelimit import MemoryStorage
 
 pytestmark = pytest.mark.backend("sqlite")  # the embedded mode is SQLite's
@@ -216,3 +216,19 @@ async def test_bodies_and_streamed_answers_cross_the_loops_whole_and_in_order(
         work.stop()
         await database.dispose()
     assert seen == ["spawnpoint work loop"] * 3
+
+
+@pytest.mark.parametrize(
+    ("database_url", "redis_url", "two"),
+    [
+        ("sqlite+aiosqlite:///{dir}/a.db", None, True),
+        ("sqlite+aiosqlite:///{dir}/a.db", "redis://127.0.0.1:6379/0", False),
+        ("sqlite+aiosqlite:///:memory:", None, False),
+        ("postgresql+psycopg://u@127.0.0.1/db", None, False),
+    ],
+)
+def test_two_loops_only_on_a_sqlite_file_without_redis(
+    tmp_path: Any, database_url: str, redis_url: str | None, two: bool
+) -> None:
+    settings = make_settings(database_url.format(dir=tmp_path), tmp_path, redis_url=redis_url)
+    assert uses_two_loops(settings) is two
