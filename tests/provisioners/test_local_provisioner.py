@@ -250,7 +250,28 @@ async def test_a_launch_that_never_recorded_its_process_leaves_one_process(
     assert f"process {unrecorded.pid} was started but never recorded" in job_log.text()
     assert unrecorded.wait(timeout=5) == -signal.SIGKILL
     assert processes_in(root) == [result.state["pid"]] != [unrecorded.pid]
+    assert not paths.launching.exists(), "a recorded launch leaves no marker to scan for"
     await driver.destroy(ctx.with_state(result.state))
+
+
+async def test_stop_kills_a_process_a_launch_never_recorded(
+    driver: LocalProvisioner, make_ctx: ContextFactory, settings: Settings, job_log: JobLog
+) -> None:
+    ctx = make_ctx(spec={"command": HTTP_SERVER})
+    root = workspace_dir(settings, ctx.workspace)
+    root.mkdir(parents=True)
+    paths = local._Paths.of(settings.data_dir, ctx)
+    argv = [sys.executable, "-m", "http.server", str(local._free_port(None))]
+    unrecorded, _ = local._spawn(argv, dict(os.environ), paths, config(settings))
+    assert paths.launching.exists()
+
+    await driver.stop(ctx)
+
+    assert unrecorded.wait(timeout=5) == -signal.SIGKILL
+    assert f"process {unrecorded.pid} was started but never recorded" in job_log.text()
+    assert processes_in(root) == []
+    assert not paths.launching.exists()
+    await driver.destroy(ctx)
 
 
 async def test_a_reused_pid_is_neither_trusted_nor_signalled(
@@ -372,3 +393,47 @@ async def test_without_proc_the_start_time_comes_from_ps(
         await driver.stop(ctx.with_state(result.state))
         assert not (await driver.status(ctx.with_state(result.state))).running
         await driver.destroy(ctx)
+
+
+@pytest.fixture
+async def serve_bytes() -> AsyncIterator[Any]:
+    """Start loopback TCP servers that answer every connection with fixed bytes (or never)."""
+    servers: list[asyncio.Server] = []
+    done = asyncio.Event()
+
+    async def start(reply: bytes | None) -> int:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            if reply is None:
+                await done.wait()
+            else:
+                writer.write(reply)
+                await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        servers.append(server)
+        port: int = server.sockets[0].getsockname()[1]
+        return port
+
+    yield start
+    done.set()
+    for server in servers:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_any_http_response_means_up_and_nothing_else_does(
+    serve_bytes: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    error = await serve_bytes(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
+    assert await local._answers_http(error), "an error status still means the server is up"
+    assert await local._answers_http(await serve_bytes(b"HTTP/1.0 200 OK\r\n\r\nok"))
+    assert not await local._answers_http(await serve_bytes(b"SSH-2.0-OpenSSH_9.6\r\n"))
+    assert not await local._answers_http(await serve_bytes(b""))
+    assert not await local._answers_http(local._free_port(None))
+    monkeypatch.setattr(local, "PROBE_TIMEOUT_SECONDS", 0.2)
+    silent = await serve_bytes(None)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    assert not await local._answers_http(silent)
+    assert loop.time() - began < 2, "a server that never answers is given up on"

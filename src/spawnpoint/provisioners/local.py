@@ -14,7 +14,11 @@ process is never mistaken for the workspace, and never signalled.
 Idempotency: the driver writes `.spawnpoint/process.json` the moment the process exists,
 before anything can fail, and consults it before the saved state. A provision re-run after
 the worker died therefore finds the process even though the workspace's state was never
-saved, and an exclusive lock on `.spawnpoint/lock` keeps two attempts from racing.
+saved, and an exclusive lock on `.spawnpoint/lock` keeps two attempts from racing. A
+launch writes `.spawnpoint/launching` before it starts the process and removes it once the
+record is written, so only an attempt that finds it (its predecessor died in between) looks
+through /proc for an unrecorded process to kill; the common path never scans the host's
+processes.
 
 The process keeps running when the worker stops; the driver only ever stops it on `stop` or
 `destroy`. POSIX only.
@@ -26,6 +30,7 @@ import asyncio
 import contextlib
 import errno
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -34,12 +39,12 @@ import shutil
 import signal
 import socket
 import subprocess
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
@@ -65,6 +70,17 @@ BOOT_ID = PROC / "sys" / "kernel" / "random" / "boot_id"
 PASSED_THROUGH_ENV = ("PATH", "LANG", "LC_ALL", "TZ")
 KILL_WAIT_SECONDS = 5.0
 PROBE_TIMEOUT_SECONDS = 1.0
+# Any HTTP server answers this; HTTP/1.0 so it closes the connection after its response.
+PROBE_REQUEST = b"GET / HTTP/1.0\r\nHost: %s:%d\r\nUser-Agent: spawnpoint\r\n\r\n"
+# Readiness probes: every READY_STEP_SECONDS while the process is young (most servers
+# answer within a few hundred ms, and a closed loop of clients waits for each), then
+# doubling up to READY_MAX_STEP_SECONDS for slow starters. A failed probe is one refused
+# loopback connect, tens of microseconds.
+READY_STEP_SECONDS = 0.01
+READY_FAST_FOR_SECONDS = 1.0
+READY_MAX_STEP_SECONDS = 0.25
+# Reap exited children of other workspaces at most this often (each is a waitpid).
+REAP_ALL_EVERY_SECONDS = 1.0
 TAIL_BYTES = 16_384
 MAX_LOGGED_LINES = 200
 
@@ -132,12 +148,13 @@ class _Paths:
     output: Path
     record: Path
     lock: Path
+    launching: Path
 
     @classmethod
     def of(cls, data_dir: Path, ctx: ProvisionContext) -> _Paths:
         # Absolute, because the command runs with the workspace as its working directory and
         # receives this path through {workspace_dir}.
-        root = (data_dir / "workspaces" / str(ctx.workspace.id)).resolve()
+        root = _workspaces_dir(data_dir) / str(ctx.workspace.id)
         meta = root / ".spawnpoint"
         return cls(
             root=root,
@@ -145,7 +162,21 @@ class _Paths:
             output=meta / "output.log",
             record=meta / "process.json",
             lock=meta / "lock",
+            launching=meta / "launching",
         )
+
+
+def _workspaces_dir(data_dir: Path) -> Path:
+    if not data_dir.is_absolute():
+        return (data_dir / "workspaces").resolve()
+    return _resolved_workspaces_dir(data_dir)
+
+
+@functools.lru_cache(maxsize=16)
+def _resolved_workspaces_dir(data_dir: Path) -> Path:
+    # Resolved once per absolute data dir (resolving is a walk of lstat calls); the driver
+    # itself creates everything below it.
+    return (data_dir / "workspaces").resolve()
 
 
 def connection_for(port: int) -> dict[str, Any]:
@@ -165,6 +196,7 @@ class LocalProvisioner(Provisioner[LocalConfig]):
         # (waited for) when they exit. Processes launched by an earlier worker are
         # reparented to init, which reaps them.
         self._children: dict[int, subprocess.Popen[bytes]] = {}
+        self._reaped_all_at = 0.0
 
     async def provision(self, ctx: ProvisionContext) -> ProvisionResult:
         return await self._ensure_running(ctx, verb="provision")
@@ -229,12 +261,7 @@ class LocalProvisioner(Provisioner[LocalConfig]):
                 return self._running_result(ctx, paths, recorded)
             if recorded is not None:
                 await ctx.log(f"process {recorded.pid} is gone; starting a new one")
-            for leftover in _unrecorded_leaders(paths.root):
-                # A launch interrupted before it wrote its record (the worker killed between
-                # starting the process and recording it) left this one running: it would be
-                # a second process of the workspace.
-                await ctx.log(f"process {leftover} was started but never recorded; killing it")
-                await _kill_orphans(leftover)
+            await _kill_unrecorded(ctx, paths)
             argv_template = _command(ctx.spec)
             env_extra = _spec_env(ctx.spec)
             preferred = recorded.port if recorded else ctx.state.get("port")
@@ -275,10 +302,11 @@ class LocalProvisioner(Provisioner[LocalConfig]):
         self._children[popen.pid] = popen
         start_time = _start_time(popen.pid)
         if start_time is None:
-            # It exited before its start time could be read; report its output.
+            # It exited before its start time could be read; report its output. The launch
+            # marker stays, so the next attempt looks for anything it left behind.
             await _kill_orphans(popen.pid)
             raise ProvisionerError(
-                f"the command exited{self._exit_status(popen.pid)} at once; "
+                f"the command exited{_exit_status(popen)} at once; "
                 f"last output:\n{_tail(paths.output, offset, self.config.output_tail_lines)}"
             )
         process = _Process(pid=popen.pid, start_time=start_time, boot_id=_boot_id(), port=port)
@@ -288,45 +316,51 @@ class LocalProvisioner(Provisioner[LocalConfig]):
             # Unrecorded, a retry could not find it and would start a second one.
             _signal_group(process.pid, signal.SIGKILL)
             raise ProvisionerError(f"cannot record process {process.pid}: {exc}") from exc
+        # Recorded: from now on an attempt finds it by its record, not by a scan.
+        _remove(paths.launching)
         return process, offset
 
     async def _wait_ready(
         self, ctx: ProvisionContext, paths: _Paths, process: _Process, offset: int
     ) -> None:
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.config.ready_timeout_seconds
+        began = loop.time()
+        deadline = began + self.config.ready_timeout_seconds
         url = connection_for(process.port)["url"]
-        tailer = _Tailer(paths.output, offset)
-        delay = 0.05
-        # trust_env=False: a proxy from the environment must not answer for loopback.
-        async with httpx.AsyncClient(trust_env=False, timeout=PROBE_TIMEOUT_SECONDS) as client:
+        # This instance's own child cannot have handed its pid on before it is waited for,
+        # so a waitpid tells whether it still runs; any other process is checked by identity.
+        popen = self._children.get(process.pid)
+        delay = READY_STEP_SECONDS
+        with _Tailer(paths.output, offset) as tailer:
             while True:
                 await tailer.forward(ctx)
-                if not _identity_matches(process):
+                if not (popen.poll() is None if popen else _identity_matches(process)):
                     await tailer.forward(ctx, final=True)
                     await _kill_orphans(process.pid)
-                    _remove_record(paths)
+                    _remove(paths.record)
                     raise ProvisionerError(
-                        f"the command exited{self._exit_status(process.pid)} before answering "
+                        f"the command exited{_exit_status(popen)} before answering "
                         f"on port {process.port}; last output:\n"
                         f"{_tail(paths.output, offset, self.config.output_tail_lines)}"
                     )
-                if await _answers_http(client, url):
+                if await _answers_http(process.port):
                     await tailer.forward(ctx, final=True)
                     await ctx.log(f"ready at {url}")
                     return
-                if loop.time() >= deadline:
+                now = loop.time()
+                if now >= deadline:
                     await tailer.forward(ctx, final=True)
                     await ctx.log("not ready in time; stopping it so a retry starts afresh")
                     await self._terminate(ctx, process)
-                    _remove_record(paths)
+                    _remove(paths.record)
                     raise ProvisionerError(
                         f"nothing answered HTTP on port {process.port} within "
                         f"{self.config.ready_timeout_seconds:g} s; last output:\n"
                         f"{_tail(paths.output, offset, self.config.output_tail_lines)}"
                     )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 0.5)
+                await asyncio.sleep(min(delay, deadline - now))
+                if now - began >= READY_FAST_FOR_SECONDS:
+                    delay = min(delay * 2, READY_MAX_STEP_SECONDS)
 
     async def _stop_locked(self, ctx: ProvisionContext, paths: _Paths) -> _Process | None:
         """Stop the recorded process if it still runs; return what was recorded."""
@@ -334,7 +368,8 @@ class LocalProvisioner(Provisioner[LocalConfig]):
         process = _read_record(paths) or _Process.from_state(ctx.state)
         if process is not None and _identity_matches(process):
             await self._terminate(ctx, process)
-        _remove_record(paths)
+        _remove(paths.record)
+        await _kill_unrecorded(ctx, paths)
         return process
 
     async def _terminate(self, ctx: ProvisionContext, process: _Process) -> None:
@@ -359,8 +394,10 @@ class LocalProvisioner(Provisioner[LocalConfig]):
         deadline = loop.time() + within
         delay = 0.02
         while True:
-            self._reap()
-            _reap_zombie(process)
+            self._reap(process.pid)
+            if process.pid not in self._children:
+                # Not this instance's child (its Popen, polled above, waits for those).
+                _reap_zombie(process)
             # A pid stays allocated while a process group uses it as its id, so signalling
             # the group after the leader exited cannot hit an unrelated process.
             if not _identity_matches(process) and not _group_exists(process.pid):
@@ -370,18 +407,23 @@ class LocalProvisioner(Provisioner[LocalConfig]):
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.2)
 
-    def _reap(self) -> None:
-        for pid, popen in list(self._children.items()):
-            if popen.poll() is not None:
-                del self._children[pid]
+    def _reap(self, pid: int | None = None) -> None:
+        """Wait for exited children: `pid` at once, all of them every so often.
 
-    def _exit_status(self, pid: int) -> str:
-        """How a process this instance launched ended, for error messages; reaps it."""
-        popen = self._children.pop(pid, None)
-        code = popen.poll() if popen is not None else None
-        if code is None:
-            return ""
-        return f" (killed by signal {-code})" if code < 0 else f" with status {code}"
+        Not all of them on every call: with hundreds of workspaces running that would be
+        hundreds of waitpid calls per operation.
+        """
+        if pid is not None:
+            popen = self._children.get(pid)
+            if popen is not None and popen.poll() is not None:
+                del self._children[pid]
+        now = time.monotonic()
+        if now - self._reaped_all_at < REAP_ALL_EVERY_SECONDS:
+            return
+        self._reaped_all_at = now
+        for child, popen in list(self._children.items()):
+            if popen.poll() is not None:
+                del self._children[child]
 
     @contextlib.asynccontextmanager
     async def _locked(self, paths: _Paths) -> AsyncIterator[None]:
@@ -411,16 +453,64 @@ class LocalProvisioner(Provisioner[LocalConfig]):
             os.close(fd)
 
 
+def _exit_status(popen: subprocess.Popen[bytes] | None) -> str:
+    """How a process this instance launched ended, for error messages; reaps it."""
+    code = popen.poll() if popen is not None else None
+    if code is None:
+        return ""
+    return f" (killed by signal {-code})" if code < 0 else f" with status {code}"
+
+
+async def _kill_unrecorded(ctx: ProvisionContext, paths: _Paths) -> None:
+    """Kill a process a launch started but never recorded, if a launch was interrupted.
+
+    Call under the workspace's lock, with no recorded process alive. Only when the launch
+    marker is there: it is written before a process is started and removed once the process
+    is recorded, so without it no such process can exist and /proc is not scanned.
+    """
+    if not paths.launching.exists():
+        return
+    for leftover in _unrecorded_leaders(paths.root):
+        # The worker was killed between starting this process and recording it: it would be
+        # a second process of the workspace.
+        await ctx.log(f"process {leftover} was started but never recorded; killing it")
+        await _kill_orphans(leftover)
+    _remove(paths.launching)
+
+
 class _Tailer:
-    """Forwards complete lines appended to a file to the job log."""
+    """Forwards complete lines appended to a file to the job log.
+
+    Keeps the file open while it is used (`with`), so each look for new output is one read.
+    """
 
     def __init__(self, path: Path, offset: int) -> None:
         self.path = path
         self.offset = offset
         self.logged = 0
+        self._fd: int | None = None
+
+    def __enter__(self) -> _Tailer:
+        with contextlib.suppress(FileNotFoundError):
+            self._fd = os.open(self.path, os.O_RDONLY)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def _read(self) -> bytes:
+        if self._fd is None:
+            return _read_from(self.path, self.offset)
+        chunks, position = [], self.offset
+        while chunk := os.pread(self._fd, 65536, position):
+            chunks.append(chunk)
+            position += len(chunk)
+        return b"".join(chunks)
 
     async def forward(self, ctx: ProvisionContext, *, final: bool = False) -> None:
-        chunk = _read_from(self.path, self.offset)
+        chunk = self._read()
         if not chunk:
             return
         end = len(chunk) if final else chunk.rfind(b"\n") + 1
@@ -499,27 +589,43 @@ def _spawn(
         output.write(f"--- {utcnow().isoformat()} spawnpoint: {shlex.join(argv)}\n".encode())
         output.flush()
         offset = output.tell()
-        popen = subprocess.Popen(  # noqa: S603 - argv comes from an operator-only template
-            argv,
-            cwd=paths.root,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            # Its own session and process group: the worker's signals do not reach it, and
-            # `stop` can signal it together with everything it starts.
-            start_new_session=True,
-            close_fds=True,
-        )
+        # Before the process exists, so a worker killed before it records the process leaves
+        # the marker that makes the next attempt look for it (`_kill_unrecorded`).
+        os.close(os.open(paths.launching, os.O_WRONLY | os.O_CREAT, 0o600))
+        try:
+            popen = subprocess.Popen(  # noqa: S603 - argv comes from an operator-only template
+                argv,
+                cwd=paths.root,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                # Its own session and process group: the worker's signals do not reach it,
+                # and `stop` can signal it together with everything it starts.
+                start_new_session=True,
+                close_fds=True,
+            )
+        except BaseException:
+            # Popen raises only once the child is gone (it could not exec): nothing to find.
+            _remove(paths.launching)
+            raise
     return popen, offset
 
 
 def _probe(pid: int) -> tuple[str, str] | None:
     """Return (state letter, start time) of `pid`, or None when there is no such process."""
-    if PROC.joinpath("self", "stat").exists():
+    if _has_proc(PROC):
         try:
-            stat = PROC.joinpath(str(pid), "stat").read_text()
+            fd = os.open(f"{PROC}/{pid}/stat", os.O_RDONLY)
         except (FileNotFoundError, ProcessLookupError):
+            return None
+        try:
+            stat = os.read(fd, 4096).decode(errors="replace")
+        except ProcessLookupError:
+            return None
+        finally:
+            os.close(fd)
+        if not stat:
             return None
         # The command name (field 2) may contain spaces and parentheses; it ends at the
         # last ')'. Field 3 is the state, field 22 the start time in clock ticks after boot.
@@ -546,9 +652,20 @@ def _start_time(pid: int) -> str | None:
     return probe[1]
 
 
+@functools.lru_cache(maxsize=4)
+def _has_proc(proc: Path) -> bool:
+    return proc.joinpath("self", "stat").exists()
+
+
 def _boot_id() -> str | None:
+    return _read_boot_id(BOOT_ID)
+
+
+@functools.lru_cache(maxsize=4)
+def _read_boot_id(path: Path) -> str | None:
+    # Read once: a process that runs has not seen a reboot.
     try:
-        return BOOT_ID.read_text().strip()
+        return path.read_text().strip()
     except OSError:
         return None
 
@@ -601,7 +718,7 @@ async def _kill_orphans(pgid: int) -> None:
 
 def _has_live_members(pgid: int) -> bool:
     """Whether a process of group `pgid` is still alive; zombies, already dead, do not count."""
-    if not PROC.joinpath("self", "stat").exists():
+    if not _has_proc(PROC):
         return _group_exists(pgid)
     group = str(pgid)
     for entry in PROC.iterdir():
@@ -622,8 +739,9 @@ def _unrecorded_leaders(root: Path) -> list[int]:
     """Live session leaders working in `root`: what `_spawn` starts there (its own session,
     `cwd=root`). Called under the workspace's lock when no recorded process is alive, so any
     found is a launch that never got to record it. None where there is no /proc."""
-    if not PROC.joinpath("self", "stat").exists():
+    if not _has_proc(PROC):
         return []
+    target = str(root.resolve())
     found = []
     for entry in PROC.iterdir():
         if not entry.name.isdigit():
@@ -634,7 +752,7 @@ def _unrecorded_leaders(root: Path) -> list[int]:
             fields = stat[stat.rindex(")") + 2 :].split()
             if fields[3] != entry.name or fields[0] in "ZX":
                 continue
-            if Path(os.readlink(entry / "cwd")) == root.resolve():
+            if os.readlink(entry / "cwd") == target:
                 found.append(int(entry.name))
         except (OSError, ValueError, IndexError):
             continue
@@ -650,13 +768,30 @@ def _signal_group(pgid: int, signum: signal.Signals) -> None:
         raise ProvisionerError(f"not allowed to signal process group {pgid}: {exc}") from exc
 
 
-async def _answers_http(client: httpx.AsyncClient, url: str) -> bool:
-    """Any HTTP response, even an error status, means the server is up."""
+async def _answers_http(port: int) -> bool:
+    """Any HTTP response, even an error status, means the server is up.
+
+    A bare socket on the event loop, not an HTTP client: loopback needs no TLS, proxies or
+    pools, and a client's construction (an SSL context) costs more than the probe itself.
+    """
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setblocking(False)
     try:
-        async with client.stream("GET", url):
-            return True
-    except httpx.TransportError:
+        async with asyncio.timeout(PROBE_TIMEOUT_SECONDS):
+            await loop.sock_connect(sock, (HOST, port))
+            await loop.sock_sendall(sock, PROBE_REQUEST % (HOST.encode(), port))
+            head = b""
+            while len(head) < len(b"HTTP/"):
+                chunk = await loop.sock_recv(sock, 64)
+                if not chunk:
+                    break
+                head += chunk
+    except (OSError, TimeoutError):
         return False
+    finally:
+        sock.close()
+    return head.startswith(b"HTTP/")
 
 
 def _read_record(paths: _Paths) -> _Process | None:
@@ -673,9 +808,9 @@ def _write_record(paths: _Paths, process: _Process) -> None:
     temporary.replace(paths.record)
 
 
-def _remove_record(paths: _Paths) -> None:
+def _remove(path: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
-        paths.record.unlink()
+        path.unlink()
 
 
 def _size(path: Path) -> int:
