@@ -437,3 +437,9 @@ async def test_any_http_response_means_up_and_nothing_else_does(
     began = loop.time()
     assert not await local._answers_http(silent)
     assert loop.time() - began < 2, "a server that never answers is given up on"
+
+
+def test_a_port_given_to_a_starting_launch_is_not_given_again() -> None:
+    port = local._free_port(None)
+    assert local._free_port(port) == port, "the preferred port, when free"
+    assert local._free_port(port, taken={port}) != port

@@ -15,10 +15,10 @@ Idempotency: the driver writes `.spawnpoint/process.json` the moment the process
 before anything can fail, and consults it before the saved state. A provision re-run after
 the worker died therefore finds the process even though the workspace's state was never
 saved, and an exclusive lock on `.spawnpoint/lock` keeps two attempts from racing. A
-launch writes `.spawnpoint/launching` before it starts the process and removes it once the
-record is written, so only an attempt that finds it (its predecessor died in between) looks
-through /proc for an unrecorded process to kill; the common path never scans the host's
-processes.
+launch creates `.spawnpoint/launching` before it starts the process, writes the record into
+it and renames it to `process.json`, so only an attempt that finds it (its predecessor died
+in between) looks through /proc for an unrecorded process to kill; the common path never
+scans the host's processes.
 
 The process keeps running when the worker stops; the driver only ever stops it on `stop` or
 `destroy`. POSIX only.
@@ -40,10 +40,10 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
@@ -81,6 +81,8 @@ READY_FAST_FOR_SECONDS = 1.0
 READY_MAX_STEP_SECONDS = 0.25
 # Reap exited children of other workspaces at most this often (each is a waitpid).
 REAP_ALL_EVERY_SECONDS = 1.0
+# The kernel may offer a port a launch that is still starting was given; ask again.
+FREE_PORT_TRIES = 8
 TAIL_BYTES = 16_384
 MAX_LOGGED_LINES = 200
 
@@ -197,6 +199,8 @@ class LocalProvisioner(Provisioner[LocalConfig]):
         # reparented to init, which reaps them.
         self._children: dict[int, subprocess.Popen[bytes]] = {}
         self._reaped_all_at = 0.0
+        # Ports handed to launches whose command may not listen on them yet.
+        self._starting_ports: set[int] = set()
 
     async def provision(self, ctx: ProvisionContext) -> ProvisionResult:
         return await self._ensure_running(ctx, verb="provision")
@@ -265,16 +269,23 @@ class LocalProvisioner(Provisioner[LocalConfig]):
             argv_template = _command(ctx.spec)
             env_extra = _spec_env(ctx.spec)
             preferred = recorded.port if recorded else ctx.state.get("port")
-            port = _free_port(preferred if isinstance(preferred, int) else None)
+            port = _free_port(
+                preferred if isinstance(preferred, int) else None, taken=self._starting_ports
+            )
             argv = [
                 token.replace("{port}", str(port)).replace("{workspace_dir}", str(paths.root))
                 for token in argv_template
             ]
             env = _environment(paths.root, env_extra, port)
             await ctx.log(f"{verb}: running {shlex.join(argv)} in {paths.root} on port {port}")
-            process, offset = await self._launch(argv, env, paths, port)
-            await ctx.log(f"started process {process.pid}")
-            await self._wait_ready(ctx, paths, process, offset)
+            # Until its command listens on it, the port looks free to other launches too.
+            self._starting_ports.add(port)
+            try:
+                process, offset = await self._launch(argv, env, paths, port)
+                await ctx.log(f"started process {process.pid}")
+                await self._wait_ready(ctx, paths, process, offset)
+            finally:
+                self._starting_ports.discard(port)
             return self._running_result(ctx, paths, process)
 
     def _running_result(
@@ -294,14 +305,16 @@ class LocalProvisioner(Provisioner[LocalConfig]):
         self, argv: list[str], env: dict[str, str], paths: _Paths, port: int
     ) -> tuple[_Process, int]:
         try:
-            popen, offset = await asyncio.to_thread(_spawn, argv, env, paths, self.config)
+            # One trip to a thread for every blocking step: the files, the fork and exec,
+            # the start time and the record.
+            launched = await asyncio.to_thread(_start, argv, env, paths, self.config, port)
         except (FileNotFoundError, PermissionError, NotADirectoryError) as exc:
             raise PermanentProvisionerError(f"cannot run {argv[0]!r}: {exc}") from exc
         except OSError as exc:
             raise ProvisionerError(f"cannot start {argv[0]!r}: {exc}") from exc
+        popen, offset = launched.popen, launched.offset
         self._children[popen.pid] = popen
-        start_time = _start_time(popen.pid)
-        if start_time is None:
+        if launched.process is None:
             # It exited before its start time could be read; report its output. The launch
             # marker stays, so the next attempt looks for anything it left behind.
             await _kill_orphans(popen.pid)
@@ -309,16 +322,13 @@ class LocalProvisioner(Provisioner[LocalConfig]):
                 f"the command exited{_exit_status(popen)} at once; "
                 f"last output:\n{_tail(paths.output, offset, self.config.output_tail_lines)}"
             )
-        process = _Process(pid=popen.pid, start_time=start_time, boot_id=_boot_id(), port=port)
-        try:
-            _write_record(paths, process)
-        except OSError as exc:
+        if launched.record_error is not None:
             # Unrecorded, a retry could not find it and would start a second one.
-            _signal_group(process.pid, signal.SIGKILL)
-            raise ProvisionerError(f"cannot record process {process.pid}: {exc}") from exc
-        # Recorded: from now on an attempt finds it by its record, not by a scan.
-        _remove(paths.launching)
-        return process, offset
+            _signal_group(popen.pid, signal.SIGKILL)
+            raise ProvisionerError(
+                f"cannot record process {popen.pid}: {launched.record_error}"
+            ) from launched.record_error
+        return launched.process, offset
 
     async def _wait_ready(
         self, ctx: ProvisionContext, paths: _Paths, process: _Process, offset: int
@@ -393,19 +403,21 @@ class LocalProvisioner(Provisioner[LocalConfig]):
         loop = asyncio.get_running_loop()
         deadline = loop.time() + within
         delay = 0.02
-        while True:
-            self._reap(process.pid)
-            if process.pid not in self._children:
-                # Not this instance's child (its Popen, polled above, waits for those).
-                _reap_zombie(process)
-            # A pid stays allocated while a process group uses it as its id, so signalling
-            # the group after the leader exited cannot hit an unrelated process.
-            if not _identity_matches(process) and not _group_exists(process.pid):
-                return True
-            if loop.time() >= deadline:
-                return False
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.2)
+        with _ExitWatch(process.pid) as watch:
+            while True:
+                self._reap(process.pid)
+                if process.pid not in self._children:
+                    # Not this instance's child (its Popen, polled above, waits for those).
+                    _reap_zombie(process)
+                # A pid stays allocated while a process group uses it as its id, so
+                # signalling the group after the leader exited cannot hit an unrelated process.
+                if not _identity_matches(process) and not _group_exists(process.pid):
+                    return True
+                now = loop.time()
+                if now >= deadline:
+                    return False
+                await watch.sleep(min(delay, deadline - now))
+                delay = min(delay * 2, 0.2)
 
     def _reap(self, pid: int | None = None) -> None:
         """Wait for exited children: `pid` at once, all of them every so often.
@@ -429,9 +441,12 @@ class LocalProvisioner(Provisioner[LocalConfig]):
     async def _locked(self, paths: _Paths) -> AsyncIterator[None]:
         """Hold the workspace's lock, so two attempts on one workspace never interleave."""
         try:
-            paths.meta.mkdir(parents=True, exist_ok=True)
-            # os.open makes a non-inheritable descriptor, so a launched process never holds it.
-            fd = os.open(paths.lock, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fd = _open_lock(paths)
+            except FileNotFoundError:
+                # A new workspace. Making directories is the dearest file-system call there
+                # is (an inode and a block, journalled): on a thread, not on the event loop.
+                fd = await asyncio.to_thread(_make_dirs_and_open_lock, paths)
         except OSError as exc:
             raise ProvisionerError(f"cannot lock {paths.root}: {exc}") from exc
         try:
@@ -451,6 +466,62 @@ class LocalProvisioner(Provisioner[LocalConfig]):
             yield
         finally:
             os.close(fd)
+
+
+def _open_lock(paths: _Paths) -> int:
+    # os.open makes a non-inheritable descriptor, so a launched process never holds it.
+    return os.open(paths.lock, os.O_RDWR | os.O_CREAT, 0o600)
+
+
+def _make_dirs_and_open_lock(paths: _Paths) -> int:
+    paths.meta.mkdir(parents=True, exist_ok=True)
+    return _open_lock(paths)
+
+
+class _ExitWatch:
+    """Sleeps that end as soon as a process exits: its pidfd on the event loop (Linux).
+
+    Where there is no pidfd (an older kernel, another OS) they are plain sleeps. Only ever a
+    shortcut: whoever sleeps checks the process again when it wakes, for whatever reason.
+    """
+
+    def __init__(self, pid: int) -> None:
+        self._fd: int | None = None
+        self._exited = False
+        with contextlib.suppress(AttributeError, OSError):
+            self._fd = os.pidfd_open(pid)
+
+    def __enter__(self) -> _ExitWatch:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    async def sleep(self, seconds: float) -> None:
+        if self._fd is None or self._exited:
+            await asyncio.sleep(seconds)
+            return
+        loop = asyncio.get_running_loop()
+        woken: asyncio.Future[None] = loop.create_future()
+
+        def wake() -> None:
+            if not woken.done():
+                woken.set_result(None)
+
+        def exited() -> None:
+            # A pidfd turns readable when its process has exited, and stays so.
+            self._exited = True
+            wake()
+
+        loop.add_reader(self._fd, exited)
+        timer = loop.call_later(seconds, wake)
+        try:
+            await woken
+        finally:
+            timer.cancel()
+            loop.remove_reader(self._fd)
 
 
 def _exit_status(popen: subprocess.Popen[bytes] | None) -> str:
@@ -558,13 +629,15 @@ def _environment(root: Path, extra: dict[str, str], port: int) -> dict[str, str]
     return env
 
 
-def _free_port(preferred: int | None) -> int:
-    """A loopback port nobody listens on; the preferred one (the last run's) when free.
+def _free_port(preferred: int | None, *, taken: Collection[int] = ()) -> int:
+    """A loopback port nobody listens on and not in `taken`; the preferred one (the last
+    run's) when free.
 
     Another program could take the port between this check and the command binding it; the
     command then fails to start and the job's retry picks another port.
     """
-    candidates = [preferred, 0] if preferred else [0]
+    candidates = [preferred] if preferred and preferred not in taken else []
+    candidates += [0] * FREE_PORT_TRIES
     for candidate in candidates:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             # As servers do, so a port in TIME_WAIT from the last run counts as free.
@@ -574,24 +647,59 @@ def _free_port(preferred: int | None) -> int:
             except OSError:
                 continue
             port: int = sock.getsockname()[1]
-            return port
+            if port not in taken:
+                return port
     raise ProvisionerError("no free loopback port")
+
+
+@dataclass(frozen=True, slots=True)
+class _Launched:
+    popen: subprocess.Popen[bytes]
+    offset: int  # where this run's output starts in the output file
+    process: _Process | None  # None: it exited before its start time could be read
+    record_error: OSError | None = None
+
+
+def _start(
+    argv: list[str], env: dict[str, str], paths: _Paths, config: LocalConfig, port: int
+) -> _Launched:
+    """Start the process and record it (blocking calls, for a thread)."""
+    popen, offset = _spawn(argv, env, paths, config)
+    start_time = _start_time(popen.pid)
+    if start_time is None:
+        return _Launched(popen, offset, None)
+    process = _Process(pid=popen.pid, start_time=start_time, boot_id=_boot_id(), port=port)
+    try:
+        _write_record(paths, process)
+    except OSError as exc:
+        return _Launched(popen, offset, process, exc)
+    return _Launched(popen, offset, process)
+
+
+def _open_output(paths: _Paths, config: LocalConfig) -> BinaryIO:
+    """The output file opened for appending; first moved to output.log.1 when too large."""
+    try:
+        output = paths.output.open("ab")
+    except FileNotFoundError:
+        paths.meta.mkdir(parents=True, exist_ok=True)
+        return paths.output.open("ab")
+    if os.fstat(output.fileno()).st_size <= config.max_output_bytes:
+        return output
+    output.close()
+    paths.output.replace(paths.output.with_name(paths.output.name + ".1"))
+    return paths.output.open("ab")
 
 
 def _spawn(
     argv: list[str], env: dict[str, str], paths: _Paths, config: LocalConfig
 ) -> tuple[subprocess.Popen[bytes], int]:
-    paths.meta.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(FileNotFoundError):
-        if paths.output.stat().st_size > config.max_output_bytes:
-            paths.output.replace(paths.output.with_name(paths.output.name + ".1"))
-    with paths.output.open("ab") as output:
+    with _open_output(paths, config) as output:
         output.write(f"--- {utcnow().isoformat()} spawnpoint: {shlex.join(argv)}\n".encode())
         output.flush()
         offset = output.tell()
         # Before the process exists, so a worker killed before it records the process leaves
         # the marker that makes the next attempt look for it (`_kill_unrecorded`).
-        os.close(os.open(paths.launching, os.O_WRONLY | os.O_CREAT, 0o600))
+        os.close(os.open(paths.launching, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
         try:
             popen = subprocess.Popen(  # noqa: S603 - argv comes from an operator-only template
                 argv,
@@ -773,25 +881,32 @@ async def _answers_http(port: int) -> bool:
 
     A bare socket on the event loop, not an HTTP client: loopback needs no TLS, proxies or
     pools, and a client's construction (an SSL context) costs more than the probe itself.
+    Connected with connect_ex rather than the loop's sock_connect, which resolves the
+    address first (uvloop: getaddrinfo, on a thread); a refused probe, what most are, is
+    then a few syscalls and no wait.
     """
-    loop = asyncio.get_running_loop()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setblocking(False)
-    try:
-        async with asyncio.timeout(PROBE_TIMEOUT_SECONDS):
-            await loop.sock_connect(sock, (HOST, port))
-            await loop.sock_sendall(sock, PROBE_REQUEST % (HOST.encode(), port))
-            head = b""
-            while len(head) < len(b"HTTP/"):
-                chunk = await loop.sock_recv(sock, 64)
-                if not chunk:
-                    break
-                head += chunk
-    except (OSError, TimeoutError):
-        return False
-    finally:
-        sock.close()
-    return head.startswith(b"HTTP/")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setblocking(False)
+        code = sock.connect_ex((HOST, port))
+        if code == errno.EINPROGRESS:
+            # On loopback a refusal is known at once; otherwise sending waits for the
+            # connection and reports its failure.
+            code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if code != 0:
+            return False
+        loop = asyncio.get_running_loop()
+        head = b""
+        try:
+            async with asyncio.timeout(PROBE_TIMEOUT_SECONDS):
+                await loop.sock_sendall(sock, PROBE_REQUEST % (HOST.encode(), port))
+                while len(head) < len(b"HTTP/"):
+                    chunk = await loop.sock_recv(sock, 64)
+                    if not chunk:
+                        break
+                    head += chunk
+        except (OSError, TimeoutError):
+            return False
+        return head.startswith(b"HTTP/")
 
 
 def _read_record(paths: _Paths) -> _Process | None:
@@ -803,9 +918,10 @@ def _read_record(paths: _Paths) -> _Process | None:
 
 
 def _write_record(paths: _Paths, process: _Process) -> None:
-    temporary = paths.record.with_suffix(".tmp")
-    temporary.write_text(json.dumps(process.as_state()))
-    temporary.replace(paths.record)
+    # Written into the launch marker, which the rename then turns into the record: one step
+    # records the process and clears the marker, and no reader ever sees half a record.
+    paths.launching.write_text(json.dumps(process.as_state()))
+    paths.launching.replace(paths.record)
 
 
 def _remove(path: Path) -> None:
