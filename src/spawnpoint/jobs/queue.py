@@ -49,7 +49,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import SessionTransaction
 
-from spawnpoint import tracing
+from spawnpoint import sqlite_fast, tracing
 from spawnpoint.db import DriverStatement
 from spawnpoint.jobs.errors import StaleLease
 from spawnpoint.kit.auditing import system_action
@@ -447,21 +447,36 @@ def _claim_values(owner: str, limit: int, lease: timedelta, now: datetime) -> di
 async def _claim_rows(
     session: AsyncSession, values: dict[str, Any], job_types: Collection[str] | None
 ) -> list[Any]:
-    """The claim through SQLAlchemy, in the caller's transaction (SQLite, whose write
-    transaction serialises claimers): the due jobs' ids, their rows, their entries."""
+    """The claim on SQLite, in the caller's transaction (whose BEGIN IMMEDIATE serialises
+    claimers): one compiled UPDATE leases the due jobs its subquery picks from `job_states`,
+    then one executemany marks their entries running, both on the connection itself
+    (`spawnpoint.sqlite_fast`)."""
     types = None if job_types is None else tuple(sorted(job_types))
-    due = (await session.execute(_due(types, postgres=False), values)).scalars().all()
-    if not due:
+    fast = _fast_claim(types)
+    (leased,) = await sqlite_fast.run(session, [(fast, values)])
+    if not leased.rows:
         return []
-    statement = _lease(Job.id.in_(due), returning=_CLAIMED_COLUMNS)
-    rows: list[Any] = [_ClaimedRow(*row) for row in (await session.execute(statement, values))]
-    await session.execute(
-        update(JobStateEntry)
-        .where(JobStateEntry.job_id.in_([row.id for row in rows]))
-        .values(state=JobState.running)
-        .execution_options(synchronize_session=False)
-    )
+    rows: list[Any] = [_ClaimedRow(*row) for row in leased.rows]
+    await sqlite_fast.run_many(session, _fast_entry_state(), [{"e_id": row.id} for row in rows])
     return rows
+
+
+@functools.lru_cache(maxsize=16)
+def _fast_claim(job_types: tuple[str, ...] | None) -> sqlite_fast.FastStatement:
+    """SQLite's claim: the lease of the jobs `_due` picks (its ids, a subquery SQLite runs
+    once), returning what `_claimed` reads."""
+    due = _due(job_types, postgres=False)
+    return sqlite_fast.FastStatement(_lease(Job.id.in_(due), returning=_CLAIMED_COLUMNS))
+
+
+@functools.lru_cache(maxsize=1)
+def _fast_entry_state() -> sqlite_fast.FastStatement:
+    """One job's entry marked running (SQLite; run once per claimed job)."""
+    return sqlite_fast.FastStatement(
+        update(_entries)
+        .where(_entries.c.job_id == bindparam("e_id", type_=_entries.c.job_id.type))
+        .values(state=literal_column(f"'{JobState.running.value}'"))
+    )
 
 
 def _sorted_claims(rows: Sequence[Any]) -> list[ClaimedJob]:
@@ -740,25 +755,11 @@ async def complete_many(
     now = now or utcnow()
     if unit_of(session).is_postgres:
         return await _complete_many_postgres(session, completions, now)
-    statement = (
-        update(_jobs)
-        .where(
-            _jobs.c.id == bindparam("b_id"),
-            _jobs.c.fencing_token == bindparam("b_token"),
-            _state_is(JobState.running),
-        )
-        .values(
-            state=JobState.succeeded,
-            result=bindparam("b_result"),
-            error=None,
-            finished_at=now,
-            **_settled(now),
-        )
-    )
     params = [
-        {"b_id": c.job_id, "b_token": c.fencing_token, "b_result": c.result} for c in completions
+        {"b_id": c.job_id, "b_token": c.fencing_token, "b_result": c.result, "b_now": now}
+        for c in completions
     ]
-    matched = (await session.execute(statement, params)).rowcount  # type: ignore[attr-defined]
+    matched = await sqlite_fast.run_many(session, _fast_complete(), params)
     if matched == len(completions):
         rejected = []
     elif len(completions) == 1:
@@ -775,15 +776,46 @@ async def complete_many(
             (row.id, row.fencing_token) for row in rows if row.state == JobState.succeeded.value
         }
         rejected = [c for c in completions if (c.job_id, c.fencing_token) not in done]
-    settled = {c.job_id for c in completions} - {c.job_id for c in rejected}
+    if not rejected:
+        settled = [{"e_id": c.job_id} for c in completions]
+    else:
+        lost = {c.job_id for c in rejected}
+        settled = [{"e_id": c.job_id} for c in completions if c.job_id not in lost]
     if settled:
-        await session.execute(
-            update(JobStateEntry)
-            .where(JobStateEntry.job_id.in_(sorted(settled)))
-            .values(state=JobState.succeeded)
-            .execution_options(synchronize_session=False)
-        )
+        await sqlite_fast.run_many(session, _fast_entry_settled(), settled)
     return rejected
+
+
+@functools.lru_cache(maxsize=1)
+def _fast_complete() -> sqlite_fast.FastStatement:
+    """One attempt marked succeeded, fenced by its token (SQLite; an executemany)."""
+    return sqlite_fast.FastStatement(
+        update(_jobs)
+        .where(
+            _jobs.c.id == _bind("b_id", _jobs.c.id),
+            _jobs.c.fencing_token == _bind("b_token", _jobs.c.fencing_token),
+            _state_is(JobState.running),
+        )
+        .values(
+            state=literal_column(f"'{JobState.succeeded.value}'"),
+            result=_bind("b_result", _jobs.c.result),
+            error=None,
+            finished_at=_bind("b_now", _jobs.c.finished_at),
+            lease_owner=None,
+            lease_expires_at=None,
+            updated_at=_bind("b_now", _jobs.c.updated_at),
+        )
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def _fast_entry_settled() -> sqlite_fast.FastStatement:
+    """One job's entry marked succeeded (SQLite; an executemany)."""
+    return sqlite_fast.FastStatement(
+        update(_entries)
+        .where(_entries.c.job_id == bindparam("e_id", type_=_entries.c.job_id.type))
+        .values(state=literal_column(f"'{JobState.succeeded.value}'"))
+    )
 
 
 async def _complete_many_postgres(
@@ -1171,7 +1203,18 @@ async def append_logs(session: AsyncSession, *, lines: Sequence[LogLine]) -> Non
     """Insert handler log lines in one batched statement."""
     if not lines:
         return
-    await session.execute(
-        insert(_job_logs),
-        [{"job_id": line.job_id, "at": line.at, "line": _storable(line.line)} for line in lines],
+    rows = [{"job_id": line.job_id, "at": line.at, "line": _storable(line.line)} for line in lines]
+    if not unit_of(session).is_postgres:
+        await sqlite_fast.run_many(
+            session, _fast_log(), [{f"l_{k}": v for k, v in row.items()} for row in rows]
+        )
+        return
+    await session.execute(insert(_job_logs), rows)
+
+
+@functools.lru_cache(maxsize=1)
+def _fast_log() -> sqlite_fast.FastStatement:
+    columns = ("job_id", "at", "line")
+    return sqlite_fast.FastStatement(
+        insert(_job_logs).values({c: _bind(f"l_{c}", _job_logs.c[c]) for c in columns})
     )

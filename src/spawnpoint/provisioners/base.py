@@ -220,6 +220,11 @@ class Provisioner(ABC, Generic[ConfigT]):
         config_model: The `ProvisionerConfig` subclass the driver is configured with.
         runs_host_commands: The driver runs template-supplied commands on the worker's host,
             so only operators may create templates that use it.
+        instant: The driver's calls touch nothing outside the process and return at once
+            (`dry-run`): a job then runs its call inside the transaction that records the
+            outcome, one commit instead of two, since there is no work outside whose start
+            must be durable first. Not inherited: a subclass that overrides a call may do
+            real work, so it declares `instant = True` itself if it means it.
 
     A subclass that does not set `name` or leaves a method abstract is refused when it is
     defined, with `ProvisionerDefinitionError`. Intermediate base classes opt out with
@@ -232,6 +237,7 @@ class Provisioner(ABC, Generic[ConfigT]):
     name: ClassVar[str]
     config_model: ClassVar[type[ProvisionerConfig]] = ProvisionerConfig
     runs_host_commands: ClassVar[bool] = False
+    instant: ClassVar[bool] = False
     _declared_abstract: ClassVar[bool] = True
 
     def __init__(self, config: ConfigT) -> None:
@@ -246,6 +252,7 @@ class Provisioner(ABC, Generic[ConfigT]):
         super().__init_subclass__(**kwargs)
         # Set on every class, so a subclass of an abstract base is not abstract by heredity.
         cls._declared_abstract = abstract
+        cls.instant = bool(cls.__dict__.get("instant", False))
         if not abstract:
             _check_driver_class(cls)
 

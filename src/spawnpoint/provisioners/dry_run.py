@@ -33,6 +33,8 @@ class DryRunProvisioner(Provisioner[ProvisionerConfig]):
     name = "dry-run"
     # Annotated, so subclasses (such as test fakes) may declare a richer config model.
     config_model: ClassVar[type[ProvisionerConfig]] = ProvisionerConfig
+    # Nothing outside the process: its calls run in the transaction recording their outcome.
+    instant = True
 
     async def provision(self, ctx: ProvisionContext) -> ProvisionResult:
         if ctx.state.get("phase") == RUNNING:

@@ -15,9 +15,10 @@ from __future__ import annotations
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import orjson
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from spawnpoint.config import Settings
 from spawnpoint.db import Database
@@ -140,15 +141,20 @@ class WorkspaceHandlers:
     async def run(self, step: Step, ctx: JobContext) -> dict[str, Any] | None:
         database: Database = ctx.database
         workspace_id = _workspace_id(ctx.payload)
-        # No lease check here: entering the working state is the same step for whichever
-        # attempt makes it; only the outcome written below must be fenced.
+        lease = (ctx.job_id, ctx.fencing_token)
+        failure: Exception | None = None
+        # The lease is checked before the working state is entered (in the same statements
+        # as the load), so an attempt whose lease was taken back calls no driver; an instant
+        # driver's outcome is written in this transaction too.
         try:
             async with database.transaction(write=True) as session:
                 rows = JobRows(session)
-                loaded = await rows.load(workspace_id)
+                loaded = await rows.load(workspace_id, lease=lease)
                 if loaded is None:
                     return {"skipped": "workspace no longer exists"}
                 workspace, spec = loaded
+                driver = self.driver(workspace.provisioner, ctx.settings)
+                event = None
                 if workspace.state in step.enter_from:
                     event = transition(
                         session,
@@ -157,7 +163,6 @@ class WorkspaceHandlers:
                         actor=SYSTEM,
                         reason=f"{step.job_type} started",
                     )
-                    await rows.save(workspace, event)
                 elif workspace.state != step.working:
                     # Another action overtook this job (a delete during provisioning, say).
                     return {"skipped": f"workspace is {workspace.state}"}
@@ -168,56 +173,86 @@ class WorkspaceHandlers:
                     log=_log_sink(ctx),
                     settings=ctx.settings,
                 )
-                provisioner = workspace.provisioner
+                if driver.instant:
+                    # Nothing outside waits on the working state: the call and its outcome
+                    # ride in this commit, both events in order (a failure is recorded as
+                    # any driver's, after the working state is committed).
+                    try:
+                        result = await step.call(driver, context)
+                    except Exception as exc:
+                        failure = exc
+                    else:
+                        done = self._finish(session, step, workspace, result)
+                        await rows.save(workspace, event, done)
+                        return {"state": workspace.state}
+                if event is not None:
+                    await rows.save(workspace, event)
         except orjson.JSONDecodeError as exc:
             # Written before the edge refused such documents; no retry can read it.
             message = f"the workspace's stored spec or driver state is not valid JSON: {exc}"
             await self._record_failure(ctx, workspace_id, step, message, None, final=True)
             raise PermanentJobError(message) from exc
+        if failure is not None:
+            await self._call_failed(ctx, workspace_id, step, failure)
 
         try:
-            result = await step.call(self.driver(provisioner, ctx.settings), context)
-        except ProvisionerError as exc:
+            result = await step.call(driver, context)
+        except Exception as exc:
+            await self._call_failed(ctx, workspace_id, step, exc)
+
+        async with database.transaction(write=True) as session:
+            rows = JobRows(session)
+            loaded = await rows.load(workspace_id, lease=lease)
+            if loaded is None:
+                return {"skipped": "workspace no longer exists"}
+            workspace, _ = loaded
+            done = self._finish(session, step, workspace, result)
+            await rows.save(workspace, done)
+            return {"state": workspace.state}
+
+    @staticmethod
+    def _finish(
+        session: AsyncSession, step: Step, workspace: Workspace, result: ProvisionResult | None
+    ) -> dict[str, Any] | None:
+        """Apply a successful call's result and move the workspace to its done state (if
+        nothing overtook the job); the done event's values, or None."""
+        refresh_on_commit(
+            session,
+            workspace_id=workspace.id,
+            tenant_id=workspace.tenant_id,
+            external_ref=workspace.external_ref,
+        )
+        if step.done == S.deleted:
+            workspace.driver_state = {}
+            workspace.connection = None
+        elif result is not None:
+            workspace.driver_state = result.state
+            workspace.connection = result.connection
+        if workspace.state != step.working or not can_move(workspace.state, step.done):
+            return None
+        done = transition(
+            session, workspace, step.done, actor=SYSTEM, reason=f"{step.job_type} done"
+        )
+        workspace.error = None
+        if step.done == S.running:
+            # Running because the API asked (a spawn or a start): activity from it.
+            workspace.started_at = workspace.last_activity_at = done["at"]
+            workspace.last_activity_source = "api"
+        return done
+
+    async def _call_failed(
+        self, ctx: JobContext, workspace_id: uuid.UUID, step: Step, exc: Exception
+    ) -> NoReturn:
+        """Record a failed driver call on the workspace, then fail the attempt."""
+        if isinstance(exc, ProvisionerError):
             final = not exc.retryable or ctx.attempt >= ctx.max_attempts
             await self._record_failure(ctx, workspace_id, step, exc.message, exc.state, final)
             if not exc.retryable:
                 raise PermanentJobError(exc.message) from exc
-            raise
-        except Exception as exc:
-            final = ctx.attempt >= ctx.max_attempts
-            await self._record_failure(ctx, workspace_id, step, str(exc) or repr(exc), None, final)
-            raise
-
-        async with database.transaction(write=True) as session:
-            rows = JobRows(session)
-            loaded = await rows.load(workspace_id, lease=(ctx.job_id, ctx.fencing_token))
-            if loaded is None:
-                return {"skipped": "workspace no longer exists"}
-            workspace, _ = loaded
-            refresh_on_commit(
-                session,
-                workspace_id=workspace.id,
-                tenant_id=workspace.tenant_id,
-                external_ref=workspace.external_ref,
-            )
-            if step.done == S.deleted:
-                workspace.driver_state = {}
-                workspace.connection = None
-            elif result is not None:
-                workspace.driver_state = result.state
-                workspace.connection = result.connection
-            done: dict[str, Any] | None = None
-            if workspace.state == step.working and can_move(workspace.state, step.done):
-                done = transition(
-                    session, workspace, step.done, actor=SYSTEM, reason=f"{step.job_type} done"
-                )
-                workspace.error = None
-                if step.done == S.running:
-                    # Running because the API asked (a spawn or a start): activity from it.
-                    workspace.started_at = workspace.last_activity_at = done["at"]
-                    workspace.last_activity_source = "api"
-            await rows.save(workspace, done)
-            return {"state": workspace.state}
+            raise exc
+        final = ctx.attempt >= ctx.max_attempts
+        await self._record_failure(ctx, workspace_id, step, str(exc) or repr(exc), None, final)
+        raise exc
 
     async def _record_failure(
         self,

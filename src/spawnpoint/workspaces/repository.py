@@ -623,28 +623,28 @@ class JobRows:
             raise StaleLease(lease[0], lease[1])
         return outcomes[-1].one_or_none()
 
-    async def save(self, workspace: Workspace, event: dict[str, Any] | None) -> None:
-        """Write the columns set on `workspace` (from `load`) and its event; the last write.
+    async def save(self, workspace: Workspace, *events: dict[str, Any] | None) -> None:
+        """Write the columns set on `workspace` (from `load`) and its events (those not
+        None, in order); the last write.
 
-        On PostgreSQL the update, the event, the unit of work's outbox rows and the COMMIT
+        On PostgreSQL the update, the events, the unit of work's outbox rows and the COMMIT
         go out in one round trip.
         """
         changes = changed_columns(workspace)
         changes["updated_at"] = utcnow()
+        new = [(WorkspaceEvent, event) for event in events if event is not None]
         uow = unit_of(self.session)
+        columns = tuple(sorted(name for name in changes if name != "updated_at"))
         if not uow.is_postgres:
-            columns = tuple(sorted(name for name in changes if name != "updated_at"))
             await sqlite_fast.run(
                 self.session, [(_fast_update(columns), {"workspace_id": workspace.id, **changes})]
             )
-            if event is not None:
-                await insert_together(self.session, [(WorkspaceEvent, event)])
+            if new:
+                await insert_together(self.session, new)
             return
         dialect = self.session.get_bind().dialect
-        columns = tuple(sorted(name for name in changes if name != "updated_at"))
         steps = [(_update_statement(dialect, columns), {"workspace_id": workspace.id, **changes})]
-        if event is not None:
-            steps.append((_compiled(dialect).event, row_params([(WorkspaceEvent, event)])))
+        steps.extend((_compiled(dialect).event, row_params([row])) for row in new)
         await uow.pipelined(steps, final=True)
 
     async def lock_for_failure(self, workspace_id: uuid.UUID) -> Workspace | None:
