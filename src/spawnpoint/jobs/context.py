@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from spawnpoint.config import Settings
 from spawnpoint.db import Database
 from spawnpoint.jobs.queue import ClaimedJob, LogLine
 from spawnpoint.kit.clock import utcnow
+
+# The worker's way of recording an attempt's success in a handler's transaction (see
+# `JobContext.succeed_in`): whether it did.
+Recorder = Callable[["JobContext", AsyncSession, dict[str, Any] | None], Awaitable[bool]]
 
 
 class JobContext:
@@ -28,6 +34,7 @@ class JobContext:
         database: Database,
         settings: Settings,
         clock: Callable[[], datetime] = utcnow,
+        recorder: Recorder | None = None,
     ) -> None:
         self.job = job
         self.database = database
@@ -37,6 +44,9 @@ class JobContext:
         # Made when a handler first waits for it: most attempts never do.
         self._cancel_event: asyncio.Event | None = None
         self._pending_logs: list[LogLine] = []
+        self._recorder = recorder
+        # Whether this attempt's success was committed with the handler's transaction.
+        self.recorded = False
 
     @property
     def job_id(self) -> uuid.UUID:
@@ -90,6 +100,22 @@ class JobContext:
             if self._cancel_requested:
                 self._cancel_event.set()
         await self._cancel_event.wait()
+
+    async def succeed_in(self, session: AsyncSession, result: dict[str, Any] | None) -> None:
+        """Record this attempt's success, and its log lines, in `session`'s transaction.
+
+        For a handler's last write transaction, which then returns `result` once it
+        committed: the outcome commits with the work it describes, fenced by the lease like
+        any outcome, instead of in a transaction of the worker's afterwards. Where the
+        worker would gain nothing (PostgreSQL, whose outcomes go out in shared batches) or
+        could not keep a promise (a service job's governance event, a result that is not a
+        JSON object), nothing is written here and the worker records the outcome as usual.
+
+        Raises:
+            StaleLease: the lease was lost; the transaction must not commit.
+        """
+        if self._recorder is not None and not self.recorded:
+            await self._recorder(self, session, result)
 
     def log(self, line: str) -> None:
         """Append a line to the job's log.

@@ -19,6 +19,10 @@ One `Worker` per process (or inside `spawnpoint serve` on SQLite). Its tasks:
   the queue may hold more, the same transaction claims the next jobs for the slots free by
   then (`complete_and_claim`), so a busy worker runs one transaction per batch.
 
+A handler's last transaction may record its success itself (`JobContext.succeed_in`, SQLite
+only): the completion and the attempt's log lines then commit with the work, and the worker
+has nothing left to write for it.
+
 Outcomes: a returned dict (or None) -> succeeded; `JobCancelled` -> cancelled;
 `PermanentJobError` -> failed at once; any other exception -> retried with backoff until
 `max_attempts`, then failed. On stop, the worker claims nothing more, waits up to
@@ -58,9 +62,11 @@ from spawnpoint.jobs.queue import (
     Backoff,
     ClaimedJob,
     Completion,
+    LogLine,
     append_logs,
     claim,
     complete_and_claim,
+    complete_many,
     fail,
     heartbeat_many,
     mark_cancelled,
@@ -111,6 +117,9 @@ class _Attempt:
     task: asyncio.Task[None] | None = None
     lost: bool = False
     releasing: bool = False
+    # Log lines taken into a handler's transaction that records the success (`_succeed_in`),
+    # put back if it does not commit.
+    taken: list[LogLine] | None = None
 
 
 @dataclass(eq=False)
@@ -290,7 +299,13 @@ class Worker:
         return min(self.concurrency - handlers, 2 * self.concurrency - held) - self._reserved
 
     def _start(self, job: ClaimedJob) -> None:
-        ctx = JobContext(job=job, database=self.database, settings=self.settings, clock=self.clock)
+        ctx = JobContext(
+            job=job,
+            database=self.database,
+            settings=self.settings,
+            clock=self.clock,
+            recorder=self._succeed_in,
+        )
         attempt = _Attempt(
             job=job, ctx=ctx, lease_expires_at=job.lease_expires_at, key=(job.id, job.fencing_token)
         )
@@ -339,16 +354,58 @@ class Worker:
             ctx.log(f"attempt {attempt.job.attempt} failed:\n{traceback.format_exc().rstrip()}")
             outcome = _Outcome(attempt, _Kind.retry, error=_describe(exc))
         finally:
-            if outcome is None:
+            if ctx.recorded:
+                # The success committed with the handler's own transaction (`_succeed_in`).
+                elapsed_ms = (time.perf_counter() - started) * 1000
+                self._duration(job.type, _Kind.succeeded).observe(elapsed_ms)
+                self._forget(attempt)
+            elif outcome is None:
                 # Lease lost (or the worker itself was cancelled): there is nothing to record.
                 self._forget(attempt)
             else:
+                if attempt.taken:
+                    ctx.restore_logs(attempt.taken)
+                attempt.taken = None
                 elapsed_ms = (time.perf_counter() - started) * 1000
                 self._duration(job.type, outcome.kind).observe(elapsed_ms)
                 self._outcomes.append(outcome)
                 self._unrecorded += 1
                 self._settle_wake.set()
                 self._wake.set()  # its slot is free for the next claim
+
+    async def _succeed_in(
+        self, ctx: JobContext, session: AsyncSession, result: dict[str, Any] | None
+    ) -> bool:
+        """`JobContext.succeed_in`: the attempt's log lines and its completion, fenced, in
+        the handler's transaction; marked recorded once that commits.
+
+        SQLite only: there a transaction's own cost is most of a small job's, and the
+        worker's would be one more per job; PostgreSQL's outcomes go out in batches, a round
+        trip shared by many jobs. A service job's governance event stays the worker's.
+        """
+        attempt = self._running.get((ctx.job_id, ctx.fencing_token))
+        uow = unit_of(session)
+        # While a heartbeat writes lines it took, this attempt's later ones wait for the
+        # worker's write, which comes after: lines reach the table in the order logged.
+        busy = self._write_lock.locked()
+        if attempt is None or attempt.ctx is not ctx or uow.is_postgres or busy:
+            return False
+        job = attempt.job
+        outcome = self._success(attempt, result)
+        if outcome.kind is not _Kind.succeeded or self._governed(job):
+            return False
+        attempt.taken = ctx.take_logs()
+        await append_logs(session, lines=attempt.taken)
+        completion = Completion(job.id, job.fencing_token, outcome.result)
+        if await complete_many(session, completions=[completion], now=self.clock()):
+            raise StaleLease(job.id, job.fencing_token)
+
+        def committed() -> None:
+            ctx.recorded = True
+            attempt.taken = None
+
+        uow.on_commit(committed)
+        return True
 
     def _duration(self, job_type: str, kind: _Kind) -> Any:
         """The `service_job_duration_ms` series of (job type, outcome), looked up once."""
@@ -594,7 +651,7 @@ class Worker:
                 self._lose(attempt, "the lease expired without a successful heartbeat")
 
     def _lose(self, attempt: _Attempt, why: str) -> None:
-        if attempt.lost:
+        if attempt.lost or attempt.ctx.recorded:
             return
         attempt.lost = True
         if attempt.task is not None and not attempt.task.done():

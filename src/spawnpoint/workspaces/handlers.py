@@ -2,7 +2,9 @@
 
 Each handler runs a driver call outside any transaction, then records the outcome in one
 write transaction that first checks the job's lease is still held (fencing), so a worker
-whose lease expired cannot overwrite the work of the worker that took the job over.
+whose lease expired cannot overwrite the work of the worker that took the job over. An
+instant driver (`dry-run`) is called inside that transaction instead, after the working
+state is entered. The job's own success rides in the same commit (`JobContext.succeed_in`).
 
 A job that can never succeed fails at once, with the reason kept: a payload without a valid
 workspace id, or a workspace whose stored spec or driver state cannot be decoded (the
@@ -183,8 +185,10 @@ class WorkspaceHandlers:
                         failure = exc
                     else:
                         done = self._finish(session, step, workspace, result)
+                        outcome = {"state": workspace.state}
+                        await ctx.succeed_in(session, outcome)
                         await rows.save(workspace, event, done)
-                        return {"state": workspace.state}
+                        return outcome
                 if event is not None:
                     await rows.save(workspace, event)
         except orjson.JSONDecodeError as exc:
@@ -207,8 +211,10 @@ class WorkspaceHandlers:
                 return {"skipped": "workspace no longer exists"}
             workspace, _ = loaded
             done = self._finish(session, step, workspace, result)
+            outcome = {"state": workspace.state}
+            await ctx.succeed_in(session, outcome)
             await rows.save(workspace, done)
-            return {"state": workspace.state}
+            return outcome
 
     @staticmethod
     def _finish(
