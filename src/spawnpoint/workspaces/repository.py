@@ -21,12 +21,11 @@ from sqlalchemy import (
     tuple_,
     update,
 )
-from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute, defer
-from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.orm.attributes import instance_state
 
 from spawnpoint import sqlite_fast
 from spawnpoint.db import DriverStatement
@@ -400,18 +399,29 @@ def _update_statement(dialect: Dialect, columns: tuple[str, ...]) -> DriverState
 def _clean(columns: Sequence[Any], values: Sequence[Any]) -> Workspace:
     """A detached workspace whose loaded values count as stored: what changes is tracked."""
     workspace = Workspace()
-    for column, value in zip(columns, values, strict=True):
-        set_committed_value(workspace, column.key, value)
+    # Straight into the instance's dict, as a load leaves them: an attribute set later
+    # records its loaded value in `committed_state` (`changed_columns`).
+    instance_state(workspace).dict.update(zip(_keys(tuple(columns)), values, strict=True))
     return workspace
 
 
+@functools.lru_cache(maxsize=4)
+def _keys(columns: tuple[Any, ...]) -> tuple[str, ...]:
+    return tuple(column.key for column in columns)
+
+
+_WORKSPACE_COLUMNS = frozenset(Workspace.__table__.c.keys())
+
+
 def changed_columns(workspace: Workspace) -> dict[str, Any]:
-    """Every mapped column of `workspace` set since it was loaded, with its new value."""
-    state = sa_inspect(workspace)
+    """Every mapped column of `workspace` set since it was loaded (`_clean`) to another
+    value, with its new value."""
+    state = instance_state(workspace)
+    current = state.dict
     return {
-        attr.key: attr.value
-        for attr in state.attrs
-        if attr.key in Workspace.__table__.c and attr.history.has_changes()
+        key: current[key]
+        for key, loaded in state.committed_state.items()
+        if key in _WORKSPACE_COLUMNS and key in current and current[key] != loaded
     }
 
 
