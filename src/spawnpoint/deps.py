@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -16,7 +17,7 @@ from spawnpoint.logs import bind_principal
 from spawnpoint.models import Role
 from spawnpoint.scope import TenantScope
 from spawnpoint.security import AccountCache, Principal, authenticate
-from spawnpoint.uow import UnitOfWork
+from spawnpoint.uow import ReadOnDemand, UnitOfWork
 
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # Every dependency is `async def`: FastAPI runs plain `def` dependencies in a thread pool,
@@ -33,27 +34,35 @@ async def get_database(request: Request) -> Database:
     return database
 
 
-async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
+async def get_session(request: Request) -> AsyncSession:
     """The request's one transaction, committed before the response is sent.
 
     A mutating route's unit of work is opened by its route (`kit/routing.py`), which also
-    commits it; a read gets a read-only transaction here.
+    commits it; a read gets a read-only transaction, begun here when first asked for and
+    ended by its route.
     """
-    uow: UnitOfWork | None = getattr(request.state, "uow", None)
+    state = request.state
+    uow: UnitOfWork | None = getattr(state, "uow", None)
     if uow is not None:
-        yield uow.session
-        return
+        return uow.session
+    reads: ReadOnDemand | None = getattr(state, "reads", None)
+    if reads is not None:
+        return await reads.session()
+    # A route of another class: the transaction ends with the endpoint function, on the
+    # exit stack FastAPI closes then (as a dependency with scope="function" would).
     database: Database = request.app.state.database
-    async with database.transaction(write=request.method not in READ_METHODS) as session:
-        yield session
+    stack: AsyncExitStack = request.scope["fastapi_function_astack"]
+    return await stack.enter_async_context(
+        database.transaction(write=request.method not in READ_METHODS)
+    )
 
 
 AppSettings = Annotated[Settings, Depends(get_settings)]
 DB = Annotated[Database, Depends(get_database)]
-# scope="function": the session closes, and so commits, when the endpoint returns, before
-# the response starts. A commit that fails (the database went away) then still answers 503;
-# with the default scope it would run after a 2xx had been sent for work that was lost.
-Session = Annotated[AsyncSession, Depends(get_session, scope="function")]
+# The route ends the transaction once the handler returns, before the response starts. A
+# commit that fails (the database went away) then still answers 503, never after a 2xx was
+# sent for work that was lost.
+Session = Annotated[AsyncSession, Depends(get_session)]
 
 
 async def get_principal(session: Session, request: Request) -> Principal:

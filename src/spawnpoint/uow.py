@@ -20,7 +20,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import AsyncIterator, Callable, Hashable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -224,3 +224,37 @@ class UnitOfWork:
             await self.session.close()
         if exc is None:
             await self.run_callbacks()
+
+
+class ReadOnDemand:
+    """A read request's transaction, begun when the request first asks for its session.
+
+    The route opens none up front (a route may read nothing) and closes it once the handler
+    has produced the response, before the response is sent (`kit/routing.py`): committed, or
+    rolled back when the handler failed. Held by the route rather than by a generator
+    dependency, which FastAPI wraps in an exit stack and a cancel scope on every request.
+    """
+
+    __slots__ = ("_entered", "_uow", "database")
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+        self._entered: AbstractAsyncContextManager[UnitOfWork] | None = None
+        self._uow: UnitOfWork | None = None
+
+    async def session(self) -> AsyncSession:
+        if self._uow is None:
+            entered = self.database.unit_of_work(write=False)
+            self._uow = await entered.__aenter__()
+            self._entered = entered
+        return self._uow.session
+
+    async def close(self, exc: BaseException | None = None) -> None:
+        """Commit (or, after `exc`, roll back) the transaction if one was begun."""
+        entered, self._entered, self._uow = self._entered, None, None
+        if entered is None:
+            return
+        if exc is None:
+            await entered.__aexit__(None, None, None)
+        else:
+            await entered.__aexit__(type(exc), exc, exc.__traceback__)

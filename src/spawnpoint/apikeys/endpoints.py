@@ -3,16 +3,16 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request, Response, status
+from fastapi import Depends, Request, Response, status
 
 from spawnpoint.apikeys.repository import ApiKeyRepository
 from spawnpoint.apikeys.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyRead
 from spawnpoint.apikeys.service import ApiKeyService
 from spawnpoint.deps import RequireViewer, Scope, Session, get_unit_of_work
 from spawnpoint.kit.pagination import Page, Pagination
-from spawnpoint.kit.routing import StrictRoute
+from spawnpoint.kit.routing import StrictRouter
 
-router = APIRouter(route_class=StrictRoute, prefix="/api/api-keys", tags=["api keys"])
+router = StrictRouter(prefix="/api/api-keys", tags=["api keys"])
 AUDIT = {"x-audit-resource": "api_key"}
 
 

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, Query, Request, Response, status
+from fastapi import Depends, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 
 from spawnpoint.artifacts.blobstore import BlobStore, StagedBlob
@@ -25,9 +25,9 @@ from spawnpoint.deps import RequirePublisher, RequireViewer, Scope, Session
 from spawnpoint.kit.errors import ProblemError
 from spawnpoint.kit.methods import asked_head
 from spawnpoint.kit.pagination import Page, Pagination
-from spawnpoint.kit.routing import StrictRoute
+from spawnpoint.kit.routing import StrictRouter
 
-router = APIRouter(route_class=StrictRoute, prefix="/api/artifacts", tags=["artifacts"])
+router = StrictRouter(prefix="/api/artifacts", tags=["artifacts"])
 RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import Depends, Query
 from pydantic import AwareDatetime, BeforeValidator
 
 from spawnpoint.audit.keys import SigningKey
@@ -18,10 +18,10 @@ from spawnpoint.audit.service import AuditService, readable_chain, verify_chain
 from spawnpoint.deps import DB, AppSettings, RequireAuditReader, Scope, Session
 from spawnpoint.kit.errors import as_utc
 from spawnpoint.kit.pagination import Page, Pagination
-from spawnpoint.kit.routing import StrictRoute
+from spawnpoint.kit.routing import StrictRouter
 from spawnpoint.models.audit import ACTION_LENGTH, RESOURCE_TYPE_LENGTH
 
-router = APIRouter(route_class=StrictRoute, prefix="/api/audit", tags=["audit"])
+router = StrictRouter(prefix="/api/audit", tags=["audit"])
 TEXT_FILTER_LENGTH = 500
 
 

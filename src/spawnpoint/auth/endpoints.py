@@ -3,7 +3,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request, Response, status
+from fastapi import Depends, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
@@ -35,7 +35,7 @@ from spawnpoint.deps import (
 from spawnpoint.kit.errors import ProblemError, Unauthorized, problem_response
 from spawnpoint.kit.pagination import Page, Pagination
 from spawnpoint.kit.ratelimit import LoginThrottle, RateLimiter, refuse, remember
-from spawnpoint.kit.routing import StrictRoute, UnsupportedMediaType, _is_json, scan
+from spawnpoint.kit.routing import StrictRouter, UnsupportedMediaType, _is_json, scan
 from spawnpoint.plans.repository import PlanRepository
 from spawnpoint.plans.schemas import PlanRead
 from spawnpoint.tenants.repository import TenantRepository
@@ -56,8 +56,8 @@ async def limit_by_address(request: Request) -> None:
 
 
 ByAddress = Annotated[None, Depends(limit_by_address)]
-router = APIRouter(route_class=StrictRoute, prefix="/api/v1/auth", tags=["auth"])
-invites_router = APIRouter(route_class=StrictRoute, prefix="/api/invites", tags=["auth"])
+router = StrictRouter(prefix="/api/v1/auth", tags=["auth"])
+invites_router = StrictRouter(prefix="/api/invites", tags=["auth"])
 UoW = Annotated[UnitOfWork, Depends(get_unit_of_work)]
 FORM = "application/x-www-form-urlencoded"
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Response, status
+from fastapi import Depends, Query, Response, status
 
 from spawnpoint.config import Settings
 from spawnpoint.costs.repository import BudgetRepository, CostRepository
@@ -12,12 +12,12 @@ from spawnpoint.costs.service import BudgetService, CostService
 from spawnpoint.deps import RequireAdmin, RequireViewer, Scope, Session, get_settings
 from spawnpoint.events.schemas import QueryTime
 from spawnpoint.kit.pagination import Page, Pagination
-from spawnpoint.kit.routing import StrictRoute
+from spawnpoint.kit.routing import StrictRouter
 from spawnpoint.projects.repository import ProjectRepository
 from spawnpoint.users.repository import UserRepository
 from spawnpoint.workspaces.repository import WorkspaceRepository
 
-router = APIRouter(route_class=StrictRoute, tags=["costs"])
+router = StrictRouter(tags=["costs"])
 
 
 async def get_cost_service(

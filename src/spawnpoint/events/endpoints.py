@@ -3,17 +3,17 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import Depends, Query
 
 from spawnpoint.deps import RequireViewer, Scope, Session
 from spawnpoint.events.repository import EventRepository
 from spawnpoint.events.schemas import EventRead, QueryTime
 from spawnpoint.events.service import EventService
 from spawnpoint.kit.pagination import Page, Pagination
-from spawnpoint.kit.routing import StrictRoute
+from spawnpoint.kit.routing import StrictRouter
 from spawnpoint.models.outbox import TYPE_LENGTH
 
-router = APIRouter(route_class=StrictRoute, prefix="/api/events", tags=["events"])
+router = StrictRouter(prefix="/api/events", tags=["events"])
 
 
 async def get_event_service(session: Session, scope: Scope) -> EventService:

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from spawnpoint.deps import DB
@@ -10,9 +10,9 @@ from spawnpoint.health.schemas import HealthRead
 from spawnpoint.health.service import HealthService, SnapshotCollector
 from spawnpoint.kit.errors import problem_document, problem_response
 from spawnpoint.kit.metrics import CONTENT_TYPE_LATEST, exposition
-from spawnpoint.kit.routing import StrictRoute
+from spawnpoint.kit.routing import StrictRouter
 
-router = APIRouter(route_class=StrictRoute, tags=["health"])
+router = StrictRouter(tags=["health"])
 PUBLIC: dict[str, Any] = {"security": []}
 
 

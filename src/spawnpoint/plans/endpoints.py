@@ -3,16 +3,16 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, status
+from fastapi import Depends, status
 
 from spawnpoint.deps import RequireAdmin, RequireOperator, Scope, Session
 from spawnpoint.kit.pagination import Page, Pagination
-from spawnpoint.kit.routing import StrictRoute
+from spawnpoint.kit.routing import StrictRouter
 from spawnpoint.plans.repository import PlanRepository
 from spawnpoint.plans.schemas import PlanCreate, PlanRead, PlanUpdate
 from spawnpoint.plans.service import PlanService
 
-router = APIRouter(route_class=StrictRoute, prefix="/api/plans", tags=["plans"])
+router = StrictRouter(prefix="/api/plans", tags=["plans"])
 
 
 async def get_plan_service(session: Session, scope: Scope) -> PlanService:

@@ -3,11 +3,11 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Response, status
+from fastapi import Depends, Query, Response, status
 
 from spawnpoint.deps import RequireAdmin, RequireViewer, Scope, Session
 from spawnpoint.kit.pagination import Page, Pagination
-from spawnpoint.kit.routing import StrictRoute
+from spawnpoint.kit.routing import StrictRouter
 from spawnpoint.projects.repository import ProjectRepository
 from spawnpoint.projects.schemas import ProjectCreate, ProjectRead, ProjectUpdate
 from spawnpoint.projects.service import ProjectService
@@ -15,7 +15,7 @@ from spawnpoint.teardown.endpoints import Cascade, teardown_delete, teardown_res
 from spawnpoint.teardown.service import WorkspaceTeardown
 from spawnpoint.tenants.repository import TenantRepository
 
-router = APIRouter(route_class=StrictRoute, prefix="/api/projects", tags=["projects"])
+router = StrictRouter(prefix="/api/projects", tags=["projects"])
 
 
 async def get_project_service(session: Session, scope: Scope) -> ProjectService:
@@ -78,7 +78,7 @@ async def delete_project(
 
 # The Spark-Ops seed's paths: the same endpoints over the same service, PATCH for updates
 # (an update changes only the fields sent, whichever method carries it).
-v1_router = APIRouter(route_class=StrictRoute, prefix="/api/v1/projects", tags=["projects"])
+v1_router = StrictRouter(prefix="/api/v1/projects", tags=["projects"])
 v1_router.add_api_route("", list_projects, methods=["GET"], summary="List projects (v1)")
 v1_router.add_api_route(
     "",

@@ -2,20 +2,20 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends
+from fastapi import Depends
 
 from spawnpoint.budgets.repository import BudgetScopeRepository
 from spawnpoint.deps import RequireViewer, Scope, Session
 from spawnpoint.jobs.endpoints import JobRegistry
 from spawnpoint.jobs.repository import JobRepository
-from spawnpoint.kit.routing import StrictRoute
+from spawnpoint.kit.routing import StrictRouter
 from spawnpoint.plans.repository import PlanRepository
 from spawnpoint.quotas.schemas import QuotasRead
 from spawnpoint.quotas.service import QuotaService
 from spawnpoint.tenants.repository import TenantRepository
 from spawnpoint.workspaces.repository import WorkspaceRepository
 
-router = APIRouter(route_class=StrictRoute, prefix="/api/quotas", tags=["quotas"])
+router = StrictRouter(prefix="/api/quotas", tags=["quotas"])
 
 
 async def get_quota_service(session: Session, scope: Scope, registry: JobRegistry) -> QuotaService:

@@ -3,12 +3,12 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Request, Response, status
+from fastapi import Depends, Path, Request, Response, status
 from sqlalchemy import Row
 
 from spawnpoint.deps import AppSettings, RequirePublisher, RequireViewer, Scope, Session
 from spawnpoint.kit.pagination import Page, Pagination
-from spawnpoint.kit.routing import StrictRoute
+from spawnpoint.kit.routing import StrictRouter
 from spawnpoint.models import Template, TemplateVersion
 from spawnpoint.teardown.endpoints import Cascade, teardown_delete, teardown_response
 from spawnpoint.teardown.service import WorkspaceTeardown
@@ -24,7 +24,7 @@ from spawnpoint.templates.schemas import (
 from spawnpoint.templates.service import TemplateService
 from spawnpoint.tenants.repository import TenantRepository
 
-router = APIRouter(route_class=StrictRoute, prefix="/api/templates", tags=["templates"])
+router = StrictRouter(prefix="/api/templates", tags=["templates"])
 
 
 async def get_template_service(

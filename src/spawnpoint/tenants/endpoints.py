@@ -3,11 +3,11 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Response, status
+from fastapi import Depends, Response, status
 
 from spawnpoint.deps import ChangesAccounts, RequireAdmin, RequireOperator, Scope, Session
 from spawnpoint.kit.pagination import Page, Pagination
-from spawnpoint.kit.routing import StrictRoute
+from spawnpoint.kit.routing import StrictRouter
 from spawnpoint.plans.repository import PlanRepository
 from spawnpoint.teardown.endpoints import Cascade, teardown_delete, teardown_response
 from spawnpoint.teardown.service import WorkspaceTeardown
@@ -15,7 +15,7 @@ from spawnpoint.tenants.repository import TenantRepository
 from spawnpoint.tenants.schemas import TenantCreate, TenantRead, TenantUpdate
 from spawnpoint.tenants.service import TenantService
 
-router = APIRouter(route_class=StrictRoute, prefix="/api/tenants", tags=["tenants"])
+router = StrictRouter(prefix="/api/tenants", tags=["tenants"])
 
 
 async def get_tenant_service(session: Session, scope: Scope) -> TenantService:

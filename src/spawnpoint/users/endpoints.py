@@ -3,14 +3,14 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Response, status
+from fastapi import Depends, Query, Response, status
 
 from spawnpoint.auth.repository import PasswordTokenRepository
 from spawnpoint.auth.schemas import UserCreated
 from spawnpoint.auth.service import issue_password_token
 from spawnpoint.deps import AppSettings, ChangesAccounts, RequireAdmin, Scope, Session
 from spawnpoint.kit.pagination import Page, Pagination
-from spawnpoint.kit.routing import StrictRoute
+from spawnpoint.kit.routing import StrictRouter
 from spawnpoint.teardown.endpoints import Cascade, teardown_delete, teardown_response
 from spawnpoint.teardown.service import WorkspaceTeardown
 from spawnpoint.tenants.repository import TenantRepository
@@ -18,7 +18,7 @@ from spawnpoint.users.repository import UserRepository
 from spawnpoint.users.schemas import UserCreate, UserRead, UserUpdate
 from spawnpoint.users.service import UserService
 
-router = APIRouter(route_class=StrictRoute, prefix="/api/users", tags=["users"])
+router = StrictRouter(prefix="/api/users", tags=["users"])
 
 
 async def get_user_service(session: Session, scope: Scope) -> UserService:

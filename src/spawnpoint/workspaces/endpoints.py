@@ -1,14 +1,15 @@
 from __future__ import annotations
 
+import functools
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Path, Query, Request, status
+from fastapi import Depends, Header, Path, Query, Request, status
 from fastapi.responses import JSONResponse, Response
 
 from spawnpoint.deps import (
     DB,
-    AppSettings,
+    CurrentPrincipal,
     RequireMember,
     RequireViewer,
     Scope,
@@ -16,9 +17,8 @@ from spawnpoint.deps import (
 )
 from spawnpoint.kit.idempotency import accepted_once
 from spawnpoint.kit.pagination import Page, Pagination
-from spawnpoint.kit.routing import StrictRoute
+from spawnpoint.kit.routing import StrictRouter
 from spawnpoint.models import Job, Workspace, WorkspaceState
-from spawnpoint.policy.engine import PolicyEngine
 from spawnpoint.scope import TenantScope
 from spawnpoint.templates.repository import TemplateRepository
 from spawnpoint.workspaces.alive import lifecycle_of
@@ -46,25 +46,22 @@ from spawnpoint.workspaces.status_cache import (
 PermitId = Annotated[
     str, Path(min_length=1, max_length=200, description="The workspace's `external_ref`.")
 ]
-router = APIRouter(route_class=StrictRoute, tags=["workspaces"])
-
-
-async def get_policy(request: Request) -> PolicyEngine:
-    engine: PolicyEngine = request.app.state.policy
-    return engine
+router = StrictRouter(tags=["workspaces"])
 
 
 async def get_workspace_service(
-    session: Session,
-    scope: Scope,
-    policy: Annotated[PolicyEngine, Depends(get_policy)],
-    settings: AppSettings,
+    session: Session, principal: CurrentPrincipal, request: Request
 ) -> WorkspaceService:
+    # The scope, policy and settings are read here rather than as dependencies of their
+    # own: each dependency costs every request that uses this one (polls included) a
+    # round of FastAPI's dependency solving.
+    state = request.app.state
+    scope = TenantScope.of(principal)
     return WorkspaceService(
         WorkspaceRepository(session, scope),
         TemplateRepository(session, scope),
-        policy=policy,
-        currency=settings.currency,
+        policy=state.policy,
+        currency=state.settings.currency,
     )
 
 
@@ -91,8 +88,13 @@ class Console:
         return WorkspaceRead.model_validate(fields)
 
 
-async def get_console(settings: AppSettings) -> Console:
-    return Console(settings.console_base_url)
+@functools.cache
+def _console(base_url: str) -> Console:
+    return Console(base_url)
+
+
+async def get_console(request: Request) -> Console:
+    return _console(request.app.state.settings.console_base_url)
 
 
 ConsoleLinks = Annotated[Console, Depends(get_console)]
