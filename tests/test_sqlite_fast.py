@@ -14,6 +14,7 @@ import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import JSON, Column, MetaData, String, Table, bindparam, insert, select, text
@@ -151,3 +152,80 @@ async def test_checkpoints_run_on_their_own_thread(tmp_path: Path) -> None:
         assert plain.execute("SELECT count(*) FROM things").fetchone()[0] == 50
     finally:
         plain.close()
+
+
+@pytest.fixture
+async def file_database(tmp_path: Path) -> AsyncIterator[Database]:
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'direct.db'}", pool_size=2)
+    async with db.engine.begin() as connection:
+        await connection.run_sync(metadata.create_all)
+    yield db
+    await db.dispose()
+
+
+async def test_a_read_runs_compiled_statements_on_a_connection_of_its_own(
+    file_database: Database,
+) -> None:
+    """No connection of SQLAlchemy's pool is lent for them; the ORM beside them reads the
+    same rows, and a compiled statement after it runs on the session's connection."""
+    row = _row("direct", {"k": [1, 2]})
+    async with file_database.transaction(write=True) as session:
+        await sqlite_fast.run(session, [(INSERT, row)])
+    pool: Any = file_database.engine.pool
+    async with file_database.transaction(write=False) as session:
+        (fast,) = await sqlite_fast.run(session, [(BY_ID, {"id": row["v_id"]})])
+        lent = pool.checkedout()
+        orm = (await session.execute(select(things).where(things.c.id == row["v_id"]))).one()
+        (after,) = await sqlite_fast.run(session, [(BY_ID, {"id": row["v_id"]})])
+        lent_after = pool.checkedout()
+    assert lent == 0
+    assert lent_after == 1
+    assert fast.rows == after.rows == [tuple(orm)]
+    assert pool.checkedout() == 0
+
+
+async def test_compiled_reads_after_a_snapshot_read_that_snapshot(
+    file_database: Database, tmp_path: Path
+) -> None:
+    from spawnpoint.audit.repository import AuditLog
+
+    row = _row("before", None)
+    async with file_database.transaction(write=True) as session:
+        await sqlite_fast.run(session, [(INSERT, row)])
+    other = sqlite3.connect(tmp_path / "direct.db", isolation_level=None)
+    try:
+        async with file_database.transaction(write=False) as session:
+            await AuditLog(session).snapshot()
+            (first,) = await sqlite_fast.run(session, [(BY_ID, {"id": row["v_id"]})])
+            other.execute("UPDATE things SET name = 'after'")  # committed meanwhile
+            (second,) = await sqlite_fast.run(session, [(BY_ID, {"id": row["v_id"]})])
+    finally:
+        other.close()
+    assert first.rows[0][1] == second.rows[0][1] == "before"
+    async with file_database.transaction(write=False) as session:
+        (later,) = await sqlite_fast.run(session, [(BY_ID, {"id": row["v_id"]})])
+    assert later.rows[0][1] == "after"
+
+
+async def test_a_failed_read_gives_its_connection_back(file_database: Database) -> None:
+    row = _row("kept", None)
+    async with file_database.transaction(write=True) as session:
+        await sqlite_fast.run(session, [(INSERT, row)])
+    used = []
+
+    async def fail() -> None:
+        async with file_database.unit_of_work(write=False) as uow:
+            await sqlite_fast.run(uow.session, [(BY_ID, {"id": row["v_id"]})])
+            used.append(uow.direct_reader())
+            raise LookupError
+
+    for _ in range(3):
+        with pytest.raises(LookupError):
+            await fail()
+    async with file_database.unit_of_work(write=False) as uow:
+        (found,) = await sqlite_fast.run(uow.session, [(BY_ID, {"id": row["v_id"]})])
+        used.append(uow.direct_reader())
+    assert found.rows[0][1] == "kept"
+    assert used[0] is not None
+    assert all(connection is used[0] for connection in used)  # one connection, given back
+    assert not used[0].in_transaction

@@ -35,7 +35,13 @@ from sqlalchemy.sql.elements import ClauseElement
 from sqlalchemy.types import TypeDecorator
 from sqlalchemy.util import await_only
 
-from spawnpoint.sqlite_inline import Checkpointer, InlineConnection, WriteGate, connect_inline
+from spawnpoint.sqlite_inline import (
+    Checkpointer,
+    InlineConnection,
+    ReadConnections,
+    WriteGate,
+    connect_inline,
+)
 
 if TYPE_CHECKING:
     from spawnpoint.kit.auditing import RequestAudit
@@ -279,6 +285,12 @@ class Database:
         self.work_loop: asyncio.AbstractEventLoop | None = None
         self._serving_engine: AsyncEngine | None = None
         self._serving_reader: async_sessionmaker[AsyncSession] | None = None
+        # A SQLite file's reads run their compiled statements on connections of their own.
+        self.direct_reads = (
+            ReadConnections(path, busy_timeout=SQLITE_BUSY_TIMEOUT_MS / 1000)
+            if path is not None
+            else None
+        )
 
     @property
     def is_sqlite(self) -> bool:
@@ -356,6 +368,8 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+        if self.direct_reads is not None:
+            self.direct_reads.close()
         if self.checkpointer is not None:
             await asyncio.to_thread(self.checkpointer.stop)
 

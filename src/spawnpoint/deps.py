@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from typing import Annotated
@@ -65,13 +66,17 @@ DB = Annotated[Database, Depends(get_database)]
 Session = Annotated[AsyncSession, Depends(get_session)]
 
 
-async def get_principal(session: Session, request: Request) -> Principal:
-    """The caller, from a bearer JWT or an API key; each call counts in its rate limits."""
+async def get_principal(request: Request) -> Principal:
+    """The caller, from a bearer JWT or an API key; each call counts in its rate limits.
+
+    The session is asked for only when the account cache cannot answer: not declared as a
+    dependency, which every route that needs the caller would solve on every request.
+    """
     state = request.app.state
     headers = request.headers
     principal = await authenticate(
         state.settings,
-        session,
+        functools.partial(get_session, request),
         state.accounts,
         headers.get("authorization"),
         headers.get("x-api-key"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -20,6 +21,7 @@ from spawnpoint.kit.errors import Forbidden, Unauthorized
 from spawnpoint.models import Role, TenantStatus, UserStatus
 from spawnpoint.users.repository import AccountRepository, AccountRow
 
+Sessions = Callable[[], Awaitable[AsyncSession]]
 DEMO_ADMIN_ID = uuid.UUID("00000000-0000-0000-0000-000000001000")
 DEMO_ADMIN_EMAIL = "admin@demo.local"
 
@@ -178,24 +180,24 @@ class AccountCache:
 
 
 async def _account(
-    session: AsyncSession, cache: AccountCache, user_id: uuid.UUID
+    sessions: Sessions, cache: AccountCache, user_id: uuid.UUID
 ) -> AccountRow | None:
     hit, row = cache.get(user_id)
     if hit:
         return row
-    row = await AccountRepository(session).account(user_id)
+    row = await AccountRepository(await sessions()).account(user_id)
     cache.put(user_id, row)
     return row
 
 
-async def _key_principal(session: AsyncSession, cache: AccountCache, key: str) -> Principal:
+async def _key_principal(sessions: Sessions, cache: AccountCache, key: str) -> Principal:
     if not well_formed(key):
         # A typo or a truncated key: refused without a database read.
         raise Unauthorized("Invalid API key.")
     digest = key_hash(key)
     hit, row = cache.key(digest)
     if not hit:
-        row = await ApiKeyLookup(session).by_hash(digest)
+        row = await ApiKeyLookup(await sessions()).by_hash(digest)
         cache.put_key(digest, row)
     if row is None:
         raise Unauthorized("Invalid API key.")
@@ -221,12 +223,16 @@ async def _key_principal(session: AsyncSession, cache: AccountCache, key: str) -
 
 async def authenticate(
     settings: Settings,
-    session: AsyncSession,
+    sessions: Sessions,
     cache: AccountCache,
     authorization: str | None,
     api_key: str | None = None,
 ) -> Principal:
-    """Turn an Authorization (or X-API-Key) header into a principal, or raise 401/403."""
+    """Turn an Authorization (or X-API-Key) header into a principal, or raise 401/403.
+
+    `sessions()` gives the session to read accounts and keys with, asked for only when the
+    cache does not hold them (the dev token and cached callers need none).
+    """
     if authorization is None and api_key is not None:
         authorization = f"Bearer {api_key}"
     scheme, _, token = (authorization or "").partition(" ")
@@ -234,7 +240,7 @@ async def authenticate(
         raise Unauthorized()
     token = token.strip()
     if looks_like_key(token):
-        return await _key_principal(session, cache, token)
+        return await _key_principal(sessions, cache, token)
     if settings.dev_bypass_active and hmac.compare_digest(
         token.encode(), settings.dev_bypass_token.encode()
     ):
@@ -245,7 +251,7 @@ async def authenticate(
         claims = decode_token(settings, token)
         cache.remember_claims(token, claims)
     user_id = _uuid_claim(claims, "sub")
-    row = await _account(session, cache, user_id)
+    row = await _account(sessions, cache, user_id)
     if row is None:
         raise Unauthorized("Invalid token: unknown user.")
     tenant_id, role, user_status, tenant_status = row

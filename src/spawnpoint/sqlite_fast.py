@@ -28,6 +28,7 @@ from sqlalchemy.sql.elements import ClauseElement
 
 from spawnpoint.db import DriverStatement
 from spawnpoint.sqlite_inline import InlineConnection
+from spawnpoint.uow import owner_of
 
 # Named parameters (`:name`), which the standard library's sqlite3 takes as a dict; JSON
 # decoded as the engines decode it (spawnpoint.db.create_engine).
@@ -96,11 +97,20 @@ Step = tuple[FastStatement, dict[str, Any]]
 
 
 async def _driver(session: AsyncSession) -> Any:
-    """The driver connection under `session`'s transaction (begun now if it is not yet)."""
+    """The driver connection under `session`'s transaction (begun now if it is not yet).
+
+    A read whose session has not reached the database yet runs on a connection of its own
+    instead (`UnitOfWork.direct_reader`): each of its statements reads on its own either way.
+    """
     transaction = session.sync_session.get_transaction()
     cached = session.info.get(_RAW)
     if cached is not None and transaction is not None and cached[0] is transaction:
         return cached[1]
+    if transaction is None or not transaction._connections:
+        owner = owner_of(session)
+        direct = owner.direct_reader() if owner is not None else None
+        if direct is not None:
+            return direct
     connection = await session.connection()
     driver = (await connection.get_raw_connection()).driver_connection
     session.info[_RAW] = (session.sync_session.get_transaction(), driver)

@@ -222,6 +222,47 @@ async def connect_inline(
     return InlineConnection(connection, busy_timeout=busy_timeout, checkpointer=checkpointer)
 
 
+class ReadConnections:
+    """Connections for reads' compiled statements, run outside SQLAlchemy (`sqlite_fast`).
+
+    A read on SQLite runs each statement on its own (no BEGIN, see `spawnpoint.db`), so its
+    compiled statements need nothing of a session's connection: a unit of work that reads
+    takes one of these instead, and SQLAlchemy's checkout, events and greenlet hops (most
+    of a status poll's database time) are skipped. Taken by one reader at a time (any
+    thread), given back when its unit of work ends.
+    """
+
+    MAX_IDLE = 8
+
+    def __init__(self, path: str, *, busy_timeout: float) -> None:
+        self.path = path
+        self.busy_timeout = busy_timeout
+        self._idle: list[InlineConnection] = []
+
+    def take(self) -> InlineConnection:
+        try:
+            return self._idle.pop()
+        except IndexError:
+            pass
+        # Autocommit: the sqlite3 module begins no transaction of its own.
+        connection = sqlite3.connect(
+            self.path, timeout=0, check_same_thread=False, isolation_level=None
+        )
+        return InlineConnection(connection, busy_timeout=self.busy_timeout)
+
+    def give_back(self, connection: InlineConnection) -> None:
+        if connection.in_transaction or len(self._idle) >= self.MAX_IDLE:
+            connection.stop()
+            return
+        self._idle.append(connection)
+
+    def close(self) -> None:
+        """Close the idle connections (one in use goes back to the idle ones when given back)."""
+        idle, self._idle = self._idle, []
+        for connection in idle:
+            connection.stop()
+
+
 class Checkpointer:
     """Copies the WAL back into the database file on a thread of its own.
 

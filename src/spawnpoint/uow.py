@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from spawnpoint.db import DriverStatement, pipelined
+from spawnpoint.sqlite_inline import InlineConnection
 
 if TYPE_CHECKING:
     from spawnpoint.audit.chain import AuditDraft
@@ -58,6 +59,12 @@ def unit_of(session: AsyncSession) -> UnitOfWork:
     return owner
 
 
+def owner_of(session: AsyncSession) -> UnitOfWork | None:
+    """`unit_of`, or None for a session no unit of work owns."""
+    owner = session.info.get(_OWNER)
+    return owner if isinstance(owner, UnitOfWork) else None
+
+
 @dataclass
 class UnitOfWork:
     """One transaction: its session, the rows that ride in its commit, its callbacks."""
@@ -75,6 +82,8 @@ class UnitOfWork:
     _callbacks: dict[Hashable, Callback] = field(default_factory=dict)
     _committed: bool = False
     _finished: bool = False
+    # A read's connection for compiled statements on SQLite (`direct_reader`).
+    _direct: InlineConnection | None = None
 
     def __post_init__(self) -> None:
         self.session.info[_OWNER] = self
@@ -134,6 +143,24 @@ class UnitOfWork:
             del self.audit[marks[1] :]
             raise
 
+    def direct_reader(self) -> InlineConnection | None:
+        """The connection this read runs its compiled statements on, outside SQLAlchemy
+        (`sqlite_fast`); None for a write, or a database without them (PostgreSQL)."""
+        if self._direct is None and not self.write:
+            reads = self.database.direct_reads
+            if reads is not None:
+                self._direct = reads.take()
+        return self._direct
+
+    def _idle(self) -> bool:
+        """Whether the session never reached the database and holds nothing to write: it
+        then commits, rolls back and closes without IO, so without a greenlet hop each."""
+        session = self.session.sync_session
+        transaction = session.get_transaction()
+        if transaction is not None and transaction._connections:
+            return False
+        return not (session.new or session.dirty or session.deleted)
+
     def _check_open(self) -> None:
         if self._committed:
             raise RuntimeError("this unit of work has already committed")
@@ -184,7 +211,10 @@ class UnitOfWork:
                     from spawnpoint.audit.repository import AuditLog
 
                     await AuditLog(self.session).append(drafts)
-                await self.session.commit()
+                if self._idle():
+                    self.session.sync_session.commit()
+                else:
+                    await self.session.commit()
                 self._committed = True
                 return
         if self.session.new or self.session.dirty or self.session.deleted:
@@ -204,8 +234,9 @@ class UnitOfWork:
         self._callbacks.clear()
 
     async def __aenter__(self) -> UnitOfWork:
-        await self.session.__aenter__()
-        await self.session.begin()
+        # The database transaction begins with the first statement: beginning the session's
+        # does no IO, and called directly it costs no greenlet hop.
+        self.session.sync_session.begin()
         return self
 
     async def __aexit__(
@@ -217,11 +248,19 @@ class UnitOfWork:
         try:
             if exc is None:
                 await self.commit()
+            elif self._idle():
+                self.session.sync_session.rollback()
             else:
                 await self.session.rollback()
         finally:
             self.session.info.pop(_OWNER, None)
-            await self.session.close()
+            direct, self._direct = self._direct, None
+            if direct is not None:
+                self.database.direct_reads.give_back(direct)  # type: ignore[union-attr]
+            if self._idle():
+                self.session.sync_session.close()
+            else:
+                await self.session.close()
         if exc is None:
             await self.run_callbacks()
 

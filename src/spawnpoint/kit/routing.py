@@ -27,6 +27,7 @@ from fastapi.routing import (
     _EffectiveRouteContext,
     _get_scope_included_router,
 )
+from sqlalchemy.ext.asyncio import AsyncSession
 from starlette._utils import get_route_path
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
@@ -283,10 +284,15 @@ async def _record_refusal(
     try:
         async with state.database.unit_of_work(write=True) as uow:
             if audit.principal is None:
+                own: AsyncSession = uow.session
+
+                async def session() -> AsyncSession:
+                    return own
+
                 try:
                     audit.principal = await authenticate(
                         state.settings,
-                        uow.session,
+                        session,
                         state.accounts,
                         request.headers.get("authorization"),
                         request.headers.get("x-api-key"),
