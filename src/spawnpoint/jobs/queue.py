@@ -457,7 +457,9 @@ async def _claim_rows(
     if not leased.rows:
         return []
     rows: list[Any] = [_ClaimedRow(*row) for row in leased.rows]
-    await sqlite_fast.run_many(session, _fast_entry_state(), [{"e_id": row.id} for row in rows])
+    await sqlite_fast.run_many(
+        session, _fast_entry_marked(JobState.running), [{"e_id": row.id} for row in rows]
+    )
     return rows
 
 
@@ -469,13 +471,13 @@ def _fast_claim(job_types: tuple[str, ...] | None) -> sqlite_fast.FastStatement:
     return sqlite_fast.FastStatement(_lease(Job.id.in_(due), returning=_CLAIMED_COLUMNS))
 
 
-@functools.lru_cache(maxsize=1)
-def _fast_entry_state() -> sqlite_fast.FastStatement:
-    """One job's entry marked running (SQLite; run once per claimed job)."""
+@functools.cache
+def _fast_entry_marked(state: JobState) -> sqlite_fast.FastStatement:
+    """One job's entry marked `state` (SQLite; an executemany over claimed or settled jobs)."""
     return sqlite_fast.FastStatement(
         update(_entries)
         .where(_entries.c.job_id == bindparam("e_id", type_=_entries.c.job_id.type))
-        .values(state=literal_column(f"'{JobState.running.value}'"))
+        .values(state=literal_column(f"'{state.value}'"))
     )
 
 
@@ -782,7 +784,7 @@ async def complete_many(
         lost = {c.job_id for c in rejected}
         settled = [{"e_id": c.job_id} for c in completions if c.job_id not in lost]
     if settled:
-        await sqlite_fast.run_many(session, _fast_entry_settled(), settled)
+        await sqlite_fast.run_many(session, _fast_entry_marked(JobState.succeeded), settled)
     return rejected
 
 
@@ -805,16 +807,6 @@ def _fast_complete() -> sqlite_fast.FastStatement:
             lease_expires_at=None,
             updated_at=_bind("b_now", _jobs.c.updated_at),
         )
-    )
-
-
-@functools.lru_cache(maxsize=1)
-def _fast_entry_settled() -> sqlite_fast.FastStatement:
-    """One job's entry marked succeeded (SQLite; an executemany)."""
-    return sqlite_fast.FastStatement(
-        update(_entries)
-        .where(_entries.c.job_id == bindparam("e_id", type_=_entries.c.job_id.type))
-        .values(state=literal_column(f"'{JobState.succeeded.value}'"))
     )
 
 
